@@ -1,0 +1,168 @@
+"""Key/value caches, one per layer, each sized by what its layer can see.
+
+Every layer cache answers `update(key, value, cache_position)` with the keys and values the new
+queries attend over and the absolute position of each key slot (-1 for a slot not yet written).
+Masks are built from those positions, so a ring buffer needs no `roll` and no host sync.
+
+- `DynamicLayerCache`: grows with the sequence (the default for full-attention layers).
+- `StaticLayerCache`: preallocated to a maximum length and written in place (for `torch.compile`).
+- `RollingLayerCache`: a ring of `window` slots for a sliding-window layer; slot = position % window.
+  Its memory never grows past the window. Worked example, window 4, prompt of 6 then one token:
+  prefill attends over the 6 new keys (positions 0..5, the mask keeps each query's last 4) and
+  stores positions 2..5 in slots 2,3,0,1; decoding position 6 writes slot 2 (evicting 2) and
+  attends over slots holding 6,3,4,5.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerCache:
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, cache_position: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`key/value (batch, kv_heads, new, head_dim)`, `cache_position (new,)` →
+        keys, values `(batch, kv_heads, slots, head_dim)` and key positions `(slots,)`."""
+        raise NotImplementedError
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Keep the batch rows `beam_idx` (in that order)."""
+        for name in ("keys", "values"):
+            tensor = getattr(self, name)
+            if tensor is not None:
+                setattr(self, name, tensor.index_select(0, beam_idx))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
+
+
+class DynamicLayerCache(LayerCache):
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, key, value, cache_position):
+        if self.keys is None:
+            self.keys, self.values = key, value
+        else:
+            self.keys = torch.cat((self.keys, key), dim=2)
+            self.values = torch.cat((self.values, value), dim=2)
+        return self.keys, self.values, torch.arange(self.keys.shape[2], device=key.device)
+
+
+class StaticLayerCache(LayerCache):
+    """Preallocated `(batch, kv_heads, max_length, head_dim)` buffers written in place; unwritten
+    slots lie in the future of every query, so the causal mask hides them."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, kv_heads, self.max_length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.arange(self.max_length, device=device)
+
+    def update(self, key, value, cache_position):
+        if self.keys is None:
+            self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+        self.keys.index_copy_(2, cache_position, key)
+        self.values.index_copy_(2, cache_position, value)
+        return self.keys, self.values, self.positions
+
+
+class RollingLayerCache(LayerCache):
+    """A ring buffer of `window` slots for a sliding-window layer (see the module docstring)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+
+    def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, kv_heads, self.window, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.full((self.window,), -1, dtype=torch.long, device=device)
+
+    def update(self, key, value, cache_position):
+        if self.keys is None:
+            self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+        if key.shape[2] == 1:
+            # one new token: its slot holds the only key that just left the window
+            slot = cache_position % self.window
+            self.keys.index_copy_(2, slot, key)
+            self.values.index_copy_(2, slot, value)
+            self.positions.index_copy_(0, slot, cache_position)
+            return self.keys, self.values, self.positions
+        # several new tokens: attend over what is stored plus all of them, then keep the last window
+        keys = torch.cat((self.keys, key), dim=2)
+        values = torch.cat((self.values, value), dim=2)
+        positions = torch.cat((self.positions, cache_position))
+        kept = slice(-self.window, None)
+        slot = cache_position[kept] % self.window
+        self.keys.index_copy_(2, slot, key[:, :, kept])
+        self.values.index_copy_(2, slot, value[:, :, kept])
+        self.positions.index_copy_(0, slot, cache_position[kept])
+        return keys, values, positions
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, beam_idx)
+            self.values = self.values.index_select(0, beam_idx)
+
+
+class Cache:
+    """The per-layer caches of one model plus the count of tokens seen (`get_seq_length()`)."""
+
+    def __init__(self, layers: list[LayerCache]) -> None:
+        self.layers = layers
+        self.seen_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> LayerCache:
+        return self.layers[index]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def advance(self, new_tokens: int) -> None:
+        self.seen_tokens += new_tokens
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.reorder(beam_idx)
+
+    def nbytes(self) -> int:
+        """Bytes held by all key/value buffers."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def make_cache(
+    layer_windows: list[int | None], kind: str = "dynamic", max_length: int | None = None
+) -> Cache:
+    """One layer cache per entry of `layer_windows` (None: full attention; an int: that window).
+
+    `kind="static"` preallocates full-attention layers to `max_length` (required then).
+    Sliding layers always get a rolling buffer bounded by their window.
+    """
+    if kind not in ("dynamic", "static"):
+        raise ValueError(f"cache kind: expected 'dynamic' or 'static', found {kind!r}")
+    layers: list[LayerCache] = []
+    for window in layer_windows:
+        if window is not None:
+            layers.append(RollingLayerCache(window))
+        elif kind == "static":
+            if max_length is None:
+                raise ValueError("a static cache needs max_length")
+            layers.append(StaticLayerCache(max_length))
+        else:
+            layers.append(DynamicLayerCache())
+    return Cache(layers)

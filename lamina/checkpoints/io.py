@@ -1,0 +1,301 @@
+"""Reading and writing weight files: safetensors (single or sharded, mmap'd, zero-copy) and
+`pytorch_model.bin` through `torch.load(weights_only=True)` only.
+
+Every header, offset and dtype of an untrusted safetensors file is checked before a tensor is
+made from it; errors name the file, the key, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class SafetensorsFile(Mapping[str, torch.Tensor]):
+    """A safetensors file opened with mmap; indexing returns a tensor viewing the mapped pages.
+
+    The mapping is private copy-on-write, so tensors are writable without touching the file and
+    pages are read from disk only when used.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                prefix = handle.read(8)
+                if len(prefix) < 8:
+                    raise CheckpointError(f"{self.path}: truncated safetensors file ({size} bytes, no header length)")
+                (header_len,) = struct.unpack("<Q", prefix)
+                if header_len > min(_MAX_HEADER_BYTES, size - 8):
+                    raise CheckpointError(
+                        f"{self.path}: truncated or corrupt safetensors file (header of {header_len} bytes "
+                        f"declared, file has {size} bytes)"
+                    )
+                header_bytes = handle.read(header_len)
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: cannot read ({err.strerror})") from None
+        try:
+            header = json.loads(header_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{self.path}: safetensors header is not valid JSON ({err})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + header_len
+        data_len = size - self._data_start
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in header.items():
+            self._entries[key] = self._check_entry(key, info, data_len)
+
+    def _check_entry(self, key: str, info: object, data_len: int) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+        where = f"{self.path}: tensor {key!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise CheckpointError(f"{where}: expected dtype, shape and data_offsets in the header, found {info!r}")
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{where}: unsupported dtype {info['dtype']!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CheckpointError(f"{where}: malformed data_offsets {offsets!r}")
+        begin, end = offsets
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        expected = numel * dtype.itemsize
+        if end - begin != expected or begin < 0:
+            raise CheckpointError(f"{where}: shape {shape} of {info['dtype']} needs {expected} bytes, offsets give {end - begin}")
+        if end > data_len:
+            raise CheckpointError(
+                f"{where}: data ends at byte {end} but the file holds {data_len} bytes of data (truncated file?)"
+            )
+        return dtype, tuple(shape), begin, end
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self._entries[key]
+        if begin == end:
+            return torch.empty(shape, dtype=dtype)
+        flat = torch.frombuffer(self._map, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=self._data_start + begin)
+        return flat.view(shape)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class CheckpointReader(Mapping[str, torch.Tensor]):
+    """All tensors of a checkpoint (one file or a sharded set) by name, read lazily.
+
+    `source(key)` names the file a key came from, for error messages.
+    """
+
+    def __init__(self, files: dict[str, Mapping[str, torch.Tensor]], key_to_file: dict[str, str]) -> None:
+        self._files = files
+        self._key_to_file = key_to_file
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._files[self._key_to_file[key]][key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._key_to_file)
+
+    def __len__(self) -> int:
+        return len(self._key_to_file)
+
+    def source(self, key: str) -> str:
+        return self._key_to_file.get(key, "<checkpoint>")
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        handle = self._files[self._key_to_file[key]]
+        return handle.shape(key) if isinstance(handle, SafetensorsFile) else tuple(handle[key].shape)
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, … for bad files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch file ({first_line})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors")
+    return state
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a valid shard index ({type(err).__name__}: {err})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: weight_map must be an object")
+    for shard in set(weight_map.values()):
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise CheckpointError(f"{path}: shard name {shard!r} must be a plain file name in the same directory")
+    return weight_map
+
+
+def open_checkpoint(directory: str | os.PathLike) -> CheckpointReader:
+    """Open the weights in a model directory, preferring safetensors over pickled files."""
+    directory = Path(directory)
+    opener: Callable[[Path], Mapping[str, torch.Tensor]]
+    for single, index, opener in (
+        (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SafetensorsFile),
+        (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, _load_bin),
+    ):
+        if (directory / index).is_file():
+            weight_map = _read_index(directory / index)
+            files = {}
+            for shard in sorted(set(weight_map.values())):
+                if not (directory / shard).is_file():
+                    raise CheckpointError(f"{directory / index}: lists shard {shard!r}, which is missing")
+                files[str(directory / shard)] = opener(directory / shard)
+            key_to_file = {}
+            for key, shard in weight_map.items():
+                file_name = str(directory / shard)
+                if key not in files[file_name]:
+                    raise CheckpointError(f"{directory / index}: key {key!r} is mapped to {shard}, which lacks it")
+                key_to_file[key] = file_name
+            return CheckpointReader(files, key_to_file)
+        if (directory / single).is_file():
+            handle = opener(directory / single)
+            return CheckpointReader({str(directory / single): handle}, {k: str(directory / single) for k in handle})
+    raise CheckpointError(
+        f"{directory}: no weights found (looked for {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
+        f"{WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME})"
+    )
+
+
+def parse_size(size: int | str) -> int:
+    """`"5GB"`, `"200MB"`, `"10KiB"` or a byte count → bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise CheckpointError(f"max_shard_size: expected bytes or a size like '5GB', found {size!r}")
+
+
+def write_weights(
+    state: dict[str, torch.Tensor],
+    directory: Path,
+    max_shard_size: int | str = "5GB",
+    safe_serialization: bool = True,
+) -> None:
+    """Write `state` as one file or as shards with an index, in HF's naming."""
+    from safetensors.torch import save_file
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and shard_bytes + nbytes > limit:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][key] = tensor.detach().to("cpu").contiguous()
+        shard_bytes += nbytes
+    single, index_name = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) if safe_serialization else (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+    def save(tensors: dict[str, torch.Tensor], name: str) -> None:
+        if safe_serialization:
+            save_file(_unshare(tensors), str(directory / name), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, directory / name)
+
+    if len(shards) == 1:
+        save(shards[0], single)
+        return
+    stem, ext = single.rsplit(".", 1)
+    weight_map = {}
+    for number, shard in enumerate(shards, 1):
+        name = f"{stem}-{number:05d}-of-{len(shards):05d}.{ext}"
+        save(shard, name)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage; give each its own."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return out
+
+
+class atomic_directory:
+    """Write into a temporary sibling directory, then move the files into place on success.
+
+    A failure part-way leaves the destination as it was: no half-written model directory.
+    """
+
+    def __init__(self, destination: str | os.PathLike) -> None:
+        self.destination = Path(destination)
+
+    def __enter__(self) -> Path:
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
+        return self._tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        self.destination.mkdir(parents=True, exist_ok=True)
+        # drop stale weight files of an earlier save so an old shard cannot shadow the new set
+        for old in self.destination.iterdir():
+            if old.name.startswith(("model-", "pytorch_model-")) or old.name in (
+                SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+            ):
+                old.unlink()
+        for item in self._tmp.iterdir():
+            os.replace(item, self.destination / item.name)
+        self._tmp.rmdir()

@@ -1,0 +1,230 @@
+"""The base configuration: documented defaults, validation and the `config.json` round trip.
+
+A family config declares its fields as annotated class attributes with their defaults, the way
+transformers 5 does. Unknown keys found in a `config.json` are kept as attributes and written back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import ConfigError
+
+CONFIG_NAME = "config.json"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(value: Any, argument: str = "dtype") -> torch.dtype | None:
+    """`torch.float16`, `"float16"`, `"torch.float16"` → `torch.float16`; `None` and `"auto"` pass as None."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        name = value.removeprefix("torch.")
+        if name in _DTYPES:
+            return _DTYPES[name]
+    raise ConfigError(f"{argument}: expected a torch dtype or one of {sorted(_DTYPES)}, found {value!r}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class PretrainedConfig:
+    """Base of every lamina config: the fields transformers' `PreTrainedConfig` shares across models."""
+
+    model_type: ClassVar[str] = ""
+    # alternative spellings → the canonical attribute (GPT-2's n_embd → hidden_size, …)
+    attribute_map: ClassVar[dict[str, str]] = {}
+
+    # fields shared by every model, with transformers' defaults
+    return_dict: bool = True
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    architectures: list[str] | None = None
+    problem_type: str | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tokenizer_class: str | None = None
+    chunk_size_feed_forward: int = 0
+    is_encoder_decoder: bool = False
+
+    _PROBLEM_TYPES: ClassVar[tuple[str, ...]] = (
+        "regression",
+        "single_label_classification",
+        "multi_label_classification",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._attn_implementation: str | None = kwargs.pop("attn_implementation", None)
+        # old and new spellings of the dtype; remember which one the file used to write it back alike
+        self._legacy_dtype_key = "torch_dtype" in kwargs and "dtype" not in kwargs
+        dtype = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        self.dtype = dtype if dtype is not None else torch_dtype
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = dtype_name(self.dtype)
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        kwargs.pop("transformers_version", None)
+        kwargs.pop("model_type", None)
+
+        for alias, canonical in self.attribute_map.items():
+            if alias in kwargs:
+                kwargs[canonical] = kwargs.pop(alias)
+        for name, default in self._declared_fields().items():
+            value = kwargs.pop(name) if name in kwargs else copy.deepcopy(default)
+            object.__setattr__(self, name, value)
+        # keys this class does not declare are kept and written back unchanged
+        self._extra_keys = list(kwargs)
+        for name, value in kwargs.items():
+            object.__setattr__(self, name, value)
+
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        if num_labels is not None and num_labels != len(self.id2label):
+            raise ConfigError(f"num_labels is {num_labels} but id2label has {len(self.id2label)} entries")
+        self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+        self.__post_init__()
+        self.validate()
+
+    @classmethod
+    def _declared_fields(cls) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            for name in getattr(klass, "__annotations__", {}):
+                if name.startswith("_") or name in ("model_type", "attribute_map"):
+                    continue
+                if name in vars(klass):
+                    fields[name] = vars(klass)[name]
+        return fields
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: resolve the aliases of attribute_map
+        alias_map = type(self).attribute_map
+        if name in alias_map:
+            return getattr(self, alias_map[name])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, type(self).attribute_map.get(name, name), value)
+
+    def __post_init__(self) -> None:
+        """Derived defaults (e.g. `num_key_value_heads` from the head count); subclasses extend it."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the field when a value is out of range; subclasses extend it."""
+        if self.problem_type is not None and self.problem_type not in self._PROBLEM_TYPES:
+            raise ConfigError(f"problem_type: expected one of {self._PROBLEM_TYPES} or None, found {self.problem_type!r}")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype, "dtype")
+
+    # -- labels --------------------------------------------------------------------------------
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if len(self.id2label) != value:
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    @property
+    def torch_dtype(self) -> str | None:
+        return self.dtype
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self.model_type}
+        for name in self._declared_fields():
+            out[name] = copy.deepcopy(getattr(self, name))
+        for name in self._extra_keys:
+            out[name] = copy.deepcopy(getattr(self, name))
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        if self.dtype is not None:
+            out["torch_dtype" if self._legacy_dtype_key else "dtype"] = self.dtype
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> PretrainedConfig:
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> PretrainedConfig:
+        return cls.from_dict(read_config_json(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
+        from .hub import resolve_model_dir
+
+        directory = resolve_model_dir(path)
+        data = read_config_json(directory / CONFIG_NAME)
+        if cls.model_type and data.get("model_type") not in (None, cls.model_type):
+            raise ConfigError(
+                f"{directory / CONFIG_NAME}: model_type is {data.get('model_type')!r}, "
+                f"but {cls.__name__} expects {cls.model_type!r}"
+            )
+        return cls.from_dict(data, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def require(condition: bool, field: str, expected: str, found: Any) -> None:
+    """Raise a `ConfigError` naming `field` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"{field}: expected {expected}, found {found!r}")

@@ -1,0 +1,101 @@
+"""Attention maths shared by every family: masks from positions, and the eager / sdpa / flash
+backends behind one call.
+
+Masks are composed from predicates over absolute positions: causal (key ≤ query), sliding
+(key > query − window), written (key ≥ 0, for ring-buffer slots not yet filled) and padding
+(the 2-D attention mask at the key's position). They are additive with `finfo(dtype).min`, so a
+row whose keys are all masked (a left-padding query) softmaxes to a uniform row, never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def build_attention_mask(
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    padding_mask: torch.Tensor | None,
+    window: int | None,
+    dtype: torch.dtype,
+    causal: bool = True,
+) -> torch.Tensor:
+    """Additive mask `(batch or 1, 1, queries, keys)`.
+
+    `query_positions (q,)` and `key_positions (k,)` are absolute sequence indices (-1: empty slot);
+    `padding_mask (batch, length)` is 1 for real tokens, indexed by key position.
+    """
+    q = query_positions[:, None]
+    k = key_positions[None, :]
+    allowed = k >= 0
+    if causal:
+        allowed = allowed & (k <= q)
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    allowed = allowed[None]
+    if padding_mask is not None:
+        index = key_positions.clamp(0, padding_mask.shape[1] - 1)
+        allowed = allowed & padding_mask[:, index].bool()[:, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, dim) → (batch, kv_heads * groups, seq, dim)."""
+    if groups == 1:
+        return x
+    batch, heads, seq, dim = x.shape
+    return x[:, :, None].expand(batch, heads, groups, seq, dim).reshape(batch, heads * groups, seq, dim)
+
+
+def attend(
+    backend: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dropout: float = 0.0,
+    is_causal: bool = False,
+    upcast: bool = False,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled dot-product attention over `(batch, heads, seq, dim)` tensors, GQA included.
+
+    Returns the output `(batch, heads, q, dim)` and, for eager or when `need_weights`, the
+    probabilities `(batch, heads, q, k)`. `upcast` computes scores and softmax in fp32 (GPT-2's
+    `reorder_and_upcast_attn`).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if backend != "eager" and not need_weights and not upcast:
+        if backend == "flash_attention_2" and mask is None:
+            from flash_attn import flash_attn_func
+
+            out = flash_attn_func(
+                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                dropout_p=dropout, softmax_scale=scale, causal=is_causal,
+            )
+            return out.transpose(1, 2), None
+        # sdpa, and flash-attention's padded or windowed calls, which PyTorch routes to its own
+        # fused CUDA kernels when the mask allows
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None,
+            scale=scale, enable_gqa=groups > 1,
+        )
+        return out, None
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if upcast:
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scale
+    else:
+        scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype) if upcast else scores + mask
+    elif is_causal:
+        q_len, k_len = scores.shape[-2:]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    if dropout:
+        probs = F.dropout(probs, p=dropout, training=True)
+    return torch.matmul(probs, value), probs

@@ -1,0 +1,397 @@
+"""`PreTrainedModel`: building, loading and saving every lamina model.
+
+Loading builds the model on the meta device, maps the checkpoint's names onto lamina's through the
+family's name map, checks every key and shape, and assigns the (mmap'd) tensors in place, so the
+peak memory of a load stays near the model's own size. Saving runs the same map backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .checkpoints.io import CheckpointReader, atomic_directory, open_checkpoint, write_weights
+from .checkpoints.namemap import Rule, with_prefix
+from .config import PretrainedConfig, resolve_dtype
+from .errors import CheckpointError, InputError, UnsupportedError
+from .hub import resolve_model_dir
+
+logger = logging.getLogger("lamina")
+
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2")
+
+
+@dataclass
+class LoadingInfo:
+    """What a load did beyond a one-to-one copy: heads initialised, foreign keys dropped."""
+
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+
+# Checkpoint formats other than an HF directory register a loader here: given a path, it returns
+# (HF config dict, tensors under HF names) or None when the path is not of its format.
+FORMAT_LOADERS: list[Any] = []
+
+
+def check_attn_implementation(name: str | None) -> str:
+    name = name or "sdpa"
+    if name not in ATTENTION_BACKENDS:
+        raise UnsupportedError(f"attn_implementation: expected one of {ATTENTION_BACKENDS}, found {name!r}")
+    if name == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise UnsupportedError("attn_implementation='flash_attention_2' needs a CUDA device; none is available")
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise UnsupportedError(
+                "attn_implementation='flash_attention_2' needs the flash-attn package (pip install flash-attn)"
+            ) from None
+    return name
+
+
+class PreTrainedModel(nn.Module):
+    """Base of every lamina model.
+
+    Subclasses set `config_class`; task models hold their base model under `base_model_prefix`
+    (the attribute name transformers uses, so the checkpoint names line up) and set
+    `base_model_class`.
+    """
+
+    config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    base_model_prefix: ClassVar[str] = "model"
+    base_model_class: ClassVar[type[PreTrainedModel] | None] = None
+    # checkpoint keys that are dropped silently (buffers old checkpoints stored)
+    ignore_on_load: ClassVar[tuple[str, ...]] = ()
+    # {parameter: parameter it shares storage with} when the config ties them
+    tied_weights: ClassVar[dict[str, str]] = {}
+    supports_gradient_checkpointing: ClassVar[bool] = True
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.config = config
+        config._attn_implementation = check_attn_implementation(config._attn_implementation)
+        self.gradient_checkpointing = False
+
+    # -- weights ------------------------------------------------------------------------------
+
+    @classmethod
+    def name_map(cls, config: PretrainedConfig) -> list[Rule]:
+        """Rules mapping checkpoint names onto this model's names (besides plain renames)."""
+        if cls.base_model_class is None:
+            return []
+        prefix = cls.base_model_prefix + "."
+        return with_prefix(cls.base_model_class.name_map(config), prefix, prefix)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters") and not list(module.children()):
+            module.reset_parameters()
+
+    def post_init(self) -> None:
+        """Initialise weights (unless built on the meta device) and tie what the config ties."""
+        if not any(p.is_meta for p in self.parameters()):
+            with torch.no_grad():
+                self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _active_ties(self) -> dict[str, str]:
+        return self.tied_weights if getattr(self.config, "tie_word_embeddings", False) else {}
+
+    def tie_weights(self) -> None:
+        for target, source in self._active_ties().items():
+            owner_name, _, attr = target.rpartition(".")
+            owner = self.get_submodule(owner_name)
+            setattr(owner, attr, self.get_parameter(source))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        params = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+        return sum(p.numel() for p in params.values())
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.embed_tokens
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
+
+    @staticmethod
+    def check_token_ids(input_ids: torch.Tensor | None, vocab_size: int) -> None:
+        """Ids outside the vocabulary get a clear error instead of an index error deep inside."""
+        if input_ids is None or input_ids.numel() == 0 or input_ids.is_meta:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            bad = high if high >= vocab_size else low
+            raise InputError(f"input_ids: token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        dtype = resolve_dtype(kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None))
+        if "attn_implementation" in kwargs:
+            config._attn_implementation = kwargs.pop("attn_implementation")
+        model = cls(config)
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        dtype: Any = "auto",
+        torch_dtype: Any = None,
+        device_map: str | dict | torch.device | None = None,
+        attn_implementation: str | None = None,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        quantization_config: Any = None,
+        **config_overrides: Any,
+    ) -> PreTrainedModel:
+        """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
+        registered loader recognises (GGUF, Mistral's original layout, …)."""
+        config_overrides.pop("trust_remote_code", None)
+        config_overrides.pop("low_cpu_mem_usage", None)
+        path = Path(pretrained_model_name_or_path)
+        tensors: Mapping[str, torch.Tensor] | None = None
+        for loader in FORMAT_LOADERS:
+            found = loader(path)
+            if found is not None:
+                config_dict, tensors = found
+                if config is None:
+                    config = cls.config_class.from_dict(config_dict, **config_overrides)
+                break
+        if tensors is None:
+            directory = resolve_model_dir(pretrained_model_name_or_path)
+            if config is None:
+                config = cls.config_class.from_pretrained(directory, **config_overrides)
+            tensors = open_checkpoint(directory)
+        if torch_dtype is not None and dtype == "auto":
+            dtype = torch_dtype
+        target_dtype = resolve_dtype(dtype) or resolve_dtype(config.dtype) or torch.float32
+        if dtype == "auto" and config.dtype is None:
+            target_dtype = _checkpoint_float_dtype(tensors) or torch.float32
+        config._attn_implementation = attn_implementation or config._attn_implementation
+
+        with torch.device("meta"):
+            model = cls(config)
+        info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
+        model.to(_resolve_device(device_map))
+        if quantization_config is not None:
+            from .quantization import quantize
+
+            quantize(model, quantization_config)
+        model.eval()
+        model.loading_info = info
+        return (model, info) if output_loading_info else model
+
+    def load_checkpoint(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        dtype: torch.dtype = torch.float32,
+        ignore_mismatched_sizes: bool = False,
+    ) -> LoadingInfo:
+        """Map, check and assign a checkpoint's tensors (HF names) onto this model in place."""
+        info = LoadingInfo()
+        state = self._map_checkpoint(tensors, info)
+        expected = {k: v for k, v in self.state_dict(keep_vars=True).items()}
+        for tied in self._active_ties():
+            expected.pop(tied, None)
+            state.pop(tied, None)
+        base_prefix = self.base_model_prefix + "." if self.base_model_class is not None else ""
+        where = _describe(tensors)
+
+        for key in list(state):
+            if key not in expected:
+                if base_prefix and not key.startswith(base_prefix):
+                    info.unexpected_keys.append(key)  # another head's weights: dropped, reported
+                    del state[key]
+                    continue
+                raise CheckpointError(f"{where}: unexpected key {key!r} (not a parameter of {type(self).__name__})")
+            want, found = tuple(expected[key].shape), tuple(state[key].shape)
+            if want != found:
+                if not ignore_mismatched_sizes:
+                    raise CheckpointError(f"{where}: key {key!r} has shape {found}, expected {want}")
+                info.mismatched_keys.append((key, found, want))
+                del state[key]
+        for key in expected:
+            if key in state or _is_buffer_key(self, key):
+                continue
+            if base_prefix and not key.startswith(base_prefix) or any(key == m[0] for m in info.mismatched_keys):
+                info.missing_keys.append(key)
+                continue
+            raise CheckpointError(f"{where}: missing key {key!r} needed by {type(self).__name__}")
+
+        for key, tensor in state.items():
+            if tensor.is_floating_point() and expected[key].is_floating_point():
+                state[key] = tensor.to(dtype)
+        self.load_state_dict(state, strict=False, assign=True)
+        self._materialize_rest(dtype)
+        if info.missing_keys:
+            logger.warning("%s: newly initialised (not in the checkpoint): %s", type(self).__name__, info.missing_keys)
+        if info.unexpected_keys:
+            logger.warning("%s: checkpoint keys not used: %s", type(self).__name__, info.unexpected_keys)
+        return info
+
+    def _map_checkpoint(self, tensors: Mapping[str, torch.Tensor], info: LoadingInfo) -> dict[str, torch.Tensor]:
+        """Checkpoint names → this model's names: prefix reconciliation, then the name map."""
+        prefix = self.base_model_prefix + "."
+        keys = [k for k in tensors if not any(re.search(p, k) for p in self.ignore_on_load)]
+        has_prefix = any(k.startswith(prefix) for k in keys)
+        renamed: dict[str, str] = {}
+        for key in keys:
+            if self.base_model_class is not None and not has_prefix:
+                renamed[prefix + key] = key  # a base-model checkpoint loaded into a task model
+            elif self.base_model_class is None and has_prefix:
+                if key.startswith(prefix):
+                    renamed[key[len(prefix) :]] = key
+                else:
+                    info.unexpected_keys.append(key)  # a task head loaded into the base model
+            else:
+                renamed[key] = key
+        state: dict[str, torch.Tensor] = {}
+        for rule in type(self).name_map(self.config):
+            present = [s in renamed for s in rule.sources]
+            if not any(present):
+                continue
+            if not all(present):
+                missing = [s for s, p in zip(rule.sources, present) if not p]
+                raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {rule.target!r})")
+            state[rule.target] = rule.merge([tensors[renamed.pop(s)] for s in rule.sources])
+        for name, key in renamed.items():
+            state[name] = tensors[key]
+        return state
+
+    def _materialize_rest(self, dtype: torch.dtype) -> None:
+        """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""
+        for module in self.modules():
+            own_params = list(module.parameters(recurse=False))
+            if any(p.is_meta for p in own_params):
+                module.to_empty(device="cpu", recurse=False)
+                for name, param in module.named_parameters(recurse=False):
+                    if param.is_floating_point() and param.dtype != dtype:
+                        setattr(module, name, nn.Parameter(param.to(dtype), requires_grad=param.requires_grad))
+                with torch.no_grad():
+                    self._init_weights(module)
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
+        self.tie_weights()
+        for name, buffer in self.named_buffers():
+            if buffer.is_meta:
+                raise CheckpointError(f"buffer {name!r} of {type(self).__name__} was not restored by the load")
+
+    # -- saving -------------------------------------------------------------------------------
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """This model's weights under the checkpoint's (HF) names and layouts."""
+        state = {k: v for k, v in self.state_dict().items() if not _is_buffer_key(self, k)}
+        for tied in self._active_ties():
+            state.pop(tied, None)
+        out: dict[str, torch.Tensor] = {}
+        for rule in type(self).name_map(self.config):
+            if rule.target in state:
+                out.update(zip(rule.sources, rule.split(state.pop(rule.target))))
+        out.update(state)
+        return out
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        max_shard_size: int | str = "5GB",
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **_: Any,
+    ) -> None:
+        """Write config.json (+ generation_config.json) and HF-named weights, atomically."""
+        state = state_dict if state_dict is not None else self.checkpoint_state_dict()
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        with atomic_directory(save_directory) as tmp:
+            self.config.save_pretrained(tmp)
+            generation_config = getattr(self, "generation_config", None)
+            if generation_config is not None:
+                generation_config.save_pretrained(tmp)
+            write_weights(state, tmp, max_shard_size, safe_serialization)
+            for hook in getattr(self, "extra_save_hooks", ()):
+                hook(tmp)
+
+
+def _is_buffer_key(model: nn.Module, key: str) -> bool:
+    owner_name, _, attr = key.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    return attr in owner._buffers
+
+
+def _describe(tensors: Mapping[str, torch.Tensor]) -> str:
+    if isinstance(tensors, CheckpointReader):
+        files = sorted({tensors.source(k) for k in tensors})
+        return files[0] if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} shards)"
+    return getattr(tensors, "description", "<checkpoint>")
+
+
+def _checkpoint_float_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    for key in tensors:
+        tensor = tensors[key]
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _resolve_device(device_map: str | dict | torch.device | None) -> torch.device:
+    if device_map is None or device_map == "auto":
+        return torch.device("cuda" if device_map == "auto" and torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise UnsupportedError(f"device_map: lamina places a model on one device, found {sorted(map(str, devices))}")
+        device_map = devices.pop()
+    if isinstance(device_map, int):
+        device_map = f"cuda:{device_map}"
+    device = torch.device(device_map)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedError(f"device_map: {device_map!r} asks for CUDA, which is not available")
+    return device
+

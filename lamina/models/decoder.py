@@ -1,0 +1,484 @@
+"""The one pre-norm decoder behind Mistral, Ministral, Mixtral, Llama, Qwen2 (and the families
+that add their switches to `DecoderSpec`).
+
+A family is a config class, a `spec(config)` that reads it into the switches below, and a name
+map for its checkpoints. Module names follow the Mistral checkpoint layout where nothing is fused,
+so most checkpoint names load unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..cache import Cache, make_cache
+from ..checkpoints.namemap import Rule, concat, rename, stack
+from ..config import PretrainedConfig
+from ..errors import InputError
+from ..layers.attention import attend, build_attention_mask
+from ..layers.heads import (
+    causal_lm_loss,
+    last_token_index,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
+from ..layers.mlp import GatedMLP, PlainMLP
+from ..layers.moe import SparseMoE, load_balancing_loss
+from ..layers.norms import make_norm
+from ..layers.rotary import RotaryEmbedding, apply_rotary
+from ..modeling import PreTrainedModel
+from ..outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MoeCausalLMOutputWithPast,
+    MoeModelOutputWithPast,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+
+
+@dataclass
+class DecoderSpec:
+    """The switches that make the one decoder into a given family."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    activation: str = "silu"
+    norm: str = "rms"  # "rms" | "layer"
+    norm_eps: float = 1e-6
+    norm_bias: bool = True  # LayerNorm only
+    attention_bias: bool = False  # q/k/v projections
+    output_bias: bool = False  # attention output projection
+    mlp: str = "gated"  # "gated" | "plain"
+    mlp_bias: bool = False
+    qk_norm: bool = False  # per-head norm of queries and keys before rotary (Persimmon)
+    position: str = "rope"  # "rope" | "learned"
+    rotary_dim: int | None = None  # None: the whole head
+    rope_parameters: dict[str, Any] = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    max_position_embeddings: int = 2048
+    layer_windows: list[int | None] = field(default_factory=list)  # per layer: None or the window
+    num_experts: int = 0  # 0: dense MLP
+    experts_per_token: int = 2
+    router_jitter: float = 0.0
+    attention_scales: list[float] | None = None  # per layer; None: head_dim ** -0.5
+    upcast_attention: bool = False
+    attention_dropout: float = 0.0
+    residual_dropout: float = 0.0  # after attention and MLP outputs
+    embedding_dropout: float = 0.0
+    padding_idx: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layer_windows:
+            self.layer_windows = [None] * self.num_layers
+
+
+class DecoderAttention(nn.Module):
+    """Grouped-query attention with a fused q/k/v projection."""
+
+    def __init__(self, spec: DecoderSpec, layer_idx: int, backend: str) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.window = spec.layer_windows[layer_idx]
+        self.scale = spec.attention_scales[layer_idx] if spec.attention_scales else spec.head_dim**-0.5
+        self.upcast = spec.upcast_attention
+        self.dropout = spec.attention_dropout
+        self.backend = backend
+        width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(spec.hidden_size, width, bias=spec.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, spec.hidden_size, bias=spec.output_bias)
+        if spec.qk_norm:
+            self.q_norm = make_norm(spec.norm, self.head_dim, spec.norm_eps)
+            self.k_norm = make_norm(spec.norm, self.head_dim, spec.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        masks: MaskBuilder,
+        cache: Any,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(batch, seq, self.num_heads, self.head_dim)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        key_positions = masks.query_positions
+        if cache is not None:
+            k, v, key_positions = cache.update(k, v, masks.query_positions)
+        mask, is_causal = masks.get(self.window, key_positions)
+        out, weights = attend(
+            self.backend, q, k, v, mask, self.scale,
+            dropout=self.dropout if self.training else 0.0, is_causal=is_causal,
+            upcast=self.upcast, need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.o_proj(out.to(x.dtype)), weights
+
+
+class MaskBuilder:
+    """Builds each layer type's mask once per forward and hands it to every layer of that type."""
+
+    def __init__(self, query_positions: torch.Tensor, padding_mask: torch.Tensor | None, dtype: torch.dtype, fresh: bool) -> None:
+        self.query_positions = query_positions
+        self.padding_mask = padding_mask
+        self.dtype = dtype
+        self.fresh = fresh  # no earlier tokens: keys are exactly the queries
+        self._built: dict[int | None, tuple[torch.Tensor | None, bool]] = {}
+
+    def get(self, window: int | None, key_positions: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+        if window not in self._built:
+            seq = self.query_positions.shape[0]
+            if self.fresh and self.padding_mask is None and (window is None or window >= seq):
+                self._built[window] = (None, True)  # plain causal: the kernels' own fast path
+            else:
+                mask = build_attention_mask(self.query_positions, key_positions, self.padding_mask, window, self.dtype)
+                self._built[window] = (mask, False)
+        return self._built[window]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: DecoderSpec, layer_idx: int, backend: str) -> None:
+        super().__init__()
+        self.input_layernorm = make_norm(spec.norm, spec.hidden_size, spec.norm_eps, spec.norm_bias)
+        self.self_attn = DecoderAttention(spec, layer_idx, backend)
+        self.post_attention_layernorm = make_norm(spec.norm, spec.hidden_size, spec.norm_eps, spec.norm_bias)
+        if spec.num_experts:
+            self.mlp = SparseMoE(
+                spec.hidden_size, spec.intermediate_size, spec.num_experts, spec.experts_per_token,
+                spec.activation, spec.router_jitter,
+            )
+        elif spec.mlp == "gated":
+            self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size, spec.activation, spec.mlp_bias)
+        else:
+            self.mlp = PlainMLP(spec.hidden_size, spec.intermediate_size, spec.activation, spec.mlp_bias)
+        self.residual_dropout = spec.residual_dropout
+
+    def forward(self, x, rotary, masks, cache, need_weights):
+        attn_out, weights = self.self_attn(self.input_layernorm(x), rotary, masks, cache, need_weights)
+        x = x + F.dropout(attn_out, self.residual_dropout, self.training)
+        mlp_out = self.mlp(self.post_attention_layernorm(x))
+        router_logits = None
+        if isinstance(mlp_out, tuple):
+            mlp_out, router_logits = mlp_out
+        x = x + F.dropout(mlp_out, self.residual_dropout, self.training)
+        return x, weights, router_logits
+
+
+class DecoderModel(PreTrainedModel):
+    """The bare decoder: `forward(input_ids (batch, seq))` → last hidden state `(batch, seq, hidden)`.
+
+    A family subclass sets `config_class` and implements `spec(config)`.
+    """
+
+    moe_output: ClassVar[bool] = False
+
+    @classmethod
+    def spec(cls, config: PretrainedConfig) -> DecoderSpec:
+        raise NotImplementedError(f"{cls.__name__} must read its config into a DecoderSpec")
+
+    @classmethod
+    def name_map(cls, config: PretrainedConfig) -> list[Rule]:
+        """Mistral-layout checkpoints: separate q/k/v and gate/up projections, per-expert w1/w2/w3."""
+        spec = cls.spec(config)
+        q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        rules = []
+        for i in range(spec.num_layers):
+            attn = f"layers.{i}.self_attn."
+            for kind in ("weight", "bias") if spec.attention_bias else ("weight",):
+                rules.append(concat(attn + f"qkv_proj.{kind}", [attn + f"{p}_proj.{kind}" for p in "qkv"], [q, kv, kv]))
+            mlp = f"layers.{i}.mlp."
+            if spec.num_experts:
+                moe = f"layers.{i}.block_sparse_moe."
+                experts = range(spec.num_experts)
+                gate_up = concat("", ["w1", "w3"], [spec.intermediate_size] * 2)
+                rules.append(stack(mlp + "experts.gate_up_proj",
+                                   [moe + f"experts.{e}.{w}.weight" for e in experts for w in ("w1", "w3")], gate_up))
+                rules.append(stack(mlp + "experts.down_proj", [moe + f"experts.{e}.w2.weight" for e in experts]))
+                rules.append(rename(mlp + "gate.weight", moe + "gate.weight"))
+            elif spec.mlp == "gated":
+                for kind in ("weight", "bias") if spec.mlp_bias else ("weight",):
+                    rules.append(concat(mlp + f"gate_up_proj.{kind}", [mlp + f"gate_proj.{kind}", mlp + f"up_proj.{kind}"],
+                                        [spec.intermediate_size] * 2))
+        return rules
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        spec = self.spec(config)
+        self.decoder_spec = spec
+        backend = config._attn_implementation
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, spec.padding_idx)
+        if spec.position == "learned":
+            self.embed_positions = nn.Embedding(spec.max_position_embeddings, spec.hidden_size)
+            self.rotary_emb = None
+        else:
+            rotary_dim = spec.rotary_dim or spec.head_dim
+            self.rotary_emb = RotaryEmbedding(rotary_dim, spec.rope_parameters, spec.max_position_embeddings)
+        self.layers = nn.ModuleList(DecoderLayer(spec, i, backend) for i in range(spec.num_layers))
+        self.norm = make_norm(spec.norm, spec.hidden_size, spec.norm_eps, spec.norm_bias)
+        self.post_init()
+
+    def make_cache(self, kind: str = "dynamic", max_length: int | None = None) -> Cache:
+        return make_cache(self.decoder_spec.layer_windows, kind, max_length)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,
+        output_router_logits: bool | None = None,
+        **_: Any,
+    ):
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_router_logits = getattr(config, "output_router_logits", False) if output_router_logits is None else output_router_logits
+        use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            self.check_token_ids(input_ids, self.decoder_spec.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, seq = inputs_embeds.shape[:2]
+        if use_cache and past_key_values is None:
+            past_key_values = self.make_cache()
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if cache_position is None:
+            cache_position = torch.arange(past_len, past_len + seq, device=inputs_embeds.device)
+        if position_ids is None:
+            position_ids = cache_position[None].expand(batch, -1)
+
+        hidden = inputs_embeds
+        rotary = None
+        if self.rotary_emb is None:
+            hidden = hidden + self.embed_positions(position_ids)
+        else:
+            rotary = self.rotary_emb(position_ids, hidden.dtype)
+        hidden = F.dropout(hidden, self.decoder_spec.embedding_dropout, self.training)
+        masks = MaskBuilder(cache_position, attention_mask, hidden.dtype, fresh=past_len == 0)
+
+        all_hidden, all_attentions, all_router = [], [], []
+        for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            cache = past_key_values[index] if past_key_values is not None else None
+            if self.gradient_checkpointing and self.training:
+                hidden, weights, router = checkpoint(layer, hidden, rotary, masks, cache, output_attentions, use_reentrant=False)
+            else:
+                hidden, weights, router = layer(hidden, rotary, masks, cache, output_attentions)
+            all_attentions.append(weights)
+            all_router.append(router)
+        if past_key_values is not None:
+            past_key_values.advance(seq)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+
+        fields = dict(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        if self.decoder_spec.num_experts:
+            out = MoeModelOutputWithPast(**fields, router_logits=tuple(all_router) if output_router_logits else None)
+        else:
+            out = BaseModelOutputWithPast(**fields)
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return out if return_dict else out.to_tuple()
+
+
+class _DecoderTask(PreTrainedModel):
+    """A head over the decoder, stored under `model` like the reference so checkpoint names match."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
+
+    @property
+    def decoder(self) -> DecoderModel:
+        return getattr(self, self.base_model_prefix)
+
+    def _run_decoder(self, kwargs: dict[str, Any]):
+        kwargs["return_dict"] = True
+        return self.decoder(**kwargs)
+
+    @staticmethod
+    def _finish(output, return_dict: bool | None, config: PretrainedConfig):
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
+
+
+class DecoderForCausalLM(_DecoderTask):
+    """`forward(input_ids, labels=…)` → logits `(batch, seq, vocab)` and the shifted LM loss."""
+
+    tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        spec = self.decoder.decoder_spec
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache_position: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_router_logits: bool | None = None,
+        **_: Any,
+    ):
+        config = self.config
+        moe = self.decoder.decoder_spec.num_experts > 0
+        if moe:
+            output_router_logits = config.output_router_logits if output_router_logits is None else output_router_logits
+        outputs = self._run_decoder(dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            cache_position=cache_position, output_router_logits=output_router_logits,
+        ))
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        fields = dict(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        if not moe:
+            return self._finish(CausalLMOutputWithPast(**fields), return_dict, config)
+        aux_loss = None
+        if output_router_logits:
+            spec = self.decoder.decoder_spec
+            aux_loss = load_balancing_loss(outputs.router_logits, spec.num_experts, spec.experts_per_token, attention_mask)
+            if labels is not None:
+                fields["loss"] = loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
+        output = MoeCausalLMOutputWithPast(**fields, aux_loss=aux_loss, router_logits=outputs.router_logits)
+        return self._finish(output, return_dict, config)
+
+
+class DecoderForSequenceClassification(_DecoderTask):
+    """Logits `(batch, num_labels)` pooled at each row's last non-pad token."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.score = nn.Linear(self.decoder.decoder_spec.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self._run_decoder(dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        ))
+        logits = self.score(outputs.last_hidden_state)
+        batch = logits.shape[0]
+        last = last_token_index(input_ids, self.config.pad_token_id, batch)
+        pooled = logits[torch.arange(batch, device=logits.device), last]
+        loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutputWithPast(
+            loss=loss, logits=pooled, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return self._finish(output, return_dict, self.config)
+
+
+class DecoderForTokenClassification(_DecoderTask):
+    """Logits `(batch, seq, num_labels)`."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(self.decoder.decoder_spec.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self._run_decoder(dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        ))
+        logits = self.score(self.dropout(outputs.last_hidden_state))
+        loss = token_classification_loss(logits, labels) if labels is not None else None
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self._finish(output, return_dict, self.config)
+
+
+class DecoderForQuestionAnswering(_DecoderTask):
+    """Start and end logits `(batch, seq)` for extractive QA."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(self.decoder.decoder_spec.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self._run_decoder(dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=False,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        ))
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return self._finish(output, return_dict, self.config)

@@ -1,0 +1,130 @@
+"""Llama and Qwen2 on the same decoder: real Llama-architecture checkpoints (SmolLM2, …) run as is.
+Llama is Mistral without a window (plus optional biases); Qwen2 adds q/k/v biases."""
+
+from __future__ import annotations
+
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
+from .decoder_config import DecoderConfig, llama_like_spec
+
+
+class LlamaConfig(DecoderConfig):
+    model_type = "llama"
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pretraining_tp: int = 1
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+
+
+class Qwen2Config(DecoderConfig):
+    model_type = "qwen2"
+
+    vocab_size: int = 151936
+    hidden_size: int = 4096
+    intermediate_size: int = 22016
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = 32
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    use_sliding_window: bool = False
+    sliding_window: int | None = 4096
+    max_window_layers: int = 28
+    layer_types: list[str] | None = None
+    attention_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.use_sliding_window:
+            self.sliding_window = None
+        if self.layer_types is None:
+            self.layer_types = [
+                "sliding_attention" if self.sliding_window is not None and i >= self.max_window_layers else "full_attention"
+                for i in range(self.num_hidden_layers)
+            ]
+
+
+class LlamaModel(DecoderModel):
+    config_class = LlamaConfig
+
+    @classmethod
+    def spec(cls, config: LlamaConfig) -> DecoderSpec:
+        return llama_like_spec(
+            config, attention_bias=config.attention_bias, output_bias=config.attention_bias, mlp_bias=config.mlp_bias
+        )
+
+
+class Qwen2Model(DecoderModel):
+    config_class = Qwen2Config
+
+    @classmethod
+    def spec(cls, config: Qwen2Config) -> DecoderSpec:
+        return llama_like_spec(config, attention_bias=True)
+
+
+class LlamaForCausalLM(DecoderForCausalLM):
+    config_class = LlamaConfig
+    base_model_class = LlamaModel
+
+
+class LlamaForSequenceClassification(DecoderForSequenceClassification):
+    config_class = LlamaConfig
+    base_model_class = LlamaModel
+
+
+class LlamaForTokenClassification(DecoderForTokenClassification):
+    config_class = LlamaConfig
+    base_model_class = LlamaModel
+
+
+class LlamaForQuestionAnswering(DecoderForQuestionAnswering):
+    config_class = LlamaConfig
+    base_model_class = LlamaModel
+
+
+class Qwen2ForCausalLM(DecoderForCausalLM):
+    config_class = Qwen2Config
+    base_model_class = Qwen2Model
+
+
+class Qwen2ForSequenceClassification(DecoderForSequenceClassification):
+    config_class = Qwen2Config
+    base_model_class = Qwen2Model
+
+
+class Qwen2ForTokenClassification(DecoderForTokenClassification):
+    config_class = Qwen2Config
+    base_model_class = Qwen2Model
+
+
+class Qwen2ForQuestionAnswering(DecoderForQuestionAnswering):
+    config_class = Qwen2Config
+    base_model_class = Qwen2Model

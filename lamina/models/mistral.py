@@ -1,0 +1,64 @@
+"""Mistral: the decoder with grouped-query attention and a sliding window on every layer."""
+
+from __future__ import annotations
+
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
+from .decoder_config import DecoderConfig, llama_like_spec
+
+
+class MistralConfig(DecoderConfig):
+    model_type = "mistral"
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = 8
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096 * 32
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = 4096
+    attention_dropout: float = 0.0
+
+
+class MistralModel(DecoderModel):
+    config_class = MistralConfig
+
+    @classmethod
+    def spec(cls, config: MistralConfig) -> DecoderSpec:
+        return llama_like_spec(config)
+
+
+class MistralForCausalLM(DecoderForCausalLM):
+    config_class = MistralConfig
+    base_model_class = MistralModel
+
+
+class MistralForSequenceClassification(DecoderForSequenceClassification):
+    config_class = MistralConfig
+    base_model_class = MistralModel
+
+
+class MistralForTokenClassification(DecoderForTokenClassification):
+    config_class = MistralConfig
+    base_model_class = MistralModel
+
+
+class MistralForQuestionAnswering(DecoderForQuestionAnswering):
+    config_class = MistralConfig
+    base_model_class = MistralModel

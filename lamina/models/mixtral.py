@@ -1,0 +1,73 @@
+"""Mixtral: Mistral whose MLP is a sparse mixture of experts (top-k of `num_local_experts`)."""
+
+from __future__ import annotations
+
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
+from .decoder_config import llama_like_spec
+from .mistral import MistralConfig
+from ..config import require
+
+
+class MixtralConfig(MistralConfig):
+    model_type = "mixtral"
+    attribute_map = {"num_experts": "num_local_experts"}
+    default_theta = 1e6
+
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None
+    num_experts_per_tok: int = 2
+    num_local_experts: int = 8
+    output_router_logits: bool = False
+    router_aux_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            isinstance(self.num_local_experts, int) and self.num_local_experts > 0,
+            "num_local_experts", "a positive integer", self.num_local_experts,
+        )
+        require(
+            isinstance(self.num_experts_per_tok, int) and 0 < self.num_experts_per_tok <= self.num_local_experts,
+            "num_experts_per_tok", f"between 1 and num_local_experts ({self.num_local_experts})", self.num_experts_per_tok,
+        )
+
+
+class MixtralModel(DecoderModel):
+    config_class = MixtralConfig
+
+    @classmethod
+    def spec(cls, config: MixtralConfig) -> DecoderSpec:
+        return llama_like_spec(
+            config,
+            num_experts=config.num_local_experts,
+            experts_per_token=config.num_experts_per_tok,
+            router_jitter=config.router_jitter_noise,
+        )
+
+
+class MixtralForCausalLM(DecoderForCausalLM):
+    config_class = MixtralConfig
+    base_model_class = MixtralModel
+
+
+class MixtralForSequenceClassification(DecoderForSequenceClassification):
+    config_class = MixtralConfig
+    base_model_class = MixtralModel
+
+
+class MixtralForTokenClassification(DecoderForTokenClassification):
+    config_class = MixtralConfig
+    base_model_class = MixtralModel
+
+
+class MixtralForQuestionAnswering(DecoderForQuestionAnswering):
+    config_class = MixtralConfig
+    base_model_class = MixtralModel
