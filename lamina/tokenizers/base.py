@@ -7,7 +7,9 @@ library, sentencepiece, tekken, MLuke) pads and truncates the same way transform
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -128,8 +130,8 @@ def truncate_pair(
 ) -> tuple[list[int], list[int] | None]:
     """Remove `num_tokens_to_remove` ids from one sequence or a pair, as transformers does.
 
-    `longest_first` removes one id at a time from whichever sequence is longer (the first when
-    equal); `only_first` / `only_second` cut only that one and raise if it is too short.
+    `longest_first` takes ids from whichever sequence is longer (the second when they are equally
+    long) until both are the same length, then alternately; `only_first` / `only_second` cut only that one and raise if it is too short.
     `side` is the end ids are removed from.
     """
     if strategy not in TRUNCATION_STRATEGIES:
@@ -139,13 +141,15 @@ def truncate_pair(
     if strategy == "longest_first":
         if pair_ids is None:
             return _cut(ids, num_tokens_to_remove, side), None
-        first, second = len(ids), len(pair_ids)
-        for _ in range(num_tokens_to_remove):
-            if first >= second and first > 0:
-                first -= 1
-            elif second > 0:
-                second -= 1
-        return _cut(ids, len(ids) - first, side), _cut(pair_ids, len(pair_ids) - second, side)
+        # the longer sequence first loses the difference, then the rest is split, the odd one
+        # going to the second sequence (which is also cut first when both are equally long)
+        difference = min(abs(len(ids) - len(pair_ids)), num_tokens_to_remove)
+        shared = num_tokens_to_remove - difference
+        if len(ids) > len(pair_ids):
+            from_first, from_second = difference + shared // 2, shared - shared // 2
+        else:
+            from_first, from_second = shared // 2, difference + shared - shared // 2
+        return _cut(ids, from_first, side), _cut(pair_ids, from_second, side)
     if strategy == "only_second" and pair_ids is None:
         raise InputError("truncation='only_second' needs a pair of sequences, found a single one")
     target_is_first = strategy == "only_first"
@@ -176,3 +180,525 @@ def flatten_ids(ids: Any) -> list[int]:
     if isinstance(ids, Iterable):
         return [int(i) for i in ids]
     raise InputError(f"token ids: expected a list of ints or a tensor, found {type(ids).__name__}")
+
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# a template item: 0 / 1 for the first / second sequence, or a special token's text; with its type id
+TemplateItem = tuple[int | str, int]
+# model_max_length when none is known, as transformers writes it
+VERY_LARGE_INTEGER = int(1e30)
+
+
+class Template:
+    """Where special tokens go around one sequence or a pair, and the type id of every part.
+
+    `single = [("<s>", 0), (0, 0)]` reads "`<s>` then the first sequence"; BERT's pair is
+    `[("[CLS]", 0), (0, 0), ("[SEP]", 0), (1, 1), ("[SEP]", 1)]`.
+    """
+
+    def __init__(self, single: list[TemplateItem], pair: list[TemplateItem]) -> None:
+        self.single = single
+        self.pair = pair
+
+    @classmethod
+    def plain(cls) -> Template:
+        return cls([(0, 0)], [(0, 0), (1, 1)])
+
+    @classmethod
+    def around(cls, before: list[str], after: list[str]) -> Template:
+        """Llama-style: the same tokens around each sequence (`<s> A </s>`, `<s> A </s> <s> B </s>`)."""
+        single = [*[(t, 0) for t in before], (0, 0), *[(t, 0) for t in after]]
+        pair = [*single, *[(t, 1) for t in before], (1, 1), *[(t, 1) for t in after]]
+        return cls(single, pair)
+
+    def count(self, pair: bool) -> int:
+        return sum(isinstance(piece, str) for piece, _ in (self.pair if pair else self.single))
+
+    @classmethod
+    def from_post_processor(cls, entry: dict[str, Any] | None, source: str) -> Template:
+        """The template a `tokenizer.json` post-processor describes."""
+        kind = (entry or {}).get("type")
+        if entry is None or kind == "ByteLevel":
+            return cls.plain()
+        if kind == "Sequence":
+            steps = [step for step in entry["processors"] if step.get("type") != "ByteLevel"]
+            return cls.from_post_processor(steps[0] if steps else None, source)
+        if kind == "TemplateProcessing":
+
+            def items(template: list[dict[str, Any]]) -> list[TemplateItem]:
+                return [
+                    (item["SpecialToken"]["id"], item["SpecialToken"]["type_id"])
+                    if "SpecialToken" in item
+                    else ("AB".index(item["Sequence"]["id"]), item["Sequence"]["type_id"])
+                    for item in template
+                ]
+
+            return cls(items(entry["single"]), items(entry["pair"]))
+        if kind in ("BertProcessing", "RobertaProcessing"):
+            cls_token, sep_token = entry["cls"][0], entry["sep"][0]
+            second = 0 if kind == "RobertaProcessing" else 1
+            middle = [(sep_token, 0), (sep_token, 0)] if kind == "RobertaProcessing" else [(sep_token, 0)]
+            single = [(cls_token, 0), (0, 0), (sep_token, 0)]
+            return cls(single, [(cls_token, 0), (0, 0), *middle, (1, second), (sep_token, second)])
+        raise TokenizerError(f"{source}: post_processor of type {kind!r} is not supported")
+
+    def to_post_processor(self, token_to_id: Callable[[str], int | None]) -> dict[str, Any] | None:
+        """This template as a `tokenizers` TemplateProcessing entry (None when it adds nothing)."""
+        if self.count(False) == 0 and self.count(True) == 0 and [t for _, t in self.pair] == [0, 1]:
+            return None
+        tokens = {piece for piece, _ in [*self.single, *self.pair] if isinstance(piece, str)}
+        special = {t: {"id": t, "ids": [token_to_id(t)], "tokens": [t]} for t in sorted(tokens)}
+
+        def items(template: list[TemplateItem]) -> list[dict[str, Any]]:
+            return [
+                {"SpecialToken": {"id": piece, "type_id": type_id}}
+                if isinstance(piece, str)
+                else {"Sequence": {"id": "AB"[piece], "type_id": type_id}}
+                for piece, type_id in template
+            ]
+
+        return {"type": "TemplateProcessing", "single": items(self.single), "pair": items(self.pair), "special_tokens": special}
+
+
+class PreTrainedTokenizer:
+    """A tokenizer with transformers' call surface over one engine (`engines.RustEngine`,
+    `engines.SentencePieceEngine`, …).
+
+    The engine turns text into ids; this class adds the special tokens of its `Template`,
+    truncates, pads, makes tensors, decodes, renders chat templates and saves. `tok(texts)`
+    returns a `BatchEncoding` whose `input_ids` is `list[int]` for one text, `list[list[int]]`
+    for a batch, or a `(batch, seq)` tensor with `return_tensors="pt"`.
+    """
+
+    model_input_names: list[str] = ["input_ids", "attention_mask"]
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    # what the class's files are called, and the defaults transformers' class of the same name has
+    class_defaults: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        engine: Any,
+        template: Template | None = None,
+        *,
+        name_or_path: str = "",
+        model_max_length: int | None = None,
+        padding_side: str | None = None,
+        truncation_side: str | None = None,
+        chat_template: str | dict[str, str] | None = None,
+        clean_up_tokenization_spaces: bool = False,
+        model_input_names: list[str] | None = None,
+        additional_special_tokens: Sequence[str] = (),
+        extra_config: dict[str, Any] | None = None,
+        **special_tokens: str | None,
+    ) -> None:
+        unknown = set(special_tokens) - set(SPECIAL_TOKEN_NAMES)
+        if unknown:
+            raise TokenizerError(
+                f"unknown special-token name(s) {sorted(unknown)}; expected some of {list(SPECIAL_TOKEN_NAMES)}"
+            )
+        self.engine = engine
+        self.template = template or Template.plain()
+        self.name_or_path = name_or_path
+        self.model_max_length = VERY_LARGE_INTEGER if model_max_length is None else int(model_max_length)
+        if padding_side is not None:
+            self.padding_side = padding_side
+        if truncation_side is not None:
+            self.truncation_side = truncation_side
+        self.chat_template = chat_template
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        if model_input_names is not None:
+            self.model_input_names = list(model_input_names)
+        # keys of tokenizer_config.json lamina does not use itself, written back on save
+        self.extra_config = dict(extra_config or {})
+        self._special: dict[str, str | None] = dict.fromkeys(SPECIAL_TOKEN_NAMES)
+        for name, value in special_tokens.items():
+            setattr(self, name, value)
+        self._additional: list[str] = []
+        self.add_special_tokens({"additional_special_tokens": list(additional_special_tokens)})
+
+    # ---- special tokens -------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # bos_token / bos_token_id / … read from `_special`; everything else is a real miss
+        special = self.__dict__.get("_special")
+        if special is not None:
+            if name in special:
+                return special[name]
+            if name.endswith("_id") and name[:-3] in special:
+                token = special[name[:-3]]
+                return None if token is None else self.convert_tokens_to_ids(token)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SPECIAL_TOKEN_NAMES:
+            token = None if value is None else str(value)
+            if token is not None:
+                self.engine.add_tokens([token], special=True)
+            self._special[name] = token
+        elif name.endswith("_id") and name[:-3] in SPECIAL_TOKEN_NAMES:
+            setattr(self, name[:-3], None if value is None else self.convert_ids_to_tokens(int(value)))
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        return list(self._additional)
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        named = {name: token for name, token in self._special.items() if token is not None}
+        if self._additional:
+            named["additional_special_tokens"] = list(self._additional)
+        return named
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        tokens = [t for t in self._special.values() if t is not None] + self._additional
+        return list(dict.fromkeys(tokens))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.all_special_tokens)
+
+    def add_special_tokens(self, special_tokens: dict[str, str | list[str]]) -> int:
+        """Set named special tokens and/or extend `additional_special_tokens`; returns how many are new."""
+        before = len(self)
+        for name, value in special_tokens.items():
+            if name == "additional_special_tokens":
+                tokens = [str(t) for t in value]
+                self.engine.add_tokens(tokens, special=True)
+                self._additional.extend(t for t in tokens if t not in self._additional)
+            elif name in SPECIAL_TOKEN_NAMES:
+                setattr(self, name, value)
+            else:
+                raise TokenizerError(
+                    f"add_special_tokens: unknown special-token name {name!r}; "
+                    f"expected one of {[*SPECIAL_TOKEN_NAMES, 'additional_special_tokens']}"
+                )
+        return len(self) - before
+
+    def add_tokens(self, tokens: str | list[str], special_tokens: bool = False) -> int:
+        """Add tokens matched whole in the text; returns how many were new to the vocabulary."""
+        return self.engine.add_tokens([tokens] if isinstance(tokens, str) else list(tokens), special=special_tokens)
+
+    # ---- vocabulary -----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """The size of the base vocabulary, without added tokens (as transformers counts it)."""
+        return self.engine.base_vocab_size
+
+    def __len__(self) -> int:
+        return len(self.engine)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.engine.get_vocab()
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, str]:
+        return {i: content for i, (content, _) in sorted(self.engine.added_tokens().items())}
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(token) for token in tokens]
+
+    def _token_to_id(self, token: str) -> int:
+        token_id = self.engine.token_to_id(token)
+        if token_id is not None:
+            return token_id
+        unk = self._special["unk_token"]
+        unk_id = None if unk is None else self.engine.token_to_id(unk)
+        if unk_id is None:
+            raise TokenizerError(f"token {token!r} is not in the vocabulary, and there is no unk_token to use")
+        return unk_id
+
+    def convert_ids_to_tokens(self, ids: int | Any, skip_special_tokens: bool = False) -> str | list[str]:
+        if isinstance(ids, int) or (isinstance(ids, torch.Tensor) and ids.dim() == 0):
+            return self._id_to_token(int(ids))
+        special = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._id_to_token(i) for i in flatten_ids(ids) if i not in special]
+
+    def _id_to_token(self, token_id: int) -> str:
+        token = self.engine.id_to_token(token_id)
+        if token is None:
+            raise InputError(f"token id {token_id} is out of range for a vocabulary of {len(self)} tokens")
+        return token
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return self.engine.convert_tokens_to_string(tokens)
+
+    def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
+        """The token strings of `text`, without the template's special tokens."""
+        return self.engine.tokenize(text, split_special_tokens)
+
+    # ---- encoding -------------------------------------------------------------------------
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return self.template.count(pair)
+
+    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
+        return self._apply_template(ids, pair_ids)[0]
+
+    def create_token_type_ids_from_sequences(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
+        return self._apply_template(ids, pair_ids)[1]
+
+    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
+        """1 where the template puts a special token around `ids` (and `pair_ids`), 0 on their ids."""
+        return self._apply_template(ids, pair_ids)[2]
+
+    def _apply_template(self, ids: list[int], pair_ids: list[int] | None) -> tuple[list[int], list[int], list[int]]:
+        """(input_ids, token_type_ids, special_tokens_mask) of one sequence or pair."""
+        sequences = (ids, pair_ids)
+        out_ids: list[int] = []
+        type_ids: list[int] = []
+        mask: list[int] = []
+        for piece, type_id in self.template.single if pair_ids is None else self.template.pair:
+            if isinstance(piece, str):
+                out_ids.append(self._token_to_id(piece))
+                type_ids.append(type_id)
+                mask.append(1)
+            else:
+                part = sequences[piece]
+                out_ids.extend(part)
+                type_ids.extend([type_id] * len(part))
+                mask.extend([0] * len(part))
+        return out_ids, type_ids, mask
+
+    def __call__(
+        self,
+        text: str | list[str] | list[tuple[str, str]] | None = None,
+        text_pair: str | list[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+        split_special_tokens: bool = False,
+        **unsupported: Any,
+    ) -> BatchEncoding:
+        """Encode one text, a batch, or pairs (`text_pair`, or a list of 2-tuples) into model inputs."""
+        if unsupported:
+            raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
+        if text is None:
+            raise InputError("tokenizer call: expected text (a string or a list of strings), found None")
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        if text_pair is not None:
+            pairs = list(text_pair) if isinstance(text_pair, (list, tuple)) else [text_pair]
+            if len(pairs) != len(texts):
+                raise InputError(f"text_pair: expected {len(texts)} texts to pair with text, found {len(pairs)}")
+        elif texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
+            texts, pairs = [t[0] for t in texts], [t[1] for t in texts]
+        else:
+            pairs = None
+        for t in [*texts, *(pairs or [])]:
+            if not isinstance(t, str):
+                raise InputError(f"tokenizer call: expected strings, found {type(t).__name__} {t!r:.60}")
+        encoded = self.engine.encode_batch(texts + (pairs or []), split_special_tokens)
+        firsts, seconds = encoded[: len(texts)], encoded[len(texts) :] or [None] * len(texts)
+        return self.prepare_batch(
+            list(zip(firsts, seconds)),
+            batched=batched,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+            return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_length=return_length,
+        )
+
+    def prepare_batch(
+        self,
+        sequences: list[tuple[list[int], list[int] | None]],
+        *,
+        batched: bool = True,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_length: bool = False,
+    ) -> BatchEncoding:
+        """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences."""
+        padding_strategy = _padding_strategy(padding)
+        truncation_strategy = _truncation_strategy(truncation, max_length)
+        if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
+            max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
+        features: dict[str, list[list[int]]] = {"input_ids": [], "token_type_ids": [], "special_tokens_mask": []}
+        for ids, pair_ids in sequences:
+            if max_length is not None and truncation_strategy != "do_not_truncate":
+                specials = self.template.count(pair_ids is not None) if add_special_tokens else 0
+                total = len(ids) + len(pair_ids or ()) + specials
+                ids, pair_ids = truncate_pair(ids, pair_ids, total - max_length, truncation_strategy, self.truncation_side)
+            if add_special_tokens:
+                row, types, mask = self._apply_template(ids, pair_ids)
+            else:
+                row = ids + (pair_ids or [])
+                types = [0] * len(ids) + [1] * len(pair_ids or ())
+                mask = [0] * len(row)
+            features["input_ids"].append(row)
+            features["token_type_ids"].append(types)
+            features["special_tokens_mask"].append(mask)
+        features["attention_mask"] = [[1] * len(row) for row in features["input_ids"]]
+        if return_length:
+            features["length"] = [[len(row)] for row in features["input_ids"]]
+        if padding_strategy != "do_not_pad":
+            lengths = features.pop("length", None)
+            length = max_length if padding_strategy == "max_length" else None
+            features = pad_batch(
+                features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of
+            )
+            if lengths is not None:
+                features["length"] = lengths
+        if not return_special_tokens_mask:
+            del features["special_tokens_mask"]
+        if not (return_token_type_ids if return_token_type_ids is not None else "token_type_ids" in self.model_input_names):
+            del features["token_type_ids"]
+        if return_attention_mask is False:
+            del features["attention_mask"]
+        if "length" in features:
+            features["length"] = [row[0] for row in features["length"]]
+        if not batched:
+            features = {key: value[0] for key, value in features.items()}
+            if return_tensors is not None:
+                features = {key: [value] if isinstance(value, list) else value for key, value in features.items()}
+        return BatchEncoding(features, tensor_type=return_tensors)
+
+    def encode(
+        self,
+        text: str,
+        text_pair: str | None = None,
+        add_special_tokens: bool = True,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> list[int] | torch.Tensor:
+        """The ids of one text (or pair); with `return_tensors="pt"`, a `(1, seq)` tensor."""
+        encoding = self(text, text_pair, add_special_tokens=add_special_tokens, return_tensors=return_tensors, **kwargs)
+        return encoding["input_ids"]
+
+    def pad(
+        self,
+        encoded_inputs: dict[str, Any] | list[dict[str, Any]],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Pad features that are already ids (a dict of lists, or a list of dicts, as collators pass)."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0]}
+        features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()}
+        strategy = _padding_strategy(padding)
+        if strategy != "do_not_pad":
+            length = max_length if strategy == "max_length" else None
+            features = pad_batch(features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of)
+        if return_attention_mask is False:
+            features.pop("attention_mask", None)
+        return BatchEncoding(features, tensor_type=return_tensors)
+
+    # ---- decoding -------------------------------------------------------------------------
+    def decode(
+        self,
+        token_ids: Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str:
+        """The text of one sequence of ids (a list, or a 1-d tensor)."""
+        return self.batch_decode([token_ids], skip_special_tokens, clean_up_tokenization_spaces)[0]
+
+    def batch_decode(
+        self,
+        sequences: Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> list[str]:
+        """The texts of a batch of id sequences (a list of lists, or a `(batch, seq)` tensor)."""
+        if isinstance(sequences, torch.Tensor):
+            sequences = sequences.tolist() if sequences.dim() == 2 else [sequences.tolist()]
+        batch = [flatten_ids(ids) for ids in sequences]
+        for ids in batch:
+            bad = [i for i in ids if not 0 <= i < len(self)]
+            if bad:
+                raise InputError(f"decode: token id {bad[0]} is out of range for a vocabulary of {len(self)} tokens")
+        texts = self.engine.decode_batch(batch, skip_special_tokens)
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        return [clean_up_tokenization(text) for text in texts] if clean else texts
+
+    # ---- chat, saving, loading ------------------------------------------------------------
+    def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]], **kwargs: Any) -> Any:
+        """Render `conversation` with the tokenizer's Jinja chat template in a sandbox; see
+        `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
+        from .chat import apply_chat_template
+
+        return apply_chat_template(self, conversation, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
+        """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so
+        that this class and transformers' `AutoTokenizer` both load them."""
+        from .files import save_tokenizer
+
+        return save_tokenizer(self, Path(save_directory))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
+        """Load from a directory (or a single tokenizer file); see `AutoTokenizer.from_pretrained`."""
+        from .files import load_tokenizer
+
+        return load_tokenizer(name_or_path, cls=cls, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name_or_path={self.name_or_path!r}, engine={self.engine.kind}, "
+            f"vocab_size={self.vocab_size}, padding_side={self.padding_side!r}, special_tokens={self.special_tokens_map})"
+        )
+
+
+def _padding_strategy(padding: bool | str) -> str:
+    if padding is True or padding == "longest":
+        return "longest"
+    if padding is False or padding is None or padding == "do_not_pad":
+        return "do_not_pad"
+    if padding == "max_length":
+        return "max_length"
+    raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', found {padding!r}")
+
+
+def _truncation_strategy(truncation: bool | str | None, max_length: int | None) -> str:
+    if truncation is None:
+        # transformers truncates to max_length when one is given and truncation is left unset
+        return "longest_first" if max_length is not None else "do_not_truncate"
+    if truncation is True:
+        return "longest_first"
+    if truncation is False:
+        return "do_not_truncate"
+    if truncation in TRUNCATION_STRATEGIES:
+        return truncation
+    raise InputError(f"truncation: expected True, False or one of {TRUNCATION_STRATEGIES}, found {truncation!r}")
+
+
+def clean_up_tokenization(text: str) -> str:
+    """Remove the spaces word-level tokenizers leave before punctuation and English contractions."""
+    for spaced, joined in (
+        (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+        (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+    ):  # fmt: skip
+        text = text.replace(spaced, joined)
+    return text

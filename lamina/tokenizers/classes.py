@@ -1,0 +1,107 @@
+"""The tokenizer classes users know from transformers. Each is `PreTrainedTokenizer` with the
+defaults transformers' class of the same name has; the engine comes from the files found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import PreTrainedTokenizer
+
+
+class PreTrainedTokenizerFast(PreTrainedTokenizer):
+    """Any tokenizer described by a `tokenizer.json`, with no family defaults."""
+
+
+class LlamaTokenizer(PreTrainedTokenizer):
+    """Llama / Mistral: sentencepiece byte-fallback BPE (`tokenizer.model`) or its `tokenizer.json`;
+    `<s>` before each sequence by default, left padding."""
+
+    padding_side = "left"
+    class_defaults: dict[str, Any] = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+    }
+
+
+class LlamaTokenizerFast(LlamaTokenizer):
+    """The same tokenizer as `LlamaTokenizer` (transformers 5 has one class under both names)."""
+
+
+class PersimmonTokenizer(LlamaTokenizer):
+    """Adept Persimmon: a sentencepiece unigram model whose one special token `|ENDOFTEXT|`
+    is both BOS and EOS (as transformers' conversion script sets it)."""
+
+    padding_side = "right"
+    class_defaults = {**LlamaTokenizer.class_defaults, "bos_token": "|ENDOFTEXT|", "eos_token": "|ENDOFTEXT|"}
+
+
+class GPT2Tokenizer(PreTrainedTokenizer):
+    """GPT-2 byte-level BPE (`vocab.json` + `merges.txt`, or a `tokenizer.json`)."""
+
+    class_defaults = {
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+
+
+class GPT2TokenizerFast(GPT2Tokenizer):
+    """The same tokenizer as `GPT2Tokenizer`."""
+
+
+class BertTokenizer(PreTrainedTokenizer):
+    """BERT WordPiece (`vocab.txt`) with the basic tokenizer; `[CLS] A [SEP] B [SEP]` with
+    token type ids 0 / 1."""
+
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    class_defaults = {
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": True,
+    }
+
+
+class BertTokenizerFast(BertTokenizer):
+    """The same tokenizer as `BertTokenizer`."""
+
+
+class MobileBertTokenizer(BertTokenizer):
+    """MobileBERT uses BERT's uncased WordPiece tokenizer unchanged."""
+
+
+class MobileBertTokenizerFast(MobileBertTokenizer):
+    """The same tokenizer as `MobileBertTokenizer`."""
+
+
+# transformers class names found in tokenizer_config.json → lamina classes
+TOKENIZER_CLASSES: dict[str, type[PreTrainedTokenizer]] = {
+    cls.__name__: cls
+    for cls in (
+        PreTrainedTokenizerFast,
+        LlamaTokenizer,
+        LlamaTokenizerFast,
+        PersimmonTokenizer,
+        GPT2Tokenizer,
+        GPT2TokenizerFast,
+        BertTokenizer,
+        BertTokenizerFast,
+        MobileBertTokenizer,
+        MobileBertTokenizerFast,
+    )
+}
+TOKENIZER_CLASSES.update(
+    {
+        "TokenizersBackend": PreTrainedTokenizerFast,
+        "CodeLlamaTokenizer": LlamaTokenizer,
+        "CodeLlamaTokenizerFast": LlamaTokenizer,
+    }
+)

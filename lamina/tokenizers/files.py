@@ -1,0 +1,263 @@
+"""Finding, loading and saving tokenizer files, and `AutoTokenizer`.
+
+What a directory holds decides the engine, in transformers' order of preference:
+`tokenizer.json` (the Rust `tokenizers` library), Mistral's `tekken.json`, a sentencepiece
+`tokenizer.model`, GPT-2's `vocab.json` + `merges.txt`, BERT's `vocab.txt`; a GGUF file is named
+with `gguf_file=`. `special_tokens_map.json`, `tokenizer_config.json` and `chat_template.jinja`
+then supply special tokens, padding side, maximum length and chat template; keyword arguments
+override them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, TokenizerError
+from ..hub import resolve_model_dir
+from .base import SPECIAL_TOKEN_NAMES, VERY_LARGE_INTEGER, PreTrainedTokenizer, Template
+from .classes import TOKENIZER_CLASSES, BertTokenizer, GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from .engines import RustEngine, SentencePieceEngine
+from .formats import gpt2_document, read_json, tekken_document, wordpiece_document
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# tokenizer_config.json keys lamina reads itself; the others are kept and written back
+_HANDLED_KEYS = {
+    *SPECIAL_TOKEN_NAMES,
+    "additional_special_tokens",
+    "extra_special_tokens",
+    "added_tokens_decoder",
+    "tokenizer_class",
+    "auto_map",
+    "model_max_length",
+    "padding_side",
+    "truncation_side",
+    "chat_template",
+    "clean_up_tokenization_spaces",
+    "model_input_names",
+    "add_bos_token",
+    "add_eos_token",
+    "do_lower_case",
+    "strip_accents",
+    "tokenize_chinese_chars",
+    "name_or_path",
+    "use_fast",
+    "legacy",
+}
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike,
+    cls: type[PreTrainedTokenizer] | None = None,
+    *,
+    gguf_file: str | None = None,
+    use_fast: bool = True,
+    **overrides: Any,
+) -> PreTrainedTokenizer:
+    """The tokenizer in a directory or a single file (`tokenizer.json`, `tokenizer.model`,
+    `tekken.json`, `vocab.txt`, `*.gguf`); `cls` fixes the class, otherwise tokenizer_config.json's
+    `tokenizer_class` or the engine picks it."""
+    path = _resolve(name_or_path)
+    if gguf_file is not None:
+        path = path / gguf_file if path.is_dir() else path
+    if path.suffix == ".gguf":
+        from .gguf import from_gguf
+
+        return from_gguf(path, cls=cls, **overrides)
+    directory = path if path.is_dir() else path.parent
+    config: dict[str, Any] = {}
+    if path.is_dir():
+        for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
+            if (directory / name).is_file():
+                found = read_json(directory / name, name)
+                if not isinstance(found, dict):
+                    raise TokenizerError(f"{directory / name}: expected a JSON object, found {type(found).__name__}")
+                config.update(found)
+        if (directory / CHAT_TEMPLATE_FILE).is_file():
+            config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    config.update(overrides)
+    if cls is None:
+        cls = TOKENIZER_CLASSES.get(str(config.get("tokenizer_class", "")).removesuffix("Fast"))
+        cls = cls or TOKENIZER_CLASSES.get(str(config.get("tokenizer_class", "")))
+    engine, template, default_cls = _engine_for(path, config, cls, use_fast)
+    cls = cls or default_cls
+    return build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    try:
+        return resolve_model_dir(name_or_path, allow_file=True)
+    except CheckpointError as err:
+        raise TokenizerError(str(err)) from None
+
+
+def _engine_for(
+    path: Path, config: dict[str, Any], cls: type[PreTrainedTokenizer] | None, use_fast: bool
+) -> tuple[Any, Template | None, type[PreTrainedTokenizer]]:
+    """(engine, the template its files state or None, the class to use when none is named)."""
+    if path.is_file():
+        candidates = {path.name: path}
+    else:
+        candidates = {p.name: p for p in path.iterdir() if p.is_file()}
+    tekken = [p for name, p in candidates.items() if name.endswith(".json") and "tekken" in name]
+    sentencepiece = candidates.get("tokenizer.model") or next(
+        (p for name, p in candidates.items() if name.endswith(".model") or ".model." in name), None
+    )
+    if "tokenizer.json" in candidates and (use_fast or sentencepiece is None):
+        engine = RustEngine.from_file(candidates["tokenizer.json"])
+        template = Template.from_post_processor(engine.post_processor, engine.source)
+        return engine, template, PreTrainedTokenizerFast
+    if tekken:
+        return RustEngine(tekken_document(tekken[0]), str(tekken[0])), None, _TekkenTokenizer
+    if sentencepiece is not None:
+        return SentencePieceEngine(sentencepiece), None, LlamaTokenizer
+    if "vocab.json" in candidates or "merges.txt" in candidates:
+        directory = path if path.is_dir() else path.parent
+        document = gpt2_document(directory / "vocab.json", directory / "merges.txt")
+        return RustEngine(document, str(directory / "vocab.json")), None, GPT2Tokenizer
+    if "vocab.txt" in candidates:
+        bert = BertTokenizer if cls is None or not issubclass(cls, BertTokenizer) else cls
+        settings = {**bert.class_defaults, **config}
+        document = wordpiece_document(
+            candidates["vocab.txt"],
+            do_lower_case=bool(settings["do_lower_case"]),
+            strip_accents=settings.get("strip_accents"),
+            tokenize_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
+            unk_token=_content(settings["unk_token"]),
+        )
+        return RustEngine(document, str(candidates["vocab.txt"])), None, BertTokenizer
+    where = path if path.is_dir() else path.name
+    raise TokenizerError(
+        f"{where}: no tokenizer files found; expected tokenizer.json, tekken.json, tokenizer.model, "
+        "vocab.json + merges.txt, vocab.txt or a .gguf file (gguf_file=...)"
+    )
+
+
+class _TekkenTokenizer(PreTrainedTokenizerFast):
+    """Mistral tekken (`tekken.json`): mistral_common's ids; `<s>` first when adding special tokens."""
+
+    padding_side = "left"
+    class_defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
+
+
+def _content(value: Any) -> str | None:
+    """A special token as tokenizer_config.json spells it: a string, or an AddedToken dict."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise TokenizerError(f"expected a special token as a string or {{'content': ...}}, found {value!r:.80}")
+
+
+def build_tokenizer(
+    cls: type[PreTrainedTokenizer],
+    engine: Any,
+    config: dict[str, Any],
+    template: Template | None,
+    name_or_path: str = "",
+) -> PreTrainedTokenizer:
+    """A `cls` over `engine`, configured by tokenizer_config.json-style `config` on top of the
+    class defaults. `template` is the one the engine's files state; `add_bos_token` /
+    `add_eos_token` given in `config` replace it, and so do the class defaults when it is None."""
+    settings = {**cls.class_defaults, **config}
+    for token_id, entry in sorted((int(i), e) for i, e in (config.get("added_tokens_decoder") or {}).items()):
+        if engine.id_to_token(token_id) != entry.get("content") and token_id != len(engine):
+            raise TokenizerError(
+                f"{TOKENIZER_CONFIG}: added_tokens_decoder gives id {token_id} to {entry.get('content')!r}, "
+                f"but the vocabulary has {engine.id_to_token(token_id)!r} there (next free id {len(engine)})"
+            )
+        engine.add_tokens([entry["content"]], special=bool(entry.get("special", True)))
+    specials = {name: _content(settings[name]) for name in SPECIAL_TOKEN_NAMES if name in settings}
+    unknown = [key for key in config if key.endswith("_token") and key not in SPECIAL_TOKEN_NAMES
+               and key not in ("add_bos_token", "add_eos_token") and isinstance(config[key], (str, dict))]  # fmt: skip
+    if unknown:
+        raise TokenizerError(
+            f"{TOKENIZER_CONFIG}: unknown special-token name(s) {unknown}; expected some of {list(SPECIAL_TOKEN_NAMES)}"
+        )
+    extra = settings.get("additional_special_tokens") or settings.get("extra_special_tokens") or []
+    if isinstance(extra, dict):
+        extra = list(extra.values())
+    explicit_flags = "add_bos_token" in config or "add_eos_token" in config
+    if issubclass(cls, BertTokenizer) and template is None:
+        cls_token, sep = specials["cls_token"], specials["sep_token"]
+        single = [(cls_token, 0), (0, 0), (sep, 0)]
+        template = Template(single, [*single, (1, 1), (sep, 1)])
+    elif explicit_flags or template is None:
+        before = [specials["bos_token"]] if settings.get("add_bos_token") and specials.get("bos_token") else []
+        after = [specials["eos_token"]] if settings.get("add_eos_token") and specials.get("eos_token") else []
+        template = Template.around(before, after)
+    chat_template = settings.get("chat_template")
+    if isinstance(chat_template, list):
+        chat_template = {entry["name"]: entry["template"] for entry in chat_template}
+    max_length = settings.get("model_max_length")
+    return cls(
+        engine,
+        template,
+        name_or_path=name_or_path,
+        model_max_length=None if max_length is None or max_length >= VERY_LARGE_INTEGER else max_length,
+        padding_side=settings.get("padding_side"),
+        truncation_side=settings.get("truncation_side"),
+        chat_template=chat_template,
+        clean_up_tokenization_spaces=bool(settings.get("clean_up_tokenization_spaces", False)),
+        model_input_names=settings.get("model_input_names"),
+        additional_special_tokens=[_content(t) for t in extra],
+        extra_config={k: v for k, v in config.items() if k not in _HANDLED_KEYS},
+        **specials,
+    )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str, ...]:
+    """Write `tokenizer` so that lamina and transformers' AutoTokenizer both load it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    post_processor = tokenizer.template.to_post_processor(tokenizer.convert_tokens_to_ids)
+    written = tokenizer.engine.save(directory, post_processor)
+    config: dict[str, Any] = dict(tokenizer.extra_config)
+    name = type(tokenizer).__name__.removesuffix("Fast").lstrip("_")
+    config["tokenizer_class"] = name if name in TOKENIZER_CLASSES else "PreTrainedTokenizerFast"
+    config.update(tokenizer.special_tokens_map)
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    single = tokenizer.template.single
+    config["add_bos_token"] = bos is not None and single[0] == (bos, 0)
+    config["add_eos_token"] = eos is not None and single[-1] == (eos, 0)
+    if isinstance(tokenizer.engine, SentencePieceEngine):
+        # tokens beyond the sentencepiece model live only here
+        config["added_tokens_decoder"] = {
+            str(i): {"content": content, "special": special, "normalized": False, "lstrip": False,
+                     "rstrip": False, "single_word": False}  # fmt: skip
+            for i, (content, special) in sorted(tokenizer.engine.added_tokens().items())
+        }
+    config.update(
+        model_max_length=tokenizer.model_max_length,
+        padding_side=tokenizer.padding_side,
+        truncation_side=tokenizer.truncation_side,
+        clean_up_tokenization_spaces=tokenizer.clean_up_tokenization_spaces,
+        model_input_names=tokenizer.model_input_names,
+    )
+    if isinstance(tokenizer.chat_template, str):
+        (directory / CHAT_TEMPLATE_FILE).write_text(tokenizer.chat_template, encoding="utf-8")
+        written.append(CHAT_TEMPLATE_FILE)
+    elif isinstance(tokenizer.chat_template, dict):
+        config["chat_template"] = [{"name": k, "template": v} for k, v in tokenizer.chat_template.items()]
+    (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    (directory / SPECIAL_TOKENS_MAP).write_text(
+        json.dumps(tokenizer.special_tokens_map, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    return tuple(str(directory / name) for name in [*written, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP])
+
+
+class AutoTokenizer:
+    """`AutoTokenizer.from_pretrained(dir_or_file)` picks the engine and class from the files."""
+
+    def __init__(self) -> None:
+        raise TypeError("AutoTokenizer is not instantiated; use AutoTokenizer.from_pretrained(path)")
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
+        return load_tokenizer(name_or_path, **kwargs)
