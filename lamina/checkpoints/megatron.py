@@ -1,0 +1,277 @@
+"""Reading Megatron-LM training checkpoints (GPT-2, BERT, Adept's Persimmon fork).
+
+A Megatron checkpoint is one pickled `model_optim_rng.pt` per tensor-parallel rank, laid out as
+
+    <dir>/model_optim_rng.pt                              one rank, no iteration folder
+    <dir>/latest_checkpointed_iteration.txt               "release" or an iteration number
+    <dir>/release/mp_rank_00/model_optim_rng.pt           (or iter_0001000/mp_rank_01/…)
+    <file>.zip                                            the NGC archive of such a tree
+
+Each file holds `{"model": {"language_model": {...}, ...}, "checkpoint_version": v, "args":
+Namespace(...)}`. `load_megatron_checkpoint` reads every rank through the restricted unpickler;
+`MegatronCheckpoint.merged_tensors` flattens the nested model dict to dotted names and merges the
+ranks, with the fused query/key/value rows put in one order whatever the checkpoint version.
+
+Fused QKV row orders (rows of `query_key_value`, per rank):
+
+    version 0        [3, heads, head_dim]   "standard": all queries, all keys, all values
+    version 1.0      [heads, head_dim, 3]
+    version >= 2.0   [heads, 3, head_dim]   (Adept's Persimmon uses this too)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, UnsupportedError
+from .unpickle import load_pickled, load_pickled_bytes
+
+CHECKPOINT_FILE = "model_optim_rng.pt"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+# mp_rank_XX (tensor parallel only) or mp_rank_XX_YYY (tensor XX, pipeline stage YYY)
+_RANK_DIR = re.compile(r"mp_rank_(\d+)(?:_(\d+))?$")
+
+
+@dataclass
+class MegatronCheckpoint:
+    """The unpickled `model_optim_rng.pt` of every tensor-parallel rank, in rank order."""
+
+    source: str
+    ranks: list[dict[str, Any]]
+
+    @property
+    def args(self) -> Any | None:
+        """The training arguments (`argparse.Namespace`), absent from the oldest checkpoints."""
+        return self.ranks[0].get("args")
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return getattr(self.args, name, default) if self.args is not None else default
+
+    @property
+    def checkpoint_version(self) -> float:
+        return float(self.ranks[0].get("checkpoint_version", 0.0))
+
+    def rank_tensors(self, rank: int) -> dict[str, torch.Tensor]:
+        """Rank `rank`'s model weights under dotted names (`language_model.embedding.…`)."""
+        state = self.ranks[rank]
+        model = state.get("model")
+        if not isinstance(model, Mapping):
+            raise CheckpointError(f"{self.source}: rank {rank} has no 'model' dict (found keys {sorted(state)})")
+        return flatten_tensors(model)
+
+    def merged_tensors(
+        self,
+        num_heads: int,
+        qkv_version: float | None = None,
+        split_dims: Mapping[str, int | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """All ranks merged into whole tensors; fused QKV rows come out in the standard order.
+
+        `qkv_version` overrides the stored checkpoint version for the QKV layout; `split_dims`
+        adds `{name suffix: dim or None}` entries to the tensor-parallel table.
+        """
+        version = self.checkpoint_version if qkv_version is None else qkv_version
+        return merge_tensor_parallel(
+            [self.rank_tensors(r) for r in range(len(self.ranks))], num_heads, version, split_dims, self.source
+        )
+
+
+def load_megatron_checkpoint(path: str | os.PathLike) -> MegatronCheckpoint:
+    """Read a Megatron checkpoint from a `.zip`, a `.pt` file or a checkpoint directory (see the
+    module docstring for the layouts). Pipeline-parallel checkpoints are refused."""
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path) and not _is_torch_zip(path):
+        return _load_zip(path)
+    if path.is_file():
+        return MegatronCheckpoint(str(path), [_as_state(load_pickled(path), str(path))])
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if (path / CHECKPOINT_FILE).is_file():
+        return load_megatron_checkpoint(path / CHECKPOINT_FILE)
+    folder = _iteration_folder(path)
+    ranks = _rank_files({str(p.relative_to(folder)): p for p in folder.glob(f"*/{CHECKPOINT_FILE}")}, str(folder))
+    return MegatronCheckpoint(str(folder), [_as_state(load_pickled(p), str(p)) for p in ranks])
+
+
+def _iteration_folder(path: Path) -> Path:
+    tracker = path / TRACKER_FILE
+    if tracker.is_file():
+        text = tracker.read_text().strip()
+        name = "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else None
+        if name is None:
+            raise CheckpointError(f"{tracker}: expected 'release' or an iteration number, found {text!r}")
+        if not (path / name).is_dir():
+            raise CheckpointError(f"{tracker}: names {name!r}, which is not a folder of {path}")
+        return path / name
+    if (path / "release").is_dir():
+        return path / "release"
+    iterations = sorted(path.glob("iter_*"))
+    return iterations[-1] if iterations else path
+
+
+def _rank_files(candidates: dict[str, Any], where: str) -> list[Any]:
+    """`{relative path: handle}` of the `mp_rank_*/model_optim_rng.pt` files → handles in rank order."""
+    by_rank: dict[int, Any] = {}
+    for relative, handle in candidates.items():
+        match = _RANK_DIR.match(Path(relative).parent.name)
+        if match is None:
+            continue
+        if match.group(2) is not None and int(match.group(2)) != 0:
+            raise UnsupportedError(f"{where}: pipeline-parallel checkpoints (mp_rank_XX_YYY) are not supported")
+        by_rank[int(match.group(1))] = handle
+    if not by_rank:
+        raise CheckpointError(f"{where}: no {CHECKPOINT_FILE} found (looked for mp_rank_XX/{CHECKPOINT_FILE})")
+    if sorted(by_rank) != list(range(len(by_rank))):
+        raise CheckpointError(f"{where}: tensor-parallel ranks {sorted(by_rank)} are not 0..{len(by_rank) - 1}")
+    return [by_rank[r] for r in range(len(by_rank))]
+
+
+def _load_zip(path: Path) -> MegatronCheckpoint:
+    with zipfile.ZipFile(path) as archive:
+        members = {n: n for n in archive.namelist() if n.endswith("/" + CHECKPOINT_FILE) or n == CHECKPOINT_FILE}
+        if CHECKPOINT_FILE in members:
+            names = [CHECKPOINT_FILE]
+        else:
+            # prefer the release folder when the archive holds several iterations
+            folders = sorted({str(Path(n).parent.parent) for n in members})
+            folder = next((f for f in folders if Path(f).name == "release"), folders[-1] if folders else "")
+            names = _rank_files({n: n for n in members if str(Path(n).parent.parent) == folder}, str(path))
+        return MegatronCheckpoint(
+            str(path), [_as_state(load_pickled_bytes(archive.read(n), f"{path}:{n}"), f"{path}:{n}") for n in names]
+        )
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """`torch.save` files are zip archives too; they hold a `*/data.pkl` record."""
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("data.pkl") for n in archive.namelist())
+
+
+def _as_state(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: expected a dict at the top of the checkpoint, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def flatten_tensors(tree: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested dicts of tensors → `{dotted name: tensor}`; entries that are not tensors are dropped."""
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_tensors(value, name + "."))
+        elif isinstance(value, torch.Tensor):
+            flat[name] = value
+    return flat
+
+
+# -- the fused query/key/value rows ------------------------------------------------------------
+
+
+def _qkv_view(version: float, num_heads: int, head_dim: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(the row shape a version stores, the permutation that takes it to [3, heads, head_dim])."""
+    if version < 1.0:
+        return (3, num_heads, head_dim), (0, 1, 2)
+    if version < 2.0:
+        return (num_heads, head_dim, 3), (2, 0, 1)
+    return (num_heads, 3, head_dim), (1, 0, 2)
+
+
+def qkv_to_standard(tensor: torch.Tensor, version: float, num_heads: int) -> torch.Tensor:
+    """Reorder a fused QKV weight `(3 * heads * head_dim, in)` or bias `(3 * heads * head_dim,)` from
+    the row order of checkpoint `version` to [all q; all k; all v]."""
+    head_dim = tensor.shape[0] // (3 * num_heads)
+    shape, order = _qkv_view(version, num_heads, head_dim)
+    rest = tuple(tensor.shape[1:])
+    dims = (*order, *range(3, 3 + len(rest)))
+    return tensor.reshape(*shape, *rest).permute(dims).reshape(tensor.shape)
+
+
+def qkv_from_standard(tensor: torch.Tensor, version: float, num_heads: int) -> torch.Tensor:
+    """The inverse of `qkv_to_standard`: [q; k; v] rows → the row order of checkpoint `version`."""
+    head_dim = tensor.shape[0] // (3 * num_heads)
+    shape, order = _qkv_view(version, num_heads, head_dim)
+    inverse = tuple(order.index(i) for i in range(3))
+    rest = tuple(tensor.shape[1:])
+    standard = tensor.reshape(*(shape[i] for i in order), *rest)
+    return standard.permute(*inverse, *range(3, 3 + len(rest))).reshape(tensor.shape)
+
+
+# -- tensor parallelism ------------------------------------------------------------------------
+
+# name suffix → the dim Megatron splits across tensor-parallel ranks (None: replicated). Column-
+# parallel layers split their outputs (dim 0, biases too), row-parallel ones their inputs (dim 1).
+SPLIT_DIMS: dict[str, int | None] = {
+    "query_key_value.weight": 0,
+    "query_key_value.bias": 0,
+    "dense_h_to_4h.weight": 0,
+    "dense_h_to_4h.bias": 0,
+    "word_embeddings.weight": 0,
+    "word_embeddings_for_head.weight": 0,
+    "output_layer.weight": 0,
+    "attention.dense.weight": 1,
+    "dense_4h_to_h.weight": 1,
+}
+
+
+def tensor_parallel_dim(name: str, split_dims: Mapping[str, int | None] | None = None) -> int | None:
+    """The dim along which `name` is split across ranks, or None when every rank holds it whole."""
+    table = {**SPLIT_DIMS, **(split_dims or {})}
+    for suffix in sorted(table, key=len, reverse=True):  # the most specific suffix wins
+        if name.endswith(suffix):
+            return table[suffix]
+    return None
+
+
+def merge_tensor_parallel(
+    ranks: Sequence[Mapping[str, torch.Tensor]],
+    num_heads: int,
+    checkpoint_version: float,
+    split_dims: Mapping[str, int | None] | None = None,
+    source: str = "<checkpoint>",
+) -> dict[str, torch.Tensor]:
+    """Merge per-rank tensors (dotted names) into whole ones.
+
+    `num_heads` counts the heads of all ranks together. Fused QKV tensors are put in standard
+    [q; k; v] order rank by rank, then each of q, k and v is concatenated across ranks, so the
+    result does not depend on the version's row order.
+    """
+    names = list(ranks[0])
+    for rank, tensors in enumerate(ranks[1:], 1):
+        if set(tensors) != set(names):
+            odd = sorted(set(tensors) ^ set(names))[0]
+            raise CheckpointError(f"{source}: tensor-parallel rank {rank} and rank 0 disagree on key {odd!r}")
+    if num_heads % len(ranks):
+        raise CheckpointError(f"{source}: {num_heads} attention heads do not divide over {len(ranks)} ranks")
+    local_heads = num_heads // len(ranks)
+    merged: dict[str, torch.Tensor] = {}
+    for name in names:
+        shards = [tensors[name] for tensors in ranks]
+        dim = tensor_parallel_dim(name, split_dims)
+        if name.endswith(("query_key_value.weight", "query_key_value.bias")):
+            parts = [qkv_to_standard(s, checkpoint_version, local_heads).chunk(3, dim=0) for s in shards]
+            merged[name] = torch.cat([torch.cat([p[i] for p in parts], dim=0) for i in range(3)], dim=0)
+        elif dim is None or len(shards) == 1:
+            _check_replicated(name, shards, source)
+            merged[name] = shards[0]
+        else:
+            merged[name] = torch.cat(shards, dim=dim)
+    return merged
+
+
+def _check_replicated(name: str, shards: Sequence[torch.Tensor], source: str) -> None:
+    for rank, shard in enumerate(shards[1:], 1):
+        if shard.shape != shards[0].shape:
+            raise CheckpointError(
+                f"{source}: key {name!r} should be the same on every rank; rank {rank} has shape "
+                f"{tuple(shard.shape)}, rank 0 {tuple(shards[0].shape)}"
+            )
+
