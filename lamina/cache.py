@@ -80,6 +80,7 @@ class RollingLayerCache(LayerCache):
 
     def __init__(self, window: int) -> None:
         self.window = window
+        self.written = False  # nothing stored yet: a prefill attends over its own keys only
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
@@ -99,16 +100,21 @@ class RollingLayerCache(LayerCache):
             self.keys.index_copy_(2, slot, key)
             self.values.index_copy_(2, slot, value)
             self.positions.index_copy_(0, slot, cache_position)
+            self.written = True
             return self.keys, self.values, self.positions
         # several new tokens: attend over what is stored plus all of them, then keep the last window
-        keys = torch.cat((self.keys, key), dim=2)
-        values = torch.cat((self.values, value), dim=2)
-        positions = torch.cat((self.positions, cache_position))
+        if self.written:
+            keys = torch.cat((self.keys, key), dim=2)
+            values = torch.cat((self.values, value), dim=2)
+            positions = torch.cat((self.positions, cache_position))
+        else:
+            keys, values, positions = key, value, cache_position
         kept = slice(-self.window, None)
         slot = cache_position[kept] % self.window
         self.keys.index_copy_(2, slot, key[:, :, kept])
         self.values.index_copy_(2, slot, value[:, :, kept])
         self.positions.index_copy_(0, slot, cache_position[kept])
+        self.written = True
         return keys, values, positions
 
     def reorder(self, beam_idx: torch.Tensor) -> None:

@@ -197,6 +197,7 @@ class PreTrainedModel(nn.Module):
         config_overrides.pop("low_cpu_mem_usage", None)
         path = Path(pretrained_model_name_or_path)
         tensors: Mapping[str, torch.Tensor] | None = None
+        directory: Path | None = None
         for loader in FORMAT_LOADERS:
             found = loader(path)
             if found is not None:
@@ -226,6 +227,10 @@ class PreTrainedModel(nn.Module):
             quantize(model, quantization_config)
         model.eval()
         model.loading_info = info
+        if directory is not None and hasattr(model, "generate") and (directory / "generation_config.json").is_file():
+            from .generation import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(directory)
         return (model, info) if output_loading_info else model
 
     def load_checkpoint(
@@ -325,9 +330,12 @@ class PreTrainedModel(nn.Module):
 
     # -- saving -------------------------------------------------------------------------------
 
-    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """This model's weights under the checkpoint's (HF) names and layouts."""
-        state = {k: v for k, v in self.state_dict().items() if not _is_buffer_key(self, k)}
+    def checkpoint_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """This model's weights (or `state`, tensors under lamina's names, e.g. gradients) under the
+        checkpoint's (HF) names and layouts."""
+        if state is None:
+            state = self.state_dict()
+        state = {k: v for k, v in state.items() if not _is_buffer_key(self, k)}
         for tied in self._active_ties():
             state.pop(tied, None)
         out: dict[str, torch.Tensor] = {}

@@ -107,6 +107,7 @@ class LlamaForTokenClassification(DecoderForTokenClassification):
 
 class LlamaForQuestionAnswering(DecoderForQuestionAnswering):
     config_class = LlamaConfig
+    base_model_prefix = "transformer"  # the reference's name for this class
     base_model_class = LlamaModel
 
 
@@ -127,4 +128,5 @@ class Qwen2ForTokenClassification(DecoderForTokenClassification):
 
 class Qwen2ForQuestionAnswering(DecoderForQuestionAnswering):
     config_class = Qwen2Config
+    base_model_prefix = "transformer"  # the reference's name for this class
     base_model_class = Qwen2Model

@@ -51,4 +51,5 @@ class MinistralForTokenClassification(DecoderForTokenClassification):
 
 class MinistralForQuestionAnswering(DecoderForQuestionAnswering):
     config_class = MinistralConfig
+    base_model_prefix = "transformer"  # the reference's name for this class
     base_model_class = MinistralModel
