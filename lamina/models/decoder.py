@@ -20,6 +20,7 @@ from ..cache import Cache, make_cache
 from ..checkpoints.namemap import Rule, concat, rename, stack
 from ..config import PretrainedConfig
 from ..errors import InputError
+from ..generation import GenerationConfig, GenerationMixin
 from ..layers.attention import attend, build_attention_mask
 from ..layers.heads import (
     causal_lm_loss,
@@ -339,7 +340,7 @@ class _DecoderTask(PreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class DecoderForCausalLM(_DecoderTask):
+class DecoderForCausalLM(_DecoderTask, GenerationMixin):
     """`forward(input_ids, labels=…)` → logits `(batch, seq, vocab)` and the shifted LM loss."""
 
     tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -348,6 +349,7 @@ class DecoderForCausalLM(_DecoderTask):
         super().__init__(config)
         spec = self.decoder.decoder_spec
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.generation_config = GenerationConfig.from_model_config(config)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:

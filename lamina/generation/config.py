@@ -1,0 +1,128 @@
+"""`GenerationConfig`: the decoding settings of `generate`, read from and written to
+`generation_config.json` with transformers' field names and defaults."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import read_config_json
+from ..errors import ConfigError
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+
+# field → default when neither the model nor the caller sets it (transformers' defaults)
+_DEFAULTS: dict[str, Any] = {
+    "max_length": 20,
+    "max_new_tokens": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "do_sample": False,
+    "num_beams": 1,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "num_return_sequences": 1,
+    "use_cache": True,
+    "output_scores": False,
+    "output_logits": False,
+    "return_dict_in_generate": False,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "cache_implementation": None,
+}
+_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+class GenerationConfig:
+    """Decoding settings. Fields not listed in `_DEFAULTS` are kept and written back unchanged."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("transformers_version", None)
+        kwargs.pop("_from_model_config", None)
+        for name, default in _DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        self._extra = dict(kwargs)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the field for values generate cannot use."""
+        checks = [
+            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 0, "an integer >= 0"),
+            ("max_length", self.max_length is None or self.max_length > 0, "a positive integer"),
+            ("temperature", self.temperature is None or self.temperature > 0, "a number > 0"),
+            ("top_k", self.top_k is None or self.top_k >= 0, "an integer >= 0"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a number in (0, 1]"),
+            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a number in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "a number > 0"),
+            ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
+            ("num_beams", self.num_beams == 1, "1 (lamina decodes greedily or by sampling; beam search is not implemented)"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"generation config {name}: expected {expected}, found {getattr(self, name)!r}")
+
+    @classmethod
+    def from_model_config(cls, model_config: Any) -> GenerationConfig:
+        """Token ids (pad/bos/eos) taken from the model's config; every other field at its default."""
+        return cls(**{name: getattr(model_config, name, None) for name in _TOKEN_FIELDS})
+
+    def update(self, **kwargs: Any) -> dict[str, Any]:
+        """Set the given known fields; return the keyword arguments that are not generation fields."""
+        unused = {}
+        for name, value in kwargs.items():
+            if name in _DEFAULTS or name in self._extra:
+                setattr(self, name, value)
+            else:
+                unused[name] = value
+        self.validate()
+        return unused
+
+    def copy(self) -> GenerationConfig:
+        return copy.deepcopy(self)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """`eos_token_id` as a list (empty when unset)."""
+        eos = self.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: copy.deepcopy(getattr(self, name)) for name in _DEFAULTS}
+        out.update({name: copy.deepcopy(getattr(self, name)) for name in self._extra})
+        return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Only the fields that differ from the defaults (what `generation_config.json` holds)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _DEFAULTS or _DEFAULTS[k] != v}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_diff_dict(), indent=2, sort_keys=True) + "\n"
+        (path / GENERATION_CONFIG_NAME).write_text(text)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config_file_name: str = GENERATION_CONFIG_NAME) -> GenerationConfig:
+        path = Path(path)
+        file = path / config_file_name if path.is_dir() else path
+        try:
+            return cls(**read_config_json(file))
+        except TypeError as err:
+            raise ConfigError(f"{file}: {err}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GenerationConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"GenerationConfig {json.dumps(self.to_diff_dict(), indent=2, sort_keys=True)}"
