@@ -37,7 +37,6 @@ _EXPORTS: dict[str, str] = {
     **_decoder_family("lamina.models.mixtral", "Mixtral"),
     **_decoder_family("lamina.models.llama", "Llama"),
     **_decoder_family("lamina.models.llama", "Qwen2"),
-    **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
 }
 
