@@ -650,6 +650,12 @@ class PreTrainedTokenizer:
 
         return apply_chat_template(self, conversation, **kwargs)
 
+    def encode_instruct(self, messages: list[dict[str, Any]], version: str | None = None) -> list[int]:
+        """Mistral's instruct format (v1 / v3), the ids mistral_common gives; see `tokenizers.mistral`."""
+        from .mistral import encode_instruct
+
+        return encode_instruct(self, messages, version)
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
         """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so
         that this class and transformers' `AutoTokenizer` both load them."""

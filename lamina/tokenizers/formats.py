@@ -40,8 +40,8 @@ def byte_to_unicode() -> dict[int, str]:
 
 
 def bytes_to_token(data: bytes) -> str:
-    table = byte_to_unicode()
-    return "".join(table[b] for b in data)
+    """`data` spelled in GPT-2's byte alphabet (latin-1 maps each byte to the code point of its value)."""
+    return data.decode("latin-1").translate(byte_to_unicode())
 
 
 def added_token(token_id: int, content: str, special: bool = True) -> dict[str, Any]:

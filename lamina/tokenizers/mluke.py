@@ -39,7 +39,18 @@ import sentencepiece as spm
 
 from ..errors import InputError, TokenizerError, UnsupportedError
 from ..hub import resolve_model_dir
-from .base import PAD_FILL, BatchEncoding, flatten_ids, pad_sequence, truncate_pair
+from .base import (
+    PAD_FILL,
+    PADDING_SIDES,
+    SPECIAL_TOKEN_NAMES,
+    TRUNCATION_STRATEGIES,
+    VERY_LARGE_INTEGER,
+    BatchEncoding,
+    clean_up_tokenization,
+    flatten_ids,
+    pad_sequence,
+    truncate_pair,
+)
 
 VOCAB_FILES_NAMES = {"vocab_file": "sentencepiece.bpe.model", "entity_vocab_file": "entity_vocab.json"}
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -53,14 +64,6 @@ SPIECE_UNDERLINE = "▁"
 FAIRSEQ_SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 # sentencepiece ids 0-2 (<unk> <s> </s>) become fairseq ids 1-3; real pieces move up by one
 FAIRSEQ_OFFSET = 1
-MODEL_MAX_LENGTH_UNSET = int(1e30)  # what transformers writes when a checkpoint sets no limit
-LARGE_INTEGER = int(1e20)
-SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-# English detokenisation that `clean_up_tokenization_spaces=True` undoes, as transformers does
-CLEAN_UP_REPLACEMENTS = (
-    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
-)  # fmt: skip
 
 Span = tuple[int, int]
 
@@ -157,7 +160,7 @@ class MLukeTokenizer:
         *,
         additional_special_tokens: Sequence[Any] | None = None,
         added_tokens_decoder: Mapping[int | str, Any] | None = None,
-        model_max_length: int = MODEL_MAX_LENGTH_UNSET,
+        model_max_length: int = VERY_LARGE_INTEGER,
         padding_side: str = "right",
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
@@ -165,7 +168,7 @@ class MLukeTokenizer:
         if task is not None and task not in TASKS:
             raise TokenizerError(f"task: expected None or one of {TASKS}, found {task!r}")
         for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in ("left", "right"):
+            if side not in PADDING_SIDES:
                 raise TokenizerError(f"{name}: expected 'left' or 'right', found {side!r}")
         self.vocab_file = str(vocab_file)
         self.entity_vocab_file = str(entity_vocab_file)
@@ -621,7 +624,7 @@ class MLukeTokenizer:
         """
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"
-        padding_strategy = {True: "longest", False: "do_not_pad"}.get(padding, padding)
+        padding_strategy = {True: "longest", False: "do_not_pad", None: "do_not_pad"}.get(padding, padding)
         if padding_strategy not in ("longest", "max_length", "do_not_pad"):
             raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', "
                              f"found {padding!r}")
@@ -629,17 +632,14 @@ class MLukeTokenizer:
             truncation_strategy = "do_not_truncate"
         else:
             truncation_strategy = "longest_first" if truncation is True else truncation
-        if truncation_strategy not in ("longest_first", "only_first", "only_second", "do_not_truncate"):
-            raise InputError(f"truncation: expected True, False, 'longest_first', 'only_first', 'only_second' or "
-                             f"'do_not_truncate', found {truncation!r}")
-        if max_length is None:
-            has_limit = self.model_max_length <= LARGE_INTEGER
-            if padding_strategy == "max_length":
-                padding_strategy = padding_strategy if has_limit else "do_not_pad"
-                max_length = self.model_max_length if has_limit else None
-            if truncation_strategy != "do_not_truncate":
-                truncation_strategy = truncation_strategy if has_limit else "do_not_truncate"
-                max_length = self.model_max_length if has_limit else None
+        if truncation_strategy not in TRUNCATION_STRATEGIES:
+            raise InputError(f"truncation: expected True, False or one of {TRUNCATION_STRATEGIES}, found {truncation!r}")
+        if max_length is None and (padding_strategy == "max_length" or truncation_strategy != "do_not_truncate"):
+            if self.model_max_length < VERY_LARGE_INTEGER:
+                max_length = self.model_max_length
+            else:  # no length to pad or cut to: transformers then neither pads to one nor truncates
+                padding_strategy = "do_not_pad" if padding_strategy == "max_length" else padding_strategy
+                truncation_strategy = "do_not_truncate"
         return padding_strategy, truncation_strategy, max_length
 
     def _prepare(
@@ -723,7 +723,7 @@ class MLukeTokenizer:
     ) -> list[dict[str, Any]]:
         """Pad words and entities of every example to one length each (or only add masks)."""
         side = padding_side or self.padding_side
-        if side not in ("left", "right"):
+        if side not in PADDING_SIDES:
             raise InputError(f"padding_side: expected 'left' or 'right', found {side!r}")
         if strategy == "longest":
             max_length = max((len(item["input_ids"]) for item in encoded), default=0)
@@ -814,10 +814,7 @@ class MLukeTokenizer:
         text = (" " if spaces_between_special_tokens else "").join(parts)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
-        if clean_up_tokenization_spaces:
-            for before, after in CLEAN_UP_REPLACEMENTS:
-                text = text.replace(before, after)
-        return text
+        return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
         """`decode` of each sequence of a batch (a list of lists or a 2-d tensor)."""

@@ -1,0 +1,175 @@
+"""Tokenizers stored inside GGUF files (llama.cpp's `tokenizer.ggml.*` metadata).
+
+A GGUF carries the vocabulary, the merges, the token types, the special token ids, the BOS/EOS
+flags and the chat template. `from_gguf` rebuilds the tokenizer they describe as a `tokenizers`
+document: byte-level BPE for `tokenizer.ggml.model == "gpt2"`, sentencepiece-style byte-fallback
+BPE for `"llama"`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenizerError, UnsupportedError
+from .base import PreTrainedTokenizer
+from .classes import GPT2Tokenizer, LlamaTokenizer
+from .engines import RustEngine
+from .formats import added_token, bpe_model, byte_level_document, byte_to_unicode, bytes_to_token
+
+# llama.cpp token types
+_CONTROL, _USER_DEFINED = 3, 4
+
+# pre-tokenizer regexes of the `tokenizer.ggml.pre` names whose split differs from GPT-2's
+_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZER_PATTERNS = {
+    "llama3": _LLAMA3_PATTERN,
+    "llama-v3": _LLAMA3_PATTERN,
+    "llama-bpe": _LLAMA3_PATTERN,
+    "smaug-bpe": _LLAMA3_PATTERN,
+    "tekken": _TEKKEN_PATTERN,
+}
+
+
+def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any], str]:
+    """(the `tokenizer.*` metadata of a GGUF file or open `gguf.GGUFReader`, the file's name)."""
+    from gguf import GGUFReader
+
+    if isinstance(source, GGUFReader):
+        reader, name = source, str(getattr(source, "path", "GGUF file"))
+    else:
+        name = str(source)
+        if not Path(source).is_file():
+            raise TokenizerError(f"{name}: no such GGUF file")
+        try:
+            reader = GGUFReader(source)
+        except (OSError, ValueError) as err:
+            raise TokenizerError(f"{name}: not a readable GGUF file ({err})") from None
+    metadata = {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
+    return metadata, name
+
+
+def from_gguf(
+    source: str | os.PathLike | Any, cls: type[PreTrainedTokenizer] | None = None, **overrides: Any
+) -> PreTrainedTokenizer:
+    """The tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds; keyword arguments
+    override what the file says (as tokenizer_config.json entries would)."""
+    from .files import build_tokenizer
+
+    metadata, name = read_gguf_tokenizer(source)
+    kind = metadata.get("tokenizer.ggml.model")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if kind is None or not tokens:
+        raise TokenizerError(f"{name}: no tokenizer in the GGUF metadata (tokenizer.ggml.model / tokens missing)")
+    types = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if kind == "gpt2":
+        document = _byte_level(metadata, tokens, types, name)
+        default_cls, add_bos = GPT2Tokenizer, False
+    elif kind == "llama":
+        document = _sentencepiece_bpe(metadata, tokens, types, name)
+        default_cls, add_bos = LlamaTokenizer, True
+    else:
+        raise UnsupportedError(f"{name}: GGUF tokenizer model {kind!r} is not supported (only 'gpt2' and 'llama')")
+    config: dict[str, Any] = {
+        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos)),
+        "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
+    }
+    for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if token_id is not None:
+            if not 0 <= int(token_id) < len(tokens):
+                raise TokenizerError(f"{name}: tokenizer.ggml.{key} = {token_id} is outside the vocabulary of {len(tokens)}")
+            config[f"{role}_token"] = tokens[int(token_id)]
+        else:
+            config[f"{role}_token"] = None
+    if metadata.get("tokenizer.chat_template") is not None:
+        config["chat_template"] = metadata["tokenizer.chat_template"]
+    config.update(overrides)
+    engine = RustEngine(document, name)
+    return build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+
+
+def _byte_level(metadata: dict[str, Any], tokens: list[str], types: list[int], name: str) -> dict[str, Any]:
+    alphabet = set(byte_to_unicode().values())
+    # llama.cpp writes a few tokens (special ones, mostly) as plain text; spell those in bytes
+    vocab = {token if set(token) <= alphabet else bytes_to_token(token.encode("utf-8")): i for i, token in enumerate(tokens)}
+    merges = [tuple(merge.split(" ", 1)) for merge in metadata.get("tokenizer.ggml.merges") or []]
+    if not merges:
+        raise TokenizerError(f"{name}: a 'gpt2' GGUF tokenizer needs tokenizer.ggml.merges, found none")
+    added = [
+        added_token(i, token, special=kind == _CONTROL)
+        for i, (token, kind) in enumerate(zip(tokens, types))
+        # a control token outside the byte alphabet is a llama.cpp labelling slip; it never occurs in text
+        if (kind == _CONTROL and set(token) <= alphabet) or kind == _USER_DEFINED
+    ]
+    pattern = PRE_TOKENIZER_PATTERNS.get(metadata.get("tokenizer.ggml.pre", ""))
+    return byte_level_document(vocab, merges, added, pattern=pattern)
+
+
+def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[int], name: str) -> dict[str, Any]:
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if metadata.get("tokenizer.ggml.merges"):
+        merges = [tuple(merge.split(" ", 1)) for merge in metadata["tokenizer.ggml.merges"]]
+    else:
+        scores = metadata.get("tokenizer.ggml.scores")
+        if not scores or len(scores) != len(tokens):
+            raise TokenizerError(f"{name}: a 'llama' GGUF tokenizer needs tokenizer.ggml.merges or scores for every token")
+        merges = merges_from_scores(tokens, scores)
+    prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+    decoders = [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+    ]
+    if prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            added_token(i, token, special=kind == _CONTROL)
+            for i, (token, kind) in enumerate(zip(tokens, types))
+            if kind in (_CONTROL, _USER_DEFINED)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Metaspace",
+            "replacement": "\u2581",
+            "prepend_scheme": "first" if prefix else "never",
+            "split": False,
+        },
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": bpe_model(
+            vocab,
+            merges,
+            unk_token=None if unk_id is None else tokens[int(unk_id)],
+            fuse_unk=True,
+            byte_fallback=True,
+        ),
+    }
+
+
+def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """Sentencepiece BPE keeps no merges: a token's score orders its merge (higher first). Every
+    split of a token into two vocabulary tokens is a merge at that token's score."""
+    ids = {token: i for i, token in enumerate(tokens)}
+    ranked = []
+    for token, score in zip(tokens, scores):
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in ids and right in ids:
+                ranked.append((-score, ids[left], ids[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
