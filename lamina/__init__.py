@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     **_family("lamina.config", "PretrainedConfig"),
     **_family("lamina.modeling", "PreTrainedModel"),
     **_family("lamina.cache", "Cache", "make_cache"),
+    **_family("lamina.generation", "GenerationConfig", "GenerationMixin", "LogitsProcessorList"),
+    **_family("lamina.generation.streamers", "TextStreamer", "TextIteratorStreamer"),
     **_family("lamina.models.auto", "AutoConfig", "AutoModel", "AutoModelForCausalLM",
               "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoModelForQuestionAnswering",
               "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForNextSentencePrediction",
@@ -37,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     **_decoder_family("lamina.models.mixtral", "Mixtral"),
     **_decoder_family("lamina.models.llama", "Llama"),
     **_decoder_family("lamina.models.llama", "Qwen2"),
+    **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
 }
 

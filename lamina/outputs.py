@@ -191,3 +191,22 @@ class MultipleChoiceModelOutput(ModelOutput):
     logits: torch.Tensor | None = None
     hidden_states: Tensors = None
     attentions: Tensors = None
+
+
+@dataclass
+class BertForPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+    hidden_states: Tensors = None
+    attentions: Tensors = None
+
+
+@dataclass
+class MegatronBertForPreTrainingOutput(BertForPreTrainingOutput):
+    pass
+
+
+@dataclass
+class MobileBertForPreTrainingOutput(BertForPreTrainingOutput):
+    pass

@@ -37,6 +37,7 @@ REGISTRY: dict[str, tuple[str, str, dict[str, str]]] = {
     "mixtral": family("lamina.models.mixtral", "Mixtral"),
     "llama": family("lamina.models.llama", "Llama"),
     "qwen2": family("lamina.models.llama", "Qwen2"),
+    "megatron-bert": family("lamina.models.megatron_bert", "MegatronBert", {**DECODER_TASKS, "masked_lm": "ForMaskedLM", "pretraining": "ForPreTraining", "next_sentence_prediction": "ForNextSentencePrediction", "multiple_choice": "ForMultipleChoice"}),
 }
 
 

@@ -1,0 +1,308 @@
+"""What the BERT-style encoders (MegatronBERT, MobileBERT) share: the layer loop of the base model
+and every task head.
+
+A family provides its base model (a subclass of `EncoderModel` built with `add_pooling_layer`)
+and declares its task classes as `class XForMaskedLM(XTask, EncoderForMaskedLM)`, where `XTask`
+sets `config_class`, `base_model_prefix` ("bert", "mobilebert") and `base_model_class`. Heads are
+named as in the reference checkpoints (`cls.predictions`, `cls.seq_relationship`, `classifier`,
+`qa_outputs`), so no name map is needed for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import PretrainedConfig
+from ..errors import InputError
+from ..layers.encoder import EncoderHeads, MaskedLMPredictions
+from ..layers.heads import (
+    masked_lm_loss,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
+from ..modeling import PreTrainedModel
+from ..outputs import (
+    BertForPreTrainingOutput,
+    MaskedLMOutput,
+    ModelOutput,
+    MultipleChoiceModelOutput,
+    NextSentencePredictorOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+
+def finish(output: ModelOutput, return_dict: bool | None, config: PretrainedConfig):
+    """The dataclass, or its tuple (None fields skipped) when `return_dict` is off."""
+    return_dict = config.return_dict if return_dict is None else return_dict
+    return output if return_dict else output.to_tuple()
+
+
+class EncoderPreTrainedModel(PreTrainedModel):
+    """What every encoder model shares: the initialisation of the MLM bias and the buffers that
+    old checkpoints stored."""
+
+    ignore_on_load = (r"embeddings\.position_ids$",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MaskedLMPredictions):
+            nn.init.zeros_(module.bias)
+
+
+class EncoderModel(EncoderPreTrainedModel):
+    """Base of the encoders' bare models; holds `embeddings` (with `word_embeddings`) and runs layers."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    @classmethod
+    def masked_lm_predictions(cls, config: PretrainedConfig) -> MaskedLMPredictions:
+        """The family's `cls.predictions` module."""
+        raise NotImplementedError
+
+    @classmethod
+    def classifier_dropout(cls, config: PretrainedConfig) -> float:
+        return config.hidden_dropout_prob
+
+    @staticmethod
+    def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        PreTrainedModel.check_token_ids(input_ids, vocab_size)
+
+    def run_layers(
+        self,
+        layers: nn.ModuleList,
+        hidden: torch.Tensor,
+        layer_args: tuple[Any, ...],
+        caches: Any,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Run `layer(hidden, *layer_args, cache, output_attentions) -> (hidden, weights)` over the
+        layers; returns the last state, each layer's input (when asked) and attention weights."""
+        all_hidden, all_attentions = [], []
+        for index, layer in enumerate(layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            cache = caches[index] if caches is not None else None
+            if self.gradient_checkpointing and self.training:
+                hidden, weights = checkpoint(layer, hidden, *layer_args, cache, output_attentions, use_reentrant=False)
+            else:
+                hidden, weights = layer(hidden, *layer_args, cache, output_attentions)
+            all_attentions.append(weights)
+        return hidden, all_hidden, all_attentions
+
+
+class EncoderTask(EncoderPreTrainedModel):
+    """A head over an `EncoderModel` stored under `base_model_prefix`."""
+
+    with_pooler: ClassVar[bool] = True
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=self.with_pooler))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.get_input_embeddings()
+
+    def encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+               output_attentions, output_hidden_states, **extra: Any):
+        return self.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, **extra,
+        )
+
+
+class _LanguageModelTask(EncoderTask):
+    """A task whose `cls.predictions.decoder` is tied to the word embeddings."""
+
+    # old checkpoints store the decoder's bias twice; lamina keeps the one `cls.predictions.bias`
+    ignore_on_load = (*EncoderPreTrainedModel.ignore_on_load, r"^cls\.predictions\.decoder\.bias$")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.tied_weights = {"cls.predictions.decoder.weight": f"{cls.base_model_prefix}.embeddings.word_embeddings.weight"}
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.cls.predictions.decoder
+
+
+class EncoderForMaskedLM(_LanguageModelTask):
+    """MLM logits `(batch, seq, vocab)`; loss over the labels that are not -100."""
+
+    with_pooler = False
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.cls = EncoderHeads(self.base_model_class.masked_lm_predictions(config), None)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        logits = self.cls.predictions(outputs.last_hidden_state)
+        loss = masked_lm_loss(logits, labels) if labels is not None else None
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForPreTraining(_LanguageModelTask):
+    """MLM logits `(batch, seq, vocab)` and next-sentence logits `(batch, 2)`; the loss is their sum,
+    computed when both `labels` and `next_sentence_label` are given."""
+
+    output_class: ClassVar[type[BertForPreTrainingOutput]] = BertForPreTrainingOutput
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.cls = EncoderHeads(self.base_model_class.masked_lm_predictions(config), config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        prediction_logits = self.cls.predictions(outputs.last_hidden_state)
+        seq_relationship_logits = self.cls.seq_relationship(outputs.pooler_output)
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(seq_relationship_logits.float().view(-1, 2), next_sentence_label.view(-1))
+            loss = masked_lm_loss(prediction_logits, labels) + nsp_loss
+        output = self.output_class(
+            loss=loss, prediction_logits=prediction_logits, seq_relationship_logits=seq_relationship_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForNextSentencePrediction(EncoderTask):
+    """Is-next logits `(batch, 2)` from the pooled first token (0: B continues A)."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.cls = EncoderHeads(None, config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        logits = self.cls.seq_relationship(outputs.pooler_output)
+        loss = F.cross_entropy(logits.float().view(-1, 2), labels.view(-1)) if labels is not None else None
+        output = NextSentencePredictorOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForSequenceClassification(EncoderTask):
+    """Logits `(batch, num_labels)` from the pooled first token; loss by `problem_type`."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForMultipleChoice(EncoderTask):
+    """Inputs `(batch, choices, seq)` → one score per choice, logits `(batch, choices)`."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None or reference.dim() < 3 or (input_ids is None and reference.dim() != 4):
+            found = None if reference is None else tuple(reference.shape)
+            raise InputError(f"multiple choice: expected inputs of shape (batch, choices, seq[, hidden]), found {found}")
+        num_choices = reference.shape[1]
+
+        def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        outputs = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                              flat(inputs_embeds), output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
+        output = MultipleChoiceModelOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForTokenClassification(EncoderTask):
+    """Logits `(batch, seq, num_labels)`."""
+
+    with_pooler = False
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = token_classification_loss(logits, labels) if labels is not None else None
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return finish(output, return_dict, self.config)
+
+
+class EncoderForQuestionAnswering(EncoderTask):
+    """Start and end logits `(batch, seq)` for extractive QA."""
+
+    with_pooler = False
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        # the reference sizes this layer by num_labels (2 for QA) and splits it into start/end
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **_: Any):
+        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions, output_hidden_states)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return finish(output, return_dict, self.config)

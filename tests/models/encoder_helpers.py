@@ -1,0 +1,57 @@
+"""Shared by the MegatronBERT and MobileBERT parity tests: build a reference model with every
+weight moved off its init value, load it into lamina, and compare outputs and gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import lamina
+
+
+def perturb(model: torch.nn.Module, seed: int = 1) -> None:
+    """Move every parameter off its init value, so a bias or norm weight that fails to load shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def build_pair(transformers, name: str, config, directory: Path, attn: str = "sdpa"):
+    """(reference, lamina) instances of class `name` with the same seeded, perturbed weights."""
+    torch.manual_seed(0)
+    reference = getattr(transformers, name)(config).eval()
+    perturb(reference)
+    reference.save_pretrained(directory)
+    ours = getattr(lamina, name).from_pretrained(directory, attn_implementation=attn)
+    return reference, ours
+
+
+def compare_outputs(reference_out, our_out, atol: float = 1e-4, loss_atol: float = 1e-5) -> None:
+    """Every tensor field the reference returns (tuples element-wise) equals lamina's."""
+    for key in reference_out.keys():
+        if key == "past_key_values":
+            continue
+        theirs, ours = reference_out[key], our_out[key]
+        if isinstance(theirs, tuple):
+            assert len(theirs) == len(ours), f"{key}: {len(theirs)} entries in the reference, {len(ours)} in lamina"
+            pairs = list(zip(theirs, ours))
+        else:
+            pairs = [(theirs, ours)]
+        for a, b in pairs:
+            assert a.shape == b.shape, f"{key}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+            diff = (a.float() - b.float()).abs().max().item()
+            assert diff <= (loss_atol if key == "loss" else atol), f"{key} differs by {diff}"
+
+
+def compare_grads(ours: torch.nn.Module, reference: torch.nn.Module, atol: float = 1e-4) -> None:
+    """Each parameter's gradient equals the reference's (the names are the same: no name map)."""
+    mine = {name: p.grad for name, p in ours.named_parameters() if p.grad is not None}
+    theirs = {name: p.grad for name, p in reference.named_parameters() if p.grad is not None}
+    assert theirs, "the reference computed no gradient"
+    for name, grad in theirs.items():
+        assert name in mine, f"lamina has no gradient for {name}"
+        diff = (mine[name] - grad).abs().max().item()
+        assert diff <= atol, f"gradient of {name} differs by {diff}"
+    assert set(mine) <= set(theirs), f"lamina has gradients the reference lacks: {set(mine) - set(theirs)}"
