@@ -41,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     **_decoder_family("lamina.models.llama", "Qwen2"),
     **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
+    **_family("lamina.tokenizers", "AutoTokenizer", "BatchEncoding", "PreTrainedTokenizer", "PreTrainedTokenizerFast",
+              "LlamaTokenizer", "LlamaTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast", "BertTokenizer",
+              "BertTokenizerFast", "MobileBertTokenizer", "MobileBertTokenizerFast", "PersimmonTokenizer",
+              "IncrementalDetokenizer"),
 }
 
 __all__ = sorted(_EXPORTS)
