@@ -15,3 +15,5 @@ from .classes import (
     PreTrainedTokenizerFast,
 )
 from .files import AutoTokenizer
+from .gguf import from_gguf
+from .streaming import IncrementalDetokenizer
