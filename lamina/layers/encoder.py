@@ -116,7 +116,10 @@ class EncoderSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """Unscaled distance scores `(batch, heads, queries, keys)`."""
         distance = query_positions[:, None] - key_positions[None, :]
-        table = self.distance_embedding(distance + self.max_position_embeddings - 1).to(query.dtype)
+        # a static cache's unwritten slots can lie further ahead than the table reaches; they are
+        # masked, so any row of the table serves
+        index = (distance + self.max_position_embeddings - 1).clamp(0, 2 * self.max_position_embeddings - 2)
+        table = self.distance_embedding(index).to(query.dtype)
         scores = torch.einsum("bhqd,qkd->bhqk", query, table)
         if self.position_embedding_type == "relative_key_query":
             scores = scores + torch.einsum("bhkd,qkd->bhqk", key, table)

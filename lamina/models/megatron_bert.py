@@ -17,6 +17,7 @@ from torch import nn
 from ..cache import Cache, make_cache
 from ..config import PretrainedConfig, require
 from ..errors import UnsupportedError
+from ..generation import GenerationConfig, GenerationMixin
 from ..layers.encoder import (
     POSITION_EMBEDDING_TYPES,
     EncoderHeads,
@@ -272,15 +273,16 @@ class MegatronBertForQuestionAnswering(_MegatronBertTask, EncoderForQuestionAnsw
     pass
 
 
-class MegatronBertForCausalLM(_MegatronBertTask, _LanguageModelTask):
-    """Left-to-right LM (set `is_decoder=True`): logits `(batch, seq, vocab)`, the shifted loss, and
-    a key/value cache for incremental decoding."""
+class MegatronBertForCausalLM(_MegatronBertTask, _LanguageModelTask, GenerationMixin):
+    """Left-to-right LM (set `is_decoder=True`): logits `(batch, seq, vocab)`, the shifted loss, a
+    key/value cache for incremental decoding, and `generate`."""
 
     with_pooler = False
 
     def __init__(self, config: MegatronBertConfig) -> None:
         super().__init__(config)
         self.cls = EncoderHeads(self.base_model_class.masked_lm_predictions(config), None)
+        self.generation_config = GenerationConfig.from_model_config(config)
         self.post_init()
 
     def forward(

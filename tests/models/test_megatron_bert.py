@@ -150,18 +150,22 @@ def test_causal_lm_cached_logits_match_reference(tmp_path):
     assert (theirs - mine).abs().max() <= 1e-4
 
 
-def test_greedy_decoding_matches_reference_generate(tmp_path):
+def test_greedy_generate_matches_reference(tmp_path):
     reference, ours = build_pair(transformers, "MegatronBertForCausalLM", config(is_decoder=True), tmp_path)
-    prompt = batch()["input_ids"][:1, :4]
+    prompt = batch()["input_ids"][:, :4]
     expected = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    tokens, cache, step = prompt, None, prompt
-    with torch.no_grad():
-        for _ in range(6):
-            out = ours(input_ids=step, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            step = out.logits[:, -1:].argmax(-1)
-            tokens = torch.cat([tokens, step], dim=1)
-    assert torch.equal(tokens, expected)
+    assert torch.equal(ours.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), expected)
+
+
+def test_generate_with_relative_positions_equals_uncached_greedy():
+    torch.manual_seed(0)
+    model = lamina.MegatronBertForCausalLM(lamina.MegatronBertConfig(
+        **{**TINY, "max_position_embeddings": 12}, is_decoder=True, position_embedding_type="relative_key_query")).eval()
+    tokens = torch.randint(1, VOCAB, (1, 4))
+    generated = model.generate(tokens, max_new_tokens=7, do_sample=False, pad_token_id=0)
+    for _ in range(7):
+        tokens = torch.cat([tokens, model(input_ids=tokens, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, tokens)
 
 
 def test_padding_does_not_change_unpadded_rows():
