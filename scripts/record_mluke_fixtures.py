@@ -234,7 +234,7 @@ def encode_cases() -> list[tuple[str, dict, dict]]:
             "return_tensors": "pt"}),
         ("batch_left_padding", {"max_mention_length": 6}, {
             "text": [EN, JA], "entity_spans": [en_spans[:1], ja_spans], "padding": True, "padding_side": "left",
-            "return_token_type_ids": True, "return_special_tokens_mask": True}),
+            "return_token_type_ids": True, "return_special_tokens_mask": True, "return_length": True}),
         ("batch_pad_to_multiple_of_tensors", {"max_mention_length": 4}, {
             "text": [FR, JA], "entity_spans": [fr_spans, ja_spans[:1]], "padding": True, "pad_to_multiple_of": 8,
             "return_tensors": "pt"}),

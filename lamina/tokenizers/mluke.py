@@ -17,8 +17,8 @@ pads the row). Tasks build the entity sequence themselves:
   `entity_start_positions` / `entity_end_positions`.
 
 The reference is the sentencepiece `MLukeTokenizer` of transformers 4.x. Where that one
-silently drops input (a text pair under a task, pair spans in a batch without first spans) lamina
-raises or handles it, and in three places lamina fixes it rather than copying it: batched
+silently drops input, lamina raises (a text pair or entity titles under a task) or keeps it (the
+pair's entities when the first text has none). It also fixes three of its bugs: batched
 `padding="max_length"` pads entities to the `max_entity_length` of the call (not the
 constructor's), `truncation_side="left"` keeps entity positions pointing at their words, and
 `additional_special_tokens` never replace the `<ent>` / `<ent2>` markers.
@@ -32,6 +32,7 @@ import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -440,14 +441,17 @@ class MLukeTokenizer:
         ids, token_spans = self._word_ids_and_token_spans(text, spans)
         if self.task == "entity_span_classification":
             return _Example(ids, [self.entity_mask_token_id] * len(spans), token_spans)
-        markers = [self.entity_token_1_id, self.entity_token_2_id][: len(spans)]
-        # insert from the rightmost span so earlier token positions stay valid
-        for (start, end), marker in sorted(zip(token_spans, markers), reverse=True):
-            ids = [*ids[:start], marker, *ids[start:end], marker, *ids[end:]]
-        # each marker pair before a span shifts it right by 2; its own pair widens it by 2
-        shifted = [(start + 2 * sum(other[0] < start for other in token_spans), end) for start, end in token_spans]
-        token_spans = [(start, start + (end - old_start) + 2) for (start, _), (old_start, end) in
-                       zip(shifted, token_spans)]
+        markers = [self.entity_token_1_id, self.entity_token_2_id]
+        in_text_order = sorted(range(len(spans)), key=lambda index: spans[index][0])
+        # insert from the rightmost mention so the token positions of the others stay valid
+        for index in reversed(in_text_order):
+            start, end = token_spans[index]
+            ids = [*ids[:start], markers[index], *ids[start:end], markers[index], *ids[end:]]
+        # a mention moves right by the two markers of each mention before it, and its own two
+        # markers become part of it
+        moved = {index: 2 * rank for rank, index in enumerate(in_text_order)}
+        token_spans = [(start + moved[index], end + moved[index] + 2) for index, (start, end) in
+                       enumerate(token_spans)]
         entity_ids = [self.entity_mask_token_id, self.entity_mask2_token_id][: len(spans)]
         return _Example(ids, entity_ids, token_spans)
 
@@ -507,7 +511,7 @@ class MLukeTokenizer:
         rows = [[column[index] if column is not None else None for column in columns.values()]
                 for index in range(len(text))]
         examples = [self._example(item, *row) for item, row in zip(text, rows)]
-        return self._encode_batch(examples, **kwargs)
+        return self._encode(examples, batched=True, **kwargs)
 
     def encode_plus(
         self,
@@ -517,44 +521,21 @@ class MLukeTokenizer:
         entity_spans_pair: list[Span] | None = None,
         entities: list[str] | None = None,
         entities_pair: list[str] | None = None,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        max_entity_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_tensors: str | None = None,
-        return_token_type_ids: bool | None = None,
-        return_attention_mask: bool | None = None,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
-        **unsupported: Any,
+        **kwargs: Any,
     ) -> BatchEncoding:
         """Encode one text (and its pair) with its entities.
 
         `entity_spans` are `(start, end)` character offsets of `text`; `entities` their titles
-        (default: all `[MASK]`; unknown titles give `[UNK]`). `padding` / `truncation` /
-        `max_length` act on words as in transformers; `max_entity_length` caps (under
-        truncation) and pads the entities. Returns a `BatchEncoding` of lists, or of tensors
-        with a leading batch axis of 1 when `return_tensors="pt"`.
+        (default: all `[MASK]`; unknown titles give `[UNK]`). Options: `add_special_tokens`,
+        `padding` / `truncation` / `max_length` / `pad_to_multiple_of` / `padding_side`, which
+        act on words as in transformers, `max_entity_length`, which caps (under truncation) and
+        pads the entities, `return_tensors`, and `return_token_type_ids` (which adds
+        `entity_token_type_ids`), `return_attention_mask`, `return_special_tokens_mask`,
+        `return_length`. Returns a `BatchEncoding` of lists, or of tensors with a leading batch
+        axis of 1 when `return_tensors="pt"`.
         """
-        _reject_unsupported(unsupported)
         example = self._example(text, text_pair, entity_spans, entity_spans_pair, entities, entities_pair)
-        padding_strategy, truncation_strategy, max_length = self._strategies(padding, truncation, max_length)
-        max_entity_length = max_entity_length or self.max_entity_length
-        encoded = self._prepare(example, add_special_tokens, truncation_strategy, max_length, max_entity_length,
-                                return_token_type_ids, return_special_tokens_mask)
-        if return_attention_mask is None:
-            return_attention_mask = "attention_mask" in self.model_input_names
-        if padding_strategy != "do_not_pad" or return_attention_mask:
-            (encoded,) = self._pad_examples([encoded], padding_strategy, max_length, max_entity_length,
-                                            pad_to_multiple_of, padding_side, return_attention_mask)
-        if return_length:
-            encoded["length"] = len(encoded["input_ids"])
-        if return_tensors is not None:
-            encoded = {key: [value] for key, value in encoded.items()}
-        return BatchEncoding(encoded, tensor_type=return_tensors)
+        return self._encode([example], batched=False, **kwargs)
 
     def batch_encode_plus(
         self,
@@ -575,15 +556,16 @@ class MLukeTokenizer:
             titles, titles_pair = _split_pair(batch_entities_or_entities_pairs, index,
                                               is_pair=lambda value: not isinstance(value[0], str))
             examples.append(self._example(text, text_pair, spans, spans_pair, titles, titles_pair))
-        return self._encode_batch(examples, **kwargs)
+        return self._encode(examples, batched=True, **kwargs)
 
     def encode(self, text: str, text_pair: str | None = None, **kwargs: Any) -> list[int]:
         """`input_ids` of `encode_plus(text, text_pair, **kwargs)`."""
         return self.encode_plus(text, text_pair, **kwargs)["input_ids"]
 
-    def _encode_batch(
+    def _encode(
         self,
         examples: list[_Example],
+        batched: bool,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str | None = None,
@@ -601,19 +583,22 @@ class MLukeTokenizer:
         _reject_unsupported(unsupported)
         padding_strategy, truncation_strategy, max_length = self._strategies(padding, truncation, max_length)
         max_entity_length = max_entity_length or self.max_entity_length
-        encoded = []
-        for example in examples:
-            item = self._prepare(example, add_special_tokens, truncation_strategy, max_length, max_entity_length,
-                                 return_token_type_ids, return_special_tokens_mask)
-            if return_length:
+        encoded = [self._prepare(example, add_special_tokens, truncation_strategy, max_length, max_entity_length,
+                                 return_token_type_ids, return_special_tokens_mask) for example in examples]
+        # transformers counts a batch's lengths before padding, a single example's after
+        if return_length and batched:
+            for item in encoded:
                 item["length"] = len(item["input_ids"])
-            encoded.append(item)
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
         encoded = self._pad_examples(encoded, padding_strategy, max_length, max_entity_length, pad_to_multiple_of,
                                      padding_side, return_attention_mask)
-        keys = list(encoded[0]) if encoded else ["input_ids"]
-        return BatchEncoding({key: [item[key] for item in encoded] for key in keys}, tensor_type=return_tensors)
+        if return_length and not batched:
+            encoded[0]["length"] = len(encoded[0]["input_ids"])
+        columns = {key: [item[key] for item in encoded] for key in (encoded[0] if encoded else ["input_ids"])}
+        if not batched and return_tensors is None:
+            columns = {key: rows[0] for key, rows in columns.items()}
+        return BatchEncoding(columns, tensor_type=return_tensors)
 
     def _strategies(self, padding: bool | str, truncation: bool | str | None,
                     max_length: int | None) -> tuple[str, str, int | None]:
@@ -654,19 +639,16 @@ class MLukeTokenizer:
     ) -> dict[str, Any]:
         """One example's fields before padding: truncated words and entities, special tokens added."""
         ids, pair_ids = example.ids, example.pair_ids
-        spans, pair_spans = example.spans, example.pair_spans
-        is_pair = pair_ids is not None
-        specials = (4 if is_pair else 2) if add_special_tokens else 0
+        specials = (4 if pair_ids is not None else 2) if add_special_tokens else 0
         total = len(ids) + len(pair_ids or ()) + specials
-        # entities whose mention lost words to truncation are dropped, the others follow their words
-        first = _entities_within(example.entity_ids, spans, len(ids), len(ids))
-        second = _entities_within(example.pair_entity_ids, pair_spans, len(pair_ids or ()), len(pair_ids or ()))
+        kept, pair_kept = ids, pair_ids
         if truncation != "do_not_truncate" and max_length and total > max_length:
             kept, pair_kept = truncate_pair(ids, pair_ids, total - max_length, truncation, self.truncation_side)
-            first = _entities_within(example.entity_ids, spans, len(ids), len(kept), self.truncation_side)
-            second = _entities_within(example.pair_entity_ids, pair_spans, len(pair_ids or ()),
-                                      len(pair_kept or ()), self.truncation_side)
-            ids, pair_ids = kept, pair_kept
+        # entities whose mention lost words to truncation are dropped, the others follow their words
+        first = _entities_within(example.entity_ids, example.spans, len(ids), len(kept), self.truncation_side)
+        second = _entities_within(example.pair_entity_ids, example.pair_spans, len(pair_ids or ()),
+                                  len(pair_kept or ()), self.truncation_side)
+        ids, pair_ids = kept, pair_kept
         if add_special_tokens:
             encoded: dict[str, Any] = {"input_ids": self.build_inputs_with_special_tokens(ids, pair_ids)}
             offsets = (1, len(ids) + 3)  # after <s>; after <s> A </s></s>
@@ -977,9 +959,9 @@ def _check_spans(spans: Any, text: str, name: str) -> list[Span]:
         raise TokenizerError(f"{name}: expected a list of (start, end) character spans, found {type(spans).__name__}")
     checked = []
     for index, span in enumerate(spans):
-        if not (isinstance(span, (tuple, list)) and len(span) == 2 and all(isinstance(v, int) for v in span)):
+        if not (isinstance(span, (tuple, list)) and len(span) == 2 and all(isinstance(v, Integral) for v in span)):
             raise TokenizerError(f"{name}[{index}]: expected a (start, end) tuple of ints, found {span!r}")
-        start, end = span
+        start, end = int(span[0]), int(span[1])
         if not 0 <= start < end <= len(text):
             raise TokenizerError(
                 f"{name}[{index}] = {tuple(span)}: a span must satisfy 0 <= start < end <= len(text) = {len(text)}"

@@ -326,3 +326,25 @@ def test_save_vocabulary(tmp_path: Path, tokenizer: MLukeTokenizer) -> None:
 def test_pickle_keeps_behaviour(tokenizer: MLukeTokenizer) -> None:
     case = CASES["multilingual_ja"]
     assert plain(pickle.loads(pickle.dumps(tokenizer))(**call_args(case))) == case["expected"]
+
+
+def test_additional_special_tokens_do_not_replace_the_markers() -> None:
+    # the reference takes its markers from additional_special_tokens[0:2], so extra tokens there
+    # would become the markers; lamina always uses entity_token_1 / entity_token_2
+    tokenizer = MLukeTokenizer.from_pretrained(FIXTURES, task="entity_classification",
+                                               additional_special_tokens=["<extra>"])
+    plain_tokenizer = MLukeTokenizer.from_pretrained(FIXTURES, task="entity_classification")
+    assert tokenizer.convert_tokens_to_ids("<extra>") == len(plain_tokenizer)
+    assert tokenizer.tokenize("a<extra>b")[1] == "<extra>"
+    encoded = tokenizer(EN, entity_spans=[(0, 5)])
+    assert encoded == plain_tokenizer(EN, entity_spans=[(0, 5)])
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][:3]) == ["<s>", "<ent>", "▁T"]
+
+
+def test_encode_and_integer_like_spans(tokenizer: MLukeTokenizer) -> None:
+    case = CASES["spans_with_entities"]
+    args = call_args(case)
+    assert tokenizer.encode(EN) == CASES["plain"]["expected"]["input_ids"]
+    # spans read from arrays hold numpy integers, not ints
+    numpy_spans = [tuple(torch.tensor(span).numpy()) for span in args["entity_spans"]]
+    assert tokenizer(EN, entity_spans=numpy_spans, entities=args["entities"]) == case["expected"]
