@@ -585,6 +585,11 @@ class MLukeTokenizer:
         max_entity_length = max_entity_length or self.max_entity_length
         encoded = [self._prepare(example, add_special_tokens, truncation_strategy, max_length, max_entity_length,
                                  return_token_type_ids, return_special_tokens_mask) for example in examples]
+        # a batch where only some texts have spans: the others have no entities, not missing fields
+        entity_keys = {key for item in encoded for key in item if key.startswith("entity_")}
+        for item in encoded:
+            for key in entity_keys:
+                item.setdefault(key, [])
         # transformers counts a batch's lengths before padding, a single example's after
         if return_length and batched:
             for item in encoded:
@@ -1027,16 +1032,15 @@ def _as_list(value: Any) -> Any:
 
 
 def _reject_unsupported(options: dict[str, Any]) -> None:
-    """Options of transformers' call this tokenizer does not implement, refused by name."""
-    active = {name: value for name, value in options.items() if value not in (None, False, 0)}
+    """Refuse, by name, the options of transformers' call that this tokenizer does not implement."""
     known = {"return_overflowing_tokens", "stride", "is_split_into_words", "return_offsets_mapping", "verbose",
              "split_special_tokens"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"MLukeTokenizer got unexpected keyword arguments {unknown}")
-    active.pop("verbose", None)
+        raise InputError(f"MLukeTokenizer call: unsupported argument(s) {unknown}")
+    active = sorted(name for name, value in options.items() if name != "verbose" and value not in (None, False, 0))
     if active:
         raise UnsupportedError(
-            f"MLukeTokenizer does not implement {sorted(active)} (transformers' slow MLukeTokenizer does not either "
-            "for offsets and pre-split words; overflowing windows are not kept)"
+            f"MLukeTokenizer does not implement {active}: it keeps no character offsets, takes whole texts rather "
+            "than pre-split words, always splits out special tokens, and returns no overflowing windows"
         )

@@ -251,7 +251,7 @@ def test_unsupported_options_are_refused(tokenizer: MLukeTokenizer) -> None:
         tokenizer(EN, return_offsets_mapping=True)
     with pytest.raises(UnsupportedError, match="return_overflowing_tokens"):
         tokenizer([EN], return_overflowing_tokens=True, truncation=True, max_length=5)
-    with pytest.raises(TypeError, match="not_an_option"):
+    with pytest.raises(InputError, match="not_an_option"):
         tokenizer(EN, not_an_option=1)
     with pytest.raises(InputError, match="truncation"):
         tokenizer(EN, truncation="sideways", max_length=4)
@@ -348,3 +348,10 @@ def test_encode_and_integer_like_spans(tokenizer: MLukeTokenizer) -> None:
     # spans read from arrays hold numpy integers, not ints
     numpy_spans = [tuple(torch.tensor(span).numpy()) for span in args["entity_spans"]]
     assert tokenizer(EN, entity_spans=numpy_spans, entities=args["entities"]) == case["expected"]
+
+
+def test_batch_with_spans_for_some_texts_only(tokenizer: MLukeTokenizer) -> None:
+    some = tokenizer([EN, JA, EN], entity_spans=[[(0, 5)], None, None], padding=True, return_tensors="pt")
+    empty = tokenizer([EN, JA, EN], entity_spans=[[(0, 5)], [], []], padding=True, return_tensors="pt")
+    assert plain(some) == plain(empty)
+    assert some["entity_attention_mask"].tolist() == [[1], [0], [0]]
