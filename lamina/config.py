@@ -169,7 +169,7 @@ class PretrainedConfig:
             out[name] = copy.deepcopy(getattr(self, name))
         for name in self._extra_keys:
             out[name] = copy.deepcopy(getattr(self, name))
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["id2label"] = dict(self.id2label)
         out["label2id"] = dict(self.label2id)
         if self.dtype is not None:
             out["torch_dtype" if self._legacy_dtype_key else "dtype"] = self.dtype

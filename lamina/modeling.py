@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .checkpoints.gguf import load_gguf
 from .checkpoints.io import CheckpointReader, atomic_directory, open_checkpoint, write_weights
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, resolve_dtype
@@ -40,7 +41,7 @@ class LoadingInfo:
 
 # Checkpoint formats other than an HF directory register a loader here: given a path, it returns
 # (HF config dict, tensors under HF names) or None when the path is not of its format.
-FORMAT_LOADERS: list[Any] = []
+FORMAT_LOADERS: list[Any] = [load_gguf]
 
 
 def check_attn_implementation(name: str | None) -> str:
@@ -108,8 +109,13 @@ class PreTrainedModel(nn.Module):
                 nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif hasattr(module, "reset_parameters") and not list(module.children()):
+        elif hasattr(module, "reset_parameters"):
             module.reset_parameters()
+        else:
+            # bare parameters (stacked experts, …): matrices drawn like Linear weights
+            for param in module.parameters(recurse=False):
+                if param.dim() >= 2:
+                    nn.init.normal_(param, mean=0.0, std=std)
 
     def post_init(self) -> None:
         """Initialise weights (unless built on the meta device) and tie what the config ties."""

@@ -35,6 +35,12 @@ class MistralConfig(DecoderConfig):
     sliding_window: int | None = 4096
     attention_dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_dim is None and type(self) is MistralConfig:
+            # the reference fills head_dim in for Mistral only (Ministral and Mixtral keep None)
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
 
 class MistralModel(DecoderModel):
     config_class = MistralConfig

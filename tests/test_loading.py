@@ -1,0 +1,185 @@
+"""Loading and saving: transformers reads what lamina writes, shards round-trip, and every bad file
+or input gets its clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import lamina
+from lamina.errors import CheckpointError, ConfigError, InputError
+from tests.parity import max_diff
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4,
+)
+
+
+@pytest.fixture
+def mistral_dir(tmp_path):
+    torch.manual_seed(0)
+    reference = transformers.MistralForCausalLM(transformers.MistralConfig(**TINY)).eval()
+    reference.save_pretrained(tmp_path / "ref")
+    return tmp_path / "ref", reference
+
+
+def ids():
+    return torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Mixtral", "Ministral"])
+def test_saved_model_loads_in_transformers(family, tmp_path):
+    torch.manual_seed(0)
+    extra = {"num_local_experts": 4} if family == "Mixtral" else {}
+    config = getattr(lamina, family + "Config")(**TINY, **extra)
+    ours = getattr(lamina, family + "ForCausalLM")(config).eval()
+    ours.save_pretrained(tmp_path / "out")
+    reference = getattr(transformers, family + "ForCausalLM").from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert max_diff(ours(ids()).logits, reference(ids()).logits) <= 1e-5
+    if family == "Mixtral":
+        keys = load_file(tmp_path / "out" / "model.safetensors")
+        assert "model.layers.0.block_sparse_moe.experts.3.w2.weight" in keys
+
+
+def test_sharded_save_round_trips(mistral_dir, tmp_path):
+    path, reference = mistral_dir
+    ours = lamina.MistralForCausalLM.from_pretrained(path)
+    ours.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    again = lamina.MistralForCausalLM.from_pretrained(tmp_path / "sharded")
+    theirs = transformers.MistralForCausalLM.from_pretrained(tmp_path / "sharded")
+    with torch.no_grad():
+        assert max_diff(again(ids()).logits, reference(ids()).logits) == 0
+        assert max_diff(theirs(ids()).logits, reference(ids()).logits) == 0
+
+
+def test_bin_checkpoint_and_dtype(mistral_dir, tmp_path):
+    path, reference = mistral_dir
+    (tmp_path / "bin").mkdir()
+    reference.config.save_pretrained(tmp_path / "bin")
+    torch.save(reference.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ours = lamina.MistralForCausalLM.from_pretrained(tmp_path / "bin", torch_dtype="bfloat16")
+    assert ours.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert max_diff(ours(ids()).logits, reference(ids()).logits) < 0.05
+
+
+def test_failed_save_leaves_no_directory(mistral_dir, tmp_path, monkeypatch):
+    path, _ = mistral_dir
+    ours = lamina.MistralForCausalLM.from_pretrained(path)
+    import lamina.checkpoints.io as io
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "_unshare", broken)
+    with pytest.raises(OSError):
+        ours.save_pretrained(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+
+
+def test_head_missing_from_checkpoint_is_initialised_and_reported(mistral_dir):
+    path, reference = mistral_dir
+    model, info = lamina.MistralForSequenceClassification.from_pretrained(path, output_loading_info=True, num_labels=5)
+    assert info.missing_keys == ["score.weight"]
+    assert info.unexpected_keys == ["lm_head.weight"]
+    assert model.score.weight.shape == (5, 32) and model.score.weight.std() > 0
+    base = lamina.MistralModel.from_pretrained(path)
+    with torch.no_grad():
+        assert max_diff(base(ids()).last_hidden_state, reference.model(ids()).last_hidden_state) <= 1e-5
+
+
+def test_truncated_safetensors(mistral_dir):
+    path, _ = mistral_dir
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(truncated|holds)"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+    (path / "model.safetensors").write_bytes(b"\x05")
+    with pytest.raises(CheckpointError, match="truncated"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+
+def test_wrong_shape_missing_and_unexpected_keys(mistral_dir):
+    path, _ = mistral_dir
+    state = load_file(path / "model.safetensors")
+    file = path / "model.safetensors"
+
+    bad = dict(state, **{"model.norm.weight": torch.ones(7)})
+    save_file(bad, file)
+    with pytest.raises(CheckpointError, match=r"'model\.norm\.weight' has shape \(7,\), expected \(32,\)"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+    missing = {k: v for k, v in state.items() if k != "model.layers.1.mlp.down_proj.weight"}
+    save_file(missing, file)
+    with pytest.raises(CheckpointError, match=r"missing key 'model\.layers\.1\.mlp\.down_proj\.weight'"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+    half = {k: v for k, v in state.items() if k != "model.layers.0.self_attn.k_proj.weight"}
+    save_file(half, file)
+    with pytest.raises(CheckpointError, match=r"missing key 'model\.layers\.0\.self_attn\.k_proj\.weight'"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+    extra = dict(state, **{"model.layers.0.surprise": torch.ones(2)})
+    save_file(extra, file)
+    with pytest.raises(CheckpointError, match=r"unexpected key 'model\.layers\.0\.surprise'"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+    with pytest.raises(CheckpointError, match="shape"):
+        save_file(bad, file)
+        lamina.MistralForCausalLM.from_pretrained(path, ignore_mismatched_sizes=False)
+    model, info = lamina.MistralForCausalLM.from_pretrained(path, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert info.mismatched_keys == [("model.norm.weight", (7,), (32,))]
+
+
+def test_unknown_model_type_and_missing_directory(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not-a-model"}))
+    with pytest.raises(ConfigError, match="unknown model_type 'not-a-model'"):
+        lamina.AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        lamina.AutoModel.from_pretrained(tmp_path / "nope" / "deeper")
+
+
+def test_offline_hub_id_says_what_was_tried(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="mistralai/not-here"):
+        lamina.AutoModelForCausalLM.from_pretrained("mistralai/not-here")
+
+
+def test_token_id_outside_vocabulary(mistral_dir):
+    path, _ = mistral_dir
+    model = lamina.MistralForCausalLM.from_pretrained(path)
+    with pytest.raises(InputError, match=r"token id 64 is outside the vocabulary \[0, 64\)"):
+        model(torch.tensor([[1, 64]]))
+    with pytest.raises(InputError, match="token id -1"):
+        model(torch.tensor([[-1, 3]]))
+
+
+def test_auto_classes_dispatch(mistral_dir):
+    path, _ = mistral_dir
+    assert type(lamina.AutoConfig.from_pretrained(path)).__name__ == "MistralConfig"
+    assert type(lamina.AutoModel.from_pretrained(path)).__name__ == "MistralModel"
+    for auto, name in (
+        (lamina.AutoModelForCausalLM, "MistralForCausalLM"),
+        (lamina.AutoModelForSequenceClassification, "MistralForSequenceClassification"),
+        (lamina.AutoModelForTokenClassification, "MistralForTokenClassification"),
+        (lamina.AutoModelForQuestionAnswering, "MistralForQuestionAnswering"),
+    ):
+        assert type(auto.from_pretrained(path)).__name__ == name
+
+
+def test_flash_attention_without_cuda_is_a_clear_error(mistral_dir):
+    path, _ = mistral_dir
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(lamina.UnsupportedError, match="flash_attention_2.*CUDA"):
+        lamina.MistralForCausalLM.from_pretrained(path, attn_implementation="flash_attention_2")
