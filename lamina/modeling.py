@@ -318,6 +318,7 @@ class PreTrainedModel(nn.Module):
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:
         """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""
+        self.tie_weights()  # tied parameters take their source's storage, not a fresh one
         for module in self.modules():
             own_params = list(module.parameters(recurse=False))
             if any(p.is_meta for p in own_params):
