@@ -77,6 +77,7 @@ class DecoderSpec:
     upcast_attention: bool = False
     attention_dropout: float = 0.0
     residual_dropout: float = 0.0  # after attention and MLP outputs
+    dropout_after_attention: bool = True  # False: residual_dropout follows the MLP only (Persimmon)
     embedding_dropout: float = 0.0
     padding_idx: int | None = None
 
@@ -175,10 +176,11 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = PlainMLP(spec.hidden_size, spec.intermediate_size, spec.activation, spec.mlp_bias)
         self.residual_dropout = spec.residual_dropout
+        self.attention_output_dropout = spec.residual_dropout if spec.dropout_after_attention else 0.0
 
     def forward(self, x, rotary, masks, cache, need_weights):
         attn_out, weights = self.self_attn(self.input_layernorm(x), rotary, masks, cache, need_weights)
-        x = x + F.dropout(attn_out, self.residual_dropout, self.training)
+        x = x + F.dropout(attn_out, self.attention_output_dropout, self.training)
         mlp_out = self.mlp(self.post_attention_layernorm(x))
         router_logits = None
         if isinstance(mlp_out, tuple):
@@ -370,7 +372,7 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_router_logits: bool | None = None,
-        **_: Any,
+        **kwargs: Any,
     ):
         config = self.config
         moe = self.decoder.decoder_spec.num_experts > 0
@@ -380,7 +382,7 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            cache_position=cache_position, output_router_logits=output_router_logits,
+            cache_position=cache_position, output_router_logits=output_router_logits, **kwargs,
         ))
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -412,11 +414,11 @@ class DecoderForSequenceClassification(_DecoderTask):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **_: Any):
+                output_hidden_states=None, return_dict=None, **kwargs: Any):
         outputs = self._run_decoder(dict(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
         ))
         logits = self.score(outputs.last_hidden_state)
         batch = logits.shape[0]
@@ -444,11 +446,11 @@ class DecoderForTokenClassification(_DecoderTask):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **_: Any):
+                output_hidden_states=None, return_dict=None, **kwargs: Any):
         outputs = self._run_decoder(dict(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
         ))
         logits = self.score(self.dropout(outputs.last_hidden_state))
         loss = token_classification_loss(logits, labels) if labels is not None else None
@@ -468,11 +470,11 @@ class DecoderForQuestionAnswering(_DecoderTask):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **_: Any):
-        outputs = self._run_decoder(dict(
+                output_hidden_states=None, return_dict=None, use_cache=None, **kwargs: Any):
+        outputs = self._run_decoder(dict(  # extractive QA reads one whole pass: nothing to cache
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
         ))
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
