@@ -7,7 +7,6 @@ Module names follow the BERT checkpoint layout (`query`, `key`, `value`, `transf
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -183,15 +182,17 @@ class PredictionHeadTransform(nn.Module):
 class MaskedLMPredictions(nn.Module):
     """`(batch, seq, hidden)` → vocabulary logits `(batch, seq, vocab)`.
 
-    `decoder.weight` `(vocab, embedding_size)` is tied to the word embeddings. When the embeddings
-    are narrower than the hidden states (MobileBERT), `dense.weight` `(hidden − embedding, vocab)`
-    supplies the remaining rows of the output projection, stacked under the transposed decoder.
+    `decoder.weight` `(vocab, embedding_size)` is tied to the word embeddings and `decoder.bias` to
+    `bias` when the config ties embeddings (untied, the reference uses the decoder's own bias). When
+    the embeddings are narrower than the hidden states (MobileBERT), `dense.weight`
+    `(hidden − embedding, vocab)` supplies the remaining rows of the output projection, stacked under
+    the transposed decoder.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float, embedding_size: int | None = None) -> None:
         super().__init__()
         self.transform = PredictionHeadTransform(hidden_size, act, eps)
-        self.decoder = nn.Linear(embedding_size or hidden_size, vocab_size, bias=False)
+        self.decoder = nn.Linear(embedding_size or hidden_size, vocab_size)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
         self.dense = None
         if embedding_size is not None:
@@ -200,9 +201,9 @@ class MaskedLMPredictions(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.transform(hidden_states)
         if self.dense is None:
-            return F.linear(hidden_states, self.decoder.weight, self.bias)
+            return self.decoder(hidden_states)
         projection = torch.cat([self.decoder.weight.t(), self.dense.weight], dim=0)
-        return hidden_states.matmul(projection) + self.bias
+        return hidden_states.matmul(projection) + self.decoder.bias
 
 
 class EncoderHeads(nn.Module):

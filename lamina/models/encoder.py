@@ -126,12 +126,12 @@ class EncoderTask(EncoderPreTrainedModel):
 class _LanguageModelTask(EncoderTask):
     """A task whose `cls.predictions.decoder` is tied to the word embeddings."""
 
-    # old checkpoints store the decoder's bias twice; lamina keeps the one `cls.predictions.bias`
-    ignore_on_load = (*EncoderPreTrainedModel.ignore_on_load, r"^cls\.predictions\.decoder\.bias$")
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.tied_weights = {"cls.predictions.decoder.weight": f"{cls.base_model_prefix}.embeddings.word_embeddings.weight"}
+        cls.tied_weights = {
+            "cls.predictions.decoder.weight": f"{cls.base_model_prefix}.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias",
+        }
 
     def get_output_embeddings(self) -> nn.Module:
         return self.cls.predictions.decoder

@@ -11,16 +11,21 @@ import lamina
 
 
 def perturb(model: torch.nn.Module, seed: int = 1) -> None:
-    """Move every parameter off its init value, so a bias or norm weight that fails to load shows."""
+    """Move every parameter off its init value, so a bias or norm weight that fails to load shows.
+    Padding rows of embeddings stay zero, as training (which never updates them) leaves them."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx] = 0
 
 
 def build_pair(transformers, name: str, config, directory: Path, attn: str = "sdpa"):
     """(reference, lamina) instances of class `name` with the same seeded, perturbed weights."""
     torch.manual_seed(0)
+    config._attn_implementation = "eager"  # the reference returns attention weights only from eager
     reference = getattr(transformers, name)(config).eval()
     perturb(reference)
     reference.save_pretrained(directory)
