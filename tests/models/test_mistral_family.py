@@ -188,3 +188,24 @@ def test_gradient_checkpointing_gives_same_gradients(tmp_path):
     ours(input_ids=ids, labels=ids).loss.backward()
     for name, param in ours.named_parameters():
         assert torch.allclose(param.grad, plain[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 2.0},
+        {"rope_type": "dynamic", "factor": 2.0},
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+         "original_max_position_embeddings": 4},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4},
+    ],
+    ids=lambda r: r["rope_type"],
+)
+def test_rope_scaling_matches_reference(rope, tmp_path):
+    """Scaled rotary schedules, with the input longer than the trained length (dynamic rescales)."""
+    ours, reference = build_pair("mistral", "ForCausalLM", tmp_path, max_position_embeddings=6,
+                                 rope_parameters={**rope, "rope_theta": 10000.0})
+    ids, mask = batch("right")
+    with torch.no_grad():
+        for length in (10, 4, 10):  # dynamic grows, returns to the original frequencies, grows again
+            assert max_diff(ours(ids[:, :length]).logits, reference(ids[:, :length]).logits) <= 1e-4
