@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     **_family("lamina.models.gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"),
     **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.models.mobilebert", *("MobileBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
+    **_family("lamina.pipelines.fill_mask", "fill_mask"),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
     **_family("lamina.tokenizers", "AutoTokenizer", "BatchEncoding", "PreTrainedTokenizer", "PreTrainedTokenizerFast",
               "LlamaTokenizer", "LlamaTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast", "BertTokenizer",
