@@ -130,8 +130,8 @@ def truncate_pair(
 ) -> tuple[list[int], list[int] | None]:
     """Remove `num_tokens_to_remove` ids from one sequence or a pair, as transformers does.
 
-    `longest_first` takes ids from whichever sequence is longer (the second when they are equally
-    long) until both are the same length, then alternately; `only_first` / `only_second` cut only that one and raise if it is too short.
+    `longest_first` cuts the longer sequence down to what the shorter leaves, or both to about half
+    of `max_length` (as transformers' Rust engine does); `only_first` / `only_second` cut only that one and raise if it is too short.
     `side` is the end ids are removed from.
     """
     if strategy not in TRUNCATION_STRATEGIES:
@@ -141,15 +141,16 @@ def truncate_pair(
     if strategy == "longest_first":
         if pair_ids is None:
             return _cut(ids, num_tokens_to_remove, side), None
-        # the longer sequence first loses the difference, then the rest is split, the odd one
-        # going to the second sequence (which is also cut first when both are equally long)
-        difference = min(abs(len(ids) - len(pair_ids)), num_tokens_to_remove)
-        shared = num_tokens_to_remove - difference
-        if len(ids) > len(pair_ids):
-            from_first, from_second = difference + shared // 2, shared - shared // 2
-        else:
-            from_first, from_second = shared // 2, difference + shared - shared // 2
-        return _cut(ids, from_first, side), _cut(pair_ids, from_second, side)
+        # budgets as the Rust engine sets them: the shorter sequence keeps its length when the
+        # longer can absorb the cut; otherwise each gets half, the odd one going to the longer
+        # (to the second when they are equally long)
+        budget = len(ids) + len(pair_ids) - num_tokens_to_remove
+        shorter, longer = sorted((len(ids), len(pair_ids)))
+        keep_shorter, keep_longer = shorter, max(shorter, budget - shorter)
+        if keep_shorter + keep_longer > budget:
+            keep_shorter, keep_longer = budget // 2, budget - budget // 2
+        keep_first, keep_second = (keep_longer, keep_shorter) if len(ids) > len(pair_ids) else (keep_shorter, keep_longer)
+        return _cut(ids, len(ids) - keep_first, side), _cut(pair_ids, len(pair_ids) - keep_second, side)
     if strategy == "only_second" and pair_ids is None:
         raise InputError("truncation='only_second' needs a pair of sequences, found a single one")
     target_is_first = strategy == "only_first"

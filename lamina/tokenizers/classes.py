@@ -66,7 +66,6 @@ class BertTokenizer(PreTrainedTokenizer):
         "cls_token": "[CLS]",
         "mask_token": "[MASK]",
         "do_lower_case": True,
-        "clean_up_tokenization_spaces": True,
     }
 
 

@@ -222,11 +222,12 @@ def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str
     name = type(tokenizer).__name__.removesuffix("Fast").lstrip("_")
     config["tokenizer_class"] = name if name in TOKENIZER_CLASSES else "PreTrainedTokenizerFast"
     config.update(tokenizer.special_tokens_map)
-    bos, eos = tokenizer.bos_token, tokenizer.eos_token
-    single = tokenizer.template.single
-    config["add_bos_token"] = bos is not None and single[0] == (bos, 0)
-    config["add_eos_token"] = eos is not None and single[-1] == (eos, 0)
     if isinstance(tokenizer.engine, SentencePieceEngine):
+        # a tokenizer.model has no template of its own; the flags carry it
+        bos, eos = tokenizer.bos_token, tokenizer.eos_token
+        single = tokenizer.template.single
+        config["add_bos_token"] = bos is not None and single[0] == (bos, 0)
+        config["add_eos_token"] = eos is not None and single[-1] == (eos, 0)
         # tokens beyond the sentencepiece model live only here
         config["added_tokens_decoder"] = {
             str(i): {"content": content, "special": special, "normalized": False, "lstrip": False,
