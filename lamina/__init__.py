@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     **_decoder_family("lamina.models.llama", "Qwen2"),
     **_family("lamina.models.mega", "MegaConfig", "MegaModel", "MegaForCausalLM", "MegaForMaskedLM", "MegaForSequenceClassification", "MegaForMultipleChoice", "MegaForTokenClassification", "MegaForQuestionAnswering"),
     **_family("lamina.models.gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"),
+    **_family("lamina.models.persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM", "PersimmonForSequenceClassification", "PersimmonForTokenClassification"),
     **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.models.mobilebert", *("MobileBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.pipelines.fill_mask", "fill_mask"),

@@ -39,6 +39,7 @@ REGISTRY: dict[str, tuple[str, str, dict[str, str]]] = {
     "qwen2": family("lamina.models.llama", "Qwen2"),
     "mega": family("lamina.models.mega", "Mega", {"base": "Model", "causal_lm": "ForCausalLM", "masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification", "multiple_choice": "ForMultipleChoice", "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering"}),
     "gpt2": family("lamina.models.gpt2", "GPT2", {"base": "Model", "causal_lm": "LMHeadModel", "sequence_classification": "ForSequenceClassification", "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering"}),
+    "persimmon": family("lamina.models.persimmon", "Persimmon", {k: v for k, v in DECODER_TASKS.items() if k != "question_answering"}),
     "megatron-bert": family("lamina.models.megatron_bert", "MegatronBert", {**DECODER_TASKS, "masked_lm": "ForMaskedLM", "pretraining": "ForPreTraining", "next_sentence_prediction": "ForNextSentencePrediction", "multiple_choice": "ForMultipleChoice"}),
     "mobilebert": family("lamina.models.mobilebert", "MobileBert", {**{k: v for k, v in DECODER_TASKS.items() if k != "causal_lm"}, "masked_lm": "ForMaskedLM", "pretraining": "ForPreTraining", "next_sentence_prediction": "ForNextSentencePrediction", "multiple_choice": "ForMultipleChoice"}),
 }
