@@ -206,14 +206,20 @@ class EncoderForNextSentencePrediction(EncoderTask):
         return finish(output, return_dict, self.config)
 
 
-class EncoderForSequenceClassification(EncoderTask):
-    """Logits `(batch, num_labels)` from the pooled first token; loss by `problem_type`."""
+class _ClassifierTask(EncoderTask):
+    """A task with `dropout` + `classifier` (to `num_labels` outputs, or one score per choice)."""
+
+    one_score: ClassVar[bool] = False
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, 1 if self.one_score else config.num_labels)
         self.post_init()
+
+
+class EncoderForSequenceClassification(_ClassifierTask):
+    """Logits `(batch, num_labels)` from the pooled first token; loss by `problem_type`."""
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
@@ -227,14 +233,10 @@ class EncoderForSequenceClassification(EncoderTask):
         return finish(output, return_dict, self.config)
 
 
-class EncoderForMultipleChoice(EncoderTask):
+class EncoderForMultipleChoice(_ClassifierTask):
     """Inputs `(batch, choices, seq)` → one score per choice, logits `(batch, choices)`."""
 
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__(config)
-        self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, 1)
-        self.post_init()
+    one_score = True
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):
@@ -257,16 +259,10 @@ class EncoderForMultipleChoice(EncoderTask):
         return finish(output, return_dict, self.config)
 
 
-class EncoderForTokenClassification(EncoderTask):
+class EncoderForTokenClassification(_ClassifierTask):
     """Logits `(batch, seq, num_labels)`."""
 
     with_pooler = False
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__(config)
-        self.dropout = nn.Dropout(self.base_model_class.classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **_: Any):

@@ -60,3 +60,57 @@ def compare_grads(ours: torch.nn.Module, reference: torch.nn.Module, atol: float
         diff = (mine[name] - grad).abs().max().item()
         assert diff <= atol, f"gradient of {name} differs by {diff}"
     assert set(mine) <= set(theirs), f"lamina has gradients the reference lacks: {set(mine) - set(theirs)}"
+
+
+def batch(vocab: int, choices: int | None = None) -> dict[str, torch.Tensor]:
+    """Two rows of 7 tokens, the second right-padded (with pad id 0) after 5, with token types."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, vocab, (2, 7), generator=generator)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    ids[1, 5:] = 0
+    types = torch.randint(0, 3, (2, 7), generator=generator)
+    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    if choices:
+        inputs = {k: v[:, None].repeat(1, choices, 1) for k, v in inputs.items()}
+        inputs["input_ids"][:, 1:, 2] = 7  # the choices differ
+    return inputs
+
+
+def labels_for(suffix: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Labels for the head `suffix` (e.g. "ForMaskedLM") of a batch from `batch`."""
+    ids = inputs["input_ids"]
+    if suffix in ("ForMaskedLM", "ForCausalLM"):
+        labels = ids.clone()
+        labels[:, :2] = -100
+        return dict(labels=labels)
+    if suffix == "ForPreTraining":
+        return dict(labels=ids.flip(-1), next_sentence_label=torch.tensor([0, 1]))
+    if suffix in ("ForNextSentencePrediction", "ForMultipleChoice"):
+        return dict(labels=torch.tensor([1, 0]))
+    if suffix == "ForSequenceClassification":
+        return dict(labels=torch.tensor([2, 0]))
+    if suffix == "ForTokenClassification":
+        return dict(labels=ids % 3)
+    if suffix == "ForQuestionAnswering":
+        return dict(start_positions=torch.tensor([1, 9]), end_positions=torch.tensor([3, 4]))
+    return {}
+
+
+def check_head(transformers, name: str, config, directory: Path, vocab: int) -> None:
+    """Class `name` against the reference on a padded batch with token types and labels: every
+    output (hidden states and attentions included), the loss and every gradient."""
+    suffix = name[name.index("For"):] if "For" in name else "Model"
+    reference, ours = build_pair(transformers, name, config, directory, attn="eager")
+    inputs = batch(vocab, choices=3 if suffix == "ForMultipleChoice" else None)
+    inputs.update(labels_for(suffix, inputs))
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    expected, found = reference(**inputs, **flags), ours(**inputs, **flags)
+    compare_outputs(expected, found)
+    if suffix == "Model":
+        (expected.last_hidden_state.sum() + expected.pooler_output.sum()).backward()
+        (found.last_hidden_state.sum() + found.pooler_output.sum()).backward()
+    else:
+        expected.loss.backward()
+        found.loss.backward()
+    compare_grads(ours, reference)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import lamina
 from lamina.errors import ConfigError, InputError, UnsupportedError
-from tests.models.encoder_helpers import build_pair, compare_grads, compare_outputs
+from tests.models.encoder_helpers import batch, build_pair, check_head, compare_outputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,66 +28,18 @@ def config(**extra) -> transformers.MegatronBertConfig:
     return transformers.MegatronBertConfig(**{**TINY, **extra})
 
 
-def batch(choices: int | None = None) -> dict[str, torch.Tensor]:
-    """Two rows of 7 tokens, the second right-padded after 5, with token types."""
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (2, 7), generator=generator)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    types = torch.randint(0, 3, (2, 7), generator=generator)
-    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    if choices:
-        inputs = {k: v[:, None].repeat(1, choices, 1) for k, v in inputs.items()}
-        inputs["input_ids"][:, 1:, 2] = 7  # the choices differ
-    return inputs
-
-
-def labels_for(suffix: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    ids = inputs["input_ids"]
-    if suffix in ("ForMaskedLM", "ForCausalLM"):
-        labels = ids.clone()
-        labels[:, :2] = -100
-        return dict(labels=labels)
-    if suffix == "ForPreTraining":
-        return dict(labels=ids.flip(-1), next_sentence_label=torch.tensor([0, 1]))
-    if suffix in ("ForNextSentencePrediction", "ForMultipleChoice"):
-        return dict(labels=torch.tensor([1, 0]))
-    if suffix == "ForSequenceClassification":
-        return dict(labels=torch.tensor([2, 0]))
-    if suffix == "ForTokenClassification":
-        return dict(labels=ids % 3)
-    if suffix == "ForQuestionAnswering":
-        return dict(start_positions=torch.tensor([1, 9]), end_positions=torch.tensor([3, 4]))
-    return {}
-
-
 @pytest.mark.parametrize("suffix", HEADS)
 def test_every_class_matches_reference(suffix, tmp_path):
     """Outputs, hidden states, attentions, losses and gradients, with token types and padding."""
     extra = dict(num_labels=2) if suffix == "ForQuestionAnswering" else {}
-    reference, ours = build_pair(transformers, "MegatronBert" + suffix,
-                                 config(is_decoder=suffix == "ForCausalLM", **extra), tmp_path, attn="eager")
-    inputs = batch(choices=3 if suffix == "ForMultipleChoice" else None)
-    inputs.update(labels_for(suffix, inputs))
-    flags = dict(output_hidden_states=True, output_attentions=True)
-    if suffix == "Model":
-        expected, found = reference(**inputs, **flags), ours(**inputs, **flags)
-        compare_outputs(expected, found)
-        (expected.last_hidden_state.sum() + expected.pooler_output.sum()).backward()
-        (found.last_hidden_state.sum() + found.pooler_output.sum()).backward()
-    else:
-        reference.train(), ours.train()  # dropout is 0: training mode only enables gradients paths
-        expected, found = reference(**inputs, **flags), ours(**inputs, **flags)
-        compare_outputs(expected, found)
-        expected.loss.backward()
-        found.loss.backward()
-    compare_grads(ours, reference)
+    check_head(transformers, "MegatronBert" + suffix, config(is_decoder=suffix == "ForCausalLM", **extra), tmp_path,
+               VOCAB)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_backends_and_tuple_outputs(attn, tmp_path):
     reference, ours = build_pair(transformers, "MegatronBertForMaskedLM", config(), tmp_path, attn=attn)
-    inputs = batch()
+    inputs = batch(VOCAB)
     expected = reference(**inputs)
     found = ours(**inputs, return_dict=False)
     assert isinstance(found, tuple) and len(found) == 1
@@ -98,7 +50,7 @@ def test_regression_and_multi_label_losses(tmp_path):
     for num_labels, labels in ((1, torch.tensor([0.5, -1.0])), (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]))):
         reference, ours = build_pair(transformers, "MegatronBertForSequenceClassification",
                                      config(num_labels=num_labels), tmp_path / str(num_labels))
-        inputs = batch()
+        inputs = batch(VOCAB)
         assert abs(reference(**inputs, labels=labels).loss.item() - ours(**inputs, labels=labels).loss.item()) <= 1e-5
         assert ours.config.problem_type == reference.config.problem_type
 
@@ -141,7 +93,7 @@ def test_incremental_decoding_equals_full_forward(position_embedding_type):
 def test_causal_lm_cached_logits_match_reference(tmp_path):
     """Prefill then one cached step, against transformers' own cache."""
     reference, ours = build_pair(transformers, "MegatronBertForCausalLM", config(is_decoder=True), tmp_path)
-    ids = batch()["input_ids"]
+    ids = batch(VOCAB)["input_ids"]
     with torch.no_grad():
         theirs = reference(input_ids=ids[:, :5], use_cache=True)
         theirs = reference(input_ids=ids[:, 5:6], past_key_values=theirs.past_key_values, use_cache=True).logits
@@ -152,7 +104,7 @@ def test_causal_lm_cached_logits_match_reference(tmp_path):
 
 def test_greedy_generate_matches_reference(tmp_path):
     reference, ours = build_pair(transformers, "MegatronBertForCausalLM", config(is_decoder=True), tmp_path)
-    prompt = batch()["input_ids"][:, :4]
+    prompt = batch(VOCAB)["input_ids"][:, :4]
     expected = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), expected)
 
@@ -184,7 +136,7 @@ def test_saved_model_loads_in_transformers(tmp_path):
     ours = lamina.MegatronBertForPreTraining(lamina.MegatronBertConfig(**TINY)).eval()
     ours.save_pretrained(tmp_path)
     reference = transformers.MegatronBertForPreTraining.from_pretrained(tmp_path).eval()
-    inputs = batch()
+    inputs = batch(VOCAB)
     compare_outputs(reference(**inputs), ours(**inputs))
     # a base checkpoint loads into a head (new head reported) and the head's checkpoint into the base
     model, info = lamina.MegatronBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)

@@ -8,7 +8,7 @@ import torch
 
 import lamina
 from lamina.errors import ConfigError
-from tests.models.encoder_helpers import build_pair, compare_grads, compare_outputs
+from tests.models.encoder_helpers import batch, build_pair, check_head, compare_outputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,73 +34,23 @@ def config(**extra) -> transformers.MobileBertConfig:
     return transformers.MobileBertConfig(**{**TINY, **extra})
 
 
-def batch(choices: int | None = None) -> dict[str, torch.Tensor]:
-    """Two rows of 7 tokens, the second right-padded (with the pad id) after 5, with token types."""
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, VOCAB, (2, 7), generator=generator)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    ids[1, 5:] = 0
-    types = torch.randint(0, 3, (2, 7), generator=generator)
-    inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    if choices:
-        inputs = {k: v[:, None].repeat(1, choices, 1) for k, v in inputs.items()}
-        inputs["input_ids"][:, 1:, 2] = 7
-    return inputs
-
-
-def labels_for(suffix: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    ids = inputs["input_ids"]
-    if suffix == "ForMaskedLM":
-        labels = ids.clone()
-        labels[:, :2] = -100
-        return dict(labels=labels)
-    if suffix == "ForPreTraining":
-        return dict(labels=ids.flip(-1), next_sentence_label=torch.tensor([0, 1]))
-    if suffix in ("ForNextSentencePrediction", "ForMultipleChoice"):
-        return dict(labels=torch.tensor([1, 0]))
-    if suffix == "ForSequenceClassification":
-        return dict(labels=torch.tensor([2, 0]))
-    if suffix == "ForTokenClassification":
-        return dict(labels=ids % 3)
-    if suffix == "ForQuestionAnswering":
-        return dict(start_positions=torch.tensor([1, 9]), end_positions=torch.tensor([3, 4]))
-    return {}
-
-
-def check_head(suffix: str, reference_config, tmp_path) -> None:
-    reference, ours = build_pair(transformers, "MobileBert" + suffix, reference_config, tmp_path, attn="eager")
-    inputs = batch(choices=3 if suffix == "ForMultipleChoice" else None)
-    inputs.update(labels_for(suffix, inputs))
-    flags = dict(output_hidden_states=True, output_attentions=True)
-    expected, found = reference(**inputs, **flags), ours(**inputs, **flags)
-    compare_outputs(expected, found)
-    if suffix == "Model":
-        (expected.last_hidden_state.sum() + expected.pooler_output.sum()).backward()
-        (found.last_hidden_state.sum() + found.pooler_output.sum()).backward()
-    else:
-        expected.loss.backward()
-        found.loss.backward()
-    compare_grads(ours, reference)
-
-
 @pytest.mark.parametrize("suffix", HEADS)
 def test_every_class_matches_reference(suffix, tmp_path):
     """Defaults: NoNorm, trigram input, shared key/query bottleneck, 4 feed-forward networks."""
     extra = dict(num_labels=2) if suffix == "ForQuestionAnswering" else {}
-    check_head(suffix, config(**extra), tmp_path)
+    check_head(transformers, "MobileBert" + suffix, config(**extra), tmp_path, VOCAB)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variants_match_reference(variant, tmp_path):
     suffix = "ForSequenceClassification" if variant == "plain_embeddings" else "ForPreTraining"
-    check_head(suffix, config(**VARIANTS[variant]), tmp_path)
+    check_head(transformers, "MobileBert" + suffix, config(**VARIANTS[variant]), tmp_path, VOCAB)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_backends_and_tuple_outputs(attn, tmp_path):
     reference, ours = build_pair(transformers, "MobileBertForMaskedLM", config(), tmp_path, attn=attn)
-    inputs = batch()
+    inputs = batch(VOCAB)
     expected = reference(**inputs)
     found = ours(**inputs, return_dict=False)
     assert isinstance(found, tuple) and len(found) == 1
@@ -128,7 +78,7 @@ def test_fp16_stays_finite_where_the_reference_does(tmp_path):
     reference, ours32 = build_pair(transformers, "MobileBertForMaskedLM", config(), tmp_path)
     ours16 = lamina.MobileBertForMaskedLM.from_pretrained(tmp_path, dtype=torch.float16)
     assert ours16.dtype == torch.float16
-    inputs = batch()
+    inputs = batch(VOCAB)
     with torch.no_grad():
         theirs = reference.half()(**inputs).logits
         mine = ours16(**inputs).logits
@@ -141,7 +91,7 @@ def test_fp16_stays_finite_where_the_reference_does(tmp_path):
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = lamina.MobileBertForMaskedLM(lamina.MobileBertConfig(**TINY))
-    inputs = batch()
+    inputs = batch(VOCAB)
     labels = inputs["input_ids"]
     model(**inputs, labels=labels).loss.backward()
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -157,7 +107,7 @@ def test_saved_model_loads_in_transformers(tmp_path):
     ours = lamina.MobileBertForPreTraining(lamina.MobileBertConfig(**TINY)).eval()
     ours.save_pretrained(tmp_path)
     reference = transformers.MobileBertForPreTraining.from_pretrained(tmp_path).eval()
-    inputs = batch()
+    inputs = batch(VOCAB)
     compare_outputs(reference(**inputs), ours(**inputs))
     base = lamina.AutoModel.from_pretrained(tmp_path)
     assert isinstance(base, lamina.MobileBertModel)
