@@ -13,6 +13,7 @@ from lamina.checkpoints.megatron import (
     qkv_to_standard,
 )
 from lamina.errors import CheckpointError, UnsupportedError
+from tests.checkpoints.test_megatron_gpt2_convert import split_tensor_parallel
 
 HEADS, HEAD_DIM, HIDDEN = 4, 3, 12
 
@@ -35,24 +36,7 @@ def test_qkv_orders_round_trip_and_match_the_documented_layouts(version):
 
 
 def _split(whole, tp, version):
-    """Megatron's own split of whole tensors into `tp` ranks (the inverse of the merge)."""
-    ranks = [{} for _ in range(tp)]
-    for name, tensor in whole.items():
-        if "query_key_value" in name:
-            q, k, v = tensor.chunk(3)
-            for r in range(tp):
-                local = torch.cat([part.chunk(tp)[r] for part in (q, k, v)])
-                ranks[r][name] = qkv_from_standard(local, version, HEADS // tp)
-        elif name.endswith(("dense_h_to_4h.weight", "dense_h_to_4h.bias", "word_embeddings.weight")):
-            for r, shard in enumerate(tensor.chunk(tp, 0)):
-                ranks[r][name] = shard
-        elif name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
-            for r, shard in enumerate(tensor.chunk(tp, 1)):
-                ranks[r][name] = shard
-        else:
-            for r in range(tp):
-                ranks[r][name] = tensor
-    return ranks
+    return split_tensor_parallel(whole, tp, version, HEADS)
 
 
 def _whole():
