@@ -87,12 +87,16 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 def render_chat(source: str, **variables: Any) -> str:
-    """Render `source` with `variables`; sandbox violations become `SecurityError`."""
+    """Render `source` with `variables`; sandbox violations become `SecurityError`, the template's
+    own `raise_exception` and other rendering errors `InputError`."""
     template = compile_template(source)
     try:
         return template.render(**variables)
     except jinja2.sandbox.SecurityError as err:
         raise SecurityError(f"chat template: {err}") from None
+    except jinja2.TemplateError as err:
+        # raise_exception(...) in the template, or a template error while rendering these messages
+        raise InputError(f"chat template: {err}") from None
 
 
 CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
