@@ -1,0 +1,171 @@
+"""GGUF loading: dequantization, llama.cpp's q/k permutation, config from metadata, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lamina
+from lamina.checkpoints.gguf import _block_dequantize, load_gguf, permute_rotary, read_gguf, unpermute_rotary
+
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+Q = gguf.GGMLQuantizationType
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+            bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def _gguf_name(hf: str) -> str:
+    fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    if hf in fixed:
+        return fixed[hf]
+    _, _, layer, rest = hf.split(".", 3)
+    return f"blk.{layer}.{LAYER_NAMES[rest]}"
+
+
+def _store(writer, name: str, weight: torch.Tensor, kind) -> torch.Tensor:
+    """Write `weight` as `kind`; return the values a reader gets back."""
+    array = weight.detach().float().numpy()
+    if kind == Q.F32:
+        writer.add_tensor(name, array)
+        return weight
+    if kind == Q.F16:
+        writer.add_tensor(name, array.astype(np.float16))
+        return torch.from_numpy(array.astype(np.float16).astype(np.float32))
+    packed = gguf.quants.quantize(array, kind)
+    writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=kind)
+    return torch.from_numpy(gguf.quants.dequantize(packed, kind)).reshape(weight.shape)
+
+
+def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1), sliding_window=None,
+               seed: int = 0):
+    """A tiny random model as GGUF, and the transformers model holding exactly the stored values."""
+    torch.manual_seed(seed)
+    extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
+    config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**TINY, **extra)
+    model = (transformers.MistralForCausalLM if arch == "mistral" else transformers.LlamaForCausalLM)(config).eval()
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(TINY["num_hidden_layers"])
+    writer.add_context_length(TINY["max_position_embeddings"])
+    writer.add_embedding_length(TINY["hidden_size"])
+    writer.add_feed_forward_length(TINY["intermediate_size"])
+    writer.add_head_count(TINY["num_attention_heads"])
+    writer.add_head_count_kv(TINY["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
+    writer.add_rope_freq_base(TINY["rope_theta"])
+    writer.add_vocab_size(TINY["vocab_size"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    if sliding_window:
+        writer.add_sliding_window(sliding_window)
+    state = {}
+    for index, (name, weight) in enumerate(model.state_dict().items()):
+        kind = Q.F32 if weight.dim() == 1 else kinds[index % len(kinds)]
+        heads = {"q_proj": TINY["num_attention_heads"], "k_proj": TINY["num_key_value_heads"]}
+        rotary = next((h for p, h in heads.items() if p in name), None)
+        stored = weight if rotary is None else permute_rotary(weight, rotary)
+        back = _store(writer, _gguf_name(name), stored, kind)
+        state[name] = back if rotary is None else unpermute_rotary(back, rotary)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.mark.parametrize("kind, block_bytes", [("Q8_0", 34), ("Q4_0", 18), ("Q4_1", 20)])
+def test_block_dequantize_equals_gguf_package(kind, block_bytes):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (8, block_bytes * 3), dtype=np.uint8)
+    for start in range(0, raw.shape[1], block_bytes):
+        for offset in (0, 2) if kind == "Q4_1" else (0,):
+            scales = rng.standard_normal(8).astype(np.float16)
+            raw[:, start + offset : start + offset + 2] = scales.view(np.uint8).reshape(8, 2)
+    expected = gguf.quants.dequantize(raw, getattr(Q, kind))
+    found = _block_dequantize(raw, kind).reshape(expected.shape).numpy()
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_rotary_permutation_round_trips():
+    weight = torch.arange(8 * 3 * 5, dtype=torch.float32).reshape(24, 5)
+    assert torch.equal(unpermute_rotary(permute_rotary(weight, 3), 3), weight)
+    assert not torch.equal(permute_rotary(weight, 3), weight)
+
+
+@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 5)])
+def test_synthetic_gguf_logits_equal_transformers(tmp_path, arch, window):
+    path = tmp_path / "tiny.gguf"
+    reference = write_gguf(path, arch, sliding_window=window)
+    model = lamina.AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == arch
+    assert getattr(model.config, "sliding_window", None) == window
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        found = model(ids).logits
+    torch.testing.assert_close(found, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(model.generate(ids, max_new_tokens=5), reference.generate(ids, max_new_tokens=5, do_sample=False))
+
+
+def test_header_reader_equals_gguf_reader(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path)
+    ours = read_gguf(path)
+    reader = gguf.GGUFReader(path)
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF."):
+            assert ours.metadata[key] == field.contents(), key
+    for tensor in reader.tensors:
+        info = ours.tensors[tensor.name]
+        assert info.type_name == tensor.tensor_type.name
+        assert ours.raw(info).tobytes() == tensor.data.tobytes()
+
+
+def test_not_gguf_is_left_to_other_loaders(tmp_path):
+    assert load_gguf(tmp_path) is None
+    (tmp_path / "model.bin").write_bytes(b"PK\x03\x04")
+    assert load_gguf(tmp_path / "model.bin") is None
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path)
+    data = path.read_bytes()
+    for cut in (3, 40, len(data) // 3, len(data) - 100):
+        broken = tmp_path / f"broken{cut}.gguf"
+        broken.write_bytes(data[:cut])
+        with pytest.raises(lamina.CheckpointError, match=f"broken{cut}.gguf"):
+            lamina.AutoModelForCausalLM.from_pretrained(broken)
+
+
+def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
+    path = tmp_path / "q5.gguf"
+    write_gguf(path, kinds=(Q.Q5_0,))
+    with pytest.raises(lamina.UnsupportedError, match=r"q5.gguf: tensor 'token_embd.weight' has GGUF type Q5_0, expected one of F32"):
+        lamina.AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_unsupported_architecture(tmp_path):
+    path = tmp_path / "gpt.gguf"
+    writer = gguf.GGUFWriter(str(path), "bloom")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(lamina.UnsupportedError, match="architecture 'bloom'"):
+        lamina.AutoModelForCausalLM.from_pretrained(path)
