@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from .attention import attend, build_attention_mask
 from .mlp import activation
 
@@ -52,6 +52,10 @@ class EncoderMask:
     def __init__(
         self, attention_mask: torch.Tensor | None, query_positions: torch.Tensor, dtype: torch.dtype, causal: bool
     ) -> None:
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise InputError(
+                f"attention_mask: expected shape (batch, keys) with 1 for real tokens, found {tuple(attention_mask.shape)}"
+            )
         self.attention_mask = attention_mask
         self.query_positions = query_positions
         self.dtype = dtype

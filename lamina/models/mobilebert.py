@@ -290,8 +290,8 @@ class MobileBertModel(EncoderModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
 
+        masks = EncoderMask(attention_mask, positions, self.embeddings.position_embeddings.weight.dtype, causal=False)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask)
-        masks = EncoderMask(attention_mask, positions, hidden.dtype, causal=False)
         hidden, all_hidden, all_attentions = self.run_layers(
             self.encoder.layer, hidden, (masks,), None, output_attentions, output_hidden_states
         )

@@ -133,6 +133,9 @@ def test_auto_classes_and_config_defaults():
 
 
 def test_errors_name_the_problem():
+    model = lamina.MobileBertModel(lamina.MobileBertConfig(**TINY))
+    with pytest.raises(lamina.InputError, match="attention_mask"):
+        model(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 1, 2, 2))
     with pytest.raises(ConfigError, match="normalization_type"):
         lamina.MobileBertConfig(**TINY, normalization_type="batch_norm")
     with pytest.raises(ConfigError, match="num_attention_heads"):
