@@ -20,6 +20,7 @@ from torch import nn
 
 from .checkpoints.gguf import load_gguf
 from .checkpoints.io import CheckpointReader, atomic_directory, open_checkpoint, write_weights
+from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, resolve_dtype
 from .errors import CheckpointError, InputError, UnsupportedError
@@ -41,7 +42,7 @@ class LoadingInfo:
 
 # Checkpoint formats other than an HF directory register a loader here: given a path, it returns
 # (HF config dict, tensors under HF names) or None when the path is not of its format.
-FORMAT_LOADERS: list[Any] = [load_gguf]
+FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original]
 
 
 def check_attn_implementation(name: str | None) -> str:
