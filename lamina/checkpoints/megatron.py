@@ -275,3 +275,20 @@ def _check_replicated(name: str, shards: Sequence[torch.Tensor], source: str) ->
                 f"{tuple(shard.shape)}, rank 0 {tuple(shards[0].shape)}"
             )
 
+
+
+def save_converted(
+    model_class: type,
+    config: Any,
+    tensors: Mapping[str, torch.Tensor],
+    dst: str | os.PathLike,
+    dtype: torch.dtype,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write converted checkpoint tensors (HF names) as an HF directory through `model_class`, so
+    every key and shape is checked against the model and the files are what `save_pretrained` writes."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_checkpoint(tensors, dtype)
+    model.save_pretrained(dst, max_shard_size=max_shard_size)
+    return Path(dst)

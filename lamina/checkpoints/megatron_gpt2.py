@@ -19,7 +19,7 @@ import torch
 
 from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import MegatronCheckpoint, load_megatron_checkpoint
+from .megatron import MegatronCheckpoint, load_megatron_checkpoint, save_converted
 
 logger = logging.getLogger("lamina")
 
@@ -144,8 +144,4 @@ def convert_megatron_gpt2(
     )
     if checkpoint.arg("tokenizer_type", "GPT2BPETokenizer") == "GPT2BPETokenizer":
         config.tokenizer_class = "GPT2TokenizerFast"
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-    model.load_checkpoint(tensors, resolve_dtype(dtype) or words.dtype)
-    model.save_pretrained(dst, max_shard_size=max_shard_size)
-    return Path(dst)
+    return save_converted(GPT2LMHeadModel, config, tensors, dst, resolve_dtype(dtype) or words.dtype, max_shard_size)
