@@ -81,8 +81,8 @@ def load_tokenizer(
             config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
     config.update(overrides)
     if cls is None:
-        cls = TOKENIZER_CLASSES.get(str(config.get("tokenizer_class", "")).removesuffix("Fast"))
-        cls = cls or TOKENIZER_CLASSES.get(str(config.get("tokenizer_class", "")))
+        named = str(config.get("tokenizer_class", ""))
+        cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
     engine, template, default_cls = _engine_for(path, config, cls, use_fast)
     cls = cls or default_cls
     return build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
