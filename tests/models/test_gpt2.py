@@ -226,3 +226,15 @@ def test_base_checkpoint_into_head_and_config_aliases(tmp_path):
     defaults = ours.GPT2Config()
     assert (defaults.vocab_size, defaults.n_embd, defaults.activation_function, defaults.summary_type) == (
         50257, 768, "gelu_new", "cls_index")
+
+
+@pytest.mark.parametrize("name", ["GPT2LMHeadModel", "GPT2DoubleHeadsModel"])
+def test_greedy_generate_matches_with_left_padding(tmp_path, name):
+    reference, model = pair(name, tmp_path, "sdpa", scale_attn_by_inverse_layer_idx=True)
+    ids, mask = inputs()
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = reference.generate(ids, **settings)
+    found = model.generate(ids, **settings)
+    assert torch.equal(expected, found)
+    alone = model.generate(ids[1:, 3:], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(alone[0], found[1, 3:])

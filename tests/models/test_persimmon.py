@@ -161,3 +161,12 @@ def test_chat_template_renders_adepts_prompt():
     assert one == "human: Hi there\n\nadept:"
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     assert template.render(messages=turns, add_generation_prompt=True) == "human: a\n\nadept: b\n\nhuman: c\n\nadept:"
+
+
+@pytest.mark.parametrize("rope", ["none", "quarter_rotary"])
+def test_greedy_generate_matches_with_left_padding(tmp_path, rope):
+    reference, model = pair("PersimmonForCausalLM", tmp_path, "sdpa", **ROPES[rope])
+    ids, mask = inputs(seq=6)
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    expected = reference.generate(ids, **settings)
+    assert torch.equal(expected, model.generate(ids, **settings))
