@@ -16,7 +16,7 @@ from lamina.checkpoints.adept import convert_adept_persimmon
 from lamina.checkpoints.megatron import qkv_to_standard
 from lamina.errors import CheckpointError, SecurityError
 from lamina.models.persimmon import PersimmonForCausalLM
-from tests.checkpoints.test_megatron_gpt2_convert import FIXTURES, split_tensor_parallel
+from tests.checkpoints.test_megatron_gpt2_convert import FIXTURES, fixture_cases, split_tensor_parallel
 
 transformers = pytest.importorskip("transformers")
 
@@ -116,14 +116,7 @@ def test_a_release_that_runs_code_is_refused(tmp_path):
     assert (tmp_path / "victim").is_dir()
 
 
-def _fixture_cases():
-    manifest = FIXTURES / "manifest.json"
-    if not manifest.is_file():
-        return []
-    return [case for case in json.loads(manifest.read_text()) if case["kind"] == "adept_persimmon"]
-
-
-@pytest.mark.parametrize("case", _fixture_cases(), ids=lambda case: case["name"])
+@pytest.mark.parametrize("case", fixture_cases("adept_persimmon"), ids=lambda case: case["name"])
 def test_same_output_as_the_transformers_4_conversion_script(tmp_path, case):
     dst = convert_adept_persimmon(FIXTURES / case["input"], tmp_path / "hf", **case["lamina_kwargs"])
     ours = load_file(dst / "model.safetensors")

@@ -7,6 +7,7 @@ import torch
 
 import lamina
 from lamina.models import persimmon as ours
+from tests.models.test_gpt2 import logits_token_by_token
 from tests.parity import compare_grads, max_diff
 
 transformers = pytest.importorskip("transformers")
@@ -109,15 +110,10 @@ def test_gradients_match(tmp_path, name):
 def test_incremental_decoding_equals_full_forward(tmp_path, rope):
     reference, model = pair("PersimmonForCausalLM", tmp_path, "sdpa", **ROPES[rope])
     ids, mask = inputs(seq=10)
+    stepped = logits_token_by_token(model, ids, mask, prompt=6)
     with torch.no_grad():
         full = model(ids, attention_mask=mask).logits
-        out = model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
-        steps = [out.logits]
-        for t in range(6, 10):
-            out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=out.past_key_values,
-                        use_cache=True)
-            steps.append(out.logits)
-        assert max_diff(full, torch.cat(steps, dim=1), mask) <= 1e-4
+        assert max_diff(full, stepped, mask) <= 1e-4
         assert max_diff(reference(ids, attention_mask=mask).logits, full, mask) <= 1e-4
 
 
