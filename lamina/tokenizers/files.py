@@ -115,8 +115,14 @@ def _engine_for(
         template = Template.from_post_processor(engine.post_processor, engine.source)
         return engine, template, PreTrainedTokenizerFast
     if tekken:
-        return RustEngine(tekken_document(tekken[0]), str(tekken[0])), None, _TekkenTokenizer
+        document, version = tekken_document(tekken[0])
+        config.setdefault("mistral_instruct_version", version)
+        return RustEngine(document, str(tekken[0])), None, _TekkenTokenizer
     if sentencepiece is not None:
+        # mistral_common reads the instruct version off a file name such as "….model.v7"
+        suffix = sentencepiece.name.rpartition(".model.")[2]
+        if suffix[:1] == "v" and suffix[1:].isdigit():
+            config.setdefault("mistral_instruct_version", suffix)
         return SentencePieceEngine(sentencepiece), None, LlamaTokenizer
     if "vocab.json" in candidates or "merges.txt" in candidates:
         directory = path if path.is_dir() else path.parent

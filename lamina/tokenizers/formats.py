@@ -189,8 +189,9 @@ TEKKEN_DEFAULT_SPECIALS = (
 )  # fmt: skip
 
 
-def tekken_document(path: Path) -> dict[str, Any]:
-    """Mistral's `tekken.json` as a byte-level BPE document with mistral_common's id layout.
+def tekken_document(path: Path) -> tuple[dict[str, Any], str | None]:
+    """Mistral's `tekken.json` as a byte-level BPE document with mistral_common's id layout, and
+    the instruct-format version the file states (`config.version`).
 
     Ids `0 … num_special-1` are the special tokens (each matched whole, and skipped when decoding
     with `skip_special_tokens`); the first `vocab_size - num_special` byte strings of the file
@@ -230,7 +231,8 @@ def tekken_document(path: Path) -> dict[str, Any]:
     vocab.update({token: token_id for token_id, token in enumerate(specials)})
     merges = [(bytes_to_token(a), bytes_to_token(b)) for a, b in tekken_merges(ranks)]
     added = [added_token(token_id, token) for token_id, token in enumerate(specials)]
-    return byte_level_document(vocab, merges, added, pattern=pattern, ignore_merges=True)
+    document = byte_level_document(vocab, merges, added, pattern=pattern, ignore_merges=True)
+    return document, config.get("version")
 
 
 def _tekken_specials(listed: list[dict[str, Any]] | None, num_special: int, path: Path) -> list[str]:

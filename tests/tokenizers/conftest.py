@@ -21,6 +21,7 @@ except ImportError:  # the tests that need the files skip below
 MISTRAL_FILES = {
     "v1": ("tokenizer.model.v1", "tokenizer.model"),
     "v3": ("mistral_instruct_tokenizer_240323.model.v3", "tokenizer.model"),
+    "v7": ("mistral_instruct_tokenizer_241114.model.v7", "tokenizer.model"),
     "tekken": ("tekken_240911.json", "tekken.json"),
 }
 

@@ -8,10 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lamina.tokenizers import IncrementalDetokenizer
+from lamina.tokenizers import AutoTokenizer, IncrementalDetokenizer
+from lamina.tokenizers.mistral import instruct_version
+from tests.tokenizers.conftest import MISTRAL_DATA
 from tests.tokenizers.corpus import corpus
 
-VERSIONS = ["v1", "v3", "tekken"]
+VERSIONS = ["v1", "v3", "v7", "tekken"]
 TEXTS = corpus()
 LOOKALIKES = ("<s>", "</s>", "<unk>", "[INST]", "[/INST]")
 
@@ -79,12 +81,14 @@ CONVERSATIONS = [
         {"role": "user", "content": "  spaced\n\nlines  "},
     ],
     [{"role": "system", "content": "S"}, {"role": "assistant", "content": "first"}, {"role": "user", "content": "u"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "u"}],
 ]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 def test_instruct_format_equals_mistral_common(version, conversation, lamina_mistral, reference_mistral):
+    # v1 puts the system prompt before the first user message, v3 before the last, v7 in place
     from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
@@ -92,6 +96,20 @@ def test_instruct_format_equals_mistral_common(version, conversation, lamina_mis
     request = ChatCompletionRequest(messages=[kinds[m["role"]](content=m["content"]) for m in conversation])
     expected = reference_mistral[version].encode_chat_completion(request).tokens
     assert lamina_mistral[version].encode_instruct(conversation) == expected
+
+
+def test_instruct_version_from_file_name_and_config():
+    from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    assert instruct_version(AutoTokenizer.from_pretrained(MISTRAL_DATA / "mistral_instruct_tokenizer_241114.model.v7")) == "v7"
+    older = AutoTokenizer.from_pretrained(MISTRAL_DATA / "tekken_240718.json")
+    assert instruct_version(older) == "v3"
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "u"}]
+    request = ChatCompletionRequest(messages=[SystemMessage(content="S"), UserMessage(content="u")])
+    expected = MistralTokenizer.from_file(str(MISTRAL_DATA / "tekken_240718.json")).encode_chat_completion(request).tokens
+    assert older.encode_instruct(chat) == expected
 
 
 @pytest.mark.parametrize("version", VERSIONS)
