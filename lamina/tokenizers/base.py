@@ -469,23 +469,16 @@ class PreTrainedTokenizer:
         text: str | list[str] | list[tuple[str, str]] | None = None,
         text_pair: str | list[str] | None = None,
         *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_tensors: str | None = None,
-        return_token_type_ids: bool | None = None,
-        return_attention_mask: bool | None = None,
-        return_special_tokens_mask: bool = False,
-        return_length: bool = False,
         split_special_tokens: bool = False,
-        **unsupported: Any,
+        **options: Any,
     ) -> BatchEncoding:
-        """Encode one text, a batch, or pairs (`text_pair`, or a list of 2-tuples) into model inputs."""
-        if unsupported:
-            raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
+        """Encode one text, a batch, or pairs (`text_pair`, or a list of 2-tuples) into model inputs.
+
+        `options` are `prepare_batch`'s: add_special_tokens, padding, truncation, max_length,
+        pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+        return_attention_mask, return_special_tokens_mask, return_length. With
+        `split_special_tokens=True` special-token text ("</s>") is encoded as plain text.
+        """
         if text is None:
             raise InputError("tokenizer call: expected text (a string or a list of strings), found None")
         batched = isinstance(text, (list, tuple))
@@ -503,21 +496,7 @@ class PreTrainedTokenizer:
                 raise InputError(f"tokenizer call: expected strings, found {type(t).__name__} {t!r:.60}")
         encoded = self.engine.encode_batch(texts + (pairs or []), split_special_tokens)
         firsts, seconds = encoded[: len(texts)], encoded[len(texts) :] or [None] * len(texts)
-        return self.prepare_batch(
-            list(zip(firsts, seconds)),
-            batched=batched,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=padding_side,
-            return_tensors=return_tensors,
-            return_token_type_ids=return_token_type_ids,
-            return_attention_mask=return_attention_mask,
-            return_special_tokens_mask=return_special_tokens_mask,
-            return_length=return_length,
-        )
+        return self.prepare_batch(list(zip(firsts, seconds)), batched=batched, **options)
 
     def prepare_batch(
         self,
@@ -535,8 +514,11 @@ class PreTrainedTokenizer:
         return_attention_mask: bool | None = None,
         return_special_tokens_mask: bool = False,
         return_length: bool = False,
+        **unsupported: Any,
     ) -> BatchEncoding:
         """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences."""
+        if unsupported:
+            raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
         padding_strategy = _padding_strategy(padding)
         truncation_strategy = _truncation_strategy(truncation, max_length)
         if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
