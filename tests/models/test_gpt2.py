@@ -54,7 +54,7 @@ def assert_close(a, b, atol=1e-4, where=None):
 def outputs_match(reference_out, lamina_out, mask):
     """Every tensor output agrees; per-token ones only where the mask has real tokens."""
     for key in reference_out.keys():
-        if key == "past_key_values":
+        if key in ("past_key_values", "cross_attentions"):  # lamina's GPT-2 has no cross-attention
             continue
         theirs, mine = reference_out[key], lamina_out[key]
         if isinstance(theirs, tuple):
@@ -73,9 +73,10 @@ def outputs_match(reference_out, lamina_out, mask):
 def test_every_class_matches_with_padding(tmp_path, name, attn):
     reference, model = pair(name, tmp_path, attn)
     ids, mask = inputs()
+    flags = dict(output_hidden_states=True, output_attentions=attn == "eager")
     with torch.no_grad():
-        expected = reference(ids, attention_mask=mask, output_hidden_states=True)
-        found = model(ids, attention_mask=mask, output_hidden_states=True)
+        expected = reference(ids, attention_mask=mask, **flags)
+        found = model(ids, attention_mask=mask, **flags)
     outputs_match(expected, found, mask)
     with torch.no_grad():
         as_tuple = model(ids, attention_mask=mask, return_dict=False)
