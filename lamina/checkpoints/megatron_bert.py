@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import MegatronCheckpoint, load_megatron_checkpoint
+from .megatron import MegatronCheckpoint, load_megatron_checkpoint, save_converted
 
 # Megatron splits the MLM output bias over tensor-parallel ranks with the vocabulary
 BERT_SPLIT_DIMS = {"lm_head.bias": 0}
@@ -55,9 +56,9 @@ _OTHER_NAMES = {
 WORD_EMBEDDINGS = "language_model.embedding.word_embeddings.weight"
 
 
-def megatron_bert_config(checkpoint: MegatronCheckpoint, num_attention_heads: int | None = None) -> dict[str, Any]:
+def megatron_bert_config(checkpoint: MegatronCheckpoint, num_heads: int | None = None) -> dict[str, Any]:
     """The transformers config of a Megatron BERT checkpoint, from its `args` or, without them, the
-    shapes of rank 0's tensors (then the head count is `num_attention_heads`, or one per 64 dims)."""
+    shapes of rank 0's tensors (then the head count is `num_heads`, or one per 64 dims)."""
     tensors = checkpoint.rank_tensors(0)
     ranks = len(checkpoint.ranks)
     for name in (WORD_EMBEDDINGS, "language_model.embedding.position_embeddings.weight", "lm_head.bias"):
@@ -75,7 +76,7 @@ def megatron_bert_config(checkpoint: MegatronCheckpoint, num_attention_heads: in
         max_position_embeddings=tensors["language_model.embedding.position_embeddings.weight"].shape[0],
         type_vocab_size=types.shape[0] if types is not None else 0,
     )
-    heads = num_attention_heads or checkpoint.arg("num_attention_heads") or hidden // 64
+    heads = num_heads or checkpoint.arg("num_attention_heads") or hidden // 64
     config = dict(found, num_attention_heads=heads)
     if checkpoint.args is not None:
         from_args = dict(
@@ -125,29 +126,28 @@ def megatron_bert_tensors(checkpoint: MegatronCheckpoint, num_heads: int) -> dic
     return out
 
 
-def convert_megatron_bert_checkpoint(
-    path: str | os.PathLike,
-    save_directory: str | os.PathLike,
-    num_attention_heads: int | None = None,
-    dtype: torch.dtype | None = None,
+def convert_megatron_bert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    num_heads: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    max_shard_size: int | str = "5GB",
 ) -> Path:
-    """Convert the Megatron BERT checkpoint at `path` (NGC zip, `model_optim_rng.pt`, or a folder of
-    either layout) into a transformers directory; returns it. `dtype` casts the weights (default:
-    as stored)."""
+    """Convert the Megatron BERT checkpoint at `src` (NGC zip, `model_optim_rng.pt`, or a folder of
+    either layout) into a transformers directory `dst`; returns it. `num_heads` is needed only when
+    the checkpoint has no training args (default then: one head per 64 dims, as NVIDIA's 345M
+    releases have). `dtype`: the output dtype (default: the checkpoint's)."""
     from ..models.megatron_bert import MegatronBertConfig, MegatronBertForMaskedLM, MegatronBertForPreTraining
 
-    checkpoint = load_megatron_checkpoint(path)
-    config_dict = megatron_bert_config(checkpoint, num_attention_heads)
+    checkpoint = load_megatron_checkpoint(src)
+    config_dict = megatron_bert_config(checkpoint, num_heads)
     tensors = megatron_bert_tensors(checkpoint, config_dict["num_attention_heads"])
     model_class = MegatronBertForPreTraining
     if "cls.seq_relationship.weight" not in tensors:
         # trained without the next-sentence head: a masked LM, which has no pooler either
         model_class = MegatronBertForMaskedLM
         tensors = {k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}
-    config = MegatronBertConfig(**config_dict)
-    with torch.device("meta"):
-        model = model_class(config)
     stored = next(iter(tensors.values())).dtype
-    model.load_checkpoint(tensors, dtype or stored)
-    model.save_pretrained(save_directory)
-    return Path(save_directory)
+    return save_converted(model_class, MegatronBertConfig(**config_dict), tensors, dst,
+                          resolve_dtype(dtype) or stored, max_shard_size)

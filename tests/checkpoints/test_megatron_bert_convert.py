@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import lamina
-from lamina.checkpoints.megatron_bert import convert_megatron_bert_checkpoint
+from lamina.checkpoints.megatron_bert import convert_megatron_bert
 from lamina.errors import CheckpointError, SecurityError
 from scripts.synthetic_megatron_bert import HEADS, PADDED_VOCAB, build_checkpoint
 
@@ -42,7 +42,7 @@ def test_same_as_transformers_4_conversion_script(version, tmp_path):
     source = tmp_path / "checkpoint"
     source.mkdir()
     torch.save(build_checkpoint(version=version)[0], source / "model_optim_rng.pt")
-    out = convert_megatron_bert_checkpoint(source, tmp_path / "hf")
+    out = convert_megatron_bert(source, tmp_path / "hf")
     expected = load_file(FIXTURES / f"convert_v{version:g}" / "converted.safetensors")
     found = converted(out)
     # lamina leaves out the decoder weight that is tied to the word embeddings; the script writes both
@@ -60,9 +60,9 @@ def test_same_as_transformers_4_conversion_script(version, tmp_path):
 
 @pytest.mark.parametrize("version", [1.0, 3.0])
 def test_tensor_parallel_ranks_merge_to_the_single_rank_model(version, tmp_path):
-    single = convert_megatron_bert_checkpoint(write_ranks(build_checkpoint(version=version), tmp_path / "one"),
+    single = convert_megatron_bert(write_ranks(build_checkpoint(version=version), tmp_path / "one"),
                                               tmp_path / "hf1")
-    split = convert_megatron_bert_checkpoint(write_ranks(build_checkpoint(version=version, ranks=2), tmp_path / "two"),
+    split = convert_megatron_bert(write_ranks(build_checkpoint(version=version, ranks=2), tmp_path / "two"),
                                              tmp_path / "hf2")
     one, two = converted(single), converted(split)
     assert sorted(one) == sorted(two)
@@ -76,17 +76,19 @@ def test_ngc_zip_and_sizes_without_args(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         with zf.open("release/mp_rank_00/model_optim_rng.pt", "w") as handle:
             torch.save(build_checkpoint(version=0.0, with_args=False)[0], handle)
-    out = convert_megatron_bert_checkpoint(archive, tmp_path / "hf", num_attention_heads=HEADS)
+    out = convert_megatron_bert(archive, tmp_path / "hf", num_heads=HEADS)
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == PADDED_VOCAB and config["num_attention_heads"] == HEADS
     reference = load_file(FIXTURES / "convert_v0" / "converted.safetensors")
     found = converted(out)
     assert all(torch.equal(found[name], reference[name]) for name in found)
+    half = converted(convert_megatron_bert(archive, tmp_path / "hf16", num_heads=HEADS, dtype="float16"))
+    assert all(t.dtype == torch.float16 and torch.equal(t, found[name].half()) for name, t in half.items())
 
 
 def test_converted_directory_runs_the_same_in_transformers_and_lamina(tmp_path):
     transformers = pytest.importorskip("transformers")
-    out = convert_megatron_bert_checkpoint(write_ranks(build_checkpoint(version=3.0, ranks=2), tmp_path / "ckpt"),
+    out = convert_megatron_bert(write_ranks(build_checkpoint(version=3.0, ranks=2), tmp_path / "ckpt"),
                                            tmp_path / "hf")
     reference = transformers.MegatronBertForPreTraining.from_pretrained(out).eval()
     ours = lamina.AutoModelForPreTraining.from_pretrained(out)
@@ -100,7 +102,7 @@ def test_converted_directory_runs_the_same_in_transformers_and_lamina(tmp_path):
 def test_checkpoint_without_next_sentence_head_becomes_a_masked_lm(tmp_path):
     source = tmp_path / "model_optim_rng.pt"
     torch.save(build_checkpoint(binary_head=False)[0], source)
-    out = convert_megatron_bert_checkpoint(source, tmp_path / "hf")
+    out = convert_megatron_bert(source, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["MegatronBertForMaskedLM"]
     assert not any(name.startswith(("bert.pooler", "cls.seq_relationship")) for name in converted(out))
     assert isinstance(lamina.AutoModelForMaskedLM.from_pretrained(out), lamina.MegatronBertForMaskedLM)
@@ -117,7 +119,7 @@ def test_refuses_pickles_that_run_code(tmp_path):
     source = tmp_path / "model_optim_rng.pt"
     torch.save(state, source)
     with pytest.raises(SecurityError, match="system"):
-        convert_megatron_bert_checkpoint(source, tmp_path / "hf")
+        convert_megatron_bert(source, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
 
@@ -126,8 +128,8 @@ def test_inconsistent_checkpoints_are_named(tmp_path):
     state["args"] = argparse.Namespace(**{**vars(state["args"]), "padded_vocab_size": 48})
     torch.save(state, tmp_path / "model_optim_rng.pt")
     with pytest.raises(CheckpointError, match="vocab_size=48"):
-        convert_megatron_bert_checkpoint(tmp_path / "model_optim_rng.pt", tmp_path / "hf")
+        convert_megatron_bert(tmp_path / "model_optim_rng.pt", tmp_path / "hf")
     del state["model"]["lm_head"]
     torch.save(state, tmp_path / "model_optim_rng.pt")
     with pytest.raises(CheckpointError, match="lm_head.bias"):
-        convert_megatron_bert_checkpoint(tmp_path / "model_optim_rng.pt", tmp_path / "hf")
+        convert_megatron_bert(tmp_path / "model_optim_rng.pt", tmp_path / "hf")
