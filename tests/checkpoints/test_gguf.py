@@ -51,8 +51,9 @@ def _store(writer, name: str, weight: torch.Tensor, kind) -> torch.Tensor:
 
 
 def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1), sliding_window=None,
-               seed: int = 0):
-    """A tiny random model as GGUF, and the transformers model holding exactly the stored values."""
+               seed: int = 0, extra_metadata=None):
+    """A tiny random model as GGUF, and the transformers model holding exactly the stored values;
+    `extra_metadata(writer)` adds more keys (a tokenizer)."""
     torch.manual_seed(seed)
     extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
     config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**TINY, **extra)
@@ -71,6 +72,8 @@ def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q
     writer.add_eos_token_id(2)
     if sliding_window:
         writer.add_sliding_window(sliding_window)
+    if extra_metadata is not None:
+        extra_metadata(writer)
     state = {}
     for index, (name, weight) in enumerate(model.state_dict().items()):
         kind = Q.F32 if weight.dim() == 1 else kinds[index % len(kinds)]

