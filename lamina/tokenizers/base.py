@@ -274,7 +274,7 @@ class PreTrainedTokenizer:
     model_input_names: list[str] = ["input_ids", "attention_mask"]
     padding_side: str = "right"
     truncation_side: str = "right"
-    # what the class's files are called, and the defaults transformers' class of the same name has
+    # defaults of transformers' class of the same name (special tokens, add_bos_token, …)
     class_defaults: dict[str, Any] = {}
 
     def __init__(
