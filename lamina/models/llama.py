@@ -3,14 +3,7 @@ Llama is Mistral without a window (plus optional biases); Qwen2 adds q/k/v biase
 
 from __future__ import annotations
 
-from .decoder import (
-    DecoderForCausalLM,
-    DecoderForQuestionAnswering,
-    DecoderForSequenceClassification,
-    DecoderForTokenClassification,
-    DecoderModel,
-    DecoderSpec,
-)
+from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
@@ -90,43 +83,11 @@ class Qwen2Model(DecoderModel):
         return llama_like_spec(config, attention_bias=True)
 
 
-class LlamaForCausalLM(DecoderForCausalLM):
-    config_class = LlamaConfig
-    base_model_class = LlamaModel
+LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification, LlamaForQuestionAnswering = (
+    decoder_heads(LlamaModel, qa_prefix="transformer")
+)
 
 
-class LlamaForSequenceClassification(DecoderForSequenceClassification):
-    config_class = LlamaConfig
-    base_model_class = LlamaModel
-
-
-class LlamaForTokenClassification(DecoderForTokenClassification):
-    config_class = LlamaConfig
-    base_model_class = LlamaModel
-
-
-class LlamaForQuestionAnswering(DecoderForQuestionAnswering):
-    config_class = LlamaConfig
-    base_model_prefix = "transformer"  # the reference's name for this class
-    base_model_class = LlamaModel
-
-
-class Qwen2ForCausalLM(DecoderForCausalLM):
-    config_class = Qwen2Config
-    base_model_class = Qwen2Model
-
-
-class Qwen2ForSequenceClassification(DecoderForSequenceClassification):
-    config_class = Qwen2Config
-    base_model_class = Qwen2Model
-
-
-class Qwen2ForTokenClassification(DecoderForTokenClassification):
-    config_class = Qwen2Config
-    base_model_class = Qwen2Model
-
-
-class Qwen2ForQuestionAnswering(DecoderForQuestionAnswering):
-    config_class = Qwen2Config
-    base_model_prefix = "transformer"  # the reference's name for this class
-    base_model_class = Qwen2Model
+Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2ForTokenClassification, Qwen2ForQuestionAnswering = (
+    decoder_heads(Qwen2Model, qa_prefix="transformer")
+)

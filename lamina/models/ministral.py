@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from .decoder import (
-    DecoderForCausalLM,
-    DecoderForQuestionAnswering,
-    DecoderForSequenceClassification,
-    DecoderForTokenClassification,
-    DecoderModel,
-    DecoderSpec,
-)
+from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import llama_like_spec
 from .mistral import MistralConfig
 
@@ -34,22 +27,6 @@ class MinistralModel(DecoderModel):
         return llama_like_spec(config)
 
 
-class MinistralForCausalLM(DecoderForCausalLM):
-    config_class = MinistralConfig
-    base_model_class = MinistralModel
-
-
-class MinistralForSequenceClassification(DecoderForSequenceClassification):
-    config_class = MinistralConfig
-    base_model_class = MinistralModel
-
-
-class MinistralForTokenClassification(DecoderForTokenClassification):
-    config_class = MinistralConfig
-    base_model_class = MinistralModel
-
-
-class MinistralForQuestionAnswering(DecoderForQuestionAnswering):
-    config_class = MinistralConfig
-    base_model_prefix = "transformer"  # the reference's name for this class
-    base_model_class = MinistralModel
+MinistralForCausalLM, MinistralForSequenceClassification, MinistralForTokenClassification, MinistralForQuestionAnswering = (
+    decoder_heads(MinistralModel, qa_prefix="transformer")
+)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from .decoder import (
-    DecoderForCausalLM,
-    DecoderForQuestionAnswering,
-    DecoderForSequenceClassification,
-    DecoderForTokenClassification,
-    DecoderModel,
-    DecoderSpec,
-)
+from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
@@ -50,21 +43,6 @@ class MistralModel(DecoderModel):
         return llama_like_spec(config)
 
 
-class MistralForCausalLM(DecoderForCausalLM):
-    config_class = MistralConfig
-    base_model_class = MistralModel
-
-
-class MistralForSequenceClassification(DecoderForSequenceClassification):
-    config_class = MistralConfig
-    base_model_class = MistralModel
-
-
-class MistralForTokenClassification(DecoderForTokenClassification):
-    config_class = MistralConfig
-    base_model_class = MistralModel
-
-
-class MistralForQuestionAnswering(DecoderForQuestionAnswering):
-    config_class = MistralConfig
-    base_model_class = MistralModel
+MistralForCausalLM, MistralForSequenceClassification, MistralForTokenClassification, MistralForQuestionAnswering = (
+    decoder_heads(MistralModel)
+)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from .decoder import (
-    DecoderForCausalLM,
-    DecoderForQuestionAnswering,
-    DecoderForSequenceClassification,
-    DecoderForTokenClassification,
-    DecoderModel,
-    DecoderSpec,
-)
+from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import llama_like_spec
 from .mistral import MistralConfig
 from ..config import require
@@ -53,21 +46,6 @@ class MixtralModel(DecoderModel):
         )
 
 
-class MixtralForCausalLM(DecoderForCausalLM):
-    config_class = MixtralConfig
-    base_model_class = MixtralModel
-
-
-class MixtralForSequenceClassification(DecoderForSequenceClassification):
-    config_class = MixtralConfig
-    base_model_class = MixtralModel
-
-
-class MixtralForTokenClassification(DecoderForTokenClassification):
-    config_class = MixtralConfig
-    base_model_class = MixtralModel
-
-
-class MixtralForQuestionAnswering(DecoderForQuestionAnswering):
-    config_class = MixtralConfig
-    base_model_class = MixtralModel
+MixtralForCausalLM, MixtralForSequenceClassification, MixtralForTokenClassification, MixtralForQuestionAnswering = (
+    decoder_heads(MixtralModel)
+)
