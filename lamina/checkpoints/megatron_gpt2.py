@@ -26,6 +26,8 @@ logger = logging.getLogger("lamina")
 # NVIDIA's released Megatron-GPT2 345M has 16 heads; its oldest files carry no training args
 RELEASE_NUM_HEADS = 16
 GPT2_EOS = 50256
+GPT2_VOCAB = 50257  # the GPT-2 BPE vocabulary, which Megatron pads (to 50304 for one rank)
+WORDS = "language_model.embedding.word_embeddings.weight"
 
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
 # Megatron module → (GPT-2 module, whether the weight is stored transposed as a Conv1D)
@@ -61,7 +63,7 @@ def megatron_to_gpt2_tensors(
     encoder = next((p for p in ("transformer.", "encoder.") if any(k.startswith(prefix + p) for k in tensors)), None)
     if encoder is None:
         raise CheckpointError(f"{source}: no language_model.transformer or language_model.encoder weights")
-    words = _take(tensors, prefix + "embedding.word_embeddings.weight", source)
+    words = _take(tensors, WORDS, source)
     if vocab_size is not None:
         if vocab_size > words.shape[0]:
             raise CheckpointError(
@@ -99,7 +101,7 @@ def convert_megatron_gpt2(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    vocab_size: int | None = None,
+    vocab_size: int | None | str = "auto",
     num_heads: int | None = None,
     dtype: str | torch.dtype | None = None,
     max_shard_size: int | str = "5GB",
@@ -107,7 +109,8 @@ def convert_megatron_gpt2(
     """Convert a Megatron-LM GPT-2 checkpoint at `src` into an HF GPT-2 directory `dst`.
 
     `vocab_size`: keep the first rows of the embedding (e.g. 50257 of Megatron's 50304 padded
-    rows); None keeps them all. `num_heads`: needed only when the checkpoint has no training
+    rows); None keeps them all; "auto" trims a GPT-2 BPE vocabulary to its 50257 tokens and keeps
+    any other. `num_heads`: needed only when the checkpoint has no training
     args (defaults then to NVIDIA's 345M release). `dtype`: the output dtype (default: the
     checkpoint's). Returns `dst`.
     """
@@ -124,6 +127,10 @@ def convert_megatron_gpt2(
         raise CheckpointError(
             f"{checkpoint.source}: the output layer is not tied to the word embeddings, which GPT-2 cannot express"
         )
+    if vocab_size == "auto":
+        rows = merged[WORDS].shape[0] if WORDS in merged else 0
+        gpt2_bpe = checkpoint.arg("tokenizer_type", "GPT2BPETokenizer") == "GPT2BPETokenizer"
+        vocab_size = GPT2_VOCAB if gpt2_bpe and rows >= GPT2_VOCAB else None
     tensors = megatron_to_gpt2_tensors(merged, vocab_size, checkpoint.source)
     words = tensors["transformer.wte.weight"]
     layers = {int(k.split(".")[2]) for k in tensors if k.startswith("transformer.h.")}

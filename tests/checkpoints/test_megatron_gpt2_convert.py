@@ -46,11 +46,11 @@ def split_tensor_parallel(whole, tp, version, num_heads):
     return ranks
 
 
-def megatron_whole_tensors(reference, final_name):
-    """An HF GPT-2 model's weights under Megatron's names (vocab padded to PADDED rows)."""
+def megatron_whole_tensors(reference, final_name, padded_rows=PADDED):
+    """An HF GPT-2 model's weights under Megatron's names (vocab padded to `padded_rows`)."""
     state = reference.state_dict()
     config = reference.config
-    padding = torch.randn(PADDED - config.vocab_size, config.n_embd, generator=torch.Generator().manual_seed(5))
+    padding = torch.randn(padded_rows - config.vocab_size, config.n_embd, generator=torch.Generator().manual_seed(5))
     whole = {
         "embedding.word_embeddings.weight": torch.cat([state["transformer.wte.weight"], padding]),
         "embedding.position_embeddings.weight": state["transformer.wpe.weight"],
@@ -201,3 +201,18 @@ def test_same_output_as_the_transformers_4_conversion_script(tmp_path, case):
     config = json.loads((dst / "config.json").read_text())
     for key, value in case["reference_config"].items():
         assert config[key] == value, key
+
+
+@pytest.mark.parametrize("tokenizer_type,expected_vocab", [(None, 50257), ("PretrainedFromHF", 50304)])
+def test_auto_vocab_trims_gpt2_bpe_padding_only(tmp_path, tokenizer_type, expected_vocab):
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50304, n_positions=8, n_embd=8, n_layer=1, n_head=2)).eval()
+    whole = megatron_whole_tensors(reference, "final_layernorm", padded_rows=50304)
+    args = None
+    if tokenizer_type is not None:
+        args = training_args(reference, 1)
+        args.tokenizer_type = tokenizer_type
+    torch.save(rank_state(whole, 2.0, args, old_names=False), tmp_path / "model_optim_rng.pt")
+    dst = convert_megatron_gpt2(tmp_path, tmp_path / "hf", num_heads=2)
+    assert json.loads((dst / "config.json").read_text())["vocab_size"] == expected_vocab
