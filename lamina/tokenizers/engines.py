@@ -7,10 +7,12 @@ raw text, decodes ids, and keeps the added tokens that must be matched whole in 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +277,19 @@ class SentencePieceEngine:
         target = directory / "tokenizer.model"
         if os.path.abspath(target) != os.path.abspath(self.path):
             shutil.copyfile(self.path, target)
-        return ["tokenizer.model"]
+        document = unigram_document(self.path)
+        if document is None:
+            return ["tokenizer.model"]  # transformers converts sentencepiece BPE models itself
+        known = {entry["id"] for entry in document["added_tokens"]}
+        document["added_tokens"] += [
+            {"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": special}  # fmt: skip
+            for i, (token, special) in sorted(self.added_tokens().items())
+            if i not in known
+        ]
+        document["post_processor"] = post_processor
+        (directory / "tokenizer.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        return ["tokenizer.model", "tokenizer.json"]
 
 
 def _read_varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
@@ -300,8 +314,34 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_NORMALIZER_SPEC = 3  # ModelProto.normalizer_spec
+_PIECES, _TRAINER_SPEC, _NORMALIZER_SPEC = 1, 2, 3  # ModelProto fields
 _ADD_DUMMY_PREFIX = 3  # NormalizerSpec.add_dummy_prefix
+
+
+def _proto_fields(proto: bytes, path: Path) -> list[tuple[int, int, int, Any]]:
+    """(field number, wire type, offset of the field, value) of each field of a protobuf message;
+    the value is an int for varints and fixed-width fields, the raw bytes for length-delimited ones."""
+    fields = []
+    position = 0
+    while position < len(proto):
+        tag, start = _read_varint(proto, position, path)
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, end = _read_varint(proto, start, path)
+        elif wire_type in (1, 5):
+            end = start + (8 if wire_type == 1 else 4)
+            value = proto[start:end]
+        elif wire_type == 2:
+            length, start = _read_varint(proto, start, path)
+            end = start + length
+            value = proto[start:end]
+        else:
+            raise TokenizerError(f"{path}: not a valid sentencepiece model (protobuf wire type {wire_type})")
+        if end > len(proto):
+            raise TokenizerError(f"{path}: not a valid sentencepiece model (truncated at byte {len(proto)})")
+        fields.append((field, wire_type, position, value))
+        position = end
+    return fields
 
 
 def with_dummy_prefix(proto: bytes, add_dummy_prefix: bool, path: Path) -> bytes:
@@ -312,25 +352,71 @@ def with_dummy_prefix(proto: bytes, add_dummy_prefix: bool, path: Path) -> bytes
     so appending the field to the normalizer spec overrides it without parsing the rest.
     """
     out = bytearray()
-    position = 0
-    while position < len(proto):
-        tag, start = _read_varint(proto, position, path)
-        field, wire_type = tag >> 3, tag & 7
-        if wire_type == 0:
-            end = _read_varint(proto, start, path)[1]
-        elif wire_type in (1, 5):
-            end = start + (8 if wire_type == 1 else 4)
-        elif wire_type == 2:
-            length, start = _read_varint(proto, start, path)
-            end = start + length
-        else:
-            raise TokenizerError(f"{path}: not a valid sentencepiece model (protobuf wire type {wire_type})")
-        if end > len(proto):
-            raise TokenizerError(f"{path}: not a valid sentencepiece model (truncated at byte {len(proto)})")
+    fields = _proto_fields(proto, path)
+    for index, (field, wire_type, position, value) in enumerate(fields):
+        end = fields[index + 1][2] if index + 1 < len(fields) else len(proto)
         if field == _NORMALIZER_SPEC and wire_type == 2:
-            body = proto[start:end] + _varint(_ADD_DUMMY_PREFIX << 3) + bytes([int(add_dummy_prefix)])
-            out += _varint(tag) + _varint(len(body)) + body
+            body = value + _varint(_ADD_DUMMY_PREFIX << 3) + bytes([int(add_dummy_prefix)])
+            out += _varint(field << 3 | 2) + _varint(len(body)) + body
         else:
             out += proto[position:end]
-        position = end
     return bytes(out)
+
+
+def unigram_document(path: Path) -> dict[str, Any] | None:
+    """A sentencepiece unigram model as a `tokenizers` document (None for a BPE model), so that
+    transformers, which cannot convert unigram models through its Llama class, loads what
+    lamina saves.
+
+    Mirrors sentencepiece: the model's precompiled normalization, removal of extra whitespace,
+    spaces as "▁" with the dummy prefix in front, Viterbi over the whole text, byte fallback.
+    """
+    proto = path.read_bytes()
+    pieces: list[tuple[str, float, int]] = []
+    normalizer_spec: dict[int, Any] = {}
+    trainer_spec: dict[int, Any] = {}
+    for field, _, _, value in _proto_fields(proto, path):
+        if field == _PIECES:
+            piece = {f: v for f, _, _, v in _proto_fields(value, path)}
+            score = struct.unpack("<f", piece[2])[0] if 2 in piece else 0.0
+            pieces.append((piece.get(1, b"").decode("utf-8"), score, piece.get(3, 1)))
+        elif field == _NORMALIZER_SPEC:
+            normalizer_spec = {f: v for f, _, _, v in _proto_fields(value, path)}
+        elif field == _TRAINER_SPEC:
+            trainer_spec = {f: v for f, _, _, v in _proto_fields(value, path)}
+    unigram, unknown, control, user_defined = 1, 2, 3, 4  # TrainerSpec.model_type / SentencePiece.Type
+    if trainer_spec.get(3, unigram) != unigram:
+        return None
+    steps: list[dict[str, Any]] = []
+    if normalizer_spec.get(2):
+        steps.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(normalizer_spec[2]).decode()})
+    if normalizer_spec.get(4, 1):  # remove_extra_whitespaces
+        steps += [
+            {"type": "Strip", "strip_left": True, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+        ]
+    prefix = bool(normalizer_spec.get(_ADD_DUMMY_PREFIX, 1))
+    decoders = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": kind != user_defined}  # fmt: skip
+            for i, (piece, _, kind) in enumerate(pieces)
+            if kind in (unknown, control, user_defined)
+        ],
+        "normalizer": {"type": "Sequence", "normalizers": steps},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always" if prefix else "never", "split": False},
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "Unigram",
+            "unk_id": next((i for i, (_, _, kind) in enumerate(pieces) if kind == unknown), 0),
+            "vocab": [[piece, score] for piece, score, _ in pieces],
+            "byte_fallback": bool(trainer_spec.get(35, 0)),
+        },
+    }

@@ -66,6 +66,14 @@ def test_persimmon_unigram_model(tmp_path):
     assert tok(texts, split_special_tokens=True)["input_ids"] == [[end, *ids] for ids in reference.encode(texts)]
     assert tok.batch_decode(reference.encode(texts)) == reference.decode(reference.encode(texts))
     assert tok.encode("a|ENDOFTEXT|b", add_special_tokens=False) == reference.encode("a|ENDOFTEXT|b")
+    # transformers cannot convert a unigram model itself: lamina also writes its tokenizer.json
+    tok.save_pretrained(tmp_path / "saved")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    again = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    plain = [t for t in texts if not any(s in t for s in ("<s>", "</s>", "<unk>"))]
+    expected = tok(plain)["input_ids"]
+    assert theirs(plain)["input_ids"] == again(plain)["input_ids"] == expected
+    assert theirs.batch_decode(expected) == tok.batch_decode(expected)
 
 
 def test_configuration_files_are_honoured(lamina_mistral, mistral_dirs, tmp_path):
