@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .mlp import relu2
 
 
 def laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
@@ -34,7 +35,7 @@ def laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> t
     return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
 
 
-ELEMENT_ACTIVATIONS = {"laplace": laplace, "relu2": lambda x: torch.square(F.relu(x))}
+ELEMENT_ACTIVATIONS = {"laplace": laplace, "relu2": relu2}
 ATTENTION_ACTIVATIONS = ("softmax", *ELEMENT_ACTIVATIONS)
 
 

@@ -27,9 +27,33 @@ from torch import nn
 from ..errors import UnsupportedError
 
 
-def _powers(base: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
-    """`base (D, N)` to each of `exponents (L,)` → `(D, N, L)`, as exp(l · log q) like the reference."""
-    return torch.exp(exponents.to(base.dtype).view(1, 1, -1) * torch.log(base).unsqueeze(-1))
+def _split_powers(decay: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Powers of `decay (D, N)` for steps 0 … length-1, factored as q^(B·j + i) = q^(B·j) · q^i with
+    B ≈ sqrt(length): `inner (D, N, B)` = q^i and `outer (D, N, J)` = q^(B·j). Computing D·N·(B + J)
+    exponentials instead of D·N·length, and contracting through matrix products, keeps the long
+    kernels fast and their memory at D × length."""
+    block = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+    blocks = -(-length // block)
+    log_decay = torch.log(decay).unsqueeze(-1)
+    inner = torch.exp(torch.arange(block, device=decay.device, dtype=decay.dtype) * log_decay)
+    outer = torch.exp(torch.arange(blocks, device=decay.device, dtype=decay.dtype) * block * log_decay)
+    return inner, outer, block
+
+
+def _power_sums(weight: torch.Tensor, decay: torch.Tensor, length: int) -> torch.Tensor:
+    """`Σ_n weight[…, d, n] · decay[d, n]^l` for l < length: `weight (…, D, N)` → `(…, D, length)`."""
+    inner, outer, block = _split_powers(decay, length)
+    scaled = (weight.unsqueeze(-1) * outer).transpose(-1, -2)  # (…, D, J, N)
+    return torch.matmul(scaled, inner).flatten(-2)[..., :length]
+
+
+def _power_moments(inputs: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """`Σ_l inputs[…, d, l] · decay[d, n]^l`: `inputs (…, D, L)` → `(…, D, N)`."""
+    length = inputs.shape[-1]
+    inner, outer, block = _split_powers(decay, length)
+    padded = F.pad(inputs, (0, outer.shape[-1] * block - length))
+    per_block = torch.matmul(padded.unflatten(-1, (outer.shape[-1], block)), inner.transpose(-1, -2))  # (…, D, J, N)
+    return (per_block * outer.transpose(-1, -2)).sum(-2)
 
 
 class MultiDimensionDampedEMA(nn.Module):
@@ -64,8 +88,7 @@ class MultiDimensionDampedEMA(nn.Module):
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel `(D, length)` in fp32."""
         input_weight, decay, output_weight = self.coefficients()
-        steps = torch.arange(length, device=decay.device)
-        return torch.einsum("dn,dnl->dl", input_weight * output_weight, _powers(decay, steps))
+        return _power_sums(input_weight * output_weight, decay, length)
 
     def forward(
         self,
@@ -93,13 +116,13 @@ class MultiDimensionDampedEMA(nn.Module):
                 )
             ema, state = self._recurrence(inputs, state)
         else:
-            ema = self._convolve(inputs)
+            length = inputs.shape[-1]
+            ema = self._convolve(inputs, length if self.truncation is None else min(self.truncation, length))
         return F.silu(ema.to(hidden_states.dtype).transpose(1, 2) + residual), state
 
-    def _convolve(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Whole-sequence EMA `(batch, D, L)` by FFT, truncated to `truncation` taps if set."""
+    def _convolve(self, inputs: torch.Tensor, taps: int) -> torch.Tensor:
+        """EMA of the whole sequence `(batch, D, L)` by FFT, with a kernel of `taps` steps."""
         length = inputs.shape[-1]
-        taps = length if self.truncation is None else min(self.truncation, length)
         kernel = self.kernel(taps)
         fft_size = 2 * length  # room for the linear (not circular) convolution
         inputs_f = torch.fft.rfft(inputs, n=fft_size)
@@ -123,16 +146,11 @@ class MultiDimensionDampedEMA(nn.Module):
             if state is not None:
                 new_state = new_state + decay * state
             return torch.einsum("bdn,dn->bd", new_state, output_weight).unsqueeze(-1), new_state
-        steps = torch.arange(length + 1, device=inputs.device)
-        powers = _powers(decay, steps)  # q^0 … q^L
-        kernel = torch.einsum("dn,dnl->dl", input_weight * output_weight, powers[..., :length])
-        fft_size = 2 * length
-        ema = torch.fft.irfft(torch.fft.rfft(inputs, n=fft_size) * torch.fft.rfft(kernel, n=fft_size), n=fft_size)
-        ema = ema[..., :length]
+        ema = self._convolve(inputs, length)
         # h_L = Σ_l q^(L-1-l) p β x_l  (+ q^L h_0)
-        new_state = torch.einsum("bdl,dnl->bdn", inputs, input_weight.unsqueeze(-1) * powers[..., :length].flip(-1))
+        new_state = input_weight * _power_moments(inputs.flip(-1), decay)
         if state is not None:
             # the past state decays through the new tokens: y_l += Σ_n γ_n q_n^(l+1) h_0,n
-            ema = ema + torch.einsum("bdn,dnl->bdl", state, output_weight.unsqueeze(-1) * powers[..., 1:])
-            new_state = new_state + powers[..., -1] * state
+            ema = ema + _power_sums(state * output_weight * decay, decay, length)
+            new_state = new_state + torch.pow(decay, length) * state
         return ema, new_state

@@ -269,7 +269,15 @@ class MegaMovingAverageGatedAttention(nn.Module):
         out = torch.addcmul(residual, torch.sigmoid(gate), out - residual)
         return (out if config.normalize_before_mega else self.norm(out)), weights
 
-    def _attend(self, query, key, value, padding_mask, cache, start):
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        cache: MegaLayerCache | None,
+        start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention of the new tokens: blocked over whole chunks, through the cache for the tokens
         that complete a chunk begun earlier. With both parts in one call no weights are returned."""
         config = self.config
@@ -326,7 +334,9 @@ class MegaBlock(nn.Module):
         self.mega_layer = MegaMovingAverageGatedAttention(config)
         self.nffn = MegaNormalizedFeedForwardNetwork(config) if config.use_normalized_ffn else None
 
-    def forward(self, hidden_states, padding_mask, cache, start):
+    def forward(
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, cache: MegaLayerCache | None, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_states, weights = self.mega_layer(hidden_states, padding_mask, cache, start)
         if self.nffn is not None:
             hidden_states = self.nffn(hidden_states)
@@ -440,8 +450,6 @@ class MegaModel(MegaPreTrainedModel):
             use_cache = config.use_cache and config.can_cache
         if use_cache and past_key_values is None:
             past_key_values = self.make_cache()
-        if not use_cache:
-            past_key_values = None
         self.check_token_ids(input_ids, config.vocab_size)
         hidden = self.embedding_layer(input_ids, token_type_ids, inputs_embeds)
         start = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -462,7 +470,7 @@ class MegaModel(MegaPreTrainedModel):
             last_hidden_state=hidden,
             pooler_output=self.pooler(hidden) if self.pooler is not None else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            past_key_values=past_key_values,
+            past_key_values=past_key_values if use_cache else None,
             attentions=tuple(all_weights) if output_attentions else None,
         )
         return _finish(out, return_dict, config)
@@ -571,7 +579,14 @@ class MegaForCausalLM(_MegaLMHead, GenerationMixin):
         """MEGA's cache does not depend on the length; models that cannot cache recompute each step."""
         return self.mega.make_cache() if self.config.can_cache else None
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask, position_ids, past_key_values, cache_position):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.LongTensor,
+        past_key_values: Cache | None,
+        cache_position: torch.LongTensor,
+    ) -> dict[str, Any]:
         """MEGA positions are implicit (its cache counts tokens), so position ids are not passed on."""
         return dict(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                     use_cache=past_key_values is not None, logits_to_keep=1, return_dict=True)

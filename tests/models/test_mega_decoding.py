@@ -173,12 +173,17 @@ def ema_by_definition(ema: MultiDimensionDampedEMA, x: torch.Tensor) -> torch.Te
     return torch.nn.functional.silu(out + x * ema.residual_weight)
 
 
-@pytest.mark.parametrize("bidirectional,truncation", [(False, None), (True, None), (False, 3), (True, 4)])
-def test_fft_ema_equals_its_definition(bidirectional, truncation):
-    torch.manual_seed(0)
+def random_ema(seed: int, bidirectional: bool = False, truncation: int | None = None) -> MultiDimensionDampedEMA:
+    torch.manual_seed(seed)
     ema = MultiDimensionDampedEMA(6, 3, bidirectional, truncation)
     for param in ema.parameters():
         torch.nn.init.normal_(param)
+    return ema
+
+
+@pytest.mark.parametrize("bidirectional,truncation", [(False, None), (True, None), (False, 3), (True, 4)])
+def test_fft_ema_equals_its_definition(bidirectional, truncation):
+    ema = random_ema(0, bidirectional, truncation)
     x = torch.randn(2, 9, 6)
     with torch.no_grad():
         got, _ = ema(x)
@@ -186,10 +191,7 @@ def test_fft_ema_equals_its_definition(bidirectional, truncation):
 
 
 def test_ema_recurrence_equals_fft_in_any_split():
-    torch.manual_seed(1)
-    ema = MultiDimensionDampedEMA(6, 3, False, None)
-    for param in ema.parameters():
-        torch.nn.init.normal_(param)
+    ema = random_ema(1)
     x = torch.randn(2, 12, 6)
     with torch.no_grad():
         want, _ = ema(x)
