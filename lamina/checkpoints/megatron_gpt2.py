@@ -10,6 +10,7 @@ tell, from the training arguments when the checkpoint has them.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import torch
 
 from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import MegatronCheckpoint, load_megatron_checkpoint, save_converted
+from .megatron import MegatronCheckpoint, add_converter_arguments, load_megatron_checkpoint, save_converted
 
 logger = logging.getLogger("lamina")
 
@@ -152,3 +153,26 @@ def convert_megatron_gpt2(
     if checkpoint.arg("tokenizer_type", "GPT2BPETokenizer") == "GPT2BPETokenizer":
         config.tokenizer_class = "GPT2TokenizerFast"
     return save_converted(GPT2LMHeadModel, config, tensors, dst, resolve_dtype(dtype) or words.dtype, max_shard_size)
+
+
+def _vocab_choice(text: str) -> int | None | str:
+    if text in ("auto", "keep"):
+        return None if text == "keep" else text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'auto', 'keep' or a positive number, found {text!r}")
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """`lamina convert-megatron-gpt2 SRC DST [--vocab-size auto|keep|N] …`"""
+    add_converter_arguments(parser)
+    parser.add_argument("--vocab-size", type=_vocab_choice, default="auto",
+                        help="'auto' (default) trims GPT-2 BPE padding to 50257 rows, 'keep' keeps every row, "
+                             "a number keeps that many")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    dst = convert_megatron_gpt2(args.source, args.destination, vocab_size=args.vocab_size, num_heads=args.num_heads,
+                                dtype=args.dtype, max_shard_size=args.max_shard_size)
+    print(f"wrote GPT2LMHeadModel to {dst}")
+    return 0

@@ -14,13 +14,7 @@ from typing import ClassVar
 from ..checkpoints.megatron import qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
 from ..config import require
-from .decoder import (
-    DecoderForCausalLM,
-    DecoderForSequenceClassification,
-    DecoderForTokenClassification,
-    DecoderModel,
-    DecoderSpec,
-)
+from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import DecoderConfig
 
 # Adept's chat prompt, "human: {prompt}\n\nadept:", for every turn of a conversation
@@ -141,17 +135,5 @@ class PersimmonModel(DecoderModel):
         return rules
 
 
-class PersimmonForCausalLM(DecoderForCausalLM):
-    config_class = PersimmonConfig
-    base_model_class = PersimmonModel
-
-
-class PersimmonForSequenceClassification(DecoderForSequenceClassification):
-    config_class = PersimmonConfig
-    base_model_class = PersimmonModel
-
-
-class PersimmonForTokenClassification(DecoderForTokenClassification):
-    config_class = PersimmonConfig
-    base_model_class = PersimmonModel
-
+# transformers has no Persimmon question-answering head
+PersimmonForCausalLM, PersimmonForSequenceClassification, PersimmonForTokenClassification = decoder_heads(PersimmonModel)[:3]

@@ -124,3 +124,16 @@ def test_same_output_as_the_transformers_4_conversion_script(tmp_path, case):
     assert theirs.keys() == ours.keys()
     for key, tensor in theirs.items():
         assert tensor.dtype == ours[key].dtype and torch.equal(tensor, ours[key]), key
+
+
+def test_lamina_command_converts(tmp_path, capsys):
+    from lamina import cli
+
+    reference = tiny_reference()
+    torch.save(adept_ranks(reference, 1, with_args=True)[0], tmp_path / "model_optim_rng.pt")
+    status = cli.main(["convert-adept-persimmon", str(tmp_path / "model_optim_rng.pt"), str(tmp_path / "hf"),
+                       "--tokenizer-model", str(SPM), "--partial-rotary-factor", "0.25", "--rope-theta", "100"])
+    assert status == 0 and "PersimmonForCausalLM" in capsys.readouterr().out
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["partial_rotary_factor"], config["rope_theta"]) == (0.25, 100.0)
+    assert (tmp_path / "hf" / "tokenizer.model").is_file()

@@ -216,3 +216,21 @@ def test_auto_vocab_trims_gpt2_bpe_padding_only(tmp_path, tokenizer_type, expect
     torch.save(rank_state(whole, 2.0, args, old_names=False), tmp_path / "model_optim_rng.pt")
     dst = convert_megatron_gpt2(tmp_path, tmp_path / "hf", num_heads=2)
     assert json.loads((dst / "config.json").read_text())["vocab_size"] == expected_vocab
+
+
+def test_lamina_command_converts(tmp_path, capsys):
+    from lamina import cli
+
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=8, n_embd=16, n_layer=1, n_head=HEADS)).eval()
+    state = rank_state(megatron_whole_tensors(reference, "final_norm"), 2.0, None, old_names=False)
+    torch.save(state, tmp_path / "model_optim_rng.pt")
+    status = cli.main(["convert-megatron-gpt2", str(tmp_path), str(tmp_path / "hf"), "--vocab-size", str(VOCAB),
+                       "--num-heads", str(HEADS), "--dtype", "bfloat16"])
+    assert status == 0 and "GPT2LMHeadModel" in capsys.readouterr().out
+    converted = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    assert converted.dtype == torch.bfloat16 and converted.config.vocab_size == VOCAB
+    assert cli.main(["convert-megatron-gpt2", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit):
+        cli.main(["convert-megatron-gpt2", str(tmp_path), str(tmp_path / "x"), "--vocab-size", "lots"])
