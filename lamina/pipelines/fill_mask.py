@@ -1,11 +1,14 @@
 """Fill-mask: the most likely tokens at each mask token of a text, as transformers' fill-mask
-pipeline returns them."""
+pipeline returns them, and the `lamina fill-mask MODEL TEXT` command.
+
+torch is imported inside the functions: the command line imports this module to list its
+commands, and `lamina --help` should stay quick.
+"""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
-
-import torch
 
 from ..errors import InputError, TokenizerError
 
@@ -18,6 +21,7 @@ def fill_mask(model: Any, tokenizer: Any, text: str | list[str], top_k: int = 5)
     masks give one list per mask (the other masks are kept in `sequence`); a list of texts gives
     one such result per text. `model` is any masked LM returning `.logits (batch, seq, vocab)`.
     """
+    import torch
     if isinstance(text, list):
         return [fill_mask(model, tokenizer, item, top_k) for item in text]
     mask_id = tokenizer.mask_token_id
@@ -50,3 +54,30 @@ def fill_mask(model: Any, tokenizer: Any, text: str | list[str], top_k: int = 5)
             row.append({"score": score, "token": token, "token_str": tokenizer.decode([token]), "sequence": sequence})
         results.append(row)
     return results[0] if single else results
+
+
+def fill_mask_arguments(parser: argparse.ArgumentParser) -> None:
+    """`lamina fill-mask` options."""
+    parser.add_argument("model", metavar="MODEL", help="a masked LM: directory or Hub id")
+    parser.add_argument("text", metavar="TEXT", help='text with the mask token, e.g. "Paris is the [MASK] of France."')
+    parser.add_argument("--top-k", type=int, default=5, help="how many fillers to print per mask (default: 5)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="weights dtype (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
+
+
+def run_fill_mask(args: argparse.Namespace) -> int:
+    """Print each mask's fillers, one per line: probability, token, the filled text."""
+    from ..cli import load_tokenizer, progress
+    from ..models.auto import AutoModelForMaskedLM
+
+    with progress(f"Loading {args.model}"):
+        model = AutoModelForMaskedLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device)
+    results = fill_mask(model, load_tokenizer(args.model), args.text, args.top_k)
+    per_mask = results if isinstance(results[0], list) else [results]
+    for index, fillers in enumerate(per_mask, 1):
+        if len(per_mask) > 1:
+            print(f"mask {index}:")
+        for filler in fillers:
+            print(f"{filler['score']:.4f}\t{filler['token_str']}\t{filler['sequence']}")
+    return 0
