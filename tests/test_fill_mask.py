@@ -71,3 +71,19 @@ def test_errors_and_batches(tmp_path):
     assert both == [fill_mask(model, tokenizer, "the [MASK]", top_k=2), fill_mask(model, tokenizer, "[MASK] city", top_k=2)]
     assert all(len(result) == 2 for result in both)
     assert sum(f["score"] for f in fill_mask(model, tokenizer, "the [MASK]", top_k=len(VOCAB))) == pytest.approx(1.0)
+
+
+def test_command_prints_the_pipeline_top_tokens(tmp_path, capsys):
+    from lamina.cli import main
+
+    reference, reference_tokenizer = saved_model("MobileBert", tmp_path)
+    text = "The capital of France is [MASK]."
+    expected = transformers.pipeline("fill-mask", model=reference, tokenizer=reference_tokenizer)(text, top_k=3)
+    assert main(["fill-mask", str(tmp_path), text, "--top-k", "3"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(token, sequence) for _, token, sequence in rows] == [(e["token_str"], e["sequence"]) for e in expected]
+    assert all(abs(float(score) - e["score"]) <= 1e-4 for (score, _, _), e in zip(rows, expected))
+
+    assert main(["fill-mask", str(tmp_path), "no mask here"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("lamina fill-mask: error:") and "no mask_token" in error and "\n" not in error
