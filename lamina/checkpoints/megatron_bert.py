@@ -11,6 +11,8 @@ no next-sentence head), which checks every key and shape, and saved with `save_p
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 
 from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import MegatronCheckpoint, load_megatron_checkpoint, save_converted
+from .megatron import MegatronCheckpoint, add_converter_arguments, load_megatron_checkpoint, save_converted
 
 # Megatron splits the MLM output bias over tensor-parallel ranks with the vocabulary
 BERT_SPLIT_DIMS = {"lm_head.bias": 0}
@@ -151,3 +153,16 @@ def convert_megatron_bert(
     stored = next(iter(tensors.values())).dtype
     return save_converted(model_class, MegatronBertConfig(**config_dict), tensors, dst,
                           resolve_dtype(dtype) or stored, max_shard_size)
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """`lamina convert-megatron-bert SRC DST [--num-heads N] [--dtype …] [--max-shard-size …]`"""
+    add_converter_arguments(parser)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    dst = convert_megatron_bert(args.source, args.destination, num_heads=args.num_heads, dtype=args.dtype,
+                                max_shard_size=args.max_shard_size)
+    config = json.loads((dst / "config.json").read_text())
+    print(f"wrote {config['architectures'][0]} (vocabulary {config['vocab_size']}) to {dst}")
+    return 0

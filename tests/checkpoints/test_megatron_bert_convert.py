@@ -133,3 +133,14 @@ def test_inconsistent_checkpoints_are_named(tmp_path):
     torch.save(state, tmp_path / "model_optim_rng.pt")
     with pytest.raises(CheckpointError, match="lm_head.bias"):
         convert_megatron_bert(tmp_path / "model_optim_rng.pt", tmp_path / "hf")
+
+
+def test_lamina_command_converts(tmp_path, capsys):
+    from lamina import cli
+
+    write_ranks(build_checkpoint(version=1.0, ranks=2), tmp_path / "ckpt")
+    status = cli.main(["convert-megatron-bert", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "bfloat16"])
+    assert status == 0 and f"MegatronBertForPreTraining (vocabulary {PADDED_VOCAB})" in capsys.readouterr().out
+    assert all(t.dtype == torch.bfloat16 for t in converted(tmp_path / "hf").values())
+    assert cli.main(["convert-megatron-bert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    assert "no such file" in capsys.readouterr().err
