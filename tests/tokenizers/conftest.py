@@ -3,6 +3,7 @@ mistral_common and transformers takes seconds, so each is loaded once."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,13 +11,9 @@ import pytest
 
 from lamina.tokenizers import AutoTokenizer
 
-MISTRAL_DATA = Path(__file__).resolve().parents[2] / "venv-missing"
-try:
-    import mistral_common
-
-    MISTRAL_DATA = Path(mistral_common.__file__).parent / "data"
-except ImportError:  # the tests that need the files skip below
-    pass
+# the real tokenizer files the mistral-common wheel ships (None without it: those tests skip)
+_SPEC = importlib.util.find_spec("mistral_common")
+MISTRAL_DATA = Path(_SPEC.origin).parent / "data" if _SPEC is not None else None
 
 MISTRAL_FILES = {
     "v1": ("tokenizer.model.v1", "tokenizer.model"),
