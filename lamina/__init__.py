@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     **_family("lamina.models.persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM", "PersimmonForSequenceClassification", "PersimmonForTokenClassification"),
     **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.models.mobilebert", *("MobileBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
+    **_family("lamina.tf.mobilebert", *("TFMobileBert" + s for s in ("Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.pipelines.fill_mask", "fill_mask"),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
     **_family("lamina.tokenizers", "AutoTokenizer", "BatchEncoding", "PreTrainedTokenizer", "PreTrainedTokenizerFast",
