@@ -71,8 +71,6 @@ class GPT2Config(PretrainedConfig):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, name, "a positive integer", value)
         require(self.n_embd % self.n_head == 0, "n_head", f"a divisor of n_embd ({self.n_embd})", self.n_head)
-        summary_types = ("last", "first", "mean", "cls_index")
-        require(self.summary_type in summary_types, "summary_type", f"one of {summary_types}", self.summary_type)
 
 
 def _renames(target: str, source: str) -> list[Rule]:
@@ -239,9 +237,13 @@ class SequenceSummary(nn.Module):
     """One vector per sequence from `(…, seq, hidden)`: the last, first, mean, or `cls_index`
     token, then dropout, an optional projection (to `num_labels` or `hidden`), activation, dropout."""
 
+    SUMMARY_TYPES = ("last", "first", "mean", "cls_index")
+
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.summary_type = getattr(config, "summary_type", "last")
+        if self.summary_type not in self.SUMMARY_TYPES:
+            raise UnsupportedError(f"summary_type: expected one of {self.SUMMARY_TYPES}, found {self.summary_type!r}")
         self.summary: nn.Module = nn.Identity()
         if getattr(config, "summary_use_proj", False):
             to_labels = getattr(config, "summary_proj_to_labels", False) and config.num_labels > 0

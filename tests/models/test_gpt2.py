@@ -245,3 +245,13 @@ def test_greedy_generate_matches_with_left_padding(tmp_path, name):
     assert torch.equal(expected, found)
     alone = model.generate(ids[1:, 3:], max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert torch.equal(alone[0], found[1, 3:])
+
+
+def test_unsupported_settings_are_named():
+    with pytest.raises(lamina.UnsupportedError, match="summary_type"):
+        ours.GPT2DoubleHeadsModel(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, summary_type="attn"))
+    assert ours.GPT2LMHeadModel(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, summary_type="attn"))
+    with pytest.raises(lamina.UnsupportedError, match="cross"):
+        ours.GPT2Model(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, add_cross_attention=True))
+    with pytest.raises(lamina.ConfigError, match="n_head"):
+        ours.GPT2Config(n_embd=16, n_head=3)
