@@ -255,3 +255,14 @@ def test_unsupported_settings_are_named():
         ours.GPT2Model(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, add_cross_attention=True))
     with pytest.raises(lamina.ConfigError, match="n_head"):
         ours.GPT2Config(n_embd=16, n_head=3)
+
+
+@pytest.mark.parametrize("name", ["GPT2ForTokenClassification", "GPT2DoubleHeadsModel"])
+def test_heads_save_under_the_reference_names(tmp_path, name):
+    reference, model = pair(name, tmp_path)
+    model.save_pretrained(tmp_path / "saved")
+    again = getattr(transformers, name).from_pretrained(tmp_path / "saved")
+    theirs = reference.state_dict()
+    mine = again.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
