@@ -114,3 +114,26 @@ def check_head(transformers, name: str, config, directory: Path, vocab: int) -> 
         expected.loss.backward()
         found.loss.backward()
     compare_grads(ours, reference)
+
+
+def check_round_trip(transformers, family: str, config_kwargs: dict, directory: Path, vocab: int) -> None:
+    """lamina's `{family}ForPreTraining` saved → transformers loads the same model; the checkpoint
+    also loads into the base model (the heads dropped) and into another head (reported new)."""
+    torch.manual_seed(0)
+    ours = getattr(lamina, f"{family}ForPreTraining")(getattr(lamina, f"{family}Config")(**config_kwargs)).eval()
+    ours.save_pretrained(directory)
+    reference = getattr(transformers, f"{family}ForPreTraining").from_pretrained(directory).eval()
+    inputs = batch(vocab)
+    compare_outputs(reference(**inputs), ours(**inputs))
+    _, info = getattr(lamina, f"{family}ForSequenceClassification").from_pretrained(directory, output_loading_info=True)
+    assert "classifier.weight" in info.missing_keys
+    base = lamina.AutoModel.from_pretrained(directory)
+    assert type(base).__name__ == f"{family}Model"
+    expected = getattr(reference, reference.base_model_prefix)(**inputs).last_hidden_state
+    assert (base(**inputs).last_hidden_state - expected).abs().max() <= 1e-4
+
+
+def check_auto_classes(family: str, config, tasks: list[str]) -> None:
+    """Each Auto class `AutoModel{task}` builds `{family}{task}` from the config."""
+    for task in tasks:
+        assert type(getattr(lamina, f"AutoModel{task}").from_config(config)).__name__ == family + task

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import lamina
 from lamina.errors import ConfigError, InputError, UnsupportedError
-from tests.models.encoder_helpers import batch, build_pair, check_head, compare_outputs
+from tests.models.encoder_helpers import batch, build_pair, check_auto_classes, check_head, check_round_trip
 
 transformers = pytest.importorskip("transformers")
 
@@ -132,18 +132,7 @@ def test_padding_does_not_change_unpadded_rows():
 
 
 def test_saved_model_loads_in_transformers(tmp_path):
-    torch.manual_seed(0)
-    ours = lamina.MegatronBertForPreTraining(lamina.MegatronBertConfig(**TINY)).eval()
-    ours.save_pretrained(tmp_path)
-    reference = transformers.MegatronBertForPreTraining.from_pretrained(tmp_path).eval()
-    inputs = batch(VOCAB)
-    compare_outputs(reference(**inputs), ours(**inputs))
-    # a base checkpoint loads into a head (new head reported) and the head's checkpoint into the base
-    model, info = lamina.MegatronBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
-    assert "classifier.weight" in info.missing_keys
-    base = lamina.AutoModel.from_pretrained(tmp_path)
-    assert isinstance(base, lamina.MegatronBertModel)
-    assert (base(**inputs).last_hidden_state - reference.bert(**inputs).last_hidden_state).abs().max() <= 1e-4
+    check_round_trip(transformers, "MegatronBert", TINY, tmp_path, VOCAB)
 
 
 def test_auto_classes_and_config_defaults():
@@ -153,11 +142,8 @@ def test_auto_classes_and_config_defaults():
     assert (c.hidden_act, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps) == ("gelu", 512, 2, 1e-12)
     assert c.position_embedding_type == "absolute" and c.use_cache and not c.is_decoder
     small = lamina.MegatronBertConfig(**TINY)
-    for auto, name in ((lamina.AutoModelForMaskedLM, "ForMaskedLM"), (lamina.AutoModelForPreTraining, "ForPreTraining"),
-                       (lamina.AutoModelForNextSentencePrediction, "ForNextSentencePrediction"),
-                       (lamina.AutoModelForMultipleChoice, "ForMultipleChoice"),
-                       (lamina.AutoModelForCausalLM, "ForCausalLM")):
-        assert type(auto.from_config(small)).__name__ == "MegatronBert" + name
+    check_auto_classes("MegatronBert", small, ["ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction",
+                                              "ForMultipleChoice", "ForCausalLM"])
 
 
 def test_errors_name_the_problem():

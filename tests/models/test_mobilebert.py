@@ -8,7 +8,7 @@ import torch
 
 import lamina
 from lamina.errors import ConfigError
-from tests.models.encoder_helpers import batch, build_pair, check_head, compare_outputs
+from tests.models.encoder_helpers import batch, build_pair, check_auto_classes, check_head, check_round_trip
 
 transformers = pytest.importorskip("transformers")
 
@@ -103,15 +103,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_saved_model_loads_in_transformers(tmp_path):
-    torch.manual_seed(0)
-    ours = lamina.MobileBertForPreTraining(lamina.MobileBertConfig(**TINY)).eval()
-    ours.save_pretrained(tmp_path)
-    reference = transformers.MobileBertForPreTraining.from_pretrained(tmp_path).eval()
-    inputs = batch(VOCAB)
-    compare_outputs(reference(**inputs), ours(**inputs))
-    base = lamina.AutoModel.from_pretrained(tmp_path)
-    assert isinstance(base, lamina.MobileBertModel)
-    assert (base(**inputs).last_hidden_state - reference.mobilebert(**inputs).last_hidden_state).abs().max() <= 1e-4
+    check_round_trip(transformers, "MobileBert", TINY, tmp_path, VOCAB)
 
 
 def test_auto_classes_and_config_defaults():
@@ -124,10 +116,8 @@ def test_auto_classes_and_config_defaults():
     assert c.true_hidden_size == 128
     assert lamina.MobileBertConfig(use_bottleneck=False).true_hidden_size == 512
     small = lamina.MobileBertConfig(**TINY)
-    for auto, name in ((lamina.AutoModelForMaskedLM, "ForMaskedLM"), (lamina.AutoModelForPreTraining, "ForPreTraining"),
-                       (lamina.AutoModelForNextSentencePrediction, "ForNextSentencePrediction"),
-                       (lamina.AutoModelForMultipleChoice, "ForMultipleChoice")):
-        assert type(auto.from_config(small)).__name__ == "MobileBert" + name
+    check_auto_classes("MobileBert", small, ["ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction",
+                                            "ForMultipleChoice"])
     with pytest.raises(lamina.UnsupportedError, match="AutoModelForCausalLM"):
         lamina.AutoModelForCausalLM.from_config(small)
 
