@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checkpoints.namemap import Rule, rename, transpose
 from ..config import PretrainedConfig, require
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
 from ..layers.heads import causal_lm_loss
 from ..layers.mlp import activation
 from ..outputs import ModelOutput
@@ -172,8 +172,9 @@ class GPT2Model(_GPT2, DecoderModel):
         **kwargs: Any,
     ):
         """`token_type_ids` index the token embedding table too (GPT-2 has no separate one)."""
-        lead = (input_ids if input_ids is not None else inputs_embeds[..., 0]).shape[:-1]
-        seq = (input_ids if input_ids is not None else inputs_embeds[..., 0]).shape[-1]
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        *lead, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
 
         def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.reshape(-1, tensor.shape[-1])

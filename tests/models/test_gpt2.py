@@ -255,6 +255,11 @@ def test_unsupported_settings_are_named():
         ours.GPT2Model(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, add_cross_attention=True))
     with pytest.raises(lamina.ConfigError, match="n_head"):
         ours.GPT2Config(n_embd=16, n_head=3)
+    model = ours.GPT2Model(ours.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=10))
+    with pytest.raises(lamina.InputError, match="exactly one"):
+        model()
+    with pytest.raises(lamina.InputError, match="token id 10"):
+        model(torch.tensor([[1, 2]]), token_type_ids=torch.tensor([[0, 10]]))
 
 
 @pytest.mark.parametrize("name", ["GPT2ForTokenClassification", "GPT2DoubleHeadsModel"])
