@@ -20,6 +20,7 @@ import sentencepiece
 import tokenizers
 
 from ..errors import TokenizerError
+from .formats import added_token, metaspace_document
 
 
 class RustEngine:
@@ -282,10 +283,7 @@ class SentencePieceEngine:
             return ["tokenizer.model"]  # transformers converts sentencepiece BPE models itself
         known = {entry["id"] for entry in document["added_tokens"]}
         document["added_tokens"] += [
-            {"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": special}  # fmt: skip
-            for i, (token, special) in sorted(self.added_tokens().items())
-            if i not in known
+            added_token(i, token, special) for i, (token, special) in sorted(self.added_tokens().items()) if i not in known
         ]
         document["post_processor"] = post_processor
         (directory / "tokenizer.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
@@ -395,28 +393,18 @@ def unigram_document(path: Path) -> dict[str, Any] | None:
             {"type": "Strip", "strip_left": True, "strip_right": True},
             {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
         ]
-    prefix = bool(normalizer_spec.get(_ADD_DUMMY_PREFIX, 1))
-    decoders = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]
-    if prefix:
-        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": kind != user_defined}  # fmt: skip
-            for i, (piece, _, kind) in enumerate(pieces)
-            if kind in (unknown, control, user_defined)
-        ],
-        "normalizer": {"type": "Sequence", "normalizers": steps},
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always" if prefix else "never", "split": False},
-        "post_processor": None,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "Unigram",
-            "unk_id": next((i for i, (_, _, kind) in enumerate(pieces) if kind == unknown), 0),
-            "vocab": [[piece, score] for piece, score, _ in pieces],
-            "byte_fallback": bool(trainer_spec.get(35, 0)),
-        },
+    model = {
+        "type": "Unigram",
+        "unk_id": next((i for i, (_, _, kind) in enumerate(pieces) if kind == unknown), 0),
+        "vocab": [[piece, score] for piece, score, _ in pieces],
+        "byte_fallback": bool(trainer_spec.get(35, 0)),  # TrainerSpec.byte_fallback
     }
+    added = [
+        added_token(i, piece, special=kind != user_defined)
+        for i, (piece, _, kind) in enumerate(pieces)
+        if kind in (unknown, control, user_defined)
+    ]
+    # sentencepiece strips the text before adding the dummy prefix, so the prefix goes in front
+    # of every piece ("always"): "first" would look for the text's first character, stripped away
+    prefix = bool(normalizer_spec.get(_ADD_DUMMY_PREFIX, 1))
+    return metaspace_document(model, added, dummy_prefix=prefix, prepend_scheme="always", normalizers=steps)

@@ -73,6 +73,40 @@ def bpe_model(vocab: dict[str, int], merges: list[tuple[str, str]], **options: A
     return model
 
 
+def metaspace_document(
+    model: dict[str, Any],
+    added_tokens: list[dict[str, Any]],
+    dummy_prefix: bool,
+    prepend_scheme: str,
+    normalizers: list[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """A sentencepiece-style document: spaces written "▁", byte-fallback pieces decoded back to
+    bytes, and the dummy-prefix space dropped again when decoding (when there is one)."""
+    decoders = [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+    ]
+    if dummy_prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": list(added_tokens),
+        "normalizer": {"type": "Sequence", "normalizers": list(normalizers)} if normalizers else None,
+        "pre_tokenizer": {
+            "type": "Metaspace",
+            "replacement": "\u2581",
+            "prepend_scheme": prepend_scheme if dummy_prefix else "never",
+            "split": False,
+        },
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model,
+    }
+
+
 def byte_level_document(
     vocab: dict[str, int],
     merges: list[tuple[str, str]],

@@ -18,7 +18,7 @@ from ..errors import TokenizerError, UnsupportedError
 from .base import PreTrainedTokenizer
 from .classes import GPT2Tokenizer, LlamaTokenizer
 from .engines import RustEngine
-from .formats import added_token, bpe_model, byte_level_document, byte_to_unicode, bytes_to_token
+from .formats import added_token, bpe_model, byte_level_document, byte_to_unicode, bytes_to_token, metaspace_document
 
 # llama.cpp token types
 _CONTROL, _USER_DEFINED = 3, 4
@@ -181,41 +181,21 @@ def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[
         if not scores or len(scores) != len(tokens):
             raise TokenizerError(f"{name}: a 'llama' GGUF tokenizer needs tokenizer.ggml.merges or scores for every token")
         merges = merges_from_scores(tokens, scores)
-    prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
-    decoders = [
-        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-        {"type": "ByteFallback"},
-        {"type": "Fuse"},
+    model = bpe_model(
+        vocab,
+        merges,
+        unk_token=None if unk_id is None else tokens[int(unk_id)],
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    added = [
+        added_token(i, token, special=kind == _CONTROL)
+        for i, (token, kind) in enumerate(zip(tokens, types))
+        if kind in (_CONTROL, _USER_DEFINED)
     ]
-    if prefix:
-        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            added_token(i, token, special=kind == _CONTROL)
-            for i, (token, kind) in enumerate(zip(tokens, types))
-            if kind in (_CONTROL, _USER_DEFINED)
-        ],
-        "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Metaspace",
-            "replacement": "\u2581",
-            "prepend_scheme": "first" if prefix else "never",
-            "split": False,
-        },
-        "post_processor": None,
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": bpe_model(
-            vocab,
-            merges,
-            unk_token=None if unk_id is None else tokens[int(unk_id)],
-            fuse_unk=True,
-            byte_fallback=True,
-        ),
-    }
+    prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    return metaspace_document(model, added, dummy_prefix=prefix, prepend_scheme="first")
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:

@@ -169,3 +169,32 @@ def test_bad_calls_raise(lamina_mistral):
         tok("a", padding="sideways")
     with pytest.raises(InputError, match="text_pair"):
         tok(["a", "b"], ["c"])
+
+
+def test_sentencepiece_gguf_equals_transformers(mistral_dirs, tmp_path):
+    """A llama.cpp 'llama' vocabulary (tokens, scores, types; no merges) written from the real v1
+    model: lamina rebuilds the byte-fallback BPE the way transformers does."""
+    gguf = pytest.importorskip("gguf")
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = sentencepiece.SentencePieceProcessor(model_file=str(mistral_dirs["v1"] / "tokenizer.model"))
+    size = model.get_piece_size()
+    kinds = [3 if model.is_control(i) else 2 if model.is_unknown(i) else 6 if model.is_byte(i) else 1 for i in range(size)]
+    writer = gguf.GGUFWriter(str(tmp_path / "sp.gguf"), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([model.id_to_piece(i) for i in range(size)])
+    writer.add_token_scores([model.get_score(i) for i in range(size)])
+    writer.add_token_types(kinds)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="sp.gguf")
+    texts = corpus(240)
+    ids = ours(texts)["input_ids"]
+    assert ids == theirs(texts)["input_ids"]
+    assert ids[0][0] == 1  # llama.cpp adds BOS to sentencepiece vocabularies unless told not to
+    assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
