@@ -24,8 +24,12 @@ from ..outputs import ModelOutput
 from .config import GenerationConfig
 from .processors import LogitsProcessorList, build_processors
 
-# steps between "is every row finished?" checks where each check stalls the device
-_STOP_CHECK_INTERVAL = 8
+
+
+def stop_check_interval(device: torch.device, streaming: bool) -> int:
+    """Steps between "is every row finished?" checks. Each check waits for the device; on the CPU
+    it costs nothing, and a streamer copies every token to the host anyway."""
+    return 1 if device.type == "cpu" or streaming else 8
 
 
 @dataclass
@@ -136,7 +140,7 @@ class GenerationMixin:
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
         # the length each row had when it produced its end token (total: not yet)
         lengths = torch.full((batch,), total, dtype=torch.long, device=device)
-        check_every = 1 if device.type == "cpu" or streamer is not None else _STOP_CHECK_INTERVAL
+        check_every = stop_check_interval(device, streamer is not None)
         scores, raw_logits = [], []
         if streamer is not None:
             streamer.put(input_ids.cpu())

@@ -172,3 +172,23 @@ def test_unsupported_architecture(tmp_path):
     writer.close()
     with pytest.raises(lamina.UnsupportedError, match="architecture 'bloom'"):
         lamina.AutoModelForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "BF16", "F16"])
+def test_other_types_dequantize_through_the_gguf_package(kind):
+    from lamina.checkpoints.gguf import TensorInfo, dequantize
+
+    block, block_bytes = gguf.GGML_QUANT_SIZES[getattr(Q, kind)]
+    columns = 256 if block > 1 else 8
+    row_bytes = columns // block * block_bytes
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (2, row_bytes), dtype=np.uint8)
+    if kind in ("BF16", "F16"):  # keep every value finite
+        raw[:, 1::2] &= 0x3F
+    else:  # K-quants: an fp16 super-block scale sits right after the quants or at the start
+        raw[:, :] = rng.integers(0, 60, raw.shape, dtype=np.uint8)
+    info = TensorInfo("w", (2, columns), kind, int(getattr(Q, kind)), 0, raw.nbytes)
+    found = dequantize(raw, info).reshape(2, columns)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, getattr(Q, kind)).astype(np.float32))
+    assert found.dtype == torch.float32
+    torch.testing.assert_close(found, expected.reshape(2, columns), equal_nan=True)

@@ -176,3 +176,21 @@ def test_bad_arguments_name_the_problem(pair):
         ours.generate(ids, max_new_token=3)
     with pytest.raises(lamina.ConfigError, match="top_p"):
         ours.generate(ids, do_sample=True, top_p=1.5)
+
+
+@pytest.mark.parametrize("interval", [3, 5])
+def test_checking_for_the_end_every_few_steps_gives_the_same_output(pair, monkeypatch, interval):
+    """The device path checks "all rows finished?" every few steps, then trims what it ran past."""
+    from lamina.generation import decoding
+
+    monkeypatch.setattr(decoding, "stop_check_interval", lambda device, streaming: interval)
+    ids, mask = _left_pad(_prompts([5, 8], seed=11))
+    _, free = _both(pair, input_ids=ids, attention_mask=mask, max_new_tokens=12)
+    generated = free[:, ids.shape[1]:]
+    for stop in (1, 4, 7):  # both rows end at `stop` (or earlier) on their own end token
+        eos = [int(generated[0, stop]), int(generated[1, stop])]
+        kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos,
+                      return_dict_in_generate=True, output_scores=True)
+        expected, found = _both(pair, **kwargs)
+        assert torch.equal(found.sequences, expected.sequences)
+        assert len(found.scores) == len(expected.scores)
