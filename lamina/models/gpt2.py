@@ -202,20 +202,40 @@ class GPT2Model(_GPT2, DecoderModel):
         return out if return_dict else out.to_tuple()
 
 
-class GPT2LMHeadModel(_GPT2, DecoderForCausalLM):
+class _GPT2ArgumentOrder:
+    """transformers' GPT-2 heads take `past_key_values` second and `token_type_ids` fourth; this
+    keeps positional calls meaning what they mean there."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        return super().forward(  # type: ignore[misc]
+            input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+            token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+        )
+
+
+class GPT2LMHeadModel(_GPT2, _GPT2ArgumentOrder, DecoderForCausalLM):
     config_class = GPT2Config
     base_model_class = GPT2Model
     base_model_prefix = "transformer"
     tied_weights = {"lm_head.weight": "transformer.embed_tokens.weight"}
 
 
-class GPT2ForSequenceClassification(_GPT2, DecoderForSequenceClassification):
+class GPT2ForSequenceClassification(_GPT2, _GPT2ArgumentOrder, DecoderForSequenceClassification):
     config_class = GPT2Config
     base_model_class = GPT2Model
     base_model_prefix = "transformer"
 
 
-class GPT2ForTokenClassification(_GPT2, DecoderForTokenClassification):
+class GPT2ForTokenClassification(_GPT2, _GPT2ArgumentOrder, DecoderForTokenClassification):
     """GPT-2 names the head `classifier`; its dropout follows `classifier_dropout`, then
     `hidden_dropout`, then 0.1, like the decoder's."""
 

@@ -80,7 +80,10 @@ def test_every_class_matches_with_padding(tmp_path, name, attn):
     outputs_match(expected, found, mask)
     with torch.no_grad():
         as_tuple = model(ids, attention_mask=mask, return_dict=False)
+        # transformers' positional order: (input_ids, past_key_values, attention_mask) but for QA
+        positional = model(ids, mask) if name == "GPT2ForQuestionAnswering" else model(ids, None, mask)
     assert torch.equal(as_tuple[0], found[0])
+    assert torch.equal(positional[0], found[0])
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
