@@ -14,7 +14,7 @@ import math
 import mmap
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, UnsupportedError
+from .interleaved import InterleavedRotaryTensors
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
@@ -224,19 +225,6 @@ def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_
     return config
 
 
-def unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k permutation: within each head it stores the rotary pairs interleaved
-    (rows 0,half,1,half+1,…); transformers' rotate-half layout keeps the halves apart."""
-    rows = weight.shape[0]
-    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-
-
-def permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """The inverse of `unpermute_rotary` (HF layout → llama.cpp layout)."""
-    rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-
-
 def hf_name(gguf_name: str, where: str) -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
@@ -276,37 +264,21 @@ def dequantize(raw: np.ndarray, info: TensorInfo) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
 
 
-class GGUFTensors(Mapping[str, torch.Tensor]):
+def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTensors:
     """The tensors of a GGUF file under HF names, dequantized to float32 one at a time on access."""
-
-    def __init__(self, file: GGUFFile, config: dict[str, Any]) -> None:
-        self.description = str(file.path)
-        self._file = file
-        self._heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
-        self._tensors: dict[str, TensorInfo] = {}
-        for info in file.tensors.values():
-            if info.name in _SKIPPED:
-                continue
-            if info.type_name not in SUPPORTED_TYPES:
-                raise UnsupportedError(
-                    f"{self.description}: tensor {info.name!r} has GGUF type {info.type_name}, "
-                    f"expected one of {', '.join(SUPPORTED_TYPES)}"
-                )
-            self._tensors[hf_name(info.name, self.description)] = info
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        info = self._tensors[key]
-        weight = dequantize(self._file.raw(info), info).reshape(info.shape)
-        for projection, heads in self._heads.items():
-            if key.endswith(f"self_attn.{projection}.weight"):
-                weight = unpermute_rotary(weight, heads)
-        return weight
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
+    where = str(file.path)
+    sources: dict[str, TensorInfo] = {}
+    for info in file.tensors.values():
+        if info.name in _SKIPPED:
+            continue
+        if info.type_name not in SUPPORTED_TYPES:
+            raise UnsupportedError(
+                f"{where}: tensor {info.name!r} has GGUF type {info.type_name}, expected one of {', '.join(SUPPORTED_TYPES)}"
+            )
+        sources[hf_name(info.name, where)] = info
+    return InterleavedRotaryTensors(
+        sources, lambda info: dequantize(file.raw(info), info).reshape(info.shape), config, where
+    )
 
 
 def load_gguf(path: Path) -> tuple[dict[str, Any], Mapping[str, torch.Tensor]] | None:
@@ -317,4 +289,4 @@ def load_gguf(path: Path) -> tuple[dict[str, Any], Mapping[str, torch.Tensor]] |
     file = read_gguf(path)
     tokens = file.metadata.get("tokenizer.ggml.tokens")
     config = hf_config(file.metadata, set(file.tensors), str(path), len(tokens) if tokens else None)
-    return config, GGUFTensors(file, config)
+    return config, gguf_tensors(file, config)

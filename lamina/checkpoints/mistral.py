@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, UnsupportedError
-from .gguf import unpermute_rotary
+from .interleaved import InterleavedRotaryTensors
 from .io import SafetensorsFile, _load_bin
 
 PARAMS = "params.json"
@@ -121,29 +121,6 @@ def hf_config(params: dict[str, Any], where: str) -> dict[str, Any]:
     return config
 
 
-class MistralOriginalTensors(Mapping[str, torch.Tensor]):
-    """The weights of an original-layout checkpoint under HF names (q/k brought to rotate-half)."""
-
-    def __init__(self, weights: Mapping[str, torch.Tensor], config: dict[str, Any], where: str) -> None:
-        self.description = where
-        self._weights = weights
-        self._heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
-        self._names = {hf_name(name, where): name for name in weights}
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        weight = self._weights[self._names[key]]
-        for projection, heads in self._heads.items():
-            if key.endswith(f"self_attn.{projection}.weight"):
-                weight = unpermute_rotary(weight, heads)
-        return weight
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
 def weights_file(directory: Path) -> Path:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
@@ -176,4 +153,5 @@ def load_mistral_original(path: Path) -> tuple[dict[str, Any], Mapping[str, torc
     config = hf_config(params, where)
     file = weights_file(directory)
     weights = SafetensorsFile(file) if file.suffix == ".safetensors" else _load_bin(file)
-    return config, MistralOriginalTensors(weights, config, str(file))
+    sources = {hf_name(name, str(file)): name for name in weights}
+    return config, InterleavedRotaryTensors(sources, weights.__getitem__, config, str(file))

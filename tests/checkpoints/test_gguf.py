@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import lamina
-from lamina.checkpoints.gguf import _block_dequantize, load_gguf, permute_rotary, read_gguf, unpermute_rotary
+from lamina.checkpoints.gguf import _block_dequantize, load_gguf, read_gguf
+from lamina.checkpoints.interleaved import permute_rotary, unpermute_rotary
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")

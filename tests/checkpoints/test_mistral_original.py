@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import lamina
-from lamina.checkpoints.gguf import permute_rotary
+from lamina.checkpoints.interleaved import permute_rotary
 
 transformers = pytest.importorskip("transformers")
 
