@@ -137,7 +137,7 @@ def _rank_files(candidates: dict[str, Any], where: str) -> list[Any]:
 
 def _load_zip(path: Path) -> MegatronCheckpoint:
     with zipfile.ZipFile(path) as archive:
-        members = {n: n for n in archive.namelist() if n.endswith("/" + CHECKPOINT_FILE) or n == CHECKPOINT_FILE}
+        members = [n for n in archive.namelist() if Path(n).name == CHECKPOINT_FILE]
         if CHECKPOINT_FILE in members:
             names = [CHECKPOINT_FILE]
         else:
