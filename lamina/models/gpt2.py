@@ -78,7 +78,7 @@ def _renames(target: str, source: str) -> list[Rule]:
 
 
 def _conv1d(target: str, source: str) -> list[Rule]:
-    """A Conv1D `(in, out)` weight becomes a Linear `(out, in)`; its bias keeps its name's change."""
+    """A Conv1D `(in, out)` weight becomes a Linear `(out, in)`; its bias only changes name."""
     return [transpose(f"{target}.weight", f"{source}.weight"), rename(f"{target}.bias", f"{source}.bias")]
 
 
