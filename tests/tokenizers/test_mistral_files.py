@@ -129,3 +129,18 @@ def test_tekken_has_multibyte_pieces_that_stream_whole(lamina_mistral):
     # ... yet every emitted piece is
     assert "".join(pieces) + stream.flush() == "🧑🏻‍💻 ꙮ 𓀀"
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_tekken_special_token_layout(lamina_mistral, reference_mistral):
+    from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+    tok = lamina_mistral["tekken"]
+    tekken = reference_mistral["tekken"].instruct_tokenizer.tokenizer
+    assert tok.convert_ids_to_tokens(list(range(tekken.num_special_tokens))) == [
+        tekken.id_to_piece(i) for i in range(tekken.num_special_tokens)
+    ]
+    assert len(tok) == tok.vocab_size == tekken.n_words
+    # every special id is skipped when decoding, as mistral_common's default policy does
+    ids = [tekken.bos_id, 3, *tekken.encode("hi", bos=False, eos=False), 4, 999, tekken.eos_id]
+    assert tok.decode(ids, skip_special_tokens=True) == tekken.decode(ids) == "hi"
+    assert tok.decode(ids) == tekken.decode(ids, special_token_policy=SpecialTokenPolicy.KEEP)
