@@ -78,7 +78,9 @@ class EncoderSelfAttention(nn.Module):
     """BERT self-attention with separate `query`/`key`/`value` projections.
 
     Queries, keys and values may be projected from different inputs of different widths
-    (MobileBERT's bottlenecks). `position_embedding_type` "relative_key" adds q·r(i−j) to the
+    (MobileBERT's bottlenecks); when they always come from one input, `fused` projects all three
+    with one `qkv` matrix (the family's name map splits it into the checkpoint's `query`, `key`,
+    `value`). `position_embedding_type` "relative_key" adds q·r(i−j) to the
     scores, "relative_key_query" also k·r(i−j), with r a learned embedding of the distance; both
     are folded into the additive mask so every backend runs them.
     """
@@ -92,6 +94,7 @@ class EncoderSelfAttention(nn.Module):
         backend: str,
         position_embedding_type: str = "absolute",
         max_position_embeddings: int = 512,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:
@@ -100,9 +103,13 @@ class EncoderSelfAttention(nn.Module):
             )
         self.num_heads, self.head_dim = num_heads, head_dim
         width = num_heads * head_dim
-        self.query = nn.Linear(input_sizes[0], width)
-        self.key = nn.Linear(input_sizes[1], width)
-        self.value = nn.Linear(input_sizes[2], width)
+        self.fused = fused
+        if fused:
+            self.qkv = nn.Linear(input_sizes[0], 3 * width)
+        else:
+            self.query = nn.Linear(input_sizes[0], width)
+            self.key = nn.Linear(input_sizes[1], width)
+            self.value = nn.Linear(input_sizes[2], width)
         self.dropout = dropout
         self.backend = backend
         self.position_embedding_type = position_embedding_type
@@ -112,7 +119,7 @@ class EncoderSelfAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
-        return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def relative_scores(
         self, query: torch.Tensor, key: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor
@@ -139,9 +146,12 @@ class EncoderSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inputs `(batch, seq, width_i)` → output `(batch, seq, heads * head_dim)` and, when asked,
         the attention probabilities `(batch, heads, seq, keys)`."""
-        query = self._heads(self.query(query_input))
-        key = self._heads(self.key(key_input))
-        value = self._heads(self.value(value_input))
+        if self.fused:
+            query, key, value = (self._heads(t) for t in self.qkv(query_input).chunk(3, dim=-1))
+        else:
+            query = self._heads(self.query(query_input))
+            key = self._heads(self.key(key_input))
+            value = self._heads(self.value(value_input))
         query_positions = key_positions = masks.query_positions
         if cache is not None:
             key, value, key_positions = cache.update(key, value, query_positions)

@@ -1,7 +1,8 @@
 """MegatronBERT: BERT with the LayerNorm moved before each sub-layer (pre-norm) and one final norm.
 
-Module names are those of the transformers checkpoints (`bert.encoder.layer.N.attention.self.query`,
-`cls.predictions.transform.dense`, …), so the name map is empty. Positions are absolute, or
+Module names are those of the transformers checkpoints (`bert.encoder.layer.N.attention.ln`,
+`cls.predictions.transform.dense`, …) except the attention's one fused `qkv` projection, which the
+name map splits into the checkpoints' `query`, `key` and `value`. Positions are absolute, or
 relative distances inside attention (`position_embedding_type` "relative_key" /
 "relative_key_query", as transformers 4.x offered). As a decoder (`is_decoder=True`) the model is
 causal and keeps a per-layer key/value cache.
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..cache import Cache, make_cache
+from ..checkpoints.namemap import Rule, concat
 from ..config import PretrainedConfig, require
 from ..errors import UnsupportedError
 from ..generation import GenerationConfig, GenerationMixin
@@ -118,7 +120,7 @@ class MegatronBertAttention(nn.Module):
         self.self = EncoderSelfAttention(
             config.num_attention_heads, size // config.num_attention_heads, (size, size, size),
             config.attention_probs_dropout_prob, config._attn_implementation,
-            config.position_embedding_type, config.max_position_embeddings,
+            config.position_embedding_type, config.max_position_embeddings, fused=True,
         )
         self.output = DenseResidual(size, size, config.hidden_dropout_prob)
 
@@ -175,6 +177,17 @@ class MegatronBertModel(EncoderModel):
         self.encoder = MegatronBertEncoder(config)
         self.pooler = Pooler(config.hidden_size) if add_pooling_layer else None
         self.post_init()
+
+    @classmethod
+    def name_map(cls, config: MegatronBertConfig) -> list[Rule]:
+        """The checkpoints' separate query/key/value projections ↔ lamina's one fused `qkv`."""
+        rules = []
+        for i in range(config.num_hidden_layers):
+            attention = f"encoder.layer.{i}.attention.self."
+            for kind in ("weight", "bias"):
+                parts = [f"{attention}{part}.{kind}" for part in ("query", "key", "value")]
+                rules.append(concat(f"{attention}qkv.{kind}", parts, [config.hidden_size] * 3))
+        return rules
 
     @classmethod
     def masked_lm_predictions(cls, config: MegatronBertConfig) -> MaskedLMPredictions:

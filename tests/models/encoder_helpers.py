@@ -51,8 +51,9 @@ def compare_outputs(reference_out, our_out, atol: float = 1e-4, loss_atol: float
 
 
 def compare_grads(ours: torch.nn.Module, reference: torch.nn.Module, atol: float = 1e-4) -> None:
-    """Each parameter's gradient equals the reference's (the names are the same: no name map)."""
-    mine = {name: p.grad for name, p in ours.named_parameters() if p.grad is not None}
+    """Each parameter's gradient equals the reference's, lamina's mapped to the reference's names
+    and layouts by its name map (a fused projection is split as its weight would be)."""
+    mine = ours.checkpoint_state_dict({name: p.grad for name, p in ours.named_parameters() if p.grad is not None})
     theirs = {name: p.grad for name, p in reference.named_parameters() if p.grad is not None}
     assert theirs, "the reference computed no gradient"
     for name, grad in theirs.items():
