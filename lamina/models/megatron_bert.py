@@ -249,7 +249,11 @@ class MegatronBertModel(EncoderModel):
             past_key_values=past_key_values if use_cache else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
-        return finish(output, return_dict, config)
+        if not (config.return_dict if return_dict is None else return_dict):
+            # the reference's tuple puts the cache before the hidden states, unlike its dataclass
+            fields = ("last_hidden_state", "pooler_output", "past_key_values", "hidden_states", "attentions")
+            return tuple(getattr(output, f) for f in fields if getattr(output, f) is not None)
+        return output
 
 
 class _MegatronBertTask:

@@ -46,6 +46,18 @@ def test_backends_and_tuple_outputs(attn, tmp_path):
     assert (found[0] - expected.logits).abs().max() <= 1e-4
 
 
+def test_decoder_tuple_output_order(tmp_path):
+    reference, ours = build_pair(transformers, "MegatronBertModel", config(is_decoder=True), tmp_path)
+    ids = batch(VOCAB)["input_ids"]
+    expected = reference(input_ids=ids, use_cache=True, output_hidden_states=True, return_dict=False)
+    found = ours(input_ids=ids, use_cache=True, output_hidden_states=True, return_dict=False)
+    assert len(found) == len(expected) == 4
+    for index in (0, 1):
+        assert (found[index] - expected[index]).abs().max() <= 1e-4
+    assert found[2].get_seq_length() == expected[2].get_seq_length() == ids.shape[1]
+    assert all((a - b).abs().max() <= 1e-4 for a, b in zip(found[3], expected[3]))
+
+
 def test_regression_and_multi_label_losses(tmp_path):
     for num_labels, labels in ((1, torch.tensor([0.5, -1.0])), (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]))):
         reference, ours = build_pair(transformers, "MegatronBertForSequenceClassification",
