@@ -132,6 +132,20 @@ def test_generate_with_relative_positions_equals_uncached_greedy():
     assert torch.equal(generated, tokens)
 
 
+@pytest.mark.parametrize("position_embedding_type", ["absolute", "relative_key"])
+def test_left_padded_batch_generates_like_each_row_alone(position_embedding_type):
+    torch.manual_seed(0)
+    model = lamina.MegatronBertForCausalLM(lamina.MegatronBertConfig(
+        **TINY, is_decoder=True, position_embedding_type=position_embedding_type)).eval()
+    short, long = torch.randint(1, VOCAB, (1, 3)), torch.randint(1, VOCAB, (1, 6))
+    ids = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])
+    mask = (torch.arange(6) >= torch.tensor([[3], [0]])).long()
+    together = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    for row, alone in enumerate((short, long)):
+        expected = model.generate(alone, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(together[row, -5:], expected[0, -5:])
+
+
 def test_padding_does_not_change_unpadded_rows():
     torch.manual_seed(0)
     model = lamina.MegatronBertForMaskedLM(lamina.MegatronBertConfig(**TINY)).eval()
