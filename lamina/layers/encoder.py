@@ -1,7 +1,8 @@
 """Blocks shared by the BERT-style encoders (MegatronBERT, MobileBERT).
 
 Module names follow the BERT checkpoint layout (`query`, `key`, `value`, `transform.LayerNorm`,
-`predictions.decoder`, …), so those checkpoints load without a name map.
+`predictions.decoder`, …), so those checkpoints load unchanged; only a fused `qkv` projection
+needs its family's name map.
 """
 
 from __future__ import annotations
