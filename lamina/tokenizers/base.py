@@ -539,28 +539,23 @@ class PreTrainedTokenizer:
             features["token_type_ids"].append(types)
             features["special_tokens_mask"].append(mask)
         features["attention_mask"] = [[1] * len(row) for row in features["input_ids"]]
-        if return_length:
-            features["length"] = [[len(row)] for row in features["input_ids"]]
         if padding_strategy != "do_not_pad":
-            lengths = features.pop("length", None)
             length = max_length if padding_strategy == "max_length" else None
             features = pad_batch(
                 features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of
             )
-            if lengths is not None:
-                features["length"] = lengths
         if not return_special_tokens_mask:
             del features["special_tokens_mask"]
         if not (return_token_type_ids if return_token_type_ids is not None else "token_type_ids" in self.model_input_names):
             del features["token_type_ids"]
         if return_attention_mask is False:
             del features["attention_mask"]
-        if "length" in features:
-            features["length"] = [row[0] for row in features["length"]]
-        if not batched:
-            features = {key: value[0] for key, value in features.items()}
-            if return_tensors is not None:
-                features = {key: [value] if isinstance(value, list) else value for key, value in features.items()}
+        if return_length:
+            # padded lengths, as transformers reports them
+            features["length"] = [len(row) for row in features["input_ids"]]
+        if not batched and not return_tensors:
+            # one text: flat lists (transformers keeps `length` a one-element list)
+            features = {key: value if key == "length" else value[0] for key, value in features.items()}
         return BatchEncoding(features, tensor_type=return_tensors)
 
     def encode(
@@ -617,10 +612,11 @@ class PreTrainedTokenizer:
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.tolist() if sequences.dim() == 2 else [sequences.tolist()]
         batch = [flatten_ids(ids) for ids in sequences]
+        size = len(self)
         for ids in batch:
-            bad = [i for i in ids if not 0 <= i < len(self)]
-            if bad:
-                raise InputError(f"decode: token id {bad[0]} is out of range for a vocabulary of {len(self)} tokens")
+            if ids and (min(ids) < 0 or max(ids) >= size):
+                bad = next(i for i in ids if not 0 <= i < size)
+                raise InputError(f"decode: token id {bad} is out of range for a vocabulary of {size} tokens")
         texts = self.engine.decode_batch(batch, skip_special_tokens)
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
         return [clean_up_tokenization(text) for text in texts] if clean else texts
@@ -634,7 +630,7 @@ class PreTrainedTokenizer:
         return apply_chat_template(self, conversation, **kwargs)
 
     def encode_instruct(self, messages: list[dict[str, Any]], version: str | None = None) -> list[int]:
-        """Mistral's instruct format (v1 / v3), the ids mistral_common gives; see `tokenizers.mistral`."""
+        """Mistral's instruct format (v1 / v3 / v7), the ids mistral_common gives; see `tokenizers.mistral`."""
         from .mistral import encode_instruct
 
         return encode_instruct(self, messages, version)

@@ -109,7 +109,7 @@ def test_batch_encoding_surface(lamina_mistral):
     encoding = tok("hello", return_tensors="pt")
     assert encoding.input_ids.shape == (1, 3) and encoding.to("cpu") is encoding
     single = tok("hello", return_length=True, return_special_tokens_mask=True)
-    assert single.length == 3 and single.special_tokens_mask == [1, 0, 0]
+    assert single.length == [3] and single.special_tokens_mask == [1, 0, 0]
     tok.pad_token = "<unk>"
     try:
         padded = tok.pad([{"input_ids": [1, 2]}, {"input_ids": [3]}], return_tensors="pt")

@@ -98,6 +98,18 @@ def test_pairs_with_truncation(ours, theirs, truncation):
         assert a[key] == b[key], key
 
 
+@pytest.mark.parametrize("batch", [TEXTS[:6], TEXTS[7]])
+def test_optional_outputs(ours, fast, batch):
+    kwargs = dict(padding=True, return_length=True, return_special_tokens_mask=True, return_attention_mask=True)
+    for tensors in (None, "pt"):
+        a, b = ours(batch, return_tensors=tensors, **kwargs), fast(batch, return_tensors=tensors, **kwargs)
+        assert sorted(a) == sorted(b)
+        for key in b:
+            assert (a[key].tolist() if tensors else a[key]) == (b[key].tolist() if tensors else b[key]), key
+    no_mask = ours(batch, return_attention_mask=False, return_token_type_ids=False)
+    assert sorted(no_mask) == ["input_ids"]
+
+
 def test_tensors_and_tuple_pairs(ours, fast):
     a = ours(PAIRS[:5], padding=True, return_tensors="pt")
     b = fast([p[0] for p in PAIRS[:5]], [p[1] for p in PAIRS[:5]], padding=True, return_tensors="pt")
