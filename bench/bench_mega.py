@@ -125,8 +125,8 @@ def main() -> None:
 
     lengths = [512, 1024, 2048] if args.quick else [2048, 4096, 8192, 16384, 32768]
     print("\n### Forward pass over a whole sequence (batch 1)\n")
-    print("| attention | tokens | CPU time | ×prev | memory added | ×prev |")
-    print("|---|---|---|---|---|---|")
+    print("| attention | tokens | CPU time | per token | ×prev | memory added | ×prev |")
+    print("|---|---|---|---|---|---|---|")
     for chunking in (True, False):
         previous = None
         for length in lengths if chunking else lengths[:3]:
@@ -134,8 +134,8 @@ def main() -> None:
             growth = ("—", "—") if previous is None else (
                 f"{result['seconds'] / previous['seconds']:.2f}", f"{result['added_mib'] / max(previous['added_mib'], 1e-9):.2f}")
             label = f"chunked ({CHUNK})" if chunking else "full"
-            print(f"| {label} | {length} | {result['seconds'] * 1e3:.0f} ms | {growth[0]} | "
-                  f"{result['added_mib']:.0f} MiB | {growth[1]} |")
+            print(f"| {label} | {length} | {result['seconds'] * 1e3:.0f} ms | {result['seconds'] / length * 1e6:.0f} µs | "
+                  f"{growth[0]} | {result['added_mib']:.0f} MiB | {growth[1]} |")
             previous = result
 
 

@@ -235,3 +235,13 @@ def test_attention_mask_of_the_wrong_length_is_refused():
 def test_cross_attention_is_refused():
     with pytest.raises(UnsupportedError, match="cross-attention"):
         MegaModel(MegaConfig(hidden_size=16, num_hidden_layers=1, is_decoder=True, add_cross_attention=True))
+
+
+def test_bfloat16_decoding_stays_close_to_float32():
+    model = causal_lm(**VARIANTS["chunked-softmax-rotary"])
+    ids = torch.randint(3, VOCAB, (2, 10))
+    want = full_logits(model, ids)
+    model.to(torch.bfloat16)
+    got, _ = decode_in_pieces(model, ids, [5, 1, 1, 3])
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.15, rtol=0.05)
