@@ -64,6 +64,8 @@ class GenerationConfig:
             ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a number in [0, 1]"),
             ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "a number > 0"),
             ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
+            ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
+             "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
             ("num_beams", self.num_beams == 1, "1 (lamina decodes greedily or by sampling; beam search is not implemented)"),
         ]
         for name, ok, expected in checks:

@@ -176,6 +176,10 @@ def test_bad_arguments_name_the_problem(pair):
         ours.generate(ids, max_new_token=3)
     with pytest.raises(lamina.ConfigError, match="top_p"):
         ours.generate(ids, do_sample=True, top_p=1.5)
+    with pytest.raises(lamina.ConfigError, match="num_return_sequences: expected 1 when decoding greedily"):
+        ours.generate(ids, num_return_sequences=2)
+    with pytest.raises(InputError, match="max_length is 2"):
+        ours.generate(ids, max_length=2)
 
 
 @pytest.mark.parametrize("interval", [3, 5])
