@@ -36,13 +36,16 @@ def _read_attribute(node, name: str, where: str) -> list[str]:
 
 
 def _write_attribute(node, name: str, values: list[str]) -> None:
-    data = np.asarray([v.encode("utf8") for v in values])
-    chunks = int(np.ceil(data.nbytes / ATTRIBUTE_LIMIT)) if data.nbytes > ATTRIBUTE_LIMIT else 1
-    if chunks == 1:
-        node.attrs[name] = data
+    """Variable-length strings, as Keras writes them; split when their total passes the limit."""
+    import h5py
+
+    size = sum(len(v.encode("utf8")) for v in values)
+    chunks = -(-size // ATTRIBUTE_LIMIT)
+    if chunks <= 1:
+        node.attrs.create(name, values, dtype=h5py.string_dtype())
         return
-    for index, part in enumerate(np.array_split(data, chunks)):
-        node.attrs[f"{name}{index}"] = part
+    for index, part in enumerate(np.array_split(np.asarray(values, dtype=object), chunks)):
+        node.attrs.create(f"{name}{index}", list(part), dtype=h5py.string_dtype())
 
 
 def _short_name(weight_name: str) -> str:
@@ -86,8 +89,8 @@ def write_tf_h5(path: str | os.PathLike, weights: Mapping[str, np.ndarray], mode
     for name in weights:
         layers.setdefault(name.split("/")[0], []).append(name)
     with h5py.File(path, "w") as handle:
-        handle.attrs["backend"] = b"tensorflow"
-        handle.attrs["keras_version"] = keras_version.encode("utf8")
+        handle.attrs["backend"] = "tensorflow"
+        handle.attrs["keras_version"] = keras_version
         _write_attribute(handle, "layer_names", list(layers))
         for layer, names in layers.items():
             group = handle.create_group(layer)
@@ -95,3 +98,40 @@ def write_tf_h5(path: str | os.PathLike, weights: Mapping[str, np.ndarray], mode
             _write_attribute(group, "weight_names", full_names)
             for full_name, name in zip(full_names, names):
                 group.create_dataset(full_name, data=np.asarray(weights[name], dtype=np.float32))
+
+
+def checkpoint_name(tf_name: str, ndim: int) -> tuple[str, bool]:
+    """transformers' TF weight name → its PyTorch checkpoint name, and whether the layouts
+    transpose: `a___b` levels keep `b`, `layer_._0` is `layer.0`, a Keras kernel is a transposed
+    `weight`, `gamma`/`beta`/`embeddings` are `weight`/`bias`/`weight`."""
+    parts = [part.split("___")[-1].replace("_._", ".") for part in tf_name.split("/")]
+    last = parts[-1]
+    transpose = last == "kernel" and ndim == 2
+    parts[-1] = {"kernel": "weight", "gamma": "weight", "beta": "bias", "embeddings": "weight"}.get(last, last)
+    return ".".join(parts), transpose
+
+
+def load_tf_checkpoint(path: str | os.PathLike) -> tuple[dict, dict] | None:
+    """A `FORMAT_LOADERS` entry for lamina's PyTorch classes: a directory holding config.json and
+    `tf_model.h5` but no PyTorch weights → (config dict, tensors under checkpoint names); else None.
+
+    transformers' TF MLM heads keep one bias, the one the logits use; it is also given as the
+    decoder's bias, which the PyTorch classes store separately.
+    """
+    import torch
+
+    from ..checkpoints.io import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+    from ..config import CONFIG_NAME, read_config_json
+
+    directory = Path(path)
+    if not (directory / TF_WEIGHTS_NAME).is_file() or any(
+        (directory / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    ):
+        return None
+    tensors = {}
+    for tf_name, array in read_tf_h5(directory / TF_WEIGHTS_NAME).items():
+        name, transpose = checkpoint_name(tf_name, array.ndim)
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(array.T if transpose else array))
+    for name in [n for n in tensors if n.endswith("cls.predictions.bias")]:
+        tensors.setdefault(name.replace(".bias", ".decoder.bias"), tensors[name])
+    return read_config_json(directory / CONFIG_NAME), tensors

@@ -36,7 +36,9 @@ from .runtime import keras
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    """`TFMobileBertModel` → `tf_mobile_bert_model`, as Keras names models."""
+    words = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
 
 
 class TFPreTrainedModel(Named, keras.Model):
