@@ -136,6 +136,15 @@ class _LanguageModelTask(EncoderTask):
     def get_output_embeddings(self) -> nn.Module:
         return self.cls.predictions.decoder
 
+    def _map_checkpoint(self, tensors, info):
+        state = super()._map_checkpoint(tensors, info)
+        # transformers 4.x made the decoder's bias the very tensor `cls.predictions.bias`, so its
+        # files hold that one only; untied, lamina (like transformers 5) keeps both
+        decoder_bias, bias = "cls.predictions.decoder.bias", "cls.predictions.bias"
+        if decoder_bias not in state and bias in state:
+            state[decoder_bias] = state[bias]
+        return state
+
 
 class EncoderForMaskedLM(_LanguageModelTask):
     """MLM logits `(batch, seq, vocab)`; loss over the labels that are not -100."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import lamina
 from lamina.errors import ConfigError
@@ -104,6 +105,18 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_saved_model_loads_in_transformers(tmp_path):
     check_round_trip(transformers, "MobileBert", TINY, tmp_path, VOCAB)
+
+
+def test_untied_checkpoint_of_transformers_4_layout(tmp_path):
+    """transformers 4.x stored an untied decoder's bias only as `cls.predictions.bias`."""
+    reference, _ = build_pair(transformers, "MobileBertForMaskedLM", config(tie_word_embeddings=False), tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    tensors["cls.predictions.bias"] = tensors.pop("cls.predictions.decoder.bias")
+    save_file(tensors, path)
+    ours = lamina.MobileBertForMaskedLM.from_pretrained(tmp_path)
+    inputs = batch(VOCAB)
+    assert (ours(**inputs).logits - reference(**inputs).logits).abs().max() <= 1e-4
 
 
 def test_auto_classes_and_config_defaults():
