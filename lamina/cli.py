@@ -275,10 +275,25 @@ def _stored_types(source: Path) -> str | None:
     return ", ".join(f"{kind} x{count}" for kind, count in counts.most_common())
 
 
-def run_info(args: argparse.Namespace) -> int:
+def _weights_dtype(source: Path, config: Any) -> Any:
+    """The dtype a plain load gives: the config's, else that of the checkpoint's first float tensor."""
     import torch
 
+    from lamina.checkpoints.io import open_checkpoint
     from lamina.config import resolve_dtype
+    from lamina.hub import resolve_model_dir
+    from lamina.modeling import FORMAT_LOADERS
+
+    dtype = resolve_dtype(config.dtype)
+    if dtype is not None:
+        return dtype
+    found = next((f for f in (loader(source) for loader in FORMAT_LOADERS) if f is not None), None)
+    tensors = found[1] if found is not None else open_checkpoint(resolve_model_dir(source))
+    return next((tensors[k].dtype for k in tensors if tensors[k].is_floating_point()), torch.float32)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import torch
 
     from lamina.models import auto
 
@@ -287,7 +302,7 @@ def run_info(args: argparse.Namespace) -> int:
     config = auto.AutoConfig.from_pretrained(source)
     with torch.device("meta"):
         model = model_class(config)  # shapes only: nothing is read or allocated
-    dtype = resolve_dtype(config.dtype) or torch.float32
+    dtype = _weights_dtype(source, config)
     count = model.num_parameters()
     spec = getattr(model.base_model, "decoder_spec", None)
     rows = [

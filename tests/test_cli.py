@@ -65,6 +65,38 @@ def test_chat_ends_cleanly_on_end_of_input(tiny_gguf_with_tokenizer):
     assert result.stdout.strip()
 
 
+def test_chat_in_a_terminal_leaves_on_ctrl_d(tiny_gguf_with_tokenizer):
+    """Interactive mode (a pseudo-terminal): banner and prompts, a reply, then Ctrl-D at a prompt."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lamina", "chat", str(tiny_gguf_with_tokenizer), "--max-new-tokens", "3"],
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+    )
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes, count: int) -> None:
+        nonlocal seen
+        while seen.count(marker) < count:
+            ready, _, _ = select.select([leader], [], [], 300)
+            assert ready, f"no {marker!r} after {seen!r}"
+            seen += os.read(leader, 4096)
+
+    try:
+        read_until(b">>> ", 1)
+        os.write(leader, b"hello\n")
+        read_until(b">>> ", 2)
+        os.write(leader, b"\x04")
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+        os.close(leader)
+    assert b"/reset clears the conversation" in seen and b"Traceback" not in seen
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf_with_tokenizer(tmp_path_factory) -> Path:
     """A tiny random llama GGUF with a byte-level tokenizer and a chat template in its metadata."""
