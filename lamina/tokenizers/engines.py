@@ -93,7 +93,13 @@ class RustEngine:
         return self.backend.get_vocab(with_added_tokens=True)
 
     def add_tokens(self, tokens: list[str], special: bool) -> int:
-        added = [tokenizers.AddedToken(token, special=special, normalized=not special) for token in tokens]
+        # tokens the document already declares keep their flags (lstrip, normalized, …)
+        declared = {token.content for token in self.backend.get_added_tokens_decoder().values()}
+        added = [
+            tokenizers.AddedToken(token, special=special, normalized=not special) for token in tokens if token not in declared
+        ]
+        if not added:
+            return 0
         return self.backend.add_special_tokens(added) if special else self.backend.add_tokens(added)
 
     def added_tokens(self) -> dict[int, tuple[str, bool]]:

@@ -4,6 +4,7 @@ same GGUF), including its chat template."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,24 @@ def test_smollm_chat_template_equals_transformers(smollm, chat, add_generation_p
     reference = theirs.apply_chat_template([chat, CHATS[0]], padding=True, return_tensors="pt")
     assert batch["input_ids"].tolist() == reference["input_ids"].tolist()
     assert batch["attention_mask"].tolist() == reference["attention_mask"].tolist()
+
+
+def test_declared_added_token_flags_are_kept(trained_dir, tmp_path):
+    # a mask token that swallows the space before it (RoBERTa's lstrip) must keep doing so when
+    # lamina registers it as the mask token
+    ours = GPT2Tokenizer.from_pretrained(trained_dir)
+    ours.save_pretrained(tmp_path)
+    document = json.loads((tmp_path / "tokenizer.json").read_text())
+    document["added_tokens"].append(
+        {"id": len(ours), "content": "<mask>", "single_word": False, "lstrip": True, "rstrip": False,
+         "normalized": False, "special": True}  # fmt: skip
+    )
+    (tmp_path / "tokenizer.json").write_text(json.dumps(document))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "mask_token": "<mask>"}))
+    ours = AutoTokenizer.from_pretrained(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "hello <mask> world"
+    assert ours.encode(text) == theirs.encode(text)
+    assert ours.convert_tokens_to_ids("<mask>") not in ours.encode("hello  world")
+    assert len(ours.encode(text)) == len(ours.encode("hello world")) + 1  # no lone " " before it
