@@ -42,24 +42,16 @@ from ..layers.chunked_attention import (
     cached_attention,
 )
 from ..layers.ema import MultiDimensionDampedEMA
-from ..layers.heads import (
-    causal_lm_loss,
-    masked_lm_loss,
-    question_answering_loss,
-    sequence_classification_loss,
-    token_classification_loss,
-)
+from ..layers.heads import causal_lm_loss, masked_lm_loss, sequence_classification_loss
 from ..layers.mlp import activation
 from ..layers.sequence_norm import NORMALIZATION_TYPES, MegaRMSNorm, ScaleNorm, SequenceNorm
 from ..modeling import PreTrainedModel
+from .encoder import EncoderForMultipleChoice, EncoderForQuestionAnswering, EncoderForTokenClassification, finish
 from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
-    MultipleChoiceModelOutput,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
-    TokenClassifierOutput,
 )
 
 
@@ -414,6 +406,11 @@ class MegaModel(MegaPreTrainedModel):
         self.pooler = MegaPooler(config) if add_pooling_layer else None
         self.post_init()
 
+    @classmethod
+    def classifier_dropout(cls, config: MegaConfig) -> float:
+        """Dropout before the token-classification layer (the encoders' heads ask the base model)."""
+        return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
     def make_cache(self, *_: Any) -> Cache:
         """An empty decoding cache (its size is bounded by the chunk size, not by a maximum length)."""
         if not self.config.can_cache:
@@ -437,9 +434,14 @@ class MegaModel(MegaPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
     ):
-        """`attention_mask` is `(batch, seq)` for the new tokens or `(batch, past + seq)` for all."""
+        """`attention_mask` is `(batch, seq)` for the new tokens or `(batch, past + seq)` for all.
+        MEGA has no position ids (its positions are relative, counted by the cache); `position_ids`
+        is accepted only as None, for the heads shared with the other encoders."""
         config = self.config
+        if position_ids is not None:
+            raise InputError("MEGA takes no position_ids: positions are relative and counted by the cache")
         if encoder_hidden_states is not None or encoder_attention_mask is not None:
             raise UnsupportedError("MEGA cross-attention (encoder_hidden_states) is not supported by lamina")
         if (input_ids is None) == (inputs_embeds is None):
@@ -473,7 +475,7 @@ class MegaModel(MegaPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             attentions=tuple(all_weights) if output_attentions else None,
         )
-        return _finish(out, return_dict, config)
+        return finish(out, return_dict, config)
 
 
 def _new_tokens_mask(attention_mask: torch.Tensor | None, start: int, length: int) -> torch.Tensor | None:
@@ -488,27 +490,17 @@ def _new_tokens_mask(attention_mask: torch.Tensor | None, start: int, length: in
     return attention_mask[:, -length:].bool()
 
 
-def _finish(output, return_dict: bool | None, config: PretrainedConfig):
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
-
-
 class _MegaTask(MegaPreTrainedModel):
-    """A head over `MegaModel`, held under `mega` as in the reference checkpoints."""
+    """A head over `MegaModel` (without its pooler), held under `mega` as in the reference checkpoints."""
 
     base_model_class = MegaModel
-    pooling_layer: ClassVar[bool] = False
 
     def __init__(self, config: MegaConfig) -> None:
         super().__init__(config)
-        self.mega = MegaModel(config, add_pooling_layer=self.pooling_layer)
+        self.mega = MegaModel(config, add_pooling_layer=False)
 
     def _run_base(self, **kwargs: Any) -> BaseModelOutputWithPoolingAndCrossAttentions:
         return self.mega(**kwargs, return_dict=True)
-
-    def _classifier_dropout(self) -> float:
-        config = self.config
-        return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
 
 class _MegaLMHead(_MegaTask):
@@ -573,7 +565,7 @@ class MegaForCausalLM(_MegaLMHead, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return _finish(out, return_dict, self.config)
+        return finish(out, return_dict, self.config)
 
     def make_generation_cache(self, batch_size: int, max_length: int) -> Cache | None:
         """MEGA's cache does not depend on the length; models that cannot cache recompute each step."""
@@ -612,7 +604,7 @@ class MegaForMaskedLM(_MegaLMHead):
             loss=masked_lm_loss(logits, labels) if labels is not None else None,
             logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
-        return _finish(out, return_dict, self.config)
+        return finish(out, return_dict, self.config)
 
 
 class MegaClassificationHead(nn.Module):
@@ -635,7 +627,7 @@ class MegaForSequenceClassification(_MegaTask):
 
     def __init__(self, config: MegaConfig) -> None:
         super().__init__(config)
-        self.classifier = MegaClassificationHead(config, self._classifier_dropout())
+        self.classifier = MegaClassificationHead(config, MegaModel.classifier_dropout(config))
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
@@ -650,91 +642,28 @@ class MegaForSequenceClassification(_MegaTask):
             loss=sequence_classification_loss(logits, labels, self.config) if labels is not None else None,
             logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
-        return _finish(out, return_dict, self.config)
+        return finish(out, return_dict, self.config)
 
 
-class MegaForMultipleChoice(_MegaTask):
+class MegaForMultipleChoice(MegaPreTrainedModel, EncoderForMultipleChoice):
     """`forward(input_ids (batch, choices, seq), labels (batch,))` → logits `(batch, choices)`
-    from the pooled first token of each choice."""
+    from the pooled first token of each choice (the encoders' head)."""
 
-    pooling_layer = True
-
-    def __init__(self, config: MegaConfig) -> None:
-        super().__init__(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
-        self.post_init()
-
-    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        source = input_ids if input_ids is not None else inputs_embeds
-        if source is None or source.dim() < 3:
-            raise InputError("MegaForMultipleChoice: input_ids must be (batch, choices, seq) (or inputs_embeds with hidden)")
-        choices = source.shape[1]
-
-        def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.reshape(-1, *t.shape[2:])
-
-        outputs = self._run_base(
-            input_ids=flat(input_ids), attention_mask=flat(attention_mask), token_type_ids=flat(token_type_ids),
-            inputs_embeds=flat(inputs_embeds), use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, choices)
-        loss = F.cross_entropy(logits.float(), labels.to(logits.device)) if labels is not None else None
-        out = MultipleChoiceModelOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )
-        return _finish(out, return_dict, self.config)
-
-
-class MegaForTokenClassification(_MegaTask):
-    """`forward(input_ids, labels=…)` → logits `(batch, seq, num_labels)`."""
+    base_model_class = MegaModel
 
     def __init__(self, config: MegaConfig) -> None:
         super().__init__(config)
-        self.dropout = nn.Dropout(self._classifier_dropout())
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        outputs = self._run_base(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        out = TokenClassifierOutput(
-            loss=token_classification_loss(logits, labels) if labels is not None else None,
-            logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )
-        return _finish(out, return_dict, self.config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)  # the reference ignores classifier_dropout here
 
 
-class MegaForQuestionAnswering(_MegaTask):
-    """`forward(input_ids, start_positions=…, end_positions=…)` → start / end logits `(batch, seq)`."""
+class MegaForTokenClassification(MegaPreTrainedModel, EncoderForTokenClassification):
+    """`forward(input_ids, labels=…)` → logits `(batch, seq, num_labels)` (the encoders' head)."""
 
-    def __init__(self, config: MegaConfig) -> None:
-        super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    base_model_class = MegaModel
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
-                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        outputs = self._run_base(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )
-        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
-        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
-        out = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )
-        return _finish(out, return_dict, self.config)
+
+class MegaForQuestionAnswering(MegaPreTrainedModel, EncoderForQuestionAnswering):
+    """`forward(input_ids, start_positions=…, end_positions=…)` → start / end logits `(batch, seq)`
+    (the encoders' head)."""
+
+    base_model_class = MegaModel
