@@ -46,6 +46,7 @@ from .encoder import (
     EncoderModel,
     _LanguageModelTask,
     finish,
+    require_positive,
 )
 
 
@@ -70,9 +71,8 @@ class MegatronBertConfig(PretrainedConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, name, "a positive integer", value)
+        require_positive(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                "intermediate_size"))
         require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
                 f"a multiple of num_attention_heads ({self.num_attention_heads})", self.hidden_size)
         require(self.position_embedding_type in POSITION_EMBEDDING_TYPES, "position_embedding_type",

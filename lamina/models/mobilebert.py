@@ -32,6 +32,7 @@ from .encoder import (
     EncoderForTokenClassification,
     EncoderModel,
     finish,
+    require_positive,
 )
 
 NORMALIZATION_TYPES = ("no_norm", "layer_norm")
@@ -75,10 +76,9 @@ class MobileBertConfig(PretrainedConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "embedding_size", "intra_bottleneck_size", "num_feedforward_networks"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, name, "a positive integer", value)
+        require_positive(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                "intermediate_size", "embedding_size", "intra_bottleneck_size",
+                                "num_feedforward_networks"))
         require(self.normalization_type in NORMALIZATION_TYPES, "normalization_type",
                 f"one of {NORMALIZATION_TYPES}", self.normalization_type)
         require(self.true_hidden_size % self.num_attention_heads == 0, "num_attention_heads",
