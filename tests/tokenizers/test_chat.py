@@ -128,3 +128,20 @@ def test_missing_or_broken_templates(lamina_mistral):
         tok.apply_chat_template(CHAT, chat_template="{% for %}")
     with pytest.raises(InputError, match="empty"):
         tok.apply_chat_template([], chat_template="x")
+
+
+def test_mistral_files_without_template_use_the_instruct_format(lamina_mistral, reference_mistral):
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    tok = lamina_mistral["tekken"]
+    assert tok.chat_template is None
+    request = ChatCompletionRequest(
+        messages=[UserMessage(content=CHAT[0]["content"]), AssistantMessage(content="Paris."), UserMessage(content=CHAT[2]["content"])]
+    )
+    expected = reference_mistral["tekken"].encode_chat_completion(request)
+    assert tok.apply_chat_template(CHAT, return_dict=False) == expected.tokens
+    assert tok.apply_chat_template(CHAT, tokenize=False) == tok.decode(expected.tokens)
+    tok.pad_token = "<pad>"
+    batch = tok.apply_chat_template([CHAT, CHAT[:1]], padding=True, return_tensors="pt")
+    assert batch.input_ids.shape == (2, len(expected.tokens)) and batch.attention_mask[1, 0] == 0  # left padding
