@@ -1,4 +1,5 @@
-"""GGUF files (llama.cpp) of the llama and mistral architectures, read as HF checkpoints.
+"""GGUF files (llama.cpp) of the llama and mistral architectures (Mixtral included: a llama with
+experts), read as HF checkpoints.
 
 `load_gguf(path)` answers `(HF config dict, tensors under HF names)`: the config is built from the
 `{arch}.*` metadata, the tensors are renamed from llama.cpp's names and dequantized to float32 (by
@@ -45,8 +46,11 @@ _LAYER_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "block_sparse_moe.gate.weight",
 }
 _LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(.+)")
+# stacked experts `(experts, out, in)` → Mixtral's per-expert weights
+_EXPERT_NAMES = {"ffn_gate_exps.weight": "w1", "ffn_down_exps.weight": "w2", "ffn_up_exps.weight": "w3"}
 # precomputed rotary frequencies that some files carry; lamina computes its own
 _SKIPPED = {"rope_freqs.weight"}
 
@@ -60,7 +64,7 @@ def is_gguf(path: Path) -> bool:
         return file.read(4) == GGUF_MAGIC
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorInfo:
     name: str
     shape: tuple[int, ...]  # torch order (outermost first)
@@ -185,8 +189,9 @@ def read_gguf(path: str | Path) -> GGUFFile:
     return _read_cached(path, stat.st_mtime_ns, stat.st_size)
 
 
-def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_size: int) -> dict[str, Any]:
-    """The HF `config.json` of a GGUF's metadata."""
+def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_size: int | None) -> dict[str, Any]:
+    """The HF `config.json` of a GGUF's metadata (`vocab_size`: the tokenizer's or the embedding's
+    row count, for files whose metadata lacks it)."""
     arch = values.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{where}: GGUF architecture {arch!r} is not supported (lamina reads {sorted(ARCHITECTURES)})")
@@ -194,7 +199,7 @@ def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_
     def get(key: str, default: Any = None, required: bool = True) -> Any:
         value = values.get(f"{arch}.{key}", default)
         if value is None and required:
-            raise CheckpointError(f"{where}: GGUF metadata key {arch}.{key!r} is missing")
+            raise CheckpointError(f"{where}: GGUF metadata key '{arch}.{key}' is missing")
         return value
 
     scaling = get("rope.scaling.type", "none", required=False)
@@ -222,16 +227,26 @@ def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_
     }
     if arch == "mistral":
         config["sliding_window"] = get("attention.sliding_window", None, required=False)
+    experts = get("expert_count", None, required=False)
+    if experts:
+        # llama.cpp stores Mixtral as a llama (or mistral) model with experts
+        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=int(experts),
+                      num_experts_per_tok=int(get("expert_used_count")))
+        config.setdefault("sliding_window", None)
     return config
 
 
-def hf_name(gguf_name: str, where: str) -> str:
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _LAYER_PATTERN.fullmatch(gguf_name)
+def hf_names(info: TensorInfo, where: str) -> dict[str, int | None]:
+    """HF name → expert index (None: the whole tensor) for one GGUF tensor."""
+    if info.name in _GLOBAL_NAMES:
+        return {_GLOBAL_NAMES[info.name]: None}
+    match = _LAYER_PATTERN.fullmatch(info.name)
     if match and match.group(2) in _LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    raise CheckpointError(f"{where}: unexpected GGUF tensor {gguf_name!r} (not part of a llama/mistral model)")
+        return {f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}": None}
+    if match and match.group(2) in _EXPERT_NAMES:
+        prefix = f"model.layers.{match.group(1)}.block_sparse_moe.experts."
+        return {f"{prefix}{e}.{_EXPERT_NAMES[match.group(2)]}.weight": e for e in range(info.shape[0])}
+    raise CheckpointError(f"{where}: unexpected GGUF tensor {info.name!r} (not part of a llama/mistral model)")
 
 
 def _block_dequantize(raw: np.ndarray, type_name: str) -> torch.Tensor:
@@ -267,7 +282,7 @@ def dequantize(raw: np.ndarray, info: TensorInfo) -> torch.Tensor:
 def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTensors:
     """The tensors of a GGUF file under HF names, dequantized to float32 one at a time on access."""
     where = str(file.path)
-    sources: dict[str, TensorInfo] = {}
+    sources: dict[str, tuple[TensorInfo, int | None]] = {}
     for info in file.tensors.values():
         if info.name in _SKIPPED:
             continue
@@ -275,10 +290,19 @@ def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTen
             raise UnsupportedError(
                 f"{where}: tensor {info.name!r} has GGUF type {info.type_name}, expected one of {', '.join(SUPPORTED_TYPES)}"
             )
-        sources[hf_name(info.name, where)] = info
-    return InterleavedRotaryTensors(
-        sources, lambda info: dequantize(file.raw(info), info).reshape(info.shape), config, where
-    )
+        sources.update({name: (info, expert) for name, expert in hf_names(info, where).items()})
+
+    def whole(info: TensorInfo) -> torch.Tensor:
+        return dequantize(file.raw(info), info).reshape(info.shape)
+
+    # the experts of a stacked tensor are asked for one by one, interleaved with the other two
+    stacked = functools.lru_cache(maxsize=3)(whole)
+
+    def read(source: tuple[TensorInfo, int | None]) -> torch.Tensor:
+        info, expert = source
+        return whole(info) if expert is None else stacked(info)[expert]
+
+    return InterleavedRotaryTensors(sources, read, config, where)
 
 
 def load_gguf(path: Path) -> tuple[dict[str, Any], Mapping[str, torch.Tensor]] | None:
@@ -288,5 +312,7 @@ def load_gguf(path: Path) -> tuple[dict[str, Any], Mapping[str, torch.Tensor]] |
         return None
     file = read_gguf(path)
     tokens = file.metadata.get("tokenizer.ggml.tokens")
-    config = hf_config(file.metadata, set(file.tensors), str(path), len(tokens) if tokens else None)
+    embedding = file.tensors.get("token_embd.weight")
+    vocab_size = len(tokens) if tokens else embedding.shape[0] if embedding is not None else None
+    config = hf_config(file.metadata, set(file.tensors), str(path), vocab_size)
     return config, gguf_tensors(file, config)

@@ -193,3 +193,45 @@ def test_other_types_dequantize_through_the_gguf_package(kind):
     expected = torch.from_numpy(gguf.quants.dequantize(raw, getattr(Q, kind)).astype(np.float32))
     assert found.dtype == torch.float32
     torch.testing.assert_close(found, expected.reshape(2, columns), equal_nan=True)
+
+
+def test_mixtral_gguf_with_stacked_experts(tmp_path):
+    """llama.cpp's Mixtral: a llama GGUF with expert_count and `ffn_*_exps` tensors (experts, out, in)."""
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(**TINY, num_local_experts=3, num_experts_per_tok=2)
+    reference = transformers.MixtralForCausalLM(config).eval()
+    path = tmp_path / "moe.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(TINY["num_hidden_layers"])
+    writer.add_context_length(TINY["max_position_embeddings"])
+    writer.add_embedding_length(TINY["hidden_size"])
+    writer.add_feed_forward_length(TINY["intermediate_size"])
+    writer.add_head_count(TINY["num_attention_heads"])
+    writer.add_head_count_kv(TINY["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
+    writer.add_rope_freq_base(TINY["rope_theta"])
+    writer.add_expert_count(3)
+    writer.add_expert_used_count(2)
+    intermediate = TINY["intermediate_size"]
+    for name, weight in reference.state_dict().items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            layer = name.split(".")[2]
+            _store(writer, f"blk.{layer}.ffn_gate_exps.weight", weight[:, :intermediate], Q.F32)
+            _store(writer, f"blk.{layer}.ffn_up_exps.weight", weight[:, intermediate:], Q.F32)
+        elif name.endswith("mlp.experts.down_proj"):
+            _store(writer, f"blk.{name.split('.')[2]}.ffn_down_exps.weight", weight, Q.F32)
+        elif name.endswith("mlp.gate.weight"):
+            _store(writer, f"blk.{name.split('.')[2]}.ffn_gate_inp.weight", weight, Q.F32)
+        else:
+            heads = TINY["num_attention_heads"] if "q_proj" in name else TINY["num_key_value_heads"]
+            stored = permute_rotary(weight, heads) if "q_proj" in name or "k_proj" in name else weight
+            _store(writer, _gguf_name(name), stored, Q.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model = lamina.AutoModelForCausalLM.from_pretrained(path)
+    assert type(model).__name__ == "MixtralForCausalLM" and model.config.num_experts_per_tok == 2
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
