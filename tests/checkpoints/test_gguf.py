@@ -51,14 +51,8 @@ def _store(writer, name: str, weight: torch.Tensor, kind) -> torch.Tensor:
     return torch.from_numpy(gguf.quants.dequantize(packed, kind)).reshape(weight.shape)
 
 
-def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1), sliding_window=None,
-               seed: int = 0, extra_metadata=None):
-    """A tiny random model as GGUF, and the transformers model holding exactly the stored values;
-    `extra_metadata(writer)` adds more keys (a tokenizer)."""
-    torch.manual_seed(seed)
-    extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
-    config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**TINY, **extra)
-    model = (transformers.MistralForCausalLM if arch == "mistral" else transformers.LlamaForCausalLM)(config).eval()
+def _writer(path: Path, arch: str):
+    """A GGUF writer holding TINY's hyper-parameters."""
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(TINY["num_hidden_layers"])
     writer.add_context_length(TINY["max_position_embeddings"])
@@ -68,6 +62,25 @@ def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q
     writer.add_head_count_kv(TINY["num_key_value_heads"])
     writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
     writer.add_rope_freq_base(TINY["rope_theta"])
+    return writer
+
+
+def _close(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1), sliding_window=None,
+               seed: int = 0, extra_metadata=None):
+    """A tiny random model as GGUF, and the transformers model holding exactly the stored values;
+    `extra_metadata(writer)` adds more keys (a tokenizer)."""
+    torch.manual_seed(seed)
+    extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
+    config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**TINY, **extra)
+    model = (transformers.MistralForCausalLM if arch == "mistral" else transformers.LlamaForCausalLM)(config).eval()
+    writer = _writer(path, arch)
     writer.add_vocab_size(TINY["vocab_size"])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -83,10 +96,7 @@ def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q
         stored = weight if rotary is None else permute_rotary(weight, rotary)
         back = _store(writer, _gguf_name(name), stored, kind)
         state[name] = back if rotary is None else unpermute_rotary(back, rotary)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _close(writer)
     model.load_state_dict(state)
     return model
 
@@ -167,10 +177,7 @@ def test_unsupported_architecture(tmp_path):
     path = tmp_path / "gpt.gguf"
     writer = gguf.GGUFWriter(str(path), "bloom")
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _close(writer)
     with pytest.raises(lamina.UnsupportedError, match="architecture 'bloom'"):
         lamina.AutoModelForCausalLM.from_pretrained(path)
 
@@ -201,15 +208,7 @@ def test_mixtral_gguf_with_stacked_experts(tmp_path):
     config = transformers.MixtralConfig(**TINY, num_local_experts=3, num_experts_per_tok=2)
     reference = transformers.MixtralForCausalLM(config).eval()
     path = tmp_path / "moe.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(TINY["num_hidden_layers"])
-    writer.add_context_length(TINY["max_position_embeddings"])
-    writer.add_embedding_length(TINY["hidden_size"])
-    writer.add_feed_forward_length(TINY["intermediate_size"])
-    writer.add_head_count(TINY["num_attention_heads"])
-    writer.add_head_count_kv(TINY["num_key_value_heads"])
-    writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
-    writer.add_rope_freq_base(TINY["rope_theta"])
+    writer = _writer(path, "llama")
     writer.add_expert_count(3)
     writer.add_expert_used_count(2)
     intermediate = TINY["intermediate_size"]
@@ -226,10 +225,7 @@ def test_mixtral_gguf_with_stacked_experts(tmp_path):
             heads = TINY["num_attention_heads"] if "q_proj" in name else TINY["num_key_value_heads"]
             stored = permute_rotary(weight, heads) if "q_proj" in name or "k_proj" in name else weight
             _store(writer, _gguf_name(name), stored, Q.F32)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _close(writer)
     model = lamina.AutoModelForCausalLM.from_pretrained(path)
     assert type(model).__name__ == "MixtralForCausalLM" and model.config.num_experts_per_tok == 2
     ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(2))
