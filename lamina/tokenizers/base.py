@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, TokenizerError
+from ..errors import InputError, TokenizerError, UnsupportedError
 
 # what `pad_batch` fills each padded field with, besides `input_ids` (which takes the pad id)
-PAD_FILL = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "position_ids": 0}
+PAD_FILL = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "position_ids": 0, "offset_mapping": (0, 0)}
 PADDING_SIDES = ("left", "right")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 
@@ -446,23 +446,29 @@ class PreTrainedTokenizer:
         """1 where the template puts a special token around `ids` (and `pair_ids`), 0 on their ids."""
         return self._apply_template(ids, pair_ids)[2]
 
-    def _apply_template(self, ids: list[int], pair_ids: list[int] | None) -> tuple[list[int], list[int], list[int]]:
-        """(input_ids, token_type_ids, special_tokens_mask) of one sequence or pair."""
+    def _apply_template(
+        self, ids: list[int], pair_ids: list[int] | None, offsets: tuple[list, list | None] = ([], None)
+    ) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
+        """(input_ids, token_type_ids, special_tokens_mask, offset_mapping) of one sequence or
+        pair; special tokens get the offsets (0, 0), as in transformers."""
         sequences = (ids, pair_ids)
         out_ids: list[int] = []
         type_ids: list[int] = []
         mask: list[int] = []
+        out_offsets: list[tuple[int, int]] = []
         for piece, type_id in self.template.single if pair_ids is None else self.template.pair:
             if isinstance(piece, str):
                 out_ids.append(self._token_to_id(piece))
                 type_ids.append(type_id)
                 mask.append(1)
+                out_offsets.append((0, 0))
             else:
                 part = sequences[piece]
                 out_ids.extend(part)
                 type_ids.extend([type_id] * len(part))
                 mask.extend([0] * len(part))
-        return out_ids, type_ids, mask
+                out_offsets.extend(offsets[piece] or ())
+        return out_ids, type_ids, mask, out_offsets
 
     def __call__(
         self,
@@ -494,9 +500,17 @@ class PreTrainedTokenizer:
         for t in [*texts, *(pairs or [])]:
             if not isinstance(t, str):
                 raise InputError(f"tokenizer call: expected strings, found {type(t).__name__} {t!r:.60}")
-        encoded = self.engine.encode_batch(texts + (pairs or []), split_special_tokens)
-        firsts, seconds = encoded[: len(texts)], encoded[len(texts) :] or [None] * len(texts)
-        return self.prepare_batch(list(zip(firsts, seconds)), batched=batched, **options)
+        if options.pop("return_offsets_mapping", False):
+            if not hasattr(self.engine, "encode_batch_with_offsets"):
+                raise UnsupportedError(
+                    f"return_offsets_mapping: the {self.engine.kind} engine gives no character offsets; "
+                    "load a tokenizer.json to get them"
+                )
+            encoded, offsets = self.engine.encode_batch_with_offsets(texts + (pairs or []), split_special_tokens)
+            options["offsets"] = _split_pairs(offsets, len(texts))
+        else:
+            encoded = self.engine.encode_batch(texts + (pairs or []), split_special_tokens)
+        return self.prepare_batch(_split_pairs(encoded, len(texts)), batched=batched, **options)
 
     def prepare_batch(
         self,
@@ -514,30 +528,42 @@ class PreTrainedTokenizer:
         return_attention_mask: bool | None = None,
         return_special_tokens_mask: bool = False,
         return_length: bool = False,
+        offsets: list[tuple[list[tuple[int, int]], list[tuple[int, int]] | None]] | None = None,
         **unsupported: Any,
     ) -> BatchEncoding:
-        """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences."""
+        """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences;
+        with `offsets` (the character spans of those ids) the result has an `offset_mapping`."""
         if unsupported:
             raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
         padding_strategy = _padding_strategy(padding)
         truncation_strategy = _truncation_strategy(truncation, max_length)
         if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
             max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
-        features: dict[str, list[list[int]]] = {"input_ids": [], "token_type_ids": [], "special_tokens_mask": []}
-        for ids, pair_ids in sequences:
+        features: dict[str, list[list[Any]]] = {
+            "input_ids": [], "token_type_ids": [], "special_tokens_mask": [], "offset_mapping": []
+        }  # fmt: skip
+        for index, (ids, pair_ids) in enumerate(sequences):
+            spans = offsets[index] if offsets is not None else ([], None)
             if max_length is not None and truncation_strategy != "do_not_truncate":
                 specials = self.template.count(pair_ids is not None) if add_special_tokens else 0
-                total = len(ids) + len(pair_ids or ()) + specials
-                ids, pair_ids = truncate_pair(ids, pair_ids, total - max_length, truncation_strategy, self.truncation_side)
+                excess = len(ids) + len(pair_ids or ()) + specials - max_length
+                cut = (excess, truncation_strategy, self.truncation_side)
+                ids, pair_ids = truncate_pair(ids, pair_ids, *cut)
+                if offsets is not None:
+                    spans = truncate_pair(*spans, *cut)  # the same cut: it depends on lengths only
             if add_special_tokens:
-                row, types, mask = self._apply_template(ids, pair_ids)
+                row, types, mask, row_offsets = self._apply_template(ids, pair_ids, spans)
             else:
                 row = ids + (pair_ids or [])
                 types = [0] * len(ids) + [1] * len(pair_ids or ())
                 mask = [0] * len(row)
+                row_offsets = spans[0] + (spans[1] or [])
             features["input_ids"].append(row)
             features["token_type_ids"].append(types)
             features["special_tokens_mask"].append(mask)
+            features["offset_mapping"].append(row_offsets)
+        if offsets is None:
+            del features["offset_mapping"]
         features["attention_mask"] = [[1] * len(row) for row in features["input_ids"]]
         if padding_strategy != "do_not_pad":
             length = max_length if padding_strategy == "max_length" else None
@@ -654,6 +680,12 @@ class PreTrainedTokenizer:
             f"{type(self).__name__}(name_or_path={self.name_or_path!r}, engine={self.engine.kind}, "
             f"vocab_size={self.vocab_size}, padding_side={self.padding_side!r}, special_tokens={self.special_tokens_map})"
         )
+
+
+def _split_pairs(rows: list[Any], count: int) -> list[tuple[Any, Any]]:
+    """Rows of `count` first sequences then (maybe) as many second ones, as (first, second) pairs."""
+    seconds = rows[count:] or [None] * count
+    return list(zip(rows[:count], seconds))
 
 
 def _padding_strategy(padding: bool | str) -> str:

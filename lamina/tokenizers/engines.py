@@ -55,12 +55,22 @@ class RustEngine:
     def document(self) -> dict[str, Any]:
         return json.loads(self.backend.to_str())
 
-    def encode_batch(self, texts: list[str], split_special_tokens: bool = False) -> list[list[int]]:
+    def _encodings(self, texts: list[str], split_special_tokens: bool) -> list[tokenizers.Encoding]:
         self.backend.encode_special_tokens = split_special_tokens
         try:
-            return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+            return self.backend.encode_batch(texts, add_special_tokens=False)
         finally:
             self.backend.encode_special_tokens = False
+
+    def encode_batch(self, texts: list[str], split_special_tokens: bool = False) -> list[list[int]]:
+        return [encoding.ids for encoding in self._encodings(texts, split_special_tokens)]
+
+    def encode_batch_with_offsets(
+        self, texts: list[str], split_special_tokens: bool = False
+    ) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """The ids and, per id, the (start, end) character span of the text it came from."""
+        encodings = self._encodings(texts, split_special_tokens)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
 
     def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
         self.backend.encode_special_tokens = split_special_tokens

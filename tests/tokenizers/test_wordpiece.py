@@ -156,3 +156,18 @@ def test_real_tokenizer_directory_equals_transformers():
     long = " ".join(TEXTS)
     assert ours(long, truncation=True)["input_ids"] == theirs(long, truncation=True)["input_ids"]
     assert len(ours(long, truncation=True)["input_ids"]) == 512
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"padding": True, "truncation": True, "max_length": 9}, {"padding": "max_length", "max_length": 40, "return_tensors": "pt"}],
+)
+def test_offsets_mapping_equals_transformers(ours, fast, kwargs):
+    firsts, seconds = [p[0] for p in PAIRS[:10]], [p[1] for p in PAIRS[:10]]
+    a = ours(firsts, seconds, return_offsets_mapping=True, **kwargs)
+    b = fast(firsts, seconds, return_offsets_mapping=True, **kwargs)
+    assert sorted(a) == sorted(b)
+    for key in b:
+        assert (a[key].tolist() if "return_tensors" in kwargs else a[key]) == (
+            b[key].tolist() if "return_tensors" in kwargs else b[key]
+        ), key
