@@ -156,11 +156,20 @@ def apply_chat_template(
         raise InputError("apply_chat_template: continue_final_message and add_generation_prompt exclude each other")
     if tools is not None and any(not isinstance(tool, dict) for tool in tools):
         raise InputError("apply_chat_template: tools must be given as JSON-schema dicts")
+    batch_options = dict(
+        add_special_tokens=False, padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors
+    )
     if chat_template is None and tokenizer.chat_template is None and "mistral_instruct_version" in tokenizer.extra_config:
         # a Mistral file (tekken.json, tokenizer.model.vN) carries no template: mistral_common's
-        # instruct format is the model's chat format
-        return _mistral_chat(tokenizer, conversations, batched, tokenize, return_dict, padding, truncation, max_length,
-                             return_tensors, tools, continue_final_message)  # fmt: skip
+        # instruct format is the model's chat format (its ids end with [/INST] after a user turn)
+        if tools is not None or continue_final_message:
+            raise UnsupportedError("apply_chat_template: tools and continue_final_message need a Jinja chat template here")
+        ids = [tokenizer.encode_instruct([_message(m) for m in chat]) for chat in conversations]
+        if not tokenize:
+            texts = tokenizer.batch_decode(ids)
+            return texts if batched else texts[0]
+        encoding = tokenizer.prepare_batch([(row, None) for row in ids], batched=batched, **batch_options)
+        return encoding if return_dict else encoding["input_ids"]
     source = select_template(tokenizer, chat_template, tools)
     variables = {**tokenizer.special_tokens_map, **template_kwargs}
     rendered = []
@@ -188,48 +197,7 @@ def apply_chat_template(
         rendered.append(text)
     if not tokenize:
         return rendered if batched else rendered[0]
-    encoding = tokenizer(
-        rendered if batched else rendered[0],
-        add_special_tokens=False,
-        padding=padding,
-        truncation=truncation,
-        max_length=max_length,
-        return_tensors=return_tensors,
-        **(tokenizer_kwargs or {}),
-    )
-    return encoding if return_dict else encoding["input_ids"]
-
-
-def _mistral_chat(
-    tokenizer: Any,
-    conversations: list[list[dict[str, Any]]],
-    batched: bool,
-    tokenize: bool,
-    return_dict: bool,
-    padding: bool | str,
-    truncation: bool,
-    max_length: int | None,
-    return_tensors: str | None,
-    tools: list[dict[str, Any]] | None,
-    continue_final_message: bool,
-) -> Any:
-    """`apply_chat_template` through `encode_instruct` (the generation prompt is implied: the
-    ids end with `[/INST]` after a user turn)."""
-    if tools is not None or continue_final_message:
-        raise UnsupportedError("apply_chat_template: tools and continue_final_message need a Jinja chat template here")
-    ids = [tokenizer.encode_instruct([_message(m) for m in chat]) for chat in conversations]
-    if not tokenize:
-        texts = tokenizer.batch_decode(ids)
-        return texts if batched else texts[0]
-    encoding = tokenizer.prepare_batch(
-        [(row, None) for row in ids],
-        batched=batched,
-        add_special_tokens=False,
-        padding=padding,
-        truncation=truncation,
-        max_length=max_length,
-        return_tensors=return_tensors,
-    )
+    encoding = tokenizer(rendered if batched else rendered[0], **batch_options, **(tokenizer_kwargs or {}))
     return encoding if return_dict else encoding["input_ids"]
 
 
