@@ -1,5 +1,13 @@
-"""Tokenizers with transformers' API: the Rust `tokenizers` engine, sentencepiece, Mistral tekken,
-GPT-2 BPE, BERT WordPiece and GGUF vocabularies; chat templates; streaming detokenization."""
+"""Tokenizers with transformers' API.
+
+`AutoTokenizer.from_pretrained(dir_or_file)` picks the engine from the files it finds:
+`tokenizer.json` (the Rust `tokenizers` library), Mistral's `tekken.json` (ids exactly as
+mistral_common's), a sentencepiece `tokenizer.model` (run by sentencepiece itself), GPT-2's
+`vocab.json` + `merges.txt`, BERT's `vocab.txt`, or a GGUF file (`gguf_file=`, or `from_gguf`).
+Every engine encodes whole batches in native code. On top: padding, truncation, tensors,
+decoding, sandboxed chat templates (`apply_chat_template`), Mistral's instruct formats
+(`encode_instruct`), streaming detokenization (`IncrementalDetokenizer`) and `save_pretrained`.
+"""
 
 from .base import BatchEncoding, PreTrainedTokenizer, pad_batch, pad_sequence, to_tensor, truncate_pair
 from .classes import (
