@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from ..outputs import ModelOutput
 from .config import GenerationConfig
 from .processors import LogitsProcessorList, build_processors
@@ -65,10 +65,11 @@ class GenerationMixin:
             use_cache=past_key_values is not None, logits_to_keep=1, return_dict=True,
         )
 
-    def make_generation_cache(self, batch_size: int, max_length: int) -> Any:
-        """A cache for `max_length` tokens (static for full attention, rolling for sliding layers)."""
+    def make_generation_cache(self, batch_size: int, max_length: int, kind: str = "static") -> Any:
+        """A cache for `max_length` tokens: full-attention layers `static` (preallocated) or `dynamic`
+        (growing); sliding layers always get a rolling buffer."""
         make = getattr(self.base_model, "make_cache", None)
-        return make("static", max_length) if make is not None else None
+        return make(kind, max_length) if make is not None else None
 
     def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
         base = generation_config or getattr(self, "generation_config", None)
@@ -133,7 +134,7 @@ class GenerationMixin:
             )
         total = prompt_length + max_new
         run = _Buffers(input_ids, attention_mask, total, pad_id)
-        cache = self.make_generation_cache(batch, total) if config.use_cache else None
+        cache = self.make_generation_cache(batch, total, _cache_kind(config)) if config.use_cache else None
         processors = build_processors(config, attention_mask)
         processors.extend(logits_processor or [])
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
@@ -212,6 +213,19 @@ class _Buffers:
         steps = torch.arange(1, total - prompt_length + 1, device=device)
         self.positions = torch.cat((prompt_positions, last + steps), dim=1)
         self.slots = torch.arange(total, device=device)
+
+
+# transformers' cache_implementation values → lamina's cache kinds (rolling buffers are automatic)
+_CACHE_KINDS = {None: "static", "static": "static", "hybrid": "static", "sliding_window": "static", "dynamic": "dynamic"}
+
+
+def _cache_kind(config: GenerationConfig) -> str:
+    if config.cache_implementation not in _CACHE_KINDS:
+        raise UnsupportedError(
+            f"generate: cache_implementation {config.cache_implementation!r} is not supported "
+            f"(expected one of {sorted(k for k in _CACHE_KINDS if k)})"
+        )
+    return _CACHE_KINDS[config.cache_implementation]
 
 
 def _default_attention_mask(input_ids: torch.LongTensor, pad_id: int | None, eos_ids: list[int]) -> torch.Tensor:

@@ -82,6 +82,13 @@ def test_prompt_longer_than_window_and_generation_crossing_it(pair):
     ids, mask = _left_pad(_prompts([15, 9], seed=3))
     expected, found = _both(pair, input_ids=ids, attention_mask=mask, max_new_tokens=20)
     assert torch.equal(found, expected)
+    for kind in ("dynamic", "static"):
+        assert torch.equal(pair[1].generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None,
+                                            cache_implementation=kind), expected)
+    no_cache = pair[1].generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None, use_cache=False)
+    assert torch.equal(no_cache, expected)
+    with pytest.raises(lamina.UnsupportedError, match="cache_implementation 'offloaded'"):
+        pair[1].generate(ids, max_new_tokens=2, cache_implementation="offloaded")
 
 
 def test_eos_in_the_middle_of_a_batch(pair):
