@@ -99,3 +99,26 @@ def test_iterator_streamer_receives_generate_output_live(tmp_path):
         again = model.generate(prompt, max_new_tokens=12, streamer=TextStreamer(ByteTokenizer()))
     assert torch.equal(again, result["ids"])
     assert out.getvalue() == ByteTokenizer().decode(again[0].tolist()) + "\n"
+
+
+def test_real_tekken_multibyte_pieces_stream_as_whole_characters():
+    """Tekken splits emoji over tokens that are not valid UTF-8 alone."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None:
+        pytest.skip("mistral-common is not installed")
+    tokenizer = lamina.AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "data" / "tekken_240911.json")
+    text = "Ünïcödé 日本語のテキスト 🤖 emoji 😀 done"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # the case under test is present
+    pieces = []
+    streamer = TextStreamer(tokenizer)
+    streamer.on_finalized_text = lambda piece, stream_end=False: pieces.append(piece)
+    streamer.put(torch.tensor([ids[:1]]))
+    for token in ids[1:]:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == text
