@@ -16,9 +16,6 @@ from typing import Any
 
 from ..errors import TokenizerError
 
-# GPT-2's pre-tokenizer regex, the default of the ByteLevel pre-tokenizer
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
 
 @cache
 def byte_to_unicode() -> dict[int, str]:
