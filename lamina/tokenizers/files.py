@@ -47,6 +47,13 @@ _HANDLED_KEYS = {
     "name_or_path",
     "use_fast",
     "legacy",
+    # from_pretrained arguments about fetching, not about the tokenizer (lamina runs no remote code)
+    "revision",
+    "cache_dir",
+    "token",
+    "local_files_only",
+    "force_download",
+    "trust_remote_code",
 }
 
 
