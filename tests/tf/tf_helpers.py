@@ -70,14 +70,14 @@ def labels_for(suffix: str, ids: np.ndarray) -> dict[str, np.ndarray]:
     return {}
 
 
-def torch_model(suffix: str, config: MobileBertConfig, seed: int = 0) -> torch.nn.Module:
+def torch_model(suffix: str, config: MobileBertConfig, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
     """lamina's PyTorch class with every weight drawn anew (norm scales around 1), so a weight in
     the wrong place shows."""
     torch.manual_seed(seed)
     model = getattr(lamina, "MobileBert" + suffix)(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.normal_(0.0, 0.3)
+            param.normal_(0.0, std)
             if "LayerNorm.weight" in name:
                 param.add_(1.0)
     return model
