@@ -87,6 +87,10 @@ def load_tokenizer(
         if (directory / CHAT_TEMPLATE_FILE).is_file():
             config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
     config.update(overrides)
+    if cls is None and config.get("tokenizer_class") == "MLukeTokenizer":
+        from .mluke import MLukeTokenizer  # entity-aware: its own files and call surface
+
+        return MLukeTokenizer.from_pretrained(directory, **overrides)
     if cls is None:
         named = str(config.get("tokenizer_class", ""))
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))

@@ -207,3 +207,16 @@ def test_offsets_need_the_rust_engine(lamina_mistral):
         lamina_mistral["v3"]("hello", return_offsets_mapping=True)
     spans = lamina_mistral["tekken"]("Hello world", return_offsets_mapping=True)["offset_mapping"]
     assert spans == [(0, 0), (0, 5), (5, 11)]
+
+
+def test_auto_tokenizer_opens_an_mluke_directory():
+    from pathlib import Path
+
+    import lamina
+
+    directory = Path(__file__).parents[1] / "fixtures" / "mluke"
+    tokenizer = lamina.AutoTokenizer.from_pretrained(directory)
+    assert type(tokenizer).__name__ == "MLukeTokenizer"
+    direct = lamina.MLukeTokenizer.from_pretrained(directory)
+    text, spans = "Tokyo is big", [(0, 5)]
+    assert dict(tokenizer(text, entity_spans=spans)) == dict(direct(text, entity_spans=spans))
