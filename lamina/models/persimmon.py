@@ -14,18 +14,9 @@ from typing import ClassVar
 from ..checkpoints.megatron import qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
 from ..config import require
+from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE  # noqa: F401  (the converter writes it)
 from .decoder import DecoderModel, DecoderSpec, decoder_heads
 from .decoder_config import DecoderConfig
-
-# Adept's chat prompt, "human: {prompt}\n\nadept:", for every turn of a conversation
-PERSIMMON_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ 'human: ' + message['content'] + '\n\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'adept: ' + message['content'] + '\n\n' }}"
-    "{% else %}{{ message['content'] + '\n\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'adept:' }}{% endif %}"
-)
 
 # Megatron's own row order for interleaved heads (see lamina.checkpoints.megatron)
 _INTERLEAVED = 2.0

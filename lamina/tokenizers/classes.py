@@ -7,6 +7,16 @@ from typing import Any
 
 from .base import PreTrainedTokenizer
 
+# Adept's chat prompt, "human: {prompt}\n\nadept:", for every turn of a conversation
+PERSIMMON_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'human: ' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'adept: ' + message['content'] + '\n\n' }}"
+    "{% else %}{{ message['content'] + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'adept:' }}{% endif %}"
+)
+
 
 class PreTrainedTokenizerFast(PreTrainedTokenizer):
     """Any tokenizer described by a `tokenizer.json`, with no family defaults."""
@@ -35,7 +45,12 @@ class PersimmonTokenizer(LlamaTokenizer):
     is both BOS and EOS (as transformers' conversion script sets it)."""
 
     padding_side = "right"
-    class_defaults = {**LlamaTokenizer.class_defaults, "bos_token": "|ENDOFTEXT|", "eos_token": "|ENDOFTEXT|"}
+    class_defaults = {
+        **LlamaTokenizer.class_defaults,
+        "bos_token": "|ENDOFTEXT|",
+        "eos_token": "|ENDOFTEXT|",
+        "chat_template": PERSIMMON_CHAT_TEMPLATE,  # `human: {prompt}\n\nadept:`, the model card's prompt
+    }
 
 
 class GPT2Tokenizer(PreTrainedTokenizer):

@@ -66,6 +66,9 @@ def test_persimmon_unigram_model(tmp_path):
     assert tok(texts, split_special_tokens=True)["input_ids"] == [[end, *ids] for ids in reference.encode(texts)]
     assert tok.batch_decode(reference.encode(texts)) == reference.decode(reference.encode(texts))
     assert tok.encode("a|ENDOFTEXT|b", add_special_tokens=False) == reference.encode("a|ENDOFTEXT|b")
+    # Adept's prompt is Persimmon's default chat template
+    chat = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "human: hi\n\nadept:"
     # transformers cannot convert a unigram model itself: lamina also writes its tokenizer.json
     tok.save_pretrained(tmp_path / "saved")
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
