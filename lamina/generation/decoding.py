@@ -65,11 +65,13 @@ class GenerationMixin:
             use_cache=past_key_values is not None, logits_to_keep=1, return_dict=True,
         )
 
-    def make_generation_cache(self, batch_size: int, max_length: int, kind: str = "static") -> Any:
-        """A cache for `max_length` tokens: full-attention layers `static` (preallocated) or `dynamic`
-        (growing); sliding layers always get a rolling buffer."""
+    def make_generation_cache(self, batch_size: int, max_length: int | None) -> Any:
+        """A cache whose full-attention layers are preallocated to `max_length` tokens (static), or
+        grow when it is None (dynamic); sliding layers always get a rolling buffer."""
         make = getattr(self.base_model, "make_cache", None)
-        return make(kind, max_length) if make is not None else None
+        if make is None:
+            return None
+        return make("static", max_length) if max_length is not None else make("dynamic")
 
     def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
         base = generation_config or getattr(self, "generation_config", None)
@@ -134,7 +136,9 @@ class GenerationMixin:
             )
         total = prompt_length + max_new
         run = _Buffers(input_ids, attention_mask, total, pad_id)
-        cache = self.make_generation_cache(batch, total, _cache_kind(config)) if config.use_cache else None
+        cache = None
+        if config.use_cache:
+            cache = self.make_generation_cache(batch, total if _cache_kind(config) == "static" else None)
         processors = build_processors(config, attention_mask)
         processors.extend(logits_processor or [])
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
