@@ -205,3 +205,17 @@ def test_checking_for_the_end_every_few_steps_gives_the_same_output(pair, monkey
         expected, found = _both(pair, **kwargs)
         assert torch.equal(found.sequences, expected.sequences)
         assert len(found.scores) == len(expected.scores)
+
+
+def test_sampling_draws_what_transformers_draws_from_the_same_seed(pair):
+    """Both sample with one torch.multinomial per step from the same processed distribution, so
+    the same global seed gives the same tokens."""
+    reference, ours = pair
+    ids, mask = _left_pad(_prompts([4, 7, 6], seed=12))
+    settings = dict(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=True, temperature=0.9, top_k=20,
+                    top_p=0.8, min_p=0.02, repetition_penalty=1.1, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(123)
+    expected = reference.generate(**settings)
+    torch.manual_seed(123)
+    found = ours.generate(**settings)
+    assert torch.equal(found, expected)
