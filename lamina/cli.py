@@ -70,7 +70,7 @@ def progress(description: str) -> Iterator[None]:
     from tqdm import tqdm
 
     bar = tqdm(desc=description, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False,
-               disable=not sys.stderr.isatty() and not os.environ.get("LAMINA_PROGRESS"))
+               disable=not sys.stderr.isatty())
     done = threading.Event()
 
     def tick() -> None:
@@ -100,13 +100,12 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
-def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", task: str = "causal_lm") -> Any:
-    """A model from any source lamina reads, with a progress bar."""
-    from lamina.models import auto
+def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu") -> Any:
+    """A causal LM from any source lamina reads, with a progress bar."""
+    from lamina.models.auto import AutoModelForCausalLM
 
-    auto_class = {"causal_lm": auto.AutoModelForCausalLM, "base": auto.AutoModel}[task]
     with progress(f"Loading {Path(source).name}"):
-        return auto_class.from_pretrained(source, dtype=dtype, device_map=device)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device)
 
 
 def load_tokenizer(source: str | Path) -> Any:
