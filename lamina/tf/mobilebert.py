@@ -13,7 +13,7 @@ the MLM and NSP heads as top-level `predictions___cls` / `seq_relationship___cls
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import InputError
 from ..models import mobilebert as torch_mobilebert
@@ -343,9 +343,17 @@ class MaskedLMPredictions(Block):
 
 
 class TFMobileBertPreTrainedModel(TFPreTrainedModel):
+    """Base of the TF MobileBERT classes: `call` encodes, then `head` makes the task's output.
+
+    `call(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+    output_attentions, output_hidden_states, return_dict, training, **labels)` takes the head's
+    labels under the PyTorch class's names (`label_names`).
+    """
+
     config_class = MobileBertConfig
     base_model_prefix = "mobilebert"
-    with_pooler = True
+    with_pooler: ClassVar[bool] = True
+    label_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MobileBertConfig, add_pooling_layer: bool | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -356,13 +364,30 @@ class TFMobileBertPreTrainedModel(TFPreTrainedModel):
         self.classifier_dropout = (config.hidden_dropout_prob if config.classifier_dropout is None
                                    else config.classifier_dropout)
 
-    def encode(self, inputs: dict[str, Any], output_attentions, output_hidden_states, training):
-        return self.mobilebert(
-            **{k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")},
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=False, **labels):
+        unknown = sorted(set(labels) - set(self.label_names))
+        if unknown:
+            raise InputError(f"{type(self).__name__}: unexpected argument {unknown[0]!r} "
+                             f"(its labels are {', '.join(self.label_names) or 'none'})")
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      position_ids=position_ids, inputs_embeds=inputs_embeds)
+        outputs = self.mobilebert(
+            **self.prepare(inputs),
             output_attentions=self.flag(output_attentions, "output_attentions"),
             output_hidden_states=self.flag(output_hidden_states, "output_hidden_states"),
             training=training,
         )
+        output = self.head(outputs, inputs, training, **{k: v for k, v in labels.items() if v is not None})
+        return finish(output, return_dict, self.config)
+
+    def prepare(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The encoder's inputs from the caller's."""
+        return inputs
+
+    def head(self, outputs: BaseModelOutputWithPooling, inputs: dict[str, Any], training: bool, **labels: Any):
+        """The task's output dataclass from the encoder's."""
+        return outputs
 
     def _add_mlm_head(self) -> MaskedLMPredictions:
         return self.child("cls.predictions", MaskedLMPredictions(self.config, self.mobilebert.embeddings.word_embeddings),
@@ -372,45 +397,38 @@ class TFMobileBertPreTrainedModel(TFPreTrainedModel):
         return self.child("cls.seq_relationship", _linear(self.config, self.config.hidden_size, 2),
                           "seq_relationship___cls/seq_relationship")
 
+    def _add_classifier(self, name: str, out_features: int) -> Linear:
+        return self.child(name, _linear(self.config, self.config.hidden_size, out_features))
+
 
 class TFMobileBertModel(TFMobileBertPreTrainedModel):
-    """`call(input_ids (batch, seq))` → `last_hidden_state (batch, seq, hidden)`, `pooler_output (batch, hidden)`."""
+    """`input_ids (batch, seq)` → `last_hidden_state (batch, seq, hidden)`, `pooler_output (batch, hidden)`."""
 
     torch_class = torch_mobilebert.MobileBertModel
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        return finish(self.encode(inputs, output_attentions, output_hidden_states, training), return_dict, self.config)
-
 
 class TFMobileBertForPreTraining(TFMobileBertPreTrainedModel):
-    """MLM logits `(batch, seq, vocab)` and next-sentence logits `(batch, 2)`; the loss is their sum."""
+    """MLM logits `(batch, seq, vocab)` and next-sentence logits `(batch, 2)`; the loss is their sum,
+    computed when both `labels` and `next_sentence_label` are given."""
 
     torch_class = torch_mobilebert.MobileBertForPreTraining
+    label_names = ("labels", "next_sentence_label")
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.predictions = self._add_mlm_head()
         self.seq_relationship = self._add_nsp_head()
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+    def head(self, outputs, inputs, training, labels=None, next_sentence_label=None):
         prediction_logits = self.predictions(outputs.last_hidden_state)
         seq_relationship_logits = self.seq_relationship(outputs.pooler_output)
         loss = None
         if labels is not None and next_sentence_label is not None:
             loss = cross_entropy(prediction_logits, labels) + cross_entropy(seq_relationship_logits, next_sentence_label)
-        output = MobileBertForPreTrainingOutput(
+        return MobileBertForPreTrainingOutput(
             loss=loss, prediction_logits=prediction_logits, seq_relationship_logits=seq_relationship_logits,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
-        return finish(output, return_dict, self.config)
 
 
 class TFMobileBertForMaskedLM(TFMobileBertPreTrainedModel):
@@ -418,85 +436,71 @@ class TFMobileBertForMaskedLM(TFMobileBertPreTrainedModel):
 
     torch_class = torch_mobilebert.MobileBertForMaskedLM
     with_pooler = False
+    label_names = ("labels",)
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.predictions = self._add_mlm_head()
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+    def head(self, outputs, inputs, training, labels=None):
         logits = self.predictions(outputs.last_hidden_state)
         loss = cross_entropy(logits, labels) if labels is not None else None
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                              attentions=outputs.attentions)
 
 
 class TFMobileBertForNextSentencePrediction(TFMobileBertPreTrainedModel):
-    """Is-next logits `(batch, 2)` from the pooled first token (0: B continues A)."""
+    """Is-next logits `(batch, 2)` from the pooled first token (0: B continues A). The labels are
+    `labels` (the PyTorch class's name) or `next_sentence_label` (transformers' TF name)."""
 
     torch_class = torch_mobilebert.MobileBertForNextSentencePrediction
+    label_names = ("labels", "next_sentence_label")
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.seq_relationship = self._add_nsp_head()
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False,
-             next_sentence_label=None):
-        """`labels` (the PyTorch class's name) or `next_sentence_label` (transformers' TF name)."""
+    def head(self, outputs, inputs, training, labels=None, next_sentence_label=None):
         labels = next_sentence_label if labels is None else labels
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
         logits = self.seq_relationship(outputs.pooler_output)
         loss = cross_entropy(logits, labels) if labels is not None else None
-        output = NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                             attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
 
 
 class TFMobileBertForSequenceClassification(TFMobileBertPreTrainedModel):
     """Logits `(batch, num_labels)` from the pooled first token; loss by `problem_type`."""
 
     torch_class = torch_mobilebert.MobileBertForSequenceClassification
+    label_names = ("labels",)
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.classifier = self.child("classifier", _linear(config, config.hidden_size, config.num_labels))
+        self.classifier = self._add_classifier("classifier", config.num_labels)
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+    def head(self, outputs, inputs, training, labels=None):
         logits = self.classifier(dropout(outputs.pooler_output, self.classifier_dropout, training))
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                          attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions)
 
 
 class TFMobileBertForMultipleChoice(TFMobileBertPreTrainedModel):
     """Inputs `(batch, choices, seq)` → one score per choice, logits `(batch, choices)`."""
 
     torch_class = torch_mobilebert.MobileBertForMultipleChoice
+    label_names = ("labels",)
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.classifier = self.child("classifier", _linear(config, config.hidden_size, 1))
+        self.classifier = self._add_classifier("classifier", 1)
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        reference = input_ids if input_ids is not None else inputs_embeds
+    def prepare(self, inputs):
+        reference = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
         rank = None if reference is None else len(reference.shape)
-        if rank is None or rank < 3 or (input_ids is None and rank != 4):
+        if rank is None or rank < 3 or (inputs["input_ids"] is None and rank != 4):
             found = None if reference is None else tuple(reference.shape)
             raise InputError(f"multiple choice: expected inputs of shape (batch, choices, seq[, hidden]), found {found}")
-        num_choices = tf.shape(reference)[1]
 
         def flat(t):
             if t is None:
@@ -504,16 +508,15 @@ class TFMobileBertForMultipleChoice(TFMobileBertPreTrainedModel):
             t = tf.convert_to_tensor(t)
             return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
 
-        inputs = dict(input_ids=flat(input_ids), attention_mask=flat(attention_mask),
-                      token_type_ids=flat(token_type_ids), position_ids=flat(position_ids),
-                      inputs_embeds=flat(inputs_embeds))
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+        return {name: flat(value) for name, value in inputs.items()}
+
+    def head(self, outputs, inputs, training, labels=None):
+        reference = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
         logits = self.classifier(dropout(outputs.pooler_output, self.classifier_dropout, training))
-        logits = tf.reshape(logits, [-1, num_choices])
+        logits = tf.reshape(logits, [-1, tf.shape(reference)[1]])
         loss = cross_entropy(logits, labels) if labels is not None else None
-        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                           attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                         attentions=outputs.attentions)
 
 
 class TFMobileBertForTokenClassification(TFMobileBertPreTrainedModel):
@@ -521,21 +524,17 @@ class TFMobileBertForTokenClassification(TFMobileBertPreTrainedModel):
 
     torch_class = torch_mobilebert.MobileBertForTokenClassification
     with_pooler = False
+    label_names = ("labels",)
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.classifier = self.child("classifier", _linear(config, config.hidden_size, config.num_labels))
+        self.classifier = self._add_classifier("classifier", config.num_labels)
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+    def head(self, outputs, inputs, training, labels=None):
         logits = self.classifier(dropout(outputs.last_hidden_state, self.classifier_dropout, training))
         loss = cross_entropy(logits, labels) if labels is not None else None
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                     attentions=outputs.attentions)
 
 
 class TFMobileBertForQuestionAnswering(TFMobileBertPreTrainedModel):
@@ -543,23 +542,18 @@ class TFMobileBertForQuestionAnswering(TFMobileBertPreTrainedModel):
 
     torch_class = torch_mobilebert.MobileBertForQuestionAnswering
     with_pooler = False
+    label_names = ("start_positions", "end_positions")
 
     def __init__(self, config: MobileBertConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         # sized by num_labels (2 for QA) and split into start/end, like the PyTorch class
-        self.qa_outputs = self.child("qa_outputs", _linear(config, config.hidden_size, config.num_labels))
+        self.qa_outputs = self._add_classifier("qa_outputs", config.num_labels)
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, training=False):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      position_ids=position_ids, inputs_embeds=inputs_embeds)
-        outputs = self.encode(inputs, output_attentions, output_hidden_states, training)
+    def head(self, outputs, inputs, training, start_positions=None, end_positions=None):
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (tf.squeeze(t, -1) for t in tf.split(logits, 2, axis=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return finish(output, return_dict, self.config)
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -96,6 +96,8 @@ def test_errors_name_the_problem() -> None:
         model(input_ids=np.array([[1, 40]], np.int32))
     with pytest.raises(InputError, match="exactly one of input_ids and inputs_embeds"):
         model()
+    with pytest.raises(InputError, match="unexpected argument 'label' .its labels are start_positions, end_positions"):
+        lamina.TFMobileBertForQuestionAnswering(make_config("ForQuestionAnswering"))(input_ids=np.array([[1]]), label=1)
     with pytest.raises(InputError, match="multiple choice"):
         lamina.TFMobileBertForMultipleChoice(make_config("ForMultipleChoice"))(input_ids=np.array([[1, 2]], np.int32))
     state = {e.torch_name: e.variable.numpy() for e in model.checkpoint_entries()}
