@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import InputError
 from ..models import mobilebert as torch_mobilebert
+from ..models.encoder import finish
 from ..models.mobilebert import TORCH_DEFAULT_EPS, MobileBertConfig
 from ..outputs import (
     BaseModelOutputWithPooling,
@@ -41,7 +42,6 @@ from .layers import (
     question_answering_loss,
     sequence_classification_loss,
 )
-from ..models.encoder import finish
 from .modeling import TFPreTrainedModel
 from .runtime import tf
 

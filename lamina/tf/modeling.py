@@ -81,7 +81,7 @@ class TFPreTrainedModel(Named, keras.Model):
         for name, entry in entries.items():
             if name not in state:
                 raise CheckpointError(f"{where}: missing key {name!r} needed by {type(self).__name__}")
-            _assign(entry, np.asarray(state[name], np.float32), name, where)
+            _assign(entry, np.asarray(state[name], np.float32), repr(name), where)
 
     def tf_weights(self) -> dict[str, np.ndarray]:
         """The weights under transformers' TF names and layouts; a name registered twice (a tied
@@ -109,7 +109,7 @@ class TFPreTrainedModel(Named, keras.Model):
             if ignore_mismatched_sizes and tuple(value.shape) != tuple(entry.variable.shape):
                 info.mismatched_keys.append((entry.torch_name, tuple(value.shape), tuple(entry.variable.shape)))
                 continue
-            _assign(entry, value, entry.tf_name, where)
+            _assign(entry, value, f"{entry.tf_name!r} (as {entry.torch_name!r})", where)
         for name in weights:
             if name in used:
                 continue
@@ -199,7 +199,8 @@ class TFPreTrainedModel(Named, keras.Model):
             stale.unlink()  # an older tf_model.h5 must not shadow the new weights
 
 
-def _assign(entry: Entry, value: np.ndarray, name: str, where: str) -> None:
+def _assign(entry: Entry, value: np.ndarray, label: str, where: str) -> None:
+    """Shapes compared in PyTorch layout."""
     if tuple(value.shape) != tuple(entry.variable.shape):
-        raise CheckpointError(f"{where}: {name!r} has shape {tuple(value.shape)}, expected {tuple(entry.variable.shape)}")
+        raise CheckpointError(f"{where}: {label} has shape {tuple(value.shape)}, expected {tuple(entry.variable.shape)}")
     entry.variable.assign(value)

@@ -134,3 +134,14 @@ def test_h5_errors_and_long_attributes(tmp_path: Path) -> None:
         assert "weight_names" not in handle["mobilebert"].attrs and "weight_names1" in handle["mobilebert"].attrs
     read = read_tf_h5(tmp_path / "long.h5")
     assert list(read) == list(weights) and read["mobilebert/encoder/layer_._1499/attention/self/query/kernel"][0] == 1499
+
+
+def test_mismatched_head_sizes() -> None:
+    fixture = FIXTURES / "default" / "ForSequenceClassification"
+    five = {i: f"LABEL_{i}" for i in range(5)}
+    with pytest.raises(CheckpointError, match=r"'classifier/kernel' \(as 'classifier.weight'\) has shape \(3, 16\), expected \(5, 16\)"):
+        lamina.TFMobileBertForSequenceClassification.from_pretrained(fixture, id2label=five)
+    model, info = lamina.TFMobileBertForSequenceClassification.from_pretrained(
+        fixture, id2label=five, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert [key for key, _, _ in info.mismatched_keys] == ["classifier.weight", "classifier.bias"]
+    assert model(**batch("ForSequenceClassification", with_labels=False)).logits.shape == (2, 5)
