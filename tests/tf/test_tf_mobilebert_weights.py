@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
+h5py = pytest.importorskip("h5py")
 
 import lamina  # noqa: E402
 import lamina.modeling  # noqa: E402
