@@ -42,7 +42,17 @@ class LoadingInfo:
 
 # Checkpoint formats other than an HF directory register a loader here: given a path, it returns
 # (HF config dict, tensors under HF names) or None when the path is not of its format.
-FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original]
+def _load_tf_h5(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
+    """transformers' TensorFlow weights (`tf_model.h5`) for the PyTorch classes; h5py is needed
+    only when such a file is there."""
+    if not (path / "tf_model.h5").is_file():
+        return None
+    from .tf.h5 import load_tf_checkpoint
+
+    return load_tf_checkpoint(path)
+
+
+FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original, _load_tf_h5]
 
 
 def check_attn_implementation(name: str | None) -> str:
@@ -202,6 +212,8 @@ class PreTrainedModel(nn.Module):
         registered loader recognises (GGUF, Mistral's original layout, …)."""
         config_overrides.pop("trust_remote_code", None)
         config_overrides.pop("low_cpu_mem_usage", None)
+        config_overrides.pop("from_tf", None)  # the file found decides the format
+        config_overrides.pop("from_pt", None)
         path = Path(pretrained_model_name_or_path)
         tensors: Mapping[str, torch.Tensor] | None = None
         directory: Path | None = None

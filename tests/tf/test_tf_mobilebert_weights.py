@@ -15,7 +15,7 @@ h5py = pytest.importorskip("h5py")
 import lamina  # noqa: E402
 import lamina.modeling  # noqa: E402
 from lamina.errors import CheckpointError  # noqa: E402
-from lamina.tf.h5 import load_tf_checkpoint, read_tf_h5, write_tf_h5  # noqa: E402
+from lamina.tf.h5 import read_tf_h5, write_tf_h5  # noqa: E402
 from tests.tf.tf_helpers import assert_close, batch, make_config, torch_model, torch_outputs  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tf_mobilebert"
@@ -70,14 +70,11 @@ def test_save_round_trips_through_both_formats(suffix: str, switches: dict, tmp_
     assert_close(expected, torch_outputs(getattr(lamina, "MobileBert" + suffix).from_pretrained(tmp_path / "safe"), batch(suffix)))
     assert_close(expected, tf_outputs(tf_class.from_pretrained(tmp_path / "safe"), suffix))
     assert_close(expected, tf_outputs(tf_class.from_pretrained(tmp_path / "h5"), suffix))
-    # lamina's PyTorch classes read tf_model.h5 once the loader is registered
+    # lamina's PyTorch classes read tf_model.h5 too (from_tf=True as transformers users pass it)
     torch_class = getattr(lamina, "MobileBert" + suffix)
-    original = list(lamina.modeling.FORMAT_LOADERS)
-    lamina.modeling.FORMAT_LOADERS.append(load_tf_checkpoint)
-    try:
-        assert_close(expected, torch_outputs(torch_class.from_pretrained(tmp_path / "h5"), batch(suffix)))
-    finally:
-        lamina.modeling.FORMAT_LOADERS[:] = original
+    loaded = torch_class.from_pretrained(tmp_path / "h5", from_tf=True)
+    assert "from_tf" not in loaded.config.to_dict()
+    assert_close(expected, torch_outputs(loaded, batch(suffix)))
 
 
 @pytest.mark.parametrize("case", ["default/ForPreTraining", "layer_norm/ForPreTraining", "default/ForQuestionAnswering"])
