@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import read_config_json
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -38,6 +38,26 @@ _DEFAULTS: dict[str, Any] = {
     "cache_implementation": None,
 }
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+# transformers' fields that lamina does not implement, with the value that means "off": a file or a
+# call may carry them at that value, any other value is refused rather than silently ignored
+_UNSUPPORTED: dict[str, Any] = {
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "top_h": None,
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "renormalize_logits": False,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "penalty_alpha": None,
+}
 
 
 class GenerationConfig:
@@ -71,6 +91,12 @@ class GenerationConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"generation config {name}: expected {expected}, found {getattr(self, name)!r}")
+        for name, neutral in _UNSUPPORTED.items():
+            value = getattr(self, name, neutral)
+            if value != neutral:
+                raise UnsupportedError(
+                    f"generation config {name}={value!r} is not supported by lamina (leave it at {neutral!r})"
+                )
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> GenerationConfig:
@@ -81,7 +107,7 @@ class GenerationConfig:
         """Set the given known fields; return the keyword arguments that are not generation fields."""
         unused = {}
         for name, value in kwargs.items():
-            if name in _DEFAULTS or name in self._extra:
+            if name in _DEFAULTS or name in self._extra or name in _UNSUPPORTED:
                 setattr(self, name, value)
             else:
                 unused[name] = value

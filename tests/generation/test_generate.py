@@ -187,6 +187,11 @@ def test_bad_arguments_name_the_problem(pair):
         ours.generate(ids, num_return_sequences=2)
     with pytest.raises(InputError, match="max_length is 2"):
         ours.generate(ids, max_length=2)
+    with pytest.raises(lamina.UnsupportedError, match="no_repeat_ngram_size=3 is not supported"):
+        ours.generate(ids, no_repeat_ngram_size=3)
+    assert GenerationConfig(typical_p=1.0, suppress_tokens=None).typical_p == 1.0  # "off" values load
+    with pytest.raises(lamina.UnsupportedError, match="typical_p=0.9"):
+        GenerationConfig(typical_p=0.9)
 
 
 @pytest.mark.parametrize("interval", [3, 5])
