@@ -21,7 +21,6 @@ _DEFAULTS: dict[str, Any] = {
     "min_length": 0,
     "min_new_tokens": None,
     "do_sample": False,
-    "num_beams": 1,
     "temperature": 1.0,
     "top_k": 50,
     "top_p": 1.0,
@@ -41,6 +40,7 @@ _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 # transformers' fields that lamina does not implement, with the value that means "off": a file or a
 # call may carry them at that value, any other value is refused rather than silently ignored
 _UNSUPPORTED: dict[str, Any] = {
+    "num_beams": 1,  # beam search
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
@@ -69,12 +69,13 @@ class GenerationConfig:
         for name, default in _DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
         self._extra = dict(kwargs)
-        for name, value in kwargs.items():
+        for name, value in {**_UNSUPPORTED, **kwargs}.items():
             setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ConfigError` naming the field for values generate cannot use."""
+        """Raise `ConfigError` naming the field for values out of range, `UnsupportedError` for
+        settings of transformers' that lamina does not implement."""
         checks = [
             ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 0, "an integer >= 0"),
             ("max_length", self.max_length is None or self.max_length > 0, "a positive integer"),
@@ -86,13 +87,12 @@ class GenerationConfig:
             ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
             ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
              "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
-            ("num_beams", self.num_beams == 1, "1 (lamina decodes greedily or by sampling; beam search is not implemented)"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"generation config {name}: expected {expected}, found {getattr(self, name)!r}")
         for name, neutral in _UNSUPPORTED.items():
-            value = getattr(self, name, neutral)
+            value = getattr(self, name)
             if value != neutral:
                 raise UnsupportedError(
                     f"generation config {name}={value!r} is not supported by lamina (leave it at {neutral!r})"
