@@ -214,6 +214,9 @@ class PreTrainedModel(nn.Module):
         config_overrides.pop("low_cpu_mem_usage", None)
         config_overrides.pop("from_tf", None)  # the file found decides the format
         config_overrides.pop("from_pt", None)
+        gguf_file = config_overrides.pop("gguf_file", None)
+        if gguf_file is not None:  # transformers' spelling: a directory and the GGUF file in it
+            pretrained_model_name_or_path = Path(pretrained_model_name_or_path) / gguf_file
         path = Path(pretrained_model_name_or_path)
         tensors: Mapping[str, torch.Tensor] | None = None
         directory: Path | None = None

@@ -115,3 +115,14 @@ def test_window_counts_keys_on_every_backend():
         seen = (probs > 0).sum(-1)
         expected = torch.clamp(torch.arange(1, 3 * WINDOW + 1), max=WINDOW)
         assert torch.equal(seen, expected)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_static_cache_prefill_without_attention_mask(backend):
+    """A prefill into a preallocated buffer masks the empty future slots on every backend."""
+    model = tiny("Mistral", attn_implementation=backend)
+    ids = torch.randint(1, 50, (2, 7))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cached = model(ids, past_key_values=model.model.make_cache("static", max_length=16)).logits
+    assert max_diff(full, cached) <= 1e-5

@@ -183,3 +183,15 @@ def test_flash_attention_without_cuda_is_a_clear_error(mistral_dir):
         pytest.skip("CUDA present")
     with pytest.raises(lamina.UnsupportedError, match="flash_attention_2.*CUDA"):
         lamina.MistralForCausalLM.from_pretrained(path, attn_implementation="flash_attention_2")
+
+
+def test_saved_files_are_readable_by_others(mistral_dir, tmp_path):
+    import os
+    import stat
+
+    path, _ = mistral_dir
+    lamina.MistralForCausalLM.from_pretrained(path).save_pretrained(tmp_path / "shared")
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in (tmp_path / "shared").iterdir():
+        assert stat.S_IMODE(item.stat().st_mode) == 0o666 & ~umask, item.name

@@ -296,6 +296,9 @@ class atomic_directory:
                 SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
             ):
                 old.unlink()
+        umask = os.umask(0)
+        os.umask(umask)
         for item in self._tmp.iterdir():
+            os.chmod(item, 0o666 & ~umask)  # as a plain open() would have made them, not mkdtemp's 0600
             os.replace(item, self.destination / item.name)
         self._tmp.rmdir()

@@ -103,6 +103,8 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
+        if kwargs.get("gguf_file") is not None:
+            path = Path(path) / kwargs.pop("gguf_file")
         config = kwargs.get("config")
         if config is None:
             data, where = _config_dict(path)

