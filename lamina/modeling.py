@@ -356,9 +356,9 @@ class PreTrainedModel(nn.Module):
     def checkpoint_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """This model's weights (or `state`, tensors under lamina's names, e.g. gradients) under the
         checkpoint's (HF) names and layouts."""
-        if state is None:
-            state = self.state_dict()
-        state = {k: v for k, v in state.items() if not _is_buffer_key(self, k)}
+        # persistent buffers (batch-norm statistics, …) are part of a checkpoint; state_dict() has
+        # already left out the computed ones
+        state = dict(self.state_dict() if state is None else state)
         for tied in self._active_ties():
             state.pop(tied, None)
         out: dict[str, torch.Tensor] = {}

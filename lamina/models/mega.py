@@ -379,15 +379,6 @@ class MegaPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.embedding_layer.word_embeddings
 
-    def checkpoint_state_dict(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The weights plus the persistent buffers MEGA checkpoints carry (batch-norm statistics,
-        the rotary bias placeholder), so saved files load in transformers 4.x without warnings."""
-        out = super().checkpoint_state_dict(state)
-        if state is None:
-            buffers = {name for name, _ in self.named_buffers()}
-            out.update({k: v for k, v in self.state_dict().items() if k in buffers})
-        return out
-
 
 class MegaModel(MegaPreTrainedModel):
     """The MEGA encoder / decoder: `forward(input_ids)` → `last_hidden_state (batch, seq, hidden)`
