@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     **_decoder_family("lamina.models.mixtral", "Mixtral"),
     **_decoder_family("lamina.models.llama", "Llama"),
     **_decoder_family("lamina.models.llama", "Qwen2"),
+    **_family("lamina.quantization", "quantize", "QuantizationConfig", "BitsAndBytesConfig"),
     **_family("lamina.models.mega", "MegaConfig", "MegaModel", "MegaForCausalLM", "MegaForMaskedLM", "MegaForSequenceClassification", "MegaForMultipleChoice", "MegaForTokenClassification", "MegaForQuestionAnswering"),
     **_family("lamina.models.gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"),
     **_family("lamina.models.persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM", "PersimmonForSequenceClassification", "PersimmonForTokenClassification"),

@@ -241,6 +241,11 @@ class PreTrainedModel(nn.Module):
 
         with torch.device("meta"):
             model = cls(config)
+        saved_quantization = getattr(config, "quantization_config", None)
+        if saved_quantization is not None:  # a quantized checkpoint: empty quantized layers receive it
+            from .quantization import quantize
+
+            quantize(model, saved_quantization)
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
         model.to(_resolve_device(device_map))
         if quantization_config is not None:

@@ -1,0 +1,174 @@
+"""`quantize(model, config)`: swap a model's `nn.Linear` layers for quantized ones, in place.
+
+On a model with real weights the layers are quantized from them. On a model built on the meta
+device (`from_pretrained` of a checkpoint whose config.json carries a `quantization_config`) empty
+quantized layers are put in place for the checkpoint's quantized tensors to fill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedError
+from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
+from .linear import LAYERS, QuantizedLinear
+
+
+def quantize(model: nn.Module, config: Any = "int8", calibration_ids: torch.Tensor | None = None) -> nn.Module:
+    """Quantize every `nn.Linear` of `model` (except `config.modules_to_not_convert`) in place and
+    return the model.
+
+    `config`: a `QuantizationConfig`, a `BitsAndBytesConfig`, a method name ("int8", "int4",
+    "nf4") or a config.json `quantization_config` dict. `calibration_ids (batch, seq)`: text for
+    the activation statistics of smoothing (default: the model's own greedy text). Records `model.quantization_backend`
+    ("lamina" or "bitsandbytes") and writes the config into `model.config.quantization_config`,
+    so `save_pretrained` stores it and `from_pretrained` rebuilds the layers.
+    """
+    wanted = as_quantization_config(config)
+    done = getattr(model, "quantization_method", None)
+    if done is not None:
+        if done.to_dict() != wanted.to_dict():
+            raise UnsupportedError(
+                f"quantize: the model is already quantized as {done.to_dict()}, cannot requantize as {wanted.to_dict()}"
+            )
+        return model
+    if isinstance(config, BitsAndBytesConfig) and _bitsandbytes_usable(model):
+        _quantize_with_bitsandbytes(model, config)
+        backend = "bitsandbytes"
+    else:
+        _replace_linears(model, wanted, calibration_ids)
+        backend = "lamina"
+    model.quantization_method = wanted
+    model.quantization_backend = backend
+    model_config = getattr(model, "config", None)
+    if model_config is not None:
+        _set_config_entry(model_config, "quantization_config", wanted.to_dict())
+        if getattr(model_config, "tie_word_embeddings", False) and _output_embeddings_quantized(model):
+            # the output layer now has its own (quantized) weight: it is saved, not re-tied, on load
+            model_config.tie_word_embeddings = False
+    return model
+
+
+def _replace_linears(model: nn.Module, config: QuantizationConfig, calibration_ids: torch.Tensor | None) -> None:
+    layer_class = LAYERS[config.method]
+    chosen = {
+        name: module for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not _skipped(name, config)
+        # a layer too narrow for the groups stays in full precision
+        and (config.method == "int8" or module.in_features % config.group_size == 0)
+    }
+    input_absmax = {}
+    if config.smoothing is not None and not any(m.weight.is_meta for m in chosen.values()):
+        input_absmax = _calibrate(model, chosen, calibration_ids)
+    for name, module in chosen.items():
+        weight = module.weight
+        kwargs = {} if config.method == "int8" else {"group_size": config.group_size}
+        layer = layer_class(module.in_features, module.out_features, bias=module.bias is not None,
+                            compute_dtype=config.compute_dtype, device=weight.device,
+                            smoothed=config.smoothing is not None, **kwargs)
+        if not weight.is_meta:
+            with torch.no_grad():
+                layer.set_weight(weight.detach())
+                if name in input_absmax:
+                    layer.smooth(weight.detach(), input_absmax[name], config.smoothing)
+        if module.bias is not None:
+            layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+        owner_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner_name) if owner_name else model, attr, layer)
+
+
+CALIBRATION_TOKENS = 32
+
+
+@torch.no_grad()
+def _calibrate(model: nn.Module, layers: dict[str, nn.Linear], calibration_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-input-channel maxima of |activation| `(in,)` of each layer over `calibration_ids`
+    (batch, seq), by default text the model generates greedily from its BOS token (a model
+    without logits is not calibrated)."""
+    if calibration_ids is None:
+        calibration_ids = _self_generated_ids(model)
+        if calibration_ids is None:
+            return {}
+    absmax: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen = inputs[0].detach().abs().reshape(-1, module.in_features).amax(0).float()
+            absmax[name] = torch.maximum(absmax[name], seen) if name in absmax else seen
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in layers.items()]
+    try:
+        model(calibration_ids.to(next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return absmax
+
+
+def _self_generated_ids(model: nn.Module) -> torch.Tensor | None:
+    config = getattr(model, "config", None)
+    if getattr(model, "get_output_embeddings", None) is None or config is None:
+        return None
+    start = getattr(config, "bos_token_id", None)
+    tokens = torch.tensor([[start if isinstance(start, int) else 0]], device=next(model.parameters()).device)
+    for _ in range(CALIBRATION_TOKENS):
+        logits = getattr(model(tokens), "logits", None)
+        if logits is None:
+            return None
+        tokens = torch.cat((tokens, logits[:, -1:].argmax(-1)), dim=1)
+    return tokens
+
+
+def _skipped(name: str, config: QuantizationConfig) -> bool:
+    return any(name == skip or name.endswith("." + skip) for skip in config.modules_to_not_convert)
+
+
+def _output_embeddings_quantized(model: nn.Module) -> bool:
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter is not None and isinstance(getter(), QuantizedLinear)
+
+
+def _set_config_entry(config: Any, key: str, value: Any) -> None:
+    """Set a key the config class does not declare, so that it is written to config.json."""
+    setattr(config, key, value)
+    extra = getattr(config, "_extra_keys", None)
+    if extra is not None and key not in extra:
+        extra.append(key)
+
+
+def _bitsandbytes_usable(model: nn.Module) -> bool:
+    """bitsandbytes quantizes on CUDA; on any other device (or without the package) lamina's own
+    layers run instead."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == "cuda"
+
+
+def _quantize_with_bitsandbytes(model: nn.Module, config: BitsAndBytesConfig) -> None:
+    import bitsandbytes as bnb
+
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or _skipped(name, config.to_lamina()):
+            continue
+        weight = module.weight.detach()
+        if config.load_in_4bit:
+            layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                      compute_dtype=config.bnb_4bit_compute_dtype, quant_type="nf4",
+                                      compress_statistics=config.bnb_4bit_use_double_quant)
+            layer.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type="nf4",
+                                             compress_statistics=config.bnb_4bit_use_double_quant)
+        else:
+            layer = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
+                                        has_fp16_weights=False)
+            layer.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
+        if module.bias is not None:
+            layer.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+        owner_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner_name) if owner_name else model, attr, layer.to(weight.device))

@@ -1,0 +1,161 @@
+"""What to quantize and how: lamina's `QuantizationConfig` and the bitsandbytes-style
+`BitsAndBytesConfig` that Mistral's and transformers' docs print.
+
+Both serialise to the `quantization_config` entry of config.json, so a saved quantized model
+says how to rebuild its layers when it is loaded again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import dtype_name, resolve_dtype
+from ..errors import ConfigError, UnsupportedError
+
+METHODS = ("int8", "int4", "nf4")
+GROUP_SIZES = (32, 64, 128)
+# dtypes a quantized layer can compute in: its activations, outputs and dequantized weights
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class QuantizationConfig:
+    """Weight quantization of a model's linear layers.
+
+    - `method="int8"`: one int8 per weight, one scale per output channel (symmetric).
+    - `method="int4"`: 4-bit weights in groups of `group_size` inputs, each group with its own
+      scale and minimum (asymmetric), two weights per byte.
+    - `method="nf4"`: 4-bit NormalFloat codes in blocks of `group_size`, one absmax per block.
+
+    `compute_dtype` (None: the model's dtype) is what activations and outputs are in.
+    `modules_to_not_convert` lists module names (or name suffixes) left in full precision.
+    `smoothing` (int8 only; None: off) is SmoothQuant's migration strength α for the CPU decode
+    kernel, which rounds activations to int8: per-input-channel scales, calibrated on text the
+    model generates itself, move activation outliers into that kernel's weights first.
+    The default group size is 32, Q4_1's: a model already quantized in groups of 32 (GGUF) keeps
+    its exact values, where groups of 64 add a second rounding.
+    """
+
+    method: str = "int8"
+    group_size: int = 32
+    compute_dtype: torch.dtype | None = None
+    modules_to_not_convert: list[str] = field(default_factory=list)
+    smoothing: float | None = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"quantization_config.method: expected one of {METHODS}, found {self.method!r}")
+        if self.method != "int8" and self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"quantization_config.group_size: expected one of {GROUP_SIZES}, found {self.group_size!r}")
+        self.compute_dtype = check_compute_dtype(self.compute_dtype, "quantization_config.compute_dtype")
+        if self.method != "int8":
+            # nf4 never rounds activations; for int4 the smoothed kernel weight's extra rounding on
+            # top of 4 bits cost more than it saved (bench/RESULTS.md)
+            self.smoothing = None
+        if self.smoothing is not None and not 0 < self.smoothing < 1:
+            raise ConfigError(f"quantization_config.smoothing: expected None or a number in (0, 1), found {self.smoothing!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quant_method": "lamina",
+            "method": self.method,
+            "group_size": self.group_size,
+            "compute_dtype": dtype_name(self.compute_dtype) if self.compute_dtype else None,
+            "modules_to_not_convert": list(self.modules_to_not_convert),
+            "smoothing": self.smoothing,
+        }
+
+
+@dataclass
+class BitsAndBytesConfig:
+    """The bitsandbytes options as transformers spells them; lamina runs what it can of them.
+
+    `load_in_8bit` → int8; `load_in_4bit` with `bnb_4bit_quant_type="nf4"` → nf4 in blocks of 64
+    computing in `bnb_4bit_compute_dtype` (a dtype or a string such as "torch.float16").
+    """
+
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: str = "fp4"
+    bnb_4bit_compute_dtype: Any = None
+    bnb_4bit_use_double_quant: bool = False
+    llm_int8_skip_modules: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.load_in_8bit == self.load_in_4bit:
+            raise ConfigError(
+                "BitsAndBytesConfig: expected exactly one of load_in_8bit and load_in_4bit to be True, "
+                f"found load_in_8bit={self.load_in_8bit}, load_in_4bit={self.load_in_4bit}"
+            )
+        if self.load_in_4bit and self.bnb_4bit_quant_type != "nf4":
+            raise UnsupportedError(
+                f"BitsAndBytesConfig.bnb_4bit_quant_type: lamina implements 'nf4' (and int4 through "
+                f"QuantizationConfig(method='int4')), found {self.bnb_4bit_quant_type!r}"
+            )
+        self.bnb_4bit_compute_dtype = check_compute_dtype(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype")
+
+    def to_lamina(self) -> QuantizationConfig:
+        """The lamina config with the same meaning."""
+        return QuantizationConfig(
+            method="int8" if self.load_in_8bit else "nf4",
+            group_size=64,  # bitsandbytes' nf4 block size
+            compute_dtype=self.bnb_4bit_compute_dtype if self.load_in_4bit else None,
+            modules_to_not_convert=list(self.llm_int8_skip_modules or []),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        compute = self.bnb_4bit_compute_dtype
+        return {
+            "quant_method": "bitsandbytes",
+            "load_in_8bit": self.load_in_8bit,
+            "load_in_4bit": self.load_in_4bit,
+            "bnb_4bit_quant_type": self.bnb_4bit_quant_type,
+            "bnb_4bit_compute_dtype": dtype_name(compute) if compute else None,
+            "bnb_4bit_use_double_quant": self.bnb_4bit_use_double_quant,
+            "llm_int8_skip_modules": self.llm_int8_skip_modules,
+            **self.extra,
+        }
+
+
+def check_compute_dtype(value: Any, argument: str) -> torch.dtype | None:
+    """A dtype, its name or "torch.<name>" → the dtype; anything a quantized layer cannot compute
+    in (integers, float64, float8) is an UnsupportedError."""
+    try:
+        dtype = resolve_dtype(value, argument)
+    except ConfigError:
+        raise UnsupportedError(
+            f"{argument}: expected one of {[dtype_name(d) for d in COMPUTE_DTYPES]}, found {value!r}"
+        ) from None
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
+        raise UnsupportedError(
+            f"{argument}: quantized layers compute in {[dtype_name(d) for d in COMPUTE_DTYPES]}, found {dtype_name(dtype)}"
+        )
+    return dtype
+
+
+def as_quantization_config(value: Any) -> QuantizationConfig:
+    """A QuantizationConfig, a BitsAndBytesConfig, a method name ("int8") or a config.json dict →
+    the QuantizationConfig that lamina runs."""
+    if isinstance(value, QuantizationConfig):
+        return value
+    if isinstance(value, BitsAndBytesConfig):
+        return value.to_lamina()
+    if isinstance(value, str):
+        return QuantizationConfig(method=value)
+    if isinstance(value, dict):
+        data = dict(value)
+        kind = data.pop("quant_method", None)
+        if kind == "lamina":
+            return QuantizationConfig(**data)
+        if kind == "bitsandbytes":
+            known = {k: data.pop(k) for k in list(data) if k in BitsAndBytesConfig.__dataclass_fields__}
+            return BitsAndBytesConfig(**known, extra=data).to_lamina()
+        raise UnsupportedError(f"quantization_config.quant_method: expected 'lamina' or 'bitsandbytes', found {kind!r}")
+    raise ConfigError(
+        "quantization_config: expected a QuantizationConfig, BitsAndBytesConfig, method name or dict, "
+        f"found {type(value).__name__}"
+    )
