@@ -93,7 +93,7 @@ def cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values) if t is not None)
 
 
-def torch_worker(engine: str, mode: str, model_path: Path, threads: int, new_tokens: int) -> dict:
+def torch_worker(engine: str, mode: str, hf_dir: Path, threads: int, new_tokens: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -105,15 +105,13 @@ def torch_worker(engine: str, mode: str, model_path: Path, threads: int, new_tok
         before = rss_bytes()
         start = time.perf_counter()
         quantization = QuantizationConfig(method=mode) if mode in ("int8", "int4") else None
-        model = lamina.AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quantization)
+        model = lamina.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype, quantization_config=quantization)
     else:
         import transformers
 
         before = rss_bytes()
         start = time.perf_counter()
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_path.parent, gguf_file=model_path.name, dtype=dtype, attn_implementation="sdpa"
-        )
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype, attn_implementation="sdpa")
     load_seconds = time.perf_counter() - start
     load_peak = peak_rss_bytes() - before
     model.eval()
@@ -178,7 +176,18 @@ def run_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> di
     engine, _, mode = spec.partition(":")
     if engine == "llama.cpp":
         return llama_cpp_worker(model_path, threads, new_tokens)
-    return torch_worker(engine, mode, model_path, threads, new_tokens)
+    return torch_worker(engine, mode, hf_safetensors_dir(model_path), threads, new_tokens)
+
+
+def hf_safetensors_dir(model_path: Path) -> Path:
+    """The GGUF converted once (by lamina, dequantized to float32) into an HF safetensors directory,
+    which both torch engines load: transformers' own GGUF path needs `accelerate`."""
+    target = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-bench-{model_path.stem}"
+    if not (target / "config.json").exists():
+        import lamina
+
+        lamina.AutoModelForCausalLM.from_pretrained(model_path).save_pretrained(target)
+    return target
 
 
 def versions() -> dict[str, str]:
@@ -213,7 +222,7 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
     lines = [
         "## Latest run (bench/run.py)",
         "",
-        f"- model: `{model_path.name}`; prompt {PROMPT_TOKENS} tokens; decode {new_tokens} new tokens after a 16-token prompt, greedy",
+        f"- model: `{model_path.name}` (torch engines load it converted to float32 safetensors; llama.cpp the GGUF); prompt {PROMPT_TOKENS} tokens; decode {new_tokens} new tokens after a 16-token prompt, greedy",
         f"- CPU: {cpu_name()}, {threads} threads (os.cpu_count() = {os.cpu_count()}); load average at the end: "
         f"{os.getloadavg()[0]:.2f} (the machine is shared: other jobs ran during the benchmark)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
@@ -270,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(run_worker(args.worker, model_path, args.threads, args.new_tokens)))
         return 0
+    hf_safetensors_dir(model_path)
     bandwidth = read_bandwidth(args.threads)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
     results: dict[str, dict] = {}
