@@ -36,6 +36,10 @@ class LayerCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
 
+    def reset(self) -> None:
+        """Forget every stored token, keeping the buffers (a dynamic cache drops them)."""
+        self.keys = self.values = None
+
 
 class DynamicLayerCache(LayerCache):
     def __init__(self) -> None:
@@ -66,6 +70,9 @@ class StaticLayerCache(LayerCache):
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.arange(self.max_length, device=device)
+
+    def reset(self) -> None:
+        pass  # slots past the queries are masked as future positions until they are written again
 
     def update(self, key, value, cache_position):
         if self.keys is None:
@@ -122,6 +129,11 @@ class RollingLayerCache(LayerCache):
             self.keys = self.keys.index_select(0, beam_idx)
             self.values = self.values.index_select(0, beam_idx)
 
+    def reset(self) -> None:
+        self.written = False
+        if self.positions is not None:
+            self.positions.fill_(-1)
+
 
 class Cache:
     """The per-layer caches of one model plus the count of tokens seen (`get_seq_length()`)."""
@@ -141,6 +153,12 @@ class Cache:
 
     def advance(self, new_tokens: int) -> None:
         self.seen_tokens += new_tokens
+
+    def reset(self) -> None:
+        """Empty every layer for a new sequence, keeping preallocated buffers."""
+        for layer in self.layers:
+            layer.reset()
+        self.seen_tokens = 0
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         for layer in self.layers:

@@ -35,8 +35,12 @@ _DEFAULTS: dict[str, Any] = {
     "bos_token_id": None,
     "eos_token_id": None,
     "cache_implementation": None,
+    "disable_compile": False,
+    "compile_config": None,
 }
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+# what `compile_config` may set: keyword arguments of `torch.compile`
+_COMPILE_KEYS = {"fullgraph", "dynamic", "backend", "mode", "options"}
 # transformers' fields that lamina does not implement, with the value that means "off": a file or a
 # call may carry them at that value, any other value is refused rather than silently ignored
 _UNSUPPORTED: dict[str, Any] = {
@@ -87,6 +91,8 @@ class GenerationConfig:
             ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
             ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
              "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
+            ("compile_config", self.compile_config is None or set(self.compile_settings()) <= _COMPILE_KEYS,
+             f"None or torch.compile settings among {sorted(_COMPILE_KEYS)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -116,6 +122,18 @@ class GenerationConfig:
 
     def copy(self) -> GenerationConfig:
         return copy.deepcopy(self)
+
+    def compile_settings(self) -> dict[str, Any] | None:
+        """`compile_config` as `torch.compile` keyword arguments: a dict, or transformers'
+        `CompileConfig` (its private fields dropped); None when unset."""
+        found = self.compile_config
+        if found is None:
+            return None
+        if hasattr(found, "to_dict"):
+            found = {k: v for k, v in found.to_dict().items() if not k.startswith("_")}
+        if not isinstance(found, dict):
+            raise ConfigError(f"generation config compile_config: expected a dict or CompileConfig, found {found!r}")
+        return dict(found)
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -10,12 +10,22 @@ output is what a per-step check would give.
 A model takes part by having `forward(input_ids, attention_mask, past_key_values, use_cache, …)`
 return `.logits (batch, seq, vocab)` and `.past_key_values`; `prepare_inputs_for_generation` and
 `make_generation_cache` are the hooks a model with another interface overrides.
+
+A model that also offers `decode_step(input_ids, position_ids, cache_position, attention_mask,
+cache) → logits (batch, vocab)` (the decoders) runs every step after the prompt through it: it has
+the same shapes at every step, so `torch.compile` captures it once (inductor on the CPU, CUDA graphs
+on a GPU). The compiled step is used when `compile_config` asks for it, or, unless
+`disable_compile`, once the model has been asked for `AUTO_COMPILE_TOKENS` tokens in this process:
+compiling costs seconds to a minute (SmolLM2-135M on 2 CPU cores: about 45 s, 13 s with inductor's
+disk cache warm) and saves a third of each step, so it pays only over many tokens
+(bench/RESULTS.md). Any failure to compile falls back to the eager step with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,6 +34,13 @@ from ..outputs import ModelOutput
 from .config import GenerationConfig
 from .processors import LogitsProcessorList, build_processors
 
+
+
+# tokens (batch × new tokens, summed over a model's generate calls) after which the step is compiled
+AUTO_COMPILE_TOKENS = 1024
+# a compiled step's static cache holds a multiple of this many slots, so runs of similar lengths
+# share one graph
+COMPILED_CAPACITY_STEP = 256
 
 
 def stop_check_interval(device: torch.device, streaming: bool) -> int:
@@ -72,6 +89,45 @@ class GenerationMixin:
         if make is None:
             return None
         return make("static", max_length) if max_length is not None else make("dynamic")
+
+    def _wants_compiled_step(self, config: GenerationConfig, new_tokens: int) -> bool:
+        """Compile the decode step when asked to, or once enough tokens make it pay (module docstring)."""
+        if config.disable_compile or not getattr(self, "compilable_decode", False):
+            return False
+        if getattr(self, "_compile_failed", False):
+            return False
+        if config.compile_settings() is not None:
+            return True
+        return getattr(self, "_generated_tokens", 0) + new_tokens >= AUTO_COMPILE_TOKENS
+
+    def _generation_cache(self, batch_size: int, capacity: int, reuse: bool) -> Any:
+        """A static cache of `capacity` slots. A compiled step keeps one across calls (emptied, not
+        reallocated): CUDA graphs replay on fixed addresses. The cache a run returns is then the
+        one the next run reuses, as in transformers."""
+        if not reuse:
+            return self.make_generation_cache(batch_size, capacity)
+        key = (batch_size, capacity)
+        kept = self.__dict__.get("_kept_cache")
+        if kept is None or kept[0] != key:
+            kept = (key, self.make_generation_cache(batch_size, capacity))
+            self.__dict__["_kept_cache"] = kept
+        cache = kept[1]
+        if cache is not None:
+            cache.reset()
+        return cache
+
+    def _decode_step(self, config: GenerationConfig, compiled: bool) -> Callable[..., torch.Tensor] | None:
+        """The step after the prompt: the model's `decode_step` (compiled when `compiled`), or None
+        for a model without one (its `forward` runs every step)."""
+        step = getattr(self, "decode_step", None)
+        if step is None or not compiled:
+            return step
+        settings = compile_settings(config.compile_settings(), self.device)
+        key = repr(sorted(settings.items()))
+        steps = self.__dict__.setdefault("_compiled_steps", {})
+        if key not in steps:
+            steps[key] = _with_eager_fallback(self, torch.compile(step, **settings), step)
+        return steps[key]
 
     def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
         base = generation_config or getattr(self, "generation_config", None)
@@ -135,10 +191,15 @@ class GenerationMixin:
                 "set max_new_tokens to generate"
             )
         total = prompt_length + max_new
-        run = _Buffers(input_ids, attention_mask, total, pad_id)
+        static = config.use_cache and _cache_kind(config) == "static"
+        compiled = static and self._wants_compiled_step(config, batch * max_new)
+        capacity = -(-total // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP if compiled else total
+        run = _Buffers(input_ids, attention_mask, capacity, pad_id)
         cache = None
         if config.use_cache:
-            cache = self.make_generation_cache(batch, total if _cache_kind(config) == "static" else None)
+            cache = self._generation_cache(batch, capacity, reuse=compiled) if static else self.make_generation_cache(batch, None)
+        decode_step = self._decode_step(config, compiled) if cache is not None else None
+        self._generated_tokens = getattr(self, "_generated_tokens", 0) + batch * max_new
         processors = build_processors(config, attention_mask)
         processors.extend(logits_processor or [])
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
@@ -152,13 +213,21 @@ class GenerationMixin:
 
         length = prompt_length
         for step in range(max_new):
-            start = 0 if cache is None or step == 0 else length - 1
-            outputs = self(**self.prepare_inputs_for_generation(
-                run.tokens[:, start:length], run.mask[:, :length], run.positions[:, start:length],
-                cache, run.slots[start:length],
-            ))
-            cache = outputs.past_key_values if cache is not None else None
-            logits = outputs.logits[:, -1, :].float()
+            if step > 0 and decode_step is not None:
+                # fresh one-token tensors each step: a compiled step sees the same inputs every time
+                logits = decode_step(
+                    next_tokens[:, None], run.positions[:, length - 1, None].clone(),
+                    run.slots[length - 1:length].clone(), run.mask, cache,
+                ).float()
+                cache.advance(1)
+            else:
+                start = 0 if cache is None or step == 0 else length - 1
+                outputs = self(**self.prepare_inputs_for_generation(
+                    run.tokens[:, start:length], run.mask[:, :length], run.positions[:, start:length],
+                    cache, run.slots[start:length],
+                ))
+                cache = outputs.past_key_values if cache is not None else None
+                logits = outputs.logits[:, -1, :].float()
             step_scores = processors(run.tokens[:, :length], logits)
             if config.do_sample:
                 probs = torch.softmax(step_scores, dim=-1)
@@ -168,10 +237,11 @@ class GenerationMixin:
             next_tokens = torch.where(unfinished, next_tokens, pad_id)
             run.tokens[:, length] = next_tokens
             length += 1
+            # copies: a CUDA-graph step hands back the same output buffer every step
             if config.output_scores:
-                scores.append(step_scores)
+                scores.append(step_scores.clone())
             if config.output_logits:
-                raw_logits.append(logits)
+                raw_logits.append(logits.clone())
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
             if eos_tensor is not None:
@@ -197,26 +267,58 @@ class GenerationMixin:
         )
 
 
+def compile_settings(compile_config: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
+    """`torch.compile` keyword arguments for the decode step: one full graph with static shapes;
+    CUDA graphs on a GPU ("reduce-overhead"); `compile_config` entries override."""
+    settings: dict[str, Any] = dict(fullgraph=True, dynamic=False)
+    if device.type == "cuda":
+        settings["mode"] = "reduce-overhead"
+    settings.update(compile_config or {})
+    return settings
+
+
+def _with_eager_fallback(model: Any, compiled: Callable[..., torch.Tensor], eager: Callable[..., torch.Tensor]):
+    """The compiled step, falling back to `eager` for good (with a warning) if compiling fails."""
+    state = {"step": None}
+
+    def step(*args: Any) -> torch.Tensor:
+        if state["step"] is not None:
+            return state["step"](*args)
+        try:
+            out = compiled(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
+            warnings.warn(f"generate: compiling the decode step failed ({type(err).__name__}: {err}); "
+                          "decoding eagerly", RuntimeWarning, stacklevel=3)
+            model._compile_failed = True
+            state["step"] = eager
+            return eager(*args)
+        state["step"] = compiled
+        return out
+
+    return step
+
+
 class _Buffers:
-    """The whole run's tokens, mask, position ids and cache slots, allocated once.
+    """The whole run's tokens, mask, position ids and cache slots, allocated once for `capacity`
+    positions (at least prompt + new tokens; a compiled step's cache may hold more).
 
     Position ids count only real tokens (left padding does not shift a row's positions); a padding
     slot gets position 1, as in transformers. Generated tokens are always attended, so the mask is 1
     past the prompt.
     """
 
-    def __init__(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, total: int, pad_id: int) -> None:
+    def __init__(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, capacity: int, pad_id: int) -> None:
         batch, prompt_length = input_ids.shape
         device = input_ids.device
-        self.tokens = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
+        self.tokens = torch.full((batch, capacity), pad_id, dtype=torch.long, device=device)
         self.tokens[:, :prompt_length] = input_ids
-        self.mask = torch.ones((batch, total), dtype=torch.long, device=device)
+        self.mask = torch.ones((batch, capacity), dtype=torch.long, device=device)
         self.mask[:, :prompt_length] = attention_mask
         prompt_positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
         last = prompt_positions[:, -1:]
-        steps = torch.arange(1, total - prompt_length + 1, device=device)
+        steps = torch.arange(1, capacity - prompt_length + 1, device=device)
         self.positions = torch.cat((prompt_positions, last + steps), dim=1)
-        self.slots = torch.arange(total, device=device)
+        self.slots = torch.arange(capacity, device=device)
 
 
 # transformers' cache_implementation values → lamina's cache kinds (rolling buffers are automatic)

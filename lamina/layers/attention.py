@@ -68,6 +68,9 @@ def attend(
     `reorder_and_upcast_attn`).
     """
     groups = query.shape[1] // key.shape[1]
+    if query.shape[2] == 1 and mask is not None and not need_weights and not upcast and not dropout \
+            and query.device.type == "cpu" and torch.compiler.is_compiling():
+        return _single_query_attention(query, key, value, mask, scale), None
     if backend != "eager" and not need_weights and not upcast:
         if backend == "flash_attention_2" and mask is None:
             from flash_attn import flash_attn_func
@@ -99,3 +102,22 @@ def attend(
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
     return torch.matmul(probs, value), probs
+
+
+def _single_query_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One query per row against a cache, in float32, written as broadcast products and sums.
+
+    For a compiled decode step on the CPU: inductor fuses each product into its reduction (one
+    loop over the cache), where the matmul and SDPA kernels cost ~50-120 µs a call at this size
+    (bf16 batched matmul has no fast CPU kernel without AVX-512). `query (batch, heads, 1, dim)`,
+    `key/value (batch, kv_heads, slots, dim)`, `mask (batch or 1, 1, 1, slots)`.
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, 1, dim).float()
+    scores = (grouped * key[:, :, None].float()).sum(-1) * scale  # (batch, kv_heads, groups, slots)
+    probs = torch.softmax(scores + mask.reshape(mask.shape[0], 1, 1, -1).float(), dim=-1)
+    out = (probs[..., None] * value[:, :, None].float()).sum(-2)  # (batch, kv_heads, groups, dim)
+    return out.reshape(batch, heads, 1, dim).to(value.dtype)

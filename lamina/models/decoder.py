@@ -246,6 +246,56 @@ class DecoderModel(PreTrainedModel):
     def make_cache(self, kind: str = "dynamic", max_length: int | None = None) -> Cache:
         return make_cache(self.decoder_spec.layer_windows, kind, max_length)
 
+    def run_layers(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.LongTensor,
+        cache_position: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        fresh: bool,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Positions, every layer and the final norm over `inputs_embeds (batch, seq, hidden)`.
+
+        `fresh`: the cache holds no earlier tokens. Shapes and Python values here depend only on
+        the arguments' shapes, so a one-token step over a static cache traces once for
+        `torch.compile` (the cache's token count is advanced by the caller). Returns the normed
+        hidden state and the per-layer hidden states, attention weights and router logits.
+        """
+        hidden = inputs_embeds
+        rotary = None
+        if self.rotary_emb is None:
+            hidden = hidden + self.embed_positions(position_ids)
+        else:
+            rotary = self.rotary_emb(position_ids, hidden.dtype)
+        hidden = F.dropout(hidden, self.decoder_spec.embedding_dropout, self.training)
+        masks = MaskBuilder(cache_position, attention_mask, hidden.dtype, fresh=fresh)
+
+        all_hidden, all_attentions, all_router = [], [], []
+        for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            layer_cache = cache[index] if cache is not None else None
+            if self.gradient_checkpointing and self.training:
+                hidden, weights, router = checkpoint(layer, hidden, rotary, masks, layer_cache, output_attentions,
+                                                     use_reentrant=False)
+            else:
+                hidden, weights, router = layer(hidden, rotary, masks, layer_cache, output_attentions)
+            all_attentions.append(weights)
+            all_router.append(router)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return hidden, all_hidden, all_attentions, all_router
+
+    @property
+    def compilable_decode(self) -> bool:
+        """Whether a one-token step traces without host syncs (dynamic NTK rotary reads the largest
+        position on the host)."""
+        return self.rotary_emb is None or self.rotary_emb.rope_type != "dynamic"
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -281,32 +331,12 @@ class DecoderModel(PreTrainedModel):
             cache_position = torch.arange(past_len, past_len + seq, device=inputs_embeds.device)
         if position_ids is None:
             position_ids = cache_position[None].expand(batch, -1)
-
-        hidden = inputs_embeds
-        rotary = None
-        if self.rotary_emb is None:
-            hidden = hidden + self.embed_positions(position_ids)
-        else:
-            rotary = self.rotary_emb(position_ids, hidden.dtype)
-        hidden = F.dropout(hidden, self.decoder_spec.embedding_dropout, self.training)
-        masks = MaskBuilder(cache_position, attention_mask, hidden.dtype, fresh=past_len == 0)
-
-        all_hidden, all_attentions, all_router = [], [], []
-        for index, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            cache = past_key_values[index] if past_key_values is not None else None
-            if self.gradient_checkpointing and self.training:
-                hidden, weights, router = checkpoint(layer, hidden, rotary, masks, cache, output_attentions, use_reentrant=False)
-            else:
-                hidden, weights, router = layer(hidden, rotary, masks, cache, output_attentions)
-            all_attentions.append(weights)
-            all_router.append(router)
+        hidden, all_hidden, all_attentions, all_router = self.run_layers(
+            inputs_embeds, position_ids, cache_position, attention_mask, past_key_values, fresh=past_len == 0,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
         if past_key_values is not None:
             past_key_values.advance(seq)
-        hidden = self.norm(hidden)
-        if output_hidden_states:
-            all_hidden.append(hidden)
 
         fields = dict(
             last_hidden_state=hidden,
@@ -357,6 +387,30 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def decode_step(
+        self,
+        input_ids: torch.LongTensor,
+        position_ids: torch.LongTensor,
+        cache_position: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        cache: Cache,
+    ) -> torch.Tensor:
+        """`generate`'s cached step: the logits `(batch, vocab)` after the last of `input_ids (batch, new)`.
+
+        Unlike `forward` it checks nothing on the host and leaves advancing the cache's token count
+        to the caller, so with a static cache and an `attention_mask (batch, capacity)` covering
+        the whole run, every step has the same shapes: one graph for `torch.compile`.
+        """
+        decoder = self.decoder
+        hidden, *_ = decoder.run_layers(
+            decoder.embed_tokens(input_ids), position_ids, cache_position, attention_mask, cache, fresh=False
+        )
+        return self.lm_head(hidden[:, -1])
+
+    @property
+    def compilable_decode(self) -> bool:
+        return self.decoder.compilable_decode
 
     def forward(
         self,

@@ -1,0 +1,112 @@
+"""The compiled decode step: same tokens as transformers and as the eager step, when it is chosen,
+and the eager fallback when compiling fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lamina
+from lamina.generation import decoding
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(
+    vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)
+# one model with rolling (window 5) and static layers, one with experts
+FAMILIES = {
+    "ministral": ("MinistralConfig", "MinistralForCausalLM", dict(
+        sliding_window=5, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(sliding_window=7, num_local_experts=4, num_experts_per_tok=2)),
+}
+
+
+def _pair(name, tmp_path):
+    config_name, model_name, extra = FAMILIES[name]
+    torch.manual_seed(0)
+    reference = getattr(transformers, model_name)(getattr(transformers, config_name)(**TINY, **extra)).eval()
+    reference.save_pretrained(tmp_path)
+    return reference, lamina.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    ids[0, :3] = 0
+    return dict(input_ids=ids, attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_compiled_step_gives_the_reference_tokens(name, tmp_path):
+    reference, ours = _pair(name, tmp_path)
+    batch = _batch()
+    # 20 new tokens take the rolling layers 3-4 times round their window
+    expected = reference.generate(**batch, max_new_tokens=20)
+    compiled = ours.generate(**batch, max_new_tokens=20, compile_config={})
+    assert torch.equal(compiled, expected)
+    assert not getattr(ours, "_compile_failed", False)
+    assert torch.equal(ours.generate(**batch, max_new_tokens=20, disable_compile=True), expected)
+    # a second run of another length reuses the graph and the cache (emptied first)
+    shorter = ours.generate(**batch, max_new_tokens=7, compile_config={})
+    assert torch.equal(shorter, expected[:, :16])
+    assert len(ours.__dict__["_compiled_steps"]) == 1
+
+
+@pytest.fixture()
+def counted_compile(monkeypatch):
+    """torch.compile replaced by a call counter around the eager function."""
+    calls = []
+
+    def fake_compile(fn, **settings):
+        calls.append(settings)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _pair("ministral", tmp_path_factory.mktemp("tiny"))[1]
+
+
+def test_compiling_starts_once_enough_tokens_were_asked_for(tiny, monkeypatch, counted_compile):
+    monkeypatch.setattr(decoding, "AUTO_COMPILE_TOKENS", 30)
+    tiny.__dict__.pop("_compiled_steps", None)
+    tiny._generated_tokens = 0
+    batch = _batch()
+    tiny.generate(**batch, max_new_tokens=10)  # 2 × 10 tokens: under the threshold
+    assert counted_compile == []
+    tiny.generate(**batch, max_new_tokens=5)  # 30 in all
+    assert counted_compile == [dict(fullgraph=True, dynamic=False)]
+    tiny.generate(**batch, max_new_tokens=5, disable_compile=True)
+    tiny.generate(**batch, max_new_tokens=5, cache_implementation="dynamic")  # shapes change every step
+    assert len(counted_compile) == 1
+    tiny.generate(**batch, max_new_tokens=5, compile_config={"mode": "max-autotune-no-cudagraphs"})
+    assert counted_compile[-1] == dict(fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+
+def test_a_failed_compile_falls_back_to_eager_with_a_warning(tiny, monkeypatch):
+    def broken_compile(fn, **settings):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tiny.__dict__.pop("_compiled_steps", None)
+    tiny._compile_failed = False
+    batch = _batch()
+    expected = tiny.generate(**batch, max_new_tokens=6, disable_compile=True)
+    with pytest.warns(RuntimeWarning, match="compiling the decode step failed .*no compiler here"):
+        found = tiny.generate(**batch, max_new_tokens=6, compile_config={})
+    assert torch.equal(found, expected)
+    assert tiny._compile_failed
+
+
+def test_compile_config_is_checked(tiny):
+    with pytest.raises(lamina.ConfigError, match="compile_config"):
+        tiny.generate(**_batch(), max_new_tokens=2, compile_config={"fullgraf": True})
