@@ -70,6 +70,7 @@ class StaticLayerCache(LayerCache):
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.arange(self.max_length, device=device)
+        _fixed_address(self.keys, self.values)
 
     def reset(self) -> None:
         pass  # slots past the queries are masked as future positions until they are written again
@@ -97,6 +98,7 @@ class RollingLayerCache(LayerCache):
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.full((self.window,), -1, dtype=torch.long, device=device)
+        _fixed_address(self.keys, self.values, self.positions)
 
     def update(self, key, value, cache_position):
         if self.keys is None:
@@ -133,6 +135,15 @@ class RollingLayerCache(LayerCache):
         self.written = False
         if self.positions is not None:
             self.positions.fill_(-1)
+
+
+def _fixed_address(*buffers: torch.Tensor) -> None:
+    """Tell `torch.compile` that these buffers, written in place by a compiled step, keep their
+    address from call to call, so a CUDA graph can capture the writes (a CUDA graph skips
+    any other input that is written to)."""
+    if buffers[0].device.type == "cuda" and not torch.compiler.is_compiling():
+        for buffer in buffers:
+            torch._dynamo.mark_static_address(buffer)
 
 
 class Cache:

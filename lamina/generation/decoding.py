@@ -101,17 +101,16 @@ class GenerationMixin:
         return getattr(self, "_generated_tokens", 0) + new_tokens >= AUTO_COMPILE_TOKENS
 
     def _generation_cache(self, batch_size: int, capacity: int, reuse: bool) -> Any:
-        """A static cache of `capacity` slots. A compiled step keeps one across calls (emptied, not
-        reallocated): CUDA graphs replay on fixed addresses. The cache a run returns is then the
-        one the next run reuses, as in transformers."""
+        """A static cache of `capacity` slots. A compiled step keeps one per batch size and capacity
+        across calls (emptied, not reallocated): CUDA graphs replay on fixed addresses. The cache a
+        run returns is then the one the next run of that shape reuses, as in transformers."""
         if not reuse:
             return self.make_generation_cache(batch_size, capacity)
+        kept = self.__dict__.setdefault("_kept_caches", {})
         key = (batch_size, capacity)
-        kept = self.__dict__.get("_kept_cache")
-        if kept is None or kept[0] != key:
-            kept = (key, self.make_generation_cache(batch_size, capacity))
-            self.__dict__["_kept_cache"] = kept
-        cache = kept[1]
+        if key not in kept:
+            kept[key] = self.make_generation_cache(batch_size, capacity)
+        cache = kept[key]
         if cache is not None:
             cache.reset()
         return cache
