@@ -210,13 +210,15 @@ class GenerationMixin:
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
+        # the decode step needs the mask only to hide left padding
+        step_mask = run.mask if not bool(attention_mask.all()) else None
         length = prompt_length
         for step in range(max_new):
             if step > 0 and decode_step is not None:
                 # fresh one-token tensors each step: a compiled step sees the same inputs every time
                 logits = decode_step(
                     next_tokens[:, None], run.positions[:, length - 1, None].clone(),
-                    run.slots[length - 1:length].clone(), run.mask, cache,
+                    run.slots[length - 1:length].clone(), step_mask, cache,
                 ).float()
                 cache.advance(1)
             else:

@@ -107,17 +107,17 @@ def attend(
 def _single_query_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """One query per row against a cache, in float32, written as broadcast products and sums.
+    """One query per row against a cache, in float32: for a compiled decode step on the CPU.
 
-    For a compiled decode step on the CPU: inductor fuses each product into its reduction (one
-    loop over the cache), where the matmul and SDPA kernels cost ~50-120 µs a call at this size
-    (bf16 batched matmul has no fast CPU kernel without AVX-512). `query (batch, heads, 1, dim)`,
+    At this size (a few heads, one query, hundreds of slots) the fused SDPA kernel and bf16
+    batched matmuls cost 50-120 µs a call on a CPU without AVX-512; two float32 matmuls with the
+    softmax fused between them by inductor cost about half. `query (batch, heads, 1, dim)`,
     `key/value (batch, kv_heads, slots, dim)`, `mask (batch or 1, 1, 1, slots)`.
     """
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, 1, dim).float()
-    scores = (grouped * key[:, :, None].float()).sum(-1) * scale  # (batch, kv_heads, groups, slots)
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
+    scores = torch.matmul(grouped, key.float().transpose(2, 3)) * scale  # (batch, kv_heads, groups, slots)
     probs = torch.softmax(scores + mask.reshape(mask.shape[0], 1, 1, -1).float(), dim=-1)
-    out = (probs[..., None] * value[:, :, None].float()).sum(-2)  # (batch, kv_heads, groups, dim)
+    out = torch.matmul(probs, value.float())  # (batch, kv_heads, groups, dim)
     return out.reshape(batch, heads, 1, dim).to(value.dtype)

@@ -393,14 +393,15 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
         input_ids: torch.LongTensor,
         position_ids: torch.LongTensor,
         cache_position: torch.LongTensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         cache: Cache,
     ) -> torch.Tensor:
         """`generate`'s cached step: the logits `(batch, vocab)` after the last of `input_ids (batch, new)`.
 
         Unlike `forward` it checks nothing on the host and leaves advancing the cache's token count
         to the caller, so with a static cache and an `attention_mask (batch, capacity)` covering
-        the whole run, every step has the same shapes: one graph for `torch.compile`.
+        the whole run (None: no padding), every step has the same shapes: one graph for
+        `torch.compile`.
         """
         decoder = self.decoder
         hidden, *_ = decoder.run_layers(
