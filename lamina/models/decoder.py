@@ -29,6 +29,7 @@ from ..layers.heads import (
     sequence_classification_loss,
     token_classification_loss,
 )
+from ..layers.linear import Linear
 from ..layers.mlp import GatedMLP, PlainMLP
 from ..layers.moe import SparseMoE, load_balancing_loss
 from ..layers.norms import make_norm
@@ -98,8 +99,8 @@ class DecoderAttention(nn.Module):
         self.dropout = spec.attention_dropout
         self.backend = backend
         width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(spec.hidden_size, width, bias=spec.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, spec.hidden_size, bias=spec.output_bias)
+        self.qkv_proj = Linear(spec.hidden_size, width, bias=spec.attention_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, spec.hidden_size, bias=spec.output_bias)
         if spec.qk_norm:
             self.q_norm = make_norm(spec.norm, self.head_dim, spec.norm_eps)
             self.k_norm = make_norm(spec.norm, self.head_dim, spec.norm_eps)
@@ -381,7 +382,7 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         spec = self.decoder.decoder_spec
-        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.lm_head = Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self.generation_config = GenerationConfig.from_model_config(config)
         self.post_init()
 
@@ -465,7 +466,7 @@ class DecoderForSequenceClassification(_DecoderTask):
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
-        self.score = nn.Linear(self.decoder.decoder_spec.hidden_size, config.num_labels, bias=False)
+        self.score = Linear(self.decoder.decoder_spec.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -497,7 +498,7 @@ class DecoderForTokenClassification(_DecoderTask):
         if dropout is None:
             dropout = getattr(config, "hidden_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
-        self.score = nn.Linear(self.decoder.decoder_spec.hidden_size, config.num_labels)
+        self.score = Linear(self.decoder.decoder_spec.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -521,7 +522,7 @@ class DecoderForQuestionAnswering(_DecoderTask):
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
-        self.qa_outputs = nn.Linear(self.decoder.decoder_spec.hidden_size, 2)
+        self.qa_outputs = Linear(self.decoder.decoder_spec.hidden_size, 2)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,

@@ -14,6 +14,7 @@ import torch
 
 from lamina.errors import ConfigError, UnsupportedError
 from lamina.models.mistral import MistralConfig, MistralForCausalLM
+from lamina.layers.linear import Linear
 from lamina.quantization import (
     BitsAndBytesConfig,
     Int4Linear,
@@ -147,7 +148,7 @@ def test_from_pretrained_quantizes_and_skips_modules(tmp_path):
         tmp_path, quantization_config=QuantizationConfig(method="int4", modules_to_not_convert=["lm_head"])
     )
     assert isinstance(model.model.layers[0].mlp.gate_up_proj, Int4Linear)
-    assert type(model.lm_head) is torch.nn.Linear
+    assert type(model.lm_head) is Linear  # left in full precision
     assert model.config.tie_word_embeddings is True
     assert model.lm_head.weight is model.model.embed_tokens.weight
 

@@ -1,0 +1,33 @@
+"""`Linear`: `nn.Linear` that runs many-row bf16/fp16 products in float32 on CPUs without native
+half-precision matrix units.
+
+Without AVX-512 (BF16) a bf16 matmul on the CPU falls back to slow reference kernels: SmolLM2-135M's
+512-token prefill ran at 67 tokens/s in bf16 against 365 with each weight upcast to float32 for the
+product (bench/RESULTS.md). The upcast costs one pass over the weight per call, which a prompt's
+hundreds of rows amortise; the rounding is the half kernel's own (float32 accumulation, the result
+rounded once to the input's dtype). Few rows (decoding) keep the half-precision kernel: there the
+product is memory-bound and reading half the bytes wins.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# rows per call from which a half-precision product on such a CPU runs in float32
+UPCAST_MIN_ROWS = 16
+_SLOW_HALF = {
+    torch.bfloat16: not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    torch.float16: not torch.ops.mkldnn._is_mkldnn_fp16_supported(),
+}
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` with the same parameters and checkpoint names; see the module docstring."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and _SLOW_HALF.get(x.dtype, False) and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+        return F.linear(x, self.weight, self.bias)
