@@ -98,6 +98,8 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default); > 0 samples")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (with --temperature > 0)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decode step (torch.compile; pays off over long outputs or a long chat)")
 
 
 def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu") -> Any:
@@ -135,6 +137,8 @@ def _generation_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
             kwargs["top_p"] = args.top_p
     if args.seed is not None:
         kwargs["generator"] = torch.Generator(device=model.device).manual_seed(args.seed)
+    if args.compile:
+        kwargs["compile_config"] = {}
     return kwargs
 
 

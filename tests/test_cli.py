@@ -247,3 +247,21 @@ def test_convert_mistral_original_with_its_tokenizer(tmp_path, capsys, tokenizer
     converted = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_compile_flag_asks_generate_for_the_compiled_step(tiny_gguf_with_tokenizer, capsys, monkeypatch):
+    from lamina.generation.decoding import GenerationMixin
+
+    seen = []
+    original = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("compile_config"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    monkeypatch.setattr("torch.compile", lambda fn, **settings: fn)  # the choice is tested, not the compiler
+    base = ["generate", str(tiny_gguf_with_tokenizer), "abc", "--raw", "--max-new-tokens", "4"]
+    assert cli.main(base) == 0
+    assert cli.main(base + ["--compile"]) == 0
+    assert seen == [None, {}]
