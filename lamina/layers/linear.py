@@ -23,11 +23,17 @@ _SLOW_HALF = {
 }
 
 
+def float32_if_slow(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a many-row product of `dtype` inputs should run in on `device`."""
+    return torch.float32 if device.type == "cpu" and _SLOW_HALF.get(dtype, False) else dtype
+
+
 class Linear(nn.Linear):
     """`nn.Linear` with the same parameters and checkpoint names; see the module docstring."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and _SLOW_HALF.get(x.dtype, False) and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
+        work = float32_if_slow(x.dtype, x.device)
+        if work != x.dtype and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
             bias = None if self.bias is None else self.bias.float()
             return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)

@@ -17,13 +17,12 @@ from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_conf
 from .linear import LAYERS, QuantizedLinear
 
 
-def quantize(model: nn.Module, config: Any = "int8", calibration_ids: torch.Tensor | None = None) -> nn.Module:
+def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
     """Quantize every `nn.Linear` of `model` (except `config.modules_to_not_convert`) in place and
     return the model.
 
     `config`: a `QuantizationConfig`, a `BitsAndBytesConfig`, a method name ("int8", "int4",
-    "nf4") or a config.json `quantization_config` dict. `calibration_ids (batch, seq)`: text for
-    the activation statistics of smoothing (default: the model's own greedy text). Records `model.quantization_backend`
+    "nf4") or a config.json `quantization_config` dict. Records `model.quantization_backend`
     ("lamina" or "bitsandbytes") and writes the config into `model.config.quantization_config`,
     so `save_pretrained` stores it and `from_pretrained` rebuilds the layers.
     """
@@ -39,7 +38,7 @@ def quantize(model: nn.Module, config: Any = "int8", calibration_ids: torch.Tens
         _quantize_with_bitsandbytes(model, config)
         backend = "bitsandbytes"
     else:
-        _replace_linears(model, wanted, calibration_ids)
+        _replace_linears(model, wanted)
         backend = "lamina"
     model.quantization_method = wanted
     model.quantization_backend = backend
@@ -52,7 +51,7 @@ def quantize(model: nn.Module, config: Any = "int8", calibration_ids: torch.Tens
     return model
 
 
-def _replace_linears(model: nn.Module, config: QuantizationConfig, calibration_ids: torch.Tensor | None) -> None:
+def _replace_linears(model: nn.Module, config: QuantizationConfig) -> None:
     layer_class = LAYERS[config.method]
     chosen = {
         name: module for name, module in model.named_modules()
@@ -60,67 +59,18 @@ def _replace_linears(model: nn.Module, config: QuantizationConfig, calibration_i
         # a layer too narrow for the groups stays in full precision
         and (config.method == "int8" or module.in_features % config.group_size == 0)
     }
-    input_absmax = {}
-    if config.smoothing is not None and not any(m.weight.is_meta for m in chosen.values()):
-        input_absmax = _calibrate(model, chosen, calibration_ids)
     for name, module in chosen.items():
         weight = module.weight
         kwargs = {} if config.method == "int8" else {"group_size": config.group_size}
         layer = layer_class(module.in_features, module.out_features, bias=module.bias is not None,
-                            compute_dtype=config.compute_dtype, device=weight.device,
-                            smoothed=config.smoothing is not None, **kwargs)
+                            compute_dtype=config.compute_dtype, device=weight.device, **kwargs)
         if not weight.is_meta:
             with torch.no_grad():
                 layer.set_weight(weight.detach())
-                if name in input_absmax:
-                    layer.smooth(weight.detach(), input_absmax[name], config.smoothing)
         if module.bias is not None:
             layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
         owner_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner_name) if owner_name else model, attr, layer)
-
-
-CALIBRATION_TOKENS = 32
-
-
-@torch.no_grad()
-def _calibrate(model: nn.Module, layers: dict[str, nn.Linear], calibration_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per-input-channel maxima of |activation| `(in,)` of each layer over `calibration_ids`
-    (batch, seq), by default text the model generates greedily from its BOS token (a model
-    without logits is not calibrated)."""
-    if calibration_ids is None:
-        calibration_ids = _self_generated_ids(model)
-        if calibration_ids is None:
-            return {}
-    absmax: dict[str, torch.Tensor] = {}
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            seen = inputs[0].detach().abs().reshape(-1, module.in_features).amax(0).float()
-            absmax[name] = torch.maximum(absmax[name], seen) if name in absmax else seen
-        return hook
-
-    handles = [module.register_forward_hook(record(name)) for name, module in layers.items()]
-    try:
-        model(calibration_ids.to(next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return absmax
-
-
-def _self_generated_ids(model: nn.Module) -> torch.Tensor | None:
-    config = getattr(model, "config", None)
-    if getattr(model, "get_output_embeddings", None) is None or config is None:
-        return None
-    start = getattr(config, "bos_token_id", None)
-    tokens = torch.tensor([[start if isinstance(start, int) else 0]], device=next(model.parameters()).device)
-    for _ in range(CALIBRATION_TOKENS):
-        logits = getattr(model(tokens), "logits", None)
-        if logits is None:
-            return None
-        tokens = torch.cat((tokens, logits[:, -1:].argmax(-1)), dim=1)
-    return tokens
 
 
 def _skipped(name: str, config: QuantizationConfig) -> bool:

@@ -32,9 +32,6 @@ class QuantizationConfig:
 
     `compute_dtype` (None: the model's dtype) is what activations and outputs are in.
     `modules_to_not_convert` lists module names (or name suffixes) left in full precision.
-    `smoothing` (int8 only; None: off) is SmoothQuant's migration strength α for the CPU decode
-    kernel, which rounds activations to int8: per-input-channel scales, calibrated on text the
-    model generates itself, move activation outliers into that kernel's weights first.
     The default group size is 32, Q4_1's: a model already quantized in groups of 32 (GGUF) keeps
     its exact values, where groups of 64 add a second rounding.
     """
@@ -43,7 +40,6 @@ class QuantizationConfig:
     group_size: int = 32
     compute_dtype: torch.dtype | None = None
     modules_to_not_convert: list[str] = field(default_factory=list)
-    smoothing: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,12 +47,6 @@ class QuantizationConfig:
         if self.method != "int8" and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"quantization_config.group_size: expected one of {GROUP_SIZES}, found {self.group_size!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype, "quantization_config.compute_dtype")
-        if self.method != "int8":
-            # nf4 never rounds activations; for int4 the smoothed kernel weight's extra rounding on
-            # top of 4 bits cost more than it saved (bench/RESULTS.md)
-            self.smoothing = None
-        if self.smoothing is not None and not 0 < self.smoothing < 1:
-            raise ConfigError(f"quantization_config.smoothing: expected None or a number in (0, 1), found {self.smoothing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +55,6 @@ class QuantizationConfig:
             "group_size": self.group_size,
             "compute_dtype": dtype_name(self.compute_dtype) if self.compute_dtype else None,
             "modules_to_not_convert": list(self.modules_to_not_convert),
-            "smoothing": self.smoothing,
         }
 
 
@@ -150,6 +139,8 @@ def as_quantization_config(value: Any) -> QuantizationConfig:
         data = dict(value)
         kind = data.pop("quant_method", None)
         if kind == "lamina":
+            # files written before activations stopped being rounded carry a "smoothing" entry
+            data.pop("smoothing", None)
             return QuantizationConfig(**data)
         if kind == "bitsandbytes":
             known = {k: data.pop(k) for k in list(data) if k in BitsAndBytesConfig.__dataclass_fields__}

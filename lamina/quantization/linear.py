@@ -1,31 +1,32 @@
 """Quantized linear layers: int8 (per output channel), int4 (grouped, asymmetric) and nf4.
 
-Each layer keeps its quantized weight as frozen parameters in a plain layout — rows are output channels,
-so the checkpoint name maps that split fused q/k/v or gate/up rows work on them unchanged — and
-derives whatever a kernel needs from them on first use.
+Each layer keeps its quantized weight as frozen parameters in a plain layout — rows are output
+channels, so the checkpoint name maps that split fused q/k/v or gate/up rows work on them unchanged —
+and derives what a packed kernel needs from them when the weight is set, loaded or moved.
 
-Kernels, chosen by measurement on a 2-core AVX-512 CPU at SmolLM2-135M's shapes (bench/RESULTS.md):
-- CPU, a few tokens (decode): fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`),
-  activations quantized on the fly. It reads one byte per weight and was the fastest matrix-vector
-  product measured; PyTorch's weight-only packed kernels (`_weight_int8pack_mm`,
-  `_weight_int4pack_mm_for_cpu`) were several times slower at batch 1. int4 layers run on the
-  same kernel through an int8 copy of their 4-bit values (one more rounding, per output channel).
-- Many tokens (prefill) and other devices: dequantize the weight to the compute dtype and use
-  `F.linear`; the matmul is compute-bound there, so the dequantization is amortised, and
-  activations keep full precision.
-- nf4 always computes in its compute dtype through dequantization, as bitsandbytes defines it.
+All of them are weight-only: activations keep their precision. Kernels, measured on a 2-core AVX2
+CPU at SmolLM2-135M's shapes (all 121 of the model's matmuls for one token, bench/RESULTS.md):
+bf16 `F.linear` 15.9 ms, fp32 41.5 ms, **`_weight_int8pack_mm` 12.9 ms** (bf16 activations; 65 ms
+with fp32 ones), **`_weight_int4pack_mm_for_cpu` 11.2 ms**, fbgemm's dynamic int8 10.5 ms (which
+rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so not used), an
+inductor-compiled dequantize-and-multiply 110 ms.
+- A few rows (decoding): the packed kernel of the layer's kind, activations cast to bf16.
+- Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
+  matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
+  precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
+- nf4 always dequantizes into its compute dtype, as bitsandbytes defines it: a memory format.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# up to this many tokens per call (decoding a small batch) the CPU int8 kernel runs, token by token
-FAST_KERNEL_MAX_TOKENS = 8
+from ..layers.linear import float32_if_slow
+
+# up to this many rows a call (decoding a batch) the packed kernels run
+PACKED_KERNEL_MAX_ROWS = 16
 
 # the 16 values of 4-bit NormalFloat (quantiles of a standard normal, rescaled to [-1, 1])
 NF4_CODES = torch.tensor([
@@ -54,15 +55,12 @@ class QuantizedLinear(nn.Module):
     method = ""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype | None,
-                 device: torch.device | str | None = None, smoothed: bool = False) -> None:
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype = compute_dtype
         self.bias = _frozen(torch.zeros(out_features, device=device)) if bias else None
-        # SmoothQuant (see `smooth`): the int8 kernel multiplies inputs by input_scale = 1/s and its
-        # weight by s, which moves activation outliers into the weights before they are rounded
-        self.input_scale = _frozen(torch.ones(in_features, device=device)) if smoothed else None
-        self._int8_kernel: tuple[tuple, torch.Tensor] | None = None  # (weight identity, fbgemm packed weight)
+        self._packed: tuple[torch.Tensor, ...] | None = None  # what the packed kernel reads, on the weight's device
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -71,48 +69,36 @@ class QuantizedLinear(nn.Module):
         """The weight `(out, in)` in `dtype`."""
         raise NotImplementedError
 
-    def kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The int8 kernel's weight: int8 `(out, in)` and one float32 scale per output channel `(out,)`."""
-        if self.input_scale is None and isinstance(self, Int8Linear):
-            return self.weight, self.weight_scale.float()
-        weight = self.dequantize()
-        return quantize_int8(weight if self.input_scale is None else weight / self.input_scale.float())
+    def pack(self) -> tuple[torch.Tensor, ...] | None:
+        """The packed kernel's operands for the weight's device, or None where it has none."""
+        return None
 
-    def uses_fast_kernel(self, x: torch.Tensor) -> bool:
-        tokens = x.numel() // self.in_features
-        return x.device.type == "cpu" and tokens <= FAST_KERNEL_MAX_TOKENS and "fbgemm" in torch.backends.quantized.supported_engines
+    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows (n, in)` → `(n, out)` through the packed kernel (`self._packed` is set)."""
+        raise NotImplementedError
 
-    def _fbgemm_weight(self) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight.device)
-        if self._int8_kernel is None or self._int8_kernel[0] != key:
-            weight, scale = self.kernel_weight()
-            zero = torch.zeros(weight.shape[0], dtype=torch.long)
-            with warnings.catch_warnings():
-                # quantized tensors are deprecated in PyTorch but remain the way into fbgemm's kernel
-                warnings.simplefilter("ignore", UserWarning)
-                qweight = torch._make_per_channel_quantized_tensor(weight, scale.double(), zero, 0)
-            self._int8_kernel = (key, torch.ops.quantized.linear_prepack(qweight, None))
-        return self._int8_kernel[1]
+    def refresh_packed(self) -> None:
+        """Derive the packed operands again (after the weight was set, loaded or moved)."""
+        self._packed = None if self.weight.is_meta else self.pack()
 
-    def smooth(self, weight: torch.Tensor, input_absmax: torch.Tensor, strength: float) -> None:
-        """SmoothQuant's migration for the int8 kernel: with per-input-channel activation maxima
-        `input_absmax (in,)`, s = absmax^α / max|W_col|^(1-α); the kernel's weight becomes W·diag(s)
-        and its inputs x/s. The stored weight stays W, so the dequantized path is unaffected."""
-        weight = weight.float()
-        floor = torch.finfo(torch.float32).eps
-        scale = input_absmax.float().clamp(min=floor) ** strength / weight.abs().amax(0).clamp(min=floor) ** (1 - strength)
-        self.input_scale = _frozen(1 / scale.clamp(min=floor))
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_packed()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.refresh_packed()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype or x.dtype
-        if self.method != "nf4" and self.uses_fast_kernel(x):
-            inputs = x if self.input_scale is None else x * self.input_scale.to(x.dtype)
-            # one call per token: fbgemm rounds a whole call's activations with one scale
-            rows = inputs.reshape(-1, self.in_features).float().split(1)
-            out = torch.cat([torch.ops.quantized.linear_dynamic(row, self._fbgemm_weight(), True) for row in rows])
-            out = out.view(*x.shape[:-1], self.out_features).to(dtype)
+        rows = x.reshape(-1, self.in_features)
+        if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS:
+            out = self.packed_product(rows)
         else:
-            out = self._dequantized_linear(x.to(dtype), dtype)
+            work = float32_if_slow(dtype, x.device)
+            out = self._dequantized_linear(rows.to(work), work)
+        out = out.to(dtype).view(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(dtype)
         # like bitsandbytes: computed in the compute dtype, handed back in the caller's dtype
@@ -129,14 +115,15 @@ class Int8Linear(QuantizedLinear):
     method = "int8"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, smoothed: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, compute_dtype, device, smoothed)
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, compute_dtype, device)
         self.weight = _frozen(torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.weight_scale = _frozen(torch.ones(out_features, device=device))
 
     def set_weight(self, weight: torch.Tensor) -> None:
         codes, scale = quantize_int8(weight)
         self.weight, self.weight_scale = _frozen(codes), _frozen(scale)
+        self.refresh_packed()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
@@ -144,6 +131,15 @@ class Int8Linear(QuantizedLinear):
     def _dequantized_linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # scaling the output rows is cheaper than scaling the weight when tokens < in_features
         return F.linear(x, self.weight.to(dtype)) * self.weight_scale.to(dtype)
+
+    def pack(self) -> tuple[torch.Tensor, ...] | None:
+        if self.weight.device.type != "cpu":
+            return None
+        return (self.weight_scale.to(torch.bfloat16),)
+
+    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
+        (scale,) = self._packed
+        return torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight, scale)
 
 
 class Int4Linear(QuantizedLinear):
@@ -153,8 +149,8 @@ class Int4Linear(QuantizedLinear):
     method = "int4"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype: torch.dtype | None = None,
-                 group_size: int = 64, device: torch.device | str | None = None, smoothed: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, compute_dtype, device, smoothed)
+                 group_size: int = 64, device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, compute_dtype, device)
         self.group_size = group_size
         groups = in_features // group_size
         self.weight = _frozen(torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
@@ -168,11 +164,27 @@ class Int4Linear(QuantizedLinear):
         codes = ((groups - low[..., None]) / scale[..., None]).round_().clamp_(0, 15)
         self.weight = _frozen(pack_nibbles(codes.view(self.out_features, self.in_features)))
         self.weight_scale, self.weight_min = _frozen(scale), _frozen(low)
+        self.refresh_packed()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack_nibbles(self.weight).view(self.out_features, -1, self.group_size).to(dtype)
         weight = codes * self.weight_scale.to(dtype)[..., None] + self.weight_min.to(dtype)[..., None]
         return weight.view(self.out_features, self.in_features)
+
+    def pack(self) -> tuple[torch.Tensor, ...] | None:
+        if self.weight.device.type != "cpu":
+            return None
+        # the kernel reads w = (code - 8) * scale + zero: zero = minimum + 8 * scale, as
+        # (in/group, out, 2) bf16 pairs
+        codes = unpack_nibbles(self.weight).to(torch.int32)
+        packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+        scale, low = self.weight_scale.float(), self.weight_min.float()
+        scales_and_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous()
+        return packed, scales_and_zeros.to(torch.bfloat16)
+
+    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
+        packed, scales_and_zeros = self._packed
+        return torch._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed, self.group_size, scales_and_zeros)
 
 
 class NF4Linear(QuantizedLinear):
@@ -182,8 +194,8 @@ class NF4Linear(QuantizedLinear):
     method = "nf4"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype: torch.dtype | None = None,
-                 group_size: int = 64, device: torch.device | str | None = None, smoothed: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, compute_dtype, device, smoothed)
+                 group_size: int = 64, device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, compute_dtype, device)
         self.group_size = group_size
         self.weight = _frozen(torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.weight_absmax = _frozen(torch.ones(out_features, in_features // group_size, device=device))
