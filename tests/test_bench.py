@@ -1,49 +1,95 @@
-"""bench/run.py's pure parts: the results table, its ratios, and RESULTS.md section replacement."""
+"""`lamina bench` (lamina/bench.py): the results table and its ratios, RESULTS.md section
+replacement, the sliding-window KV measurement and the command on a tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
-RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+import lamina
+from lamina import bench, cli
 
 ROW = dict(load_s=2.0, load_peak_rss=600e6, weight_bytes=500e6, prefill_tok_s=500.0, decode_b1_tok_s=20.0,
-           decode_b8_tok_s=80.0, kv_bytes=1024, kv_tokens=144, backend=None)
+           decode_b8_tok_s=80.0, kv_bytes=1024, kv_tokens=144, backend=None, matmul_tok_s=40.0)
 
 
-def test_report_gives_ratios_to_transformers_and_the_ceiling(bench):
+def _cells(text: str, spec: str) -> list[str]:
+    row = next(line for line in text.splitlines() if line.startswith(f"| {spec} "))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_report_gives_ratios_to_transformers_and_the_ceilings():
     results = {
-        "lamina:float32": dict(ROW, decode_b1_tok_s=30.0, load_s=1.0),
+        "lamina:float32": dict(ROW, decode_b1_tok_s=30.0, eager_b1_tok_s=22.0, load_s=1.0, first_run_s=40.0),
         "transformers:float32": ROW,
         "llama.cpp:gguf": {"error": "llama_cpp is not installed"},
     }
-    text = bench.report(results, bandwidth=25e9, threads=2, model_path=Path("m.gguf"), new_tokens=128)
-    lamina_row = next(line for line in text.splitlines() if line.startswith("| lamina:float32"))
-    cells = [c.strip() for c in lamina_row.strip("|").split("|")]
+    sliding = {"lamina": dict(tokens=264, kv_bytes=32768, window_bytes=32768),
+               "transformers": dict(tokens=264, kv_bytes=65536, window_bytes=32768)}
+    text = bench.report(results, bandwidth=25e9, threads=2, model_path=Path("m.gguf"), new_tokens=128, sliding=sliding)
+    cells = _cells(text, "lamina:float32")
     assert cells[1] == "1.00 (2.00×)"  # load: half the time is 2× better
     assert cells[2] == "600 (1.20)"  # peak RSS over weight bytes
-    assert cells[4] == "30.0 (1.50×)"
-    assert cells[5] == "50"  # 25 GB/s ÷ 500 MB per token
+    assert cells[4] == "22.0 (1.10×)"  # eager decode against transformers' decode
+    assert cells[5] == "30.0 (1.50×)"
+    assert cells[6] == "75%"  # 30 of a 40 tok/s matmul ceiling
+    assert cells[8] == "50"  # 25 GB/s ÷ 500 MB per token
+    assert cells[10] == "40.0"
+    assert _cells(text, "transformers:float32")[4] == "—"
     assert "llama_cpp is not installed" in text
+    assert "lamina: 32,768 KV bytes after 264 tokens; the window is 32,768 bytes: stayed at the window" in text
+    assert "transformers: 65,536 KV bytes after 264 tokens; the window is 32,768 bytes: grew past the window" in text
 
 
-def test_write_results_replaces_only_its_section(bench, tmp_path):
+def test_write_results_replaces_only_its_section(tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# Benchmark results\n\n## Notes\nkeep me\n\n## Latest run (bench/run.py)\nold\n\n## MEGA\nkeep too\n")
-    bench.write_results(out, "## Latest run (bench/run.py)\nnew\n")
+    bench.write_results(out, "## Latest run (lamina bench)\nnew\n")
     text = out.read_text()
     assert "old" not in text and "new" in text
     assert "keep me" in text and "## MEGA\nkeep too" in text
-    bench.write_results(out, "## Latest run (bench/run.py)\nnewer\n")
+    bench.write_results(out, "## Latest run (lamina bench)\nnewer\n")
     assert out.read_text().count("## Latest run") == 1 and "newer" in out.read_text()
+
+
+def test_sliding_window_kv_stays_at_the_window():
+    found = bench.sliding_window_kv("lamina", window=16)
+    assert found["tokens"] == 8 + 4 * 16
+    assert found["kv_bytes"] == found["window_bytes"] == 2 * 2 * 2 * 16 * 16 * 4
+
+
+def test_matmul_time_covers_every_linear_layer(monkeypatch):
+    model = lamina.MistralForCausalLM(lamina.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).eval()
+    calls = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    assert bench.matmul_seconds(model, repeats=1) > 0
+    # 4 linears a layer and the output layer, called in a warm-up and one timed round
+    assert len(calls) == 2 * (2 * 4 + 1) and all(shape[:2] == (1, 1) for shape in calls)
+
+
+def test_bench_command_on_a_tiny_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    lamina.MistralForCausalLM(lamina.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "RESULTS.md"
+    status = cli.main(["bench", str(tmp_path / "tiny"), "--modes", "transformers:float32", "--new-tokens", "2",
+                       "--out", str(out)])
+    assert status == 0
+    cells = _cells(out.read_text(), "transformers:float32")
+    assert float(cells[3].split()[0].replace(",", "")) > 0  # prefill tok/s
+    assert float(cells[5].split()[0].replace(",", "")) > 0  # decode tok/s
+    assert "stayed at the window" in out.read_text()
+
+
+def test_bench_refuses_a_missing_model_and_unknown_modes(tmp_path, capsys):
+    assert cli.main(["bench", str(tmp_path / "nothing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["bench", str(tmp_path), "--modes", "lamina:int3"]) == 1
+    assert "unknown mode 'lamina:int3'" in capsys.readouterr().err

