@@ -79,3 +79,22 @@ def test_flash_attention_without_the_package_says_so(cpu_model, tmp_path):
             lamina.AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cuda", attn_implementation="flash_attention_2")
     else:
         pytest.skip("flash-attn is installed")
+
+
+@pytest.mark.parametrize("method,group_size", [("int8", None), ("int4", 32), ("int4", 64), ("nf4", 64)])
+def test_quantized_layers_on_cuda(method, group_size):
+    from lamina.quantization import Int4Linear, Int8Linear, NF4Linear
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 192) * 0.05
+    layer_class = {"int8": Int8Linear, "int4": Int4Linear, "nf4": NF4Linear}[method]
+    layer = layer_class(192, 96, **({} if group_size is None else {"group_size": group_size}))
+    layer.set_weight(weight)
+    gpu = layer.to("cuda")
+    if method != "nf4":
+        assert gpu._packed is not None and gpu._packed[0].device.type == "cuda"
+    for rows in (1, 4, 40):  # the packed kernel, then the dequantized product
+        x = torch.randn(rows, 192)
+        exact = x @ layer.dequantize().cpu().T
+        found = gpu(x.cuda()).float().cpu()
+        torch.testing.assert_close(found, exact, atol=0.01 * float(exact.abs().max()), rtol=0.01)

@@ -10,7 +10,8 @@ bf16 `F.linear` 15.9 ms, fp32 41.5 ms, **`_weight_int8pack_mm` 12.9 ms** (bf16 a
 with fp32 ones), **`_weight_int4pack_mm_for_cpu` 11.2 ms**, fbgemm's dynamic int8 10.5 ms (which
 rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so not used), an
 inductor-compiled dequantize-and-multiply 110 ms.
-- A few rows (decoding): the packed kernel of the layer's kind, activations cast to bf16.
+- A few rows (decoding): the packed kernel of the layer's kind, activations cast to bf16 (on CUDA:
+  `_weight_int8pack_mm`, and tinygemm's `_weight_int4pack_mm` on compute capability 8.0 and up).
 - Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
   matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
@@ -133,7 +134,7 @@ class Int8Linear(QuantizedLinear):
         return F.linear(x, self.weight.to(dtype)) * self.weight_scale.to(dtype)
 
     def pack(self) -> tuple[torch.Tensor, ...] | None:
-        if self.weight.device.type != "cpu":
+        if self.weight.device.type not in ("cpu", "cuda"):
             return None
         return (self.weight_scale.to(torch.bfloat16),)
 
@@ -172,19 +173,29 @@ class Int4Linear(QuantizedLinear):
         return weight.view(self.out_features, self.in_features)
 
     def pack(self) -> tuple[torch.Tensor, ...] | None:
-        if self.weight.device.type != "cpu":
+        device = self.weight.device.type
+        codes = unpack_nibbles(self.weight)
+        if device == "cpu":
+            packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        elif device == "cuda" and torch.cuda.get_device_capability(self.weight.device) >= (8, 0):
+            # tinygemm: two codes a byte, even columns in the high nibble; inner k-tiles of 16
+            # that divide the input width
+            tiles = next((t for t in (8, 4, 2) if self.in_features % (16 * t) == 0), None)
+            if tiles is None:
+                return None
+            packed = torch._convert_weight_to_int4pack((codes[:, 0::2] << 4) | codes[:, 1::2], tiles)
+        else:
             return None
-        # the kernel reads w = (code - 8) * scale + zero: zero = minimum + 8 * scale, as
+        # the kernels read w = (code - 8) * scale + zero: zero = minimum + 8 * scale, as
         # (in/group, out, 2) bf16 pairs
-        codes = unpack_nibbles(self.weight).to(torch.int32)
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
         scale, low = self.weight_scale.float(), self.weight_min.float()
         scales_and_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous()
         return packed, scales_and_zeros.to(torch.bfloat16)
 
     def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
         packed, scales_and_zeros = self._packed
-        return torch._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed, self.group_size, scales_and_zeros)
+        kernel = torch._weight_int4pack_mm_for_cpu if rows.device.type == "cpu" else torch._weight_int4pack_mm
+        return kernel(rows.to(torch.bfloat16), packed, self.group_size, scales_and_zeros)
 
 
 class NF4Linear(QuantizedLinear):
