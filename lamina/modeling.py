@@ -268,8 +268,8 @@ class PreTrainedModel(nn.Module):
     ) -> LoadingInfo:
         """Map, check and assign a checkpoint's tensors (HF names) onto this model in place."""
         info = LoadingInfo()
-        state = self._map_checkpoint(tensors, info)
         expected = {k: v for k, v in self.state_dict(keep_vars=True).items()}
+        state = self._map_checkpoint(tensors, info, expected, dtype)
         for tied in self._active_ties():
             expected.pop(tied, None)
             state.pop(tied, None)
@@ -297,9 +297,6 @@ class PreTrainedModel(nn.Module):
                 continue
             raise CheckpointError(f"{where}: missing key {key!r} needed by {type(self).__name__}")
 
-        for key, tensor in state.items():
-            if tensor.is_floating_point() and expected[key].is_floating_point():
-                state[key] = tensor.to(dtype)
         self.load_state_dict(state, strict=False, assign=True)
         self._materialize_rest(dtype)
         if info.missing_keys:
@@ -308,8 +305,15 @@ class PreTrainedModel(nn.Module):
             logger.warning("%s: checkpoint keys not used: %s", type(self).__name__, info.unexpected_keys)
         return info
 
-    def _map_checkpoint(self, tensors: Mapping[str, torch.Tensor], info: LoadingInfo) -> dict[str, torch.Tensor]:
-        """Checkpoint names → this model's names: prefix reconciliation, then the name map."""
+    def _map_checkpoint(
+        self, tensors: Mapping[str, torch.Tensor], info: LoadingInfo, expected: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+    ) -> dict[str, torch.Tensor]:
+        """Checkpoint names → this model's names: prefix reconciliation, then the name map.
+
+        Each tensor is converted to `dtype` (floating parameters only) as soon as it is built, and
+        the file pages behind a tensor that only survives as a copy are released, so peak memory
+        stays near the loaded model's bytes rather than the file's plus the copies'."""
         prefix = self.base_model_prefix + "."
         keys = [k for k in tensors if not any(re.search(p, k) for p in self.ignore_on_load)]
         has_prefix = any(k.startswith(prefix) for k in keys)
@@ -332,10 +336,22 @@ class PreTrainedModel(nn.Module):
             if not all(present):
                 missing = [s for s, p in zip(rule.sources, present) if not p]
                 raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {rule.target!r})")
-            state[rule.target] = rule.merge([tensors[renamed.pop(s)] for s in rule.sources])
+            keys = [renamed.pop(s) for s in rule.sources]
+            state[rule.target] = self._converted(rule.target, rule.merge([tensors[k] for k in keys]), expected, dtype)
+            _release(tensors, keys)
         for name, key in renamed.items():
-            state[name] = tensors[key]
+            source = tensors[key]
+            state[name] = self._converted(name, source, expected, dtype)
+            if state[name].data_ptr() != source.data_ptr():
+                _release(tensors, [key])
         return state
+
+    @staticmethod
+    def _converted(name: str, tensor: torch.Tensor, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        target = expected.get(name)
+        if target is not None and tensor.is_floating_point() and target.is_floating_point():
+            return tensor.to(dtype)
+        return tensor
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:
         """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""
@@ -393,6 +409,13 @@ class PreTrainedModel(nn.Module):
             write_weights(state, tmp, max_shard_size, safe_serialization)
             for hook in getattr(self, "extra_save_hooks", ()):
                 hook(tmp)
+
+
+def _release(tensors: Mapping[str, torch.Tensor], keys: list[str]) -> None:
+    release = getattr(tensors, "release", None)
+    if release is not None:
+        for key in keys:
+            release(key)
 
 
 def _is_buffer_key(model: nn.Module, key: str) -> bool:

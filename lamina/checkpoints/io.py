@@ -115,6 +115,17 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
     def shape(self, key: str) -> tuple[int, ...]:
         return self._entries[key][1]
 
+    def release(self, key: str) -> None:
+        """Drop the memory pages that reading `key` brought in, once a copy of it is all that is
+        kept (converted or merged): they count in the process's RSS while mapped. The mapping is
+        never written, so a later read only pages them in again from the file."""
+        _, _, begin, end = self._entries[key]
+        if self._map is None or begin == end or not hasattr(self._map, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = (self._data_start + begin) // page * page
+        self._map.madvise(mmap.MADV_DONTNEED, start, self._data_start + end - start)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -143,6 +154,12 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
 
     def source(self, key: str) -> str:
         return self._key_to_file.get(key, "<checkpoint>")
+
+    def release(self, key: str) -> None:
+        """See `SafetensorsFile.release` (other formats hold no mapped pages to drop)."""
+        handle = self._files[self._key_to_file[key]]
+        if isinstance(handle, SafetensorsFile):
+            handle.release(key)
 
     def shape(self, key: str) -> tuple[int, ...]:
         handle = self._files[self._key_to_file[key]]
