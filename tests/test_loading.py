@@ -4,6 +4,7 @@ or input gets its clear error."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +196,29 @@ def test_saved_files_are_readable_by_others(mistral_dir, tmp_path):
     os.umask(umask)
     for item in (tmp_path / "shared").iterdir():
         assert stat.S_IMODE(item.stat().st_mode) == 0o666 & ~umask, item.name
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+def test_released_pages_leave_the_rss_and_read_back_unchanged(tmp_path):
+    from lamina.checkpoints.io import SafetensorsFile
+
+    tensor = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MiB
+    save_file({"big": tensor, "small": torch.ones(3)}, tmp_path / "model.safetensors")
+    del tensor
+    handle = SafetensorsFile(tmp_path / "model.safetensors")
+    before = _rss()
+    total = float(handle["big"].sum())  # pages the whole tensor in
+    touched = _rss()
+    handle.release("big")
+    released = _rss()
+    assert touched - before > 48 * 2**20
+    assert touched - released > 48 * 2**20
+    assert float(handle["big"].sum()) == total  # read again from the file
+    assert torch.equal(handle["small"], torch.ones(3))
