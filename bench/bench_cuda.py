@@ -1,6 +1,7 @@
 """GPU decode benchmark: lamina against transformers on the same random weights, one CUDA device.
 
     python bench/bench_cuda.py [--shapes smollm2-135m,mistral-7b] [--new-tokens 128] [--out FILE]
+                               [--quantized int8,int4] [--lamina-only]
 
 Random weights of a real model's shapes (decode speed does not depend on the values), bf16, sdpa.
 Rows: lamina's eager step, lamina's compiled step (CUDA graphs), transformers' default (dynamic
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="smollm2-135m,mistral-7b")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quantized", default="", help="lamina quantization methods to add as compiled rows")
+    parser.add_argument("--lamina-only", action="store_true", help="skip the transformers rows")
     args = parser.parse_args()
     import transformers
 
@@ -98,13 +101,21 @@ def main() -> None:
             rows["lamina compiled (CUDA graphs)"] = measure(ours, vocab, args.new_tokens, dict(compile_config={}))
             del ours
             torch.cuda.empty_cache()
-            theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, device_map="cuda",
-                                                                       attn_implementation="sdpa")
-            rows["transformers dynamic cache"] = measure(theirs, vocab, args.new_tokens, {})
-            rows["transformers static cache (auto-compiled)"] = measure(theirs, vocab, args.new_tokens,
-                                                                        dict(cache_implementation="static"))
-            del theirs
-            torch.cuda.empty_cache()
+            for method in filter(None, args.quantized.split(",")):
+                quantized = lamina.AutoModelForCausalLM.from_pretrained(
+                    tmp, dtype=torch.bfloat16, device_map="cuda", attn_implementation="sdpa",
+                    quantization_config=lamina.QuantizationConfig(method=method))
+                rows[f"lamina {method} compiled"] = measure(quantized, vocab, args.new_tokens, dict(compile_config={}))
+                del quantized
+                torch.cuda.empty_cache()
+            if not args.lamina_only:
+                theirs = transformers.AutoModelForCausalLM.from_pretrained(
+                    tmp, dtype=torch.bfloat16, device_map="cuda", attn_implementation="sdpa")
+                rows["transformers dynamic cache"] = measure(theirs, vocab, args.new_tokens, {})
+                rows["transformers static cache (auto-compiled)"] = measure(theirs, vocab, args.new_tokens,
+                                                                            dict(cache_implementation="static"))
+                del theirs
+                torch.cuda.empty_cache()
         base = rows["lamina eager"]
         for engine, row in rows.items():
             same = [bool(torch.equal(row[f"tokens_b{b}"], base[f"tokens_b{b}"])) for b in (1, 8)]

@@ -98,3 +98,8 @@ def test_quantized_layers_on_cuda(method, group_size):
         exact = x @ layer.dequantize().cpu().T
         found = gpu(x.cuda()).float().cpu()
         torch.testing.assert_close(found, exact, atol=0.01 * float(exact.abs().max()), rtol=0.01)
+    # the last position of each row of a batch (a strided view), as logits_to_keep=1 hands the output layer
+    hidden = torch.randn(8, 5, 192)
+    exact = hidden[:, -1:] @ layer.dequantize().cpu().T
+    found = gpu(hidden.cuda()[:, -1:, :]).float().cpu()
+    torch.testing.assert_close(found, exact, atol=0.01 * float(exact.abs().max()), rtol=0.01)

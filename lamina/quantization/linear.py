@@ -95,7 +95,7 @@ class QuantizedLinear(nn.Module):
         dtype = self.compute_dtype or x.dtype
         rows = x.reshape(-1, self.in_features)
         if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS:
-            out = self.packed_product(rows)
+            out = self.packed_product(rows.contiguous())  # the CUDA kernels take no strided rows
         else:
             work = float32_if_slow(dtype, x.device)
             out = self._dequantized_linear(rows.to(work), work)
