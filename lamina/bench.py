@@ -364,11 +364,11 @@ def run_bench(args: argparse.Namespace) -> int:
     hf_safetensors_dir(model_path)
     bandwidth = read_bandwidth(args.threads)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
-    results = {spec: _in_subprocess(["--worker", spec, "--model", str(model_path), "--threads", str(args.threads),
-                                     "--new-tokens", str(args.new_tokens)], spec)
+    worker = ["--model", str(model_path), "--threads", str(args.threads), "--new-tokens", str(args.new_tokens)]
+    results = {spec: _in_subprocess(spec.partition(":")[0], ["--worker", spec, *worker], spec)
                for spec in args.modes.split(",")}
     engines = sorted({spec.partition(":")[0] for spec in results} & {"lamina", "transformers"})
-    sliding = {engine: _in_subprocess(["--sliding-window", engine], f"{engine} sliding window") for engine in engines}
+    sliding = {engine: _in_subprocess(engine, ["--sliding-window", engine], f"{engine} sliding window") for engine in engines}
     section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding)
     print(section)
     if args.out:
@@ -376,9 +376,9 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_subprocess(arguments: list[str], label: str) -> dict:
-    """One measurement in a fresh interpreter (its own memory and threads); its JSON result or the error."""
-    engine = label.partition(":")[0].split()[0]
+def _in_subprocess(engine: str, arguments: list[str], label: str) -> dict:
+    """One measurement of `engine` in a fresh interpreter (its own memory and threads); its JSON
+    result or the error."""
     module = {"llama.cpp": "llama_cpp"}.get(engine, engine)
     if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
         return {"error": f"{module} is not installed"}

@@ -337,13 +337,13 @@ class PreTrainedModel(nn.Module):
                 missing = [s for s, p in zip(rule.sources, present) if not p]
                 raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {rule.target!r})")
             keys = [renamed.pop(s) for s in rule.sources]
-            state[rule.target] = self._converted(rule.target, rule.merge([tensors[k] for k in keys]), expected, dtype)
-            _release(tensors, keys)
+            sources = [tensors[k] for k in keys]
+            state[rule.target] = self._converted(rule.target, rule.merge(sources), expected, dtype)
+            _release_copied(tensors, keys, sources, state[rule.target])
         for name, key in renamed.items():
             source = tensors[key]
             state[name] = self._converted(name, source, expected, dtype)
-            if state[name].data_ptr() != source.data_ptr():
-                _release(tensors, [key])
+            _release_copied(tensors, [key], [source], state[name])
         return state
 
     @staticmethod
@@ -411,10 +411,16 @@ class PreTrainedModel(nn.Module):
                 hook(tmp)
 
 
-def _release(tensors: Mapping[str, torch.Tensor], keys: list[str]) -> None:
+def _release_copied(
+    tensors: Mapping[str, torch.Tensor], keys: list[str], sources: list[torch.Tensor], result: torch.Tensor
+) -> None:
+    """Release the file pages of the sources `result` does not view (it is a converted or merged
+    copy of them); a zero-copy result, a transpose or permutation included, keeps them."""
     release = getattr(tensors, "release", None)
-    if release is not None:
-        for key in keys:
+    if release is None:
+        return
+    for key, source in zip(keys, sources):
+        if source.data_ptr() != result.data_ptr():
             release(key)
 
 

@@ -121,7 +121,7 @@ class GenerationMixin:
         step = getattr(self, "decode_step", None)
         if step is None or not compiled:
             return step
-        settings = compile_settings(config.compile_settings(), self.device)
+        settings = _compile_arguments(config.compile_settings(), self.device)
         key = repr(sorted(settings.items()))
         steps = self.__dict__.setdefault("_compiled_steps", {})
         if key not in steps:
@@ -268,7 +268,7 @@ class GenerationMixin:
         )
 
 
-def compile_settings(compile_config: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
+def _compile_arguments(compile_config: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
     """`torch.compile` keyword arguments for the decode step: one full graph with static shapes;
     CUDA graphs on a GPU ("reduce-overhead"); `compile_config` entries override."""
     settings: dict[str, Any] = dict(fullgraph=True, dynamic=False)
