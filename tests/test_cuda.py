@@ -92,7 +92,7 @@ def test_quantized_layers_on_cuda(method, group_size):
     layer.set_weight(weight)
     gpu = layer.to("cuda")
     if method != "nf4":
-        assert gpu._packed is not None and gpu._packed[0].device.type == "cuda"
+        assert gpu._packed is not None and gpu._packed[1][0].device.type == "cuda"
     for rows in (1, 4, 40):  # the packed kernel, then the dequantized product
         x = torch.randn(rows, 192)
         exact = x @ layer.dequantize().cpu().T

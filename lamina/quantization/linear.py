@@ -4,14 +4,16 @@ Each layer keeps its quantized weight as frozen parameters in a plain layout —
 channels, so the checkpoint name maps that split fused q/k/v or gate/up rows work on them unchanged —
 and derives what a packed kernel needs from them when the weight is set, loaded or moved.
 
-All of them are weight-only: activations keep their precision. Kernels, measured on a 2-core AVX2
-CPU at SmolLM2-135M's shapes (all 121 of the model's matmuls for one token, bench/RESULTS.md):
-bf16 `F.linear` 15.9 ms, fp32 41.5 ms, **`_weight_int8pack_mm` 12.9 ms** (bf16 activations; 65 ms
-with fp32 ones), **`_weight_int4pack_mm_for_cpu` 11.2 ms**, fbgemm's dynamic int8 10.5 ms (which
-rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so not used), an
-inductor-compiled dequantize-and-multiply 110 ms.
-- A few rows (decoding): the packed kernel of the layer's kind, activations cast to bf16 (on CUDA:
-  `_weight_int8pack_mm`, and tinygemm's `_weight_int4pack_mm` on compute capability 8.0 and up).
+Weights are quantized; activations keep their precision except inside lamina's CPU kernels, which
+round them to int8 per block of 32 inputs (as llama.cpp's Q8 activations; a relative error near
+0.4%, below the weights'). Kernels, measured on a 2-core AVX2 CPU at SmolLM2-135M's shapes (all 121
+of the model's matmuls for one token, bench/RESULTS.md): bf16 `F.linear` 15.9 ms, fp32 41.5 ms,
+PyTorch's `_weight_int8pack_mm` 12.9 ms and `_weight_int4pack_mm_for_cpu` 11.2 ms, fbgemm's dynamic
+int8 10.5 ms (which rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so
+not used), and lamina's own AVX2 kernels (`lamina.kernels`) {INT8_MS} ms for int8 and {INT4_MS} ms for int4.
+- A few rows (decoding): on the CPU lamina's kernels where they build (else PyTorch's packed
+  kernels, bf16 activations); on CUDA `_weight_int8pack_mm`, and tinygemm's `_weight_int4pack_mm`
+  on compute capability 8.0 and up.
 - Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
   matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
@@ -20,10 +22,13 @@ inductor-compiled dequantize-and-multiply 110 ms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..layers.linear import float32_if_slow
 
 # up to this many rows a call (decoding a batch) the packed kernels run
@@ -61,7 +66,8 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype = compute_dtype
         self.bias = _frozen(torch.zeros(out_features, device=device)) if bias else None
-        self._packed: tuple[torch.Tensor, ...] | None = None  # what the packed kernel reads, on the weight's device
+        # the packed kernel and its operands, on the weight's device: kernel(rows, *operands) → (rows, out)
+        self._packed: tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -70,13 +76,9 @@ class QuantizedLinear(nn.Module):
         """The weight `(out, in)` in `dtype`."""
         raise NotImplementedError
 
-    def pack(self) -> tuple[torch.Tensor, ...] | None:
-        """The packed kernel's operands for the weight's device, or None where it has none."""
+    def pack(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
+        """The packed kernel for the weight's device and its operands, or None where it has none."""
         return None
-
-    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
-        """`rows (n, in)` → `(n, out)` through the packed kernel (`self._packed` is set)."""
-        raise NotImplementedError
 
     def refresh_packed(self) -> None:
         """Derive the packed operands again (after the weight was set, loaded or moved)."""
@@ -95,7 +97,8 @@ class QuantizedLinear(nn.Module):
         dtype = self.compute_dtype or x.dtype
         rows = x.reshape(-1, self.in_features)
         if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS:
-            out = self.packed_product(rows.contiguous())  # the CUDA kernels take no strided rows
+            kernel, operands = self._packed
+            out = kernel(rows.contiguous(), *operands)  # the CUDA kernels take no strided rows
         else:
             work = float32_if_slow(dtype, x.device)
             out = self._dequantized_linear(rows.to(work), work)
@@ -133,14 +136,13 @@ class Int8Linear(QuantizedLinear):
         # scaling the output rows is cheaper than scaling the weight when tokens < in_features
         return F.linear(x, self.weight.to(dtype)) * self.weight_scale.to(dtype)
 
-    def pack(self) -> tuple[torch.Tensor, ...] | None:
-        if self.weight.device.type not in ("cpu", "cuda"):
+    def pack(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
+        device = self.weight.device.type
+        if device == "cpu" and self.in_features % 32 == 0 and (ops := kernels.ops()) is not None:
+            return ops.int8_linear, (self.weight.contiguous(), self.weight_scale.float().contiguous())
+        if device not in ("cpu", "cuda"):
             return None
-        return (self.weight_scale.to(torch.bfloat16),)
-
-    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
-        (scale,) = self._packed
-        return torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight, scale)
+        return _int8pack_product, (self.weight, self.weight_scale.to(torch.bfloat16))
 
 
 class Int4Linear(QuantizedLinear):
@@ -172,8 +174,11 @@ class Int4Linear(QuantizedLinear):
         weight = codes * self.weight_scale.to(dtype)[..., None] + self.weight_min.to(dtype)[..., None]
         return weight.view(self.out_features, self.in_features)
 
-    def pack(self) -> tuple[torch.Tensor, ...] | None:
+    def pack(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
         device = self.weight.device.type
+        if device == "cpu" and self.group_size % 32 == 0 and (ops := kernels.ops()) is not None:
+            return ops.int4_linear, (self.weight.contiguous(), self.weight_scale.float().contiguous(),
+                                     self.weight_min.float().contiguous())
         codes = unpack_nibbles(self.weight)
         if device == "cpu":
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
@@ -190,12 +195,7 @@ class Int4Linear(QuantizedLinear):
         # (in/group, out, 2) bf16 pairs
         scale, low = self.weight_scale.float(), self.weight_min.float()
         scales_and_zeros = torch.stack((scale, low + 8 * scale), dim=-1).transpose(0, 1).contiguous()
-        return packed, scales_and_zeros.to(torch.bfloat16)
-
-    def packed_product(self, rows: torch.Tensor) -> torch.Tensor:
-        packed, scales_and_zeros = self._packed
-        kernel = torch._weight_int4pack_mm_for_cpu if rows.device.type == "cpu" else torch._weight_int4pack_mm
-        return kernel(rows.to(torch.bfloat16), packed, self.group_size, scales_and_zeros)
+        return _int4pack_product, (packed, scales_and_zeros.to(torch.bfloat16), self.group_size)
 
 
 class NF4Linear(QuantizedLinear):
@@ -226,6 +226,16 @@ class NF4Linear(QuantizedLinear):
         codes = unpack_nibbles(self.weight).view(self.out_features, -1, self.group_size).long()
         values = NF4_CODES.to(self.weight.device, dtype)[codes] * self.weight_absmax.to(dtype)[..., None]
         return values.view(self.out_features, self.in_features)
+
+
+def _int8pack_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch._weight_int8pack_mm(rows.to(torch.bfloat16), weight, scale)
+
+
+def _int4pack_product(rows: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
+                      group_size: int) -> torch.Tensor:
+    kernel = torch._weight_int4pack_mm_for_cpu if rows.device.type == "cpu" else torch._weight_int4pack_mm
+    return kernel(rows.to(torch.bfloat16), packed, group_size, scales_and_zeros)
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:

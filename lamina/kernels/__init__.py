@@ -1,0 +1,125 @@
+"""lamina's own CPU kernels: C++ compiled on first use with the machine's compiler and cached.
+
+`quantized_cpu.cpp` holds the int8 and int4 matrix products for decoding (AVX2; see its header).
+`ops()` builds it once per source, torch version and compiler, into a cache directory
+(`$LAMINA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/lamina/kernels`, else `~/.cache/lamina/kernels`),
+loads it into `torch.ops.lamina` and registers shape functions so `torch.compile` can trace the
+ops. Where the CPU lacks AVX2, no C++ compiler is found, the build fails or `LAMINA_KERNELS=0` is
+set, `ops()` returns None (once, with a warning naming the reason where it is not the user's
+choice) and the quantized layers use PyTorch's packed kernels instead.
+
+A build is atomic: the library is written under a temporary name and renamed into place, so a
+process never loads a half-written file, and concurrent first uses each build and one wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+SOURCE = Path(__file__).with_name("quantized_cpu.cpp")
+FLAGS = ["-O3", "-std=c++20", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-w"]
+
+_state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason": why not
+
+
+def ops() -> SimpleNamespace | None:
+    """The compiled kernels (`int4_linear`, `int8_linear`), or None where they cannot run here."""
+    if "ops" not in _state:
+        reason = _unusable_reason()
+        if reason is None:
+            try:
+                torch.ops.load_library(str(_build()))
+                _register_fakes()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                reason = f"building {SOURCE.name} failed: {last_line}"
+        if reason is None:
+            _state["ops"] = SimpleNamespace(int4_linear=torch.ops.lamina.int4_linear,
+                                            int8_linear=torch.ops.lamina.int8_linear)
+        else:
+            _state["ops"] = None
+            _state["reason"] = reason
+            if os.environ.get("LAMINA_KERNELS") != "0":
+                warnings.warn(f"lamina kernels unavailable ({reason}); quantized layers use PyTorch's kernels", stacklevel=2)
+    return _state["ops"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why `ops()` is None (after it was called), or None."""
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def _unusable_reason() -> str | None:
+    if os.environ.get("LAMINA_KERNELS") == "0":
+        return "LAMINA_KERNELS=0"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"the CPU has no AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+    if _compiler() is None:
+        return "no C++ compiler (set CXX or install g++)"
+    return None
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("LAMINA_KERNEL_CACHE"):
+        return Path(os.environ["LAMINA_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lamina" / "kernels"
+
+
+def _command(compiler: str, output: Path) -> list[str]:
+    torch_dir = Path(torch.__file__).parent
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+            str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
+            "-o", str(output)]
+
+
+def _build() -> Path:
+    """The library for this source, torch and compiler: from the cache, or compiled into it."""
+    compiler = _compiler()
+    identity = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(), " ".join(FLAGS).encode(),
+                 sys.platform.encode()):
+        identity.update(part + b"\0")
+    target = _cache_dir() / f"lamina_kernels_{identity.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=target.stem, suffix=".so.partial", dir=target.parent)
+    os.close(handle)
+    try:
+        done = subprocess.run(_command(compiler, Path(partial)), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _register_fakes() -> None:
+    """Output shapes for tracing (torch.compile, meta tensors): `(rows, out_features)` float32."""
+
+    @torch.library.register_fake("lamina::int4_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::int8_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
