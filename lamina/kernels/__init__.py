@@ -1,7 +1,8 @@
 """lamina's own CPU kernels: C++ compiled on first use with the machine's compiler and cached.
 
-`quantized_cpu.cpp` holds the int8 and int4 matrix products for decoding (AVX2; see its header).
-`ops()` builds it once per source, torch version and compiler, into a cache directory
+`quantized_cpu.cpp` holds the int8 and int4 matrix products for decoding (AVX2, and AVX-512 VNNI
+where the CPU has it; see its header). `ops()` builds it with `-march=native` once per source,
+torch version, compiler, flags and CPU, into a cache directory
 (`$LAMINA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/lamina/kernels`, else `~/.cache/lamina/kernels`),
 loads it into `torch.ops.lamina` and registers shape functions so `torch.compile` can trace the
 ops. Where the CPU lacks AVX2, no C++ compiler is found, the build fails or `LAMINA_KERNELS=0` is
@@ -27,7 +28,8 @@ from types import SimpleNamespace
 import torch
 
 SOURCE = Path(__file__).with_name("quantized_cpu.cpp")
-FLAGS = ["-O3", "-std=c++20", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-w"]
+# -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
+FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason": why not
 
@@ -73,6 +75,15 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
+def _cpu_features() -> str:
+    """The CPU's feature flags (what `-march=native` compiles for), or "" where not listed."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+
+
 def _cache_dir() -> Path:
     if os.environ.get("LAMINA_KERNEL_CACHE"):
         return Path(os.environ["LAMINA_KERNEL_CACHE"])
@@ -80,10 +91,15 @@ def _cache_dir() -> Path:
     return Path(base) / "lamina" / "kernels"
 
 
+def _flags() -> list[str]:
+    """`FLAGS` and `$LAMINA_KERNEL_CFLAGS` (say `-mno-avx512f` to build the AVX2 paths on an AVX-512 CPU)."""
+    return [*FLAGS, *os.environ.get("LAMINA_KERNEL_CFLAGS", "").split()]
+
+
 def _command(compiler: str, output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+    return [compiler, *_flags(), f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
             "-o", str(output)]
@@ -93,8 +109,8 @@ def _build() -> Path:
     """The library for this source, torch and compiler: from the cache, or compiled into it."""
     compiler = _compiler()
     identity = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(), " ".join(FLAGS).encode(),
-                 sys.platform.encode()):
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(), " ".join(_flags()).encode(),
+                 sys.platform.encode(), _cpu_features().encode()):
         identity.update(part + b"\0")
     target = _cache_dir() / f"lamina_kernels_{identity.hexdigest()[:16]}.so"
     if target.is_file():

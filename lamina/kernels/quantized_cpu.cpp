@@ -1,9 +1,10 @@
-// Weight-only quantized matrix products for a few rows (decoding), on x86-64 with AVX2 and FMA.
+// Weight-only quantized matrix products for a few rows (decoding), on x86-64 with AVX2 and FMA,
+// and AVX-512 VNNI where the compiler targets it (`-march=native` on a CPU that has it).
 //
 // Both kernels quantize the activations first, per block of 32 inputs, to int8 with one float
-// scale a block (symmetric, round half to even), then take integer dot products 32 at a time:
-// `_mm256_maddubs_epi16` multiplies unsigned by signed bytes into int16 pairs, `_mm256_madd_epi16`
-// sums the pairs into eight int32 lanes, and each block's sum is scaled in float32.
+// scale a block (symmetric: scale = max|x| / 127, code = x * (1 / scale) rounded half to even),
+// then take integer dot products of unsigned by signed bytes 32 or 64 at a time (`vpdpbusd` with
+// VNNI; `vpmaddubsw` + `vpmaddwd` without), and scale each block's sum in float32.
 //
 // lamina::int4_linear(x (M, K), weight (N, K/2) uint8, scale (N, G) float32, minimum (N, G) float32)
 //   -> (M, N) float32
@@ -11,12 +12,14 @@
 //   32) share a scale and a minimum: w = code * scale + minimum. This is `Int4Linear`'s own layout,
 //   so the kernel reads the layer's parameters as they are. Unpacking 16 bytes yields the even
 //   inputs' codes, then the odd ones': the activations are quantized in that order. Since the
-//   codes are unsigned, sum(w * x) over a block is
-//   scale * x_scale * sum(code * x_code) + minimum * x_scale * sum(x_code).
+//   codes are unsigned, sum(w * x) over a group is
+//   scale * sum_blocks(x_scale * sum(code * x_code)) + minimum * sum(x).
 //
 // lamina::int8_linear(x (M, K), weight (N, K) int8, weight_scale (N,) float32) -> (M, N) float32
-//   Symmetric codes in [-127, 127], one scale per output channel. maddubs needs an unsigned
-//   operand: |w| times x with w's sign moved onto it gives the same products.
+//   Symmetric codes in [-127, 127], one scale per output channel. The byte products need one
+//   unsigned operand: with VNNI the weight is offset by 128 (w ^ 0x80) and 128 * sum(x) taken off
+//   once a row; without, |w| multiplies x with w's sign moved onto it (`vpsignb`), since
+//   `vpmaddubsw` would saturate on the offset form.
 //
 // Rows of the output are split across ATen's threads (torch.set_num_threads).
 
@@ -28,58 +31,26 @@
 
 #include <immintrin.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define LAMINA_AVX512_VNNI 1
+#endif
 
 namespace {
 
 constexpr int64_t kBlock = 32;
 
-// Activations quantized per block of 32: the codes, and per block the scale and scale * sum of
-// codes.
+// Activations quantized per block of 32, for one call: the codes, each block's scale repeated 8
+// times (a vector to multiply a block's eight int32 partial sums by) and sum(x) = scale * sum of
+// codes per block.
 struct QuantizedActivations {
-  at::Tensor codes;  // (M, K) int8
-  at::Tensor scales;  // (M, K / 32) float32
-  at::Tensor sums;  // (M, K / 32) float32
+  std::vector<int8_t> codes;  // (M, K)
+  std::vector<float> scales;  // (M, K / 32, 8)
+  std::vector<float> sums;  // (M, K / 32)
 };
-
-// `even_then_odd`: within each block, store the codes of the even inputs first, then the odd ones'
-// (the order in which `unpack_int4` yields a block's weights).
-QuantizedActivations quantize_activations(const at::Tensor& x, bool even_then_odd) {
-  const int64_t rows = x.size(0), width = x.size(1), blocks = width / kBlock;
-  QuantizedActivations q{
-      at::empty({rows, width}, x.options().dtype(at::kChar)),
-      at::empty({rows, blocks}, x.options().dtype(at::kFloat)),
-      at::empty({rows, blocks}, x.options().dtype(at::kFloat)),
-  };
-  const float* in = x.data_ptr<float>();
-  int8_t* codes = q.codes.data_ptr<int8_t>();
-  float* scales = q.scales.data_ptr<float>();
-  float* sums = q.sums.data_ptr<float>();
-  for (int64_t b = 0; b < rows * blocks; ++b) {
-    const float* values = in + b * kBlock;
-    float amax = 0.f;
-    for (int64_t i = 0; i < kBlock; ++i) amax = std::fmax(amax, std::fabs(values[i]));
-    const float scale = amax / 127.f;
-    int32_t total = 0;
-    for (int64_t i = 0; i < kBlock; ++i) {
-      const int32_t code = scale == 0.f ? 0 : static_cast<int32_t>(std::nearbyint(values[i] / scale));
-      const int64_t slot = even_then_odd ? (i % 2) * (kBlock / 2) + i / 2 : i;
-      codes[b * kBlock + slot] = static_cast<int8_t>(code);
-      total += code;
-    }
-    scales[b] = scale;
-    sums[b] = scale * static_cast<float>(total);
-  }
-  return q;
-}
-
-// Eight int32 partial sums of 32 unsigned-by-signed byte products, as floats.
-inline __m256 block_dot(__m256i unsigned_bytes, __m256i signed_bytes) {
-  const __m256i pairs = _mm256_maddubs_epi16(unsigned_bytes, signed_bytes);
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-}
 
 inline float horizontal_sum(__m256 v) {
   __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -88,12 +59,157 @@ inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(half);
 }
 
-// The 32 codes of 16 packed bytes: the low nibbles (even inputs) as bytes 0..15, then the high
-// nibbles (odd inputs) as bytes 16..31.
+inline int32_t horizontal_sum(__m256i v) {
+  __m128i half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(1, 0, 3, 2)));
+  half = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(half);
+}
+
+// One block of 32 floats → 32 int8 codes at `out`; returns the block's scale and sets the sum of
+// its codes. `even_then_odd`: the codes of the even inputs first, then the odd ones'.
+inline float quantize_block(const float* values, int8_t* out, int32_t* code_sum, bool even_then_odd) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(values + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+  }
+  __m128 max4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  max4 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+  max4 = _mm_max_ss(max4, _mm_movehdup_ps(max4));
+  const float scale = _mm_cvtss_f32(max4) / 127.f;
+  const __m256 inverse = _mm256_set1_ps(scale == 0.f ? 0.f : 1.f / scale);
+  __m256i q[4];
+  for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inverse));  // half to even
+  *code_sum = horizontal_sum(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+  // pack 4 x 8 int32 → 32 int8; the packs work per 128-bit lane, the permute restores input order
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+  __m256i codes = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  if (even_then_odd) {
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    codes = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(codes, split), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), codes);
+  return scale;
+}
+
+QuantizedActivations quantize_activations(const float* x, int64_t rows, int64_t width, bool even_then_odd) {
+  const int64_t blocks = rows * width / kBlock;
+  QuantizedActivations q{std::vector<int8_t>(rows * width), std::vector<float>(blocks * 8), std::vector<float>(blocks)};
+  for (int64_t b = 0; b < blocks; ++b) {
+    int32_t code_sum;
+    const float scale = quantize_block(x + b * kBlock, q.codes.data() + b * kBlock, &code_sum, even_then_odd);
+    for (int i = 0; i < 8; ++i) q.scales[8 * b + i] = scale;
+    q.sums[b] = scale * static_cast<float>(code_sum);
+  }
+  return q;
+}
+
+// Eight int32 partial sums of 32 unsigned-by-signed byte products.
+inline __m256i dot_u8s8(__m256i unsigned_bytes, __m256i signed_bytes) {
+#if defined(LAMINA_AVX512_VNNI)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned_bytes, signed_bytes);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), unsigned_bytes, signed_bytes);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned_bytes, signed_bytes), _mm256_set1_epi16(1));
+#endif
+}
+
+// The 32 codes of one int4 block's 16 packed bytes: the low nibbles (even inputs) as bytes 0..15,
+// then the high nibbles (odd inputs) as bytes 16..31.
 inline __m256i unpack_int4(const uint8_t* packed) {
   const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed)));
-  const __m256i shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));  // the high half's nibbles down
+  const __m256i shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
   return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+}
+
+// Rows of the weight are taken kRows at a time so that each block of activations, loaded once,
+// feeds several independent accumulators.
+constexpr int kRows = 4;
+
+// One output of the int4 product for `count` (≤ kRows) weight rows and one row of activations:
+// sum over blocks of scale * x_scale * sum(code * x_code), without the minimum's part.
+inline void int4_rows(const uint8_t* rows, int64_t count, int64_t width, const float* w_scale, int64_t groups,
+                      const int8_t* x_codes, const float* x_scales, float* out) {
+  const int64_t blocks = width / kBlock, blocks_per_group = blocks / groups;
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t b = 0;
+#ifdef LAMINA_AVX512_VNNI
+  // two blocks at a time: 32 packed bytes → 128-bit lanes (block b low, b high, b+1 low, b+1 high)
+  __m512 wide[kRows];
+  for (int r = 0; r < kRows; ++r) wide[r] = _mm512_setzero_ps();
+  const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0), low_nibbles = _mm512_set1_epi8(0x0F);
+  for (; b + 2 <= blocks; b += 2) {
+    const __m512i x = _mm512_loadu_si512(x_codes + b * kBlock);
+    const __m512 x_scale = _mm512_loadu_ps(x_scales + 8 * b);
+    const int64_t g0 = b / blocks_per_group, g1 = (b + 1) / blocks_per_group;
+    for (int r = 0; r < count; ++r) {
+      const __m512i pair = _mm512_castsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * width / 2 + b * 16)));
+      const __m512i codes = _mm512_and_si512(
+          _mm512_srlv_epi64(_mm512_shuffle_i64x2(pair, pair, _MM_SHUFFLE(1, 1, 0, 0)), shifts), low_nibbles);
+      const __m512 scales = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(w_scale[r * groups + g0])),
+                                               _mm256_set1_ps(w_scale[r * groups + g1]), 1);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, x);
+      wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(x_scale, scales), wide[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) acc[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
+#endif
+  for (; b < blocks; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
+    const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b);
+    const int64_t g = b / blocks_per_group;
+    for (int r = 0; r < count; ++r) {
+      const __m256i dot = dot_u8s8(unpack_int4(rows + r * width / 2 + b * 16), x);
+      const __m256 scale = _mm256_mul_ps(x_scale, _mm256_set1_ps(w_scale[r * groups + g]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) out[r] = horizontal_sum(acc[r]);
+}
+
+// One output of the int8 product for `count` (≤ kRows) weight rows and one row of activations:
+// sum over blocks of x_scale * sum(w * x_code), before the row's scale. `x_sum`: sum(x).
+inline void int8_rows(const int8_t* rows, int64_t count, int64_t width, const int8_t* x_codes,
+                      const float* x_scales, float x_sum, float* out) {
+  const int64_t blocks = width / kBlock;
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t b = 0;
+#ifdef LAMINA_AVX512_VNNI
+  if (blocks % 2 == 0) {  // the offset form, two blocks at a time
+    __m512 wide[kRows];
+    for (int r = 0; r < kRows; ++r) wide[r] = _mm512_setzero_ps();
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (; b < blocks; b += 2) {
+      const __m512i x = _mm512_loadu_si512(x_codes + b * kBlock);
+      const __m512 x_scale = _mm512_loadu_ps(x_scales + 8 * b);
+      for (int r = 0; r < count; ++r) {
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(rows + r * width + b * kBlock), flip);  // w + 128
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), x_scale, wide[r]);
+      }
+    }
+    for (int r = 0; r < count; ++r) out[r] = _mm512_reduce_add_ps(wide[r]) - 128.f * x_sum;
+    return;
+  }
+#endif
+  for (; b < blocks; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
+    const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b);
+    for (int r = 0; r < count; ++r) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * width + b * kBlock));
+      const __m256i dot = dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), x_scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) out[r] = horizontal_sum(acc[r]);
 }
 
 at::Tensor activations_as_float(const at::Tensor& x, int64_t width, const char* op) {
@@ -123,42 +239,28 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
               " inputs into multiples of 32");
   const int64_t block_count = width / kBlock, blocks_per_group = block_count / groups;
   const at::Tensor input = activations_as_float(x, width, "int4_linear");
-  const QuantizedActivations act = quantize_activations(input, /*even_then_odd=*/true);
   const int64_t rows = input.size(0);
+  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, /*even_then_odd=*/true);
+  std::vector<float> group_sums(rows * groups, 0.f);  // sum(x) over each group, shared by every output row
+  for (int64_t b = 0; b < rows * block_count; ++b) group_sums[b / blocks_per_group] += act.sums[b];
   at::Tensor out = at::empty({rows, out_features}, input.options());
-
-  // sum(x) over each group, shared by every output row
-  std::vector<float> group_sums(rows * groups, 0.f);
-  const float* block_sums = act.sums.data_ptr<float>();
-  for (int64_t i = 0; i < rows * block_count; ++i) group_sums[i / blocks_per_group] += block_sums[i];
 
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* w_scale = scale.data_ptr<float>();
   const float* w_min = minimum.data_ptr<float>();
-  const int8_t* codes = act.codes.data_ptr<int8_t>();
-  const float* x_scale = act.scales.data_ptr<float>();
-  const float* x_group_sum = group_sums.data();
   float* result = out.data_ptr<float>();
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const uint8_t* row = w + n * width / 2;
+    float sums[kRows];
+    for (int64_t n = begin; n < end; n += kRows) {
+      const int64_t count = std::min<int64_t>(kRows, end - n);
       for (int64_t m = 0; m < rows; ++m) {
-        const int8_t* x_codes = codes + m * width;
-        const float* scales = x_scale + m * block_count;
-        const float* sums = x_group_sum + m * groups;
-        __m256 acc = _mm256_setzero_ps();
-        float offset = 0.f;  // sum over groups of minimum * sum(x)
-        for (int64_t g = 0; g < groups; ++g) {
-          __m256 group_acc = _mm256_setzero_ps();  // sum(code * x) over the group's blocks
-          for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
-            const __m256i x_block = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
-            const __m256 dot = block_dot(unpack_int4(row + b * kBlock / 2), x_block);
-            group_acc = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(scales + b), group_acc);
-          }
-          acc = _mm256_fmadd_ps(group_acc, _mm256_set1_ps(w_scale[n * groups + g]), acc);
-          offset += w_min[n * groups + g] * sums[g];
+        int4_rows(w + n * width / 2, count, width, w_scale + n * groups, groups, act.codes.data() + m * width,
+                  act.scales.data() + m * block_count * 8, sums);
+        for (int64_t r = 0; r < count; ++r) {
+          float offset = 0.f;  // sum over groups of minimum * sum(x)
+          for (int64_t g = 0; g < groups; ++g) offset += w_min[(n + r) * groups + g] * group_sums[m * groups + g];
+          result[m * out_features + n + r] = sums[r] + offset;
         }
-        result[m * out_features + n] = horizontal_sum(acc) + offset;
       }
     }
   });
@@ -172,29 +274,23 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
                   weight_scale.size(0) == out_features,
               "int8_linear: weight_scale must be a contiguous float32 vector of ", out_features, " scales");
   const at::Tensor input = activations_as_float(x, width, "int8_linear");
-  const QuantizedActivations act = quantize_activations(input, /*even_then_odd=*/false);
   const int64_t rows = input.size(0);
+  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, /*even_then_odd=*/false);
+  std::vector<float> row_sums(rows, 0.f);  // sum(x) of each row
+  for (int64_t b = 0; b < rows * block_count; ++b) row_sums[b / block_count] += act.sums[b];
   at::Tensor out = at::empty({rows, out_features}, input.options());
 
   const int8_t* w = weight.data_ptr<int8_t>();
   const float* w_scale = weight_scale.data_ptr<float>();
-  const int8_t* codes = act.codes.data_ptr<int8_t>();
-  const float* x_scale = act.scales.data_ptr<float>();
   float* result = out.data_ptr<float>();
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const int8_t* row = w + n * width;
+    float sums[kRows];
+    for (int64_t n = begin; n < end; n += kRows) {
+      const int64_t count = std::min<int64_t>(kRows, end - n);
       for (int64_t m = 0; m < rows; ++m) {
-        const int8_t* x_codes = codes + m * width;
-        const float* scales = x_scale + m * block_count;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < block_count; ++b) {
-          const __m256i w_block = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBlock));
-          const __m256i x_block = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
-          const __m256 dot = block_dot(_mm256_sign_epi8(w_block, w_block), _mm256_sign_epi8(x_block, w_block));
-          acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(scales[b]), acc);
-        }
-        result[m * out_features + n] = horizontal_sum(acc) * w_scale[n];
+        int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales.data() + m * block_count * 8,
+                  row_sums[m], sums);
+        for (int64_t r = 0; r < count; ++r) result[m * out_features + n + r] = sums[r] * w_scale[n + r];
       }
     }
   });

@@ -180,7 +180,7 @@ class Int4Linear(QuantizedLinear):
             return ops.int4_linear, (self.weight.contiguous(), self.weight_scale.float().contiguous(),
                                      self.weight_min.float().contiguous())
         codes = unpack_nibbles(self.weight)
-        if device == "cpu":
+        if device == "cpu" and self.out_features % 16 == 0:  # the packing's own limit
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
         elif device == "cuda" and torch.cuda.get_device_capability(self.weight.device) >= (8, 0):
             # tinygemm: two codes a byte, even columns in the high nibble; inner k-tiles of 16

@@ -1,0 +1,180 @@
+"""lamina's C++ CPU kernels against a float64 reference of the same arithmetic (activations
+rounded to int8 per block of 32, weights exactly as stored), their errors, the build cache and
+the fallback to PyTorch's kernels; the AVX2-only paths are built and checked in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from lamina import kernels
+from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles
+
+OPS = kernels.ops()
+needs_kernels = pytest.mark.skipif(OPS is None, reason=f"lamina kernels unavailable: {kernels.unavailable_reason()}")
+
+
+def quantized_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the kernels multiply by: x rounded per block of 32 to int8 codes times the block's
+    scale (max|x| / 127; code = x * (1 / scale), half to even, in float32), in float64."""
+    blocks = x.float().view(x.shape[0], -1, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    inverse = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
+    codes = torch.round(blocks * inverse)
+    return (codes.double() * scale.double()).view_as(x)
+
+
+def int4_operands(out_features: int, in_features: int, group_size: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (out_features, in_features), generator=generator)
+    groups = in_features // group_size
+    scale = torch.rand(out_features, groups, generator=generator) * 0.02
+    minimum = -torch.rand(out_features, groups, generator=generator) * 0.1
+    weight = (codes.view(out_features, groups, group_size).double() * scale.double()[..., None]
+              + minimum.double()[..., None]).view(out_features, in_features)
+    return pack_nibbles(codes), scale, minimum, weight
+
+
+def assert_matches(out: torch.Tensor, reference: torch.Tensor) -> None:
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    error = (out.double() - reference).abs().max().item()
+    assert error <= 2e-6 * reference.abs().max().item(), error
+
+
+# shapes: rows (decoding batches), odd block counts (a pair path and a single-block tail), output
+# counts that are not a multiple of the 4 rows taken at a time, groups of one block, several and all
+INT4_CASES = [(1, 576, 1536, 64), (3, 96, 10, 32), (16, 192, 7, 96), (2, 128, 33, 128), (5, 64, 4, 32)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,in_features,out_features,group_size", INT4_CASES)
+def test_int4_linear_matches_reference(rows, in_features, out_features, group_size):
+    packed, scale, minimum, weight = int4_operands(out_features, in_features, group_size)
+    x = torch.randn(rows, in_features)
+    out = OPS.int4_linear(x, packed, scale, minimum)
+    assert_matches(out, quantized_activations(x) @ weight.T)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,in_features,out_features", [(1, 576, 1536), (4, 96, 9), (16, 1536, 5), (2, 32, 3)])
+def test_int8_linear_matches_reference(rows, in_features, out_features):
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+    weight_scale = torch.rand(out_features, generator=generator) * 0.01
+    x = torch.randn(rows, in_features) * 3
+    out = OPS.int8_linear(x, weight, weight_scale)
+    assert_matches(out, quantized_activations(x) @ (weight.double() * weight_scale.double()[:, None]).T)
+
+
+@needs_kernels
+def test_zero_and_extreme_activations():
+    """A block of zeros (scale 0), a block with one huge value and a bf16 input."""
+    packed, scale, minimum, weight = int4_operands(8, 128, 64)
+    x = torch.randn(2, 128)
+    x[0, :32] = 0
+    x[1, 40] = 1e4
+    assert_matches(OPS.int4_linear(x, packed, scale, minimum), quantized_activations(x) @ weight.T)
+    half = x.to(torch.bfloat16)
+    assert_matches(OPS.int4_linear(half, packed, scale, minimum), quantized_activations(half.float()) @ weight.T)
+
+
+@needs_kernels
+def test_kernel_errors_name_the_operand():
+    packed, scale, minimum, _ = int4_operands(8, 64, 32)
+    with pytest.raises(RuntimeError, match="x has 32 columns, the weight expects 64"):
+        OPS.int4_linear(torch.randn(1, 32), packed, scale, minimum)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous 2-D Byte"):
+        OPS.int4_linear(torch.randn(1, 64), packed.t(), scale, minimum)
+    with pytest.raises(RuntimeError, match="scale has 7 rows, expected 8"):
+        OPS.int4_linear(torch.randn(1, 64), packed, scale[:7], minimum)
+    with pytest.raises(RuntimeError, match="3 groups do not split 64 inputs"):
+        OPS.int4_linear(torch.randn(1, 64), packed, torch.ones(8, 3), torch.ones(8, 3))
+    with pytest.raises(RuntimeError, match="in_features must be a multiple of 32, got 48"):
+        OPS.int8_linear(torch.randn(1, 48), torch.zeros(4, 48, dtype=torch.int8), torch.ones(4))
+    with pytest.raises(RuntimeError, match="weight_scale must be a contiguous float32 vector of 4"):
+        OPS.int8_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, dtype=torch.float64))
+
+
+@needs_kernels
+def test_layers_decode_through_the_kernels():
+    """Quantized layers hand a few rows to lamina's kernels and agree with the reference."""
+    torch.manual_seed(2)
+    weight = torch.randn(48, 256) * 0.05
+    int4 = Int4Linear(256, 48, group_size=64)
+    int4.set_weight(weight)
+    int8 = Int8Linear(256, 48)
+    int8.set_weight(weight)
+    assert int4._packed[0] is OPS.int4_linear and int8._packed[0] is OPS.int8_linear
+    x = torch.randn(1, 3, 256)
+    assert_matches(int4(x)[0].float(), quantized_activations(x[0]) @ int4.dequantize(torch.float64).T)
+    assert_matches(int8(x)[0].float(), quantized_activations(x[0]) @ int8.dequantize(torch.float64).T)
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=Path(__file__).parents[2])
+
+
+def test_switched_off_layers_use_pytorch_kernels():
+    done = run_python("""
+        from lamina import kernels
+        from lamina.quantization.linear import Int4Linear, _int4pack_product
+        assert kernels.ops() is None and kernels.unavailable_reason() == "LAMINA_KERNELS=0"
+        layer = Int4Linear(64, 16, group_size=32)
+        layer.refresh_packed()
+        assert layer._packed[0] is _int4pack_product
+        narrow = Int4Linear(64, 8, group_size=32)  # PyTorch's packing takes multiples of 16 outputs
+        narrow.refresh_packed()
+        assert narrow._packed is None
+        print("ok")
+    """, LAMINA_KERNELS="0")
+    assert done.returncode == 0 and done.stdout.strip() == "ok" and "unavailable" not in done.stderr, done.stderr
+
+
+def test_a_failed_build_warns_and_falls_back(tmp_path):
+    done = run_python("""
+        import warnings
+        from lamina import kernels
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels.ops() is None
+        print(kernels.unavailable_reason())
+        print(caught[0].message)
+    """, CXX="false", LAMINA_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    reason, warning = done.stdout.strip().splitlines()
+    assert reason.startswith("building quantized_cpu.cpp failed") and "exited with 1" in reason
+    assert "quantized layers use PyTorch's kernels" in warning
+    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_avx2_paths_in_a_separate_build(tmp_path):
+    """On an AVX-512 CPU the default build takes the VNNI paths; build without AVX-512 and VNNI
+    and check the AVX2 ones against the same reference, then that the cached library is reused."""
+    check = f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_kernels as t
+        assert t.OPS is not None, t.kernels.unavailable_reason()
+        for case in t.INT4_CASES:
+            t.test_int4_linear_matches_reference(*case)
+        t.test_int8_linear_matches_reference(3, 96, 9)
+        t.test_int8_linear_matches_reference(1, 576, 40)
+        t.test_zero_and_extreme_activations()
+        print("ok")
+    """
+    flags = "-mno-avx512f -mno-avxvnni"
+    done = run_python(check, LAMINA_KERNEL_CFLAGS=flags, LAMINA_KERNEL_CACHE=str(tmp_path))
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+    (library,) = tmp_path.iterdir()
+    built = library.stat().st_mtime_ns
+    again = run_python(check, LAMINA_KERNEL_CFLAGS=flags, LAMINA_KERNEL_CACHE=str(tmp_path))
+    assert again.returncode == 0 and library.stat().st_mtime_ns == built and list(tmp_path.iterdir()) == [library]
