@@ -44,11 +44,12 @@ namespace {
 constexpr int64_t kBlock = 32;
 
 // Activations quantized per block of 32, for one call: the codes, each block's scale repeated 8
-// times (a vector to multiply a block's eight int32 partial sums by) and sum(x) = scale * sum of
-// codes per block.
+// and 4 times (vectors to multiply a block's eight or four int32 partial sums by) and sum(x) =
+// scale * sum of codes per block.
 struct QuantizedActivations {
   std::vector<int8_t> codes;  // (M, K)
-  std::vector<float> scales;  // (M, K / 32, 8)
+  std::vector<float> scales8;  // (M, K / 32, 8)
+  std::vector<float> scales4;  // (M, K / 32, 4)
   std::vector<float> sums;  // (M, K / 32)
 };
 
@@ -66,9 +67,21 @@ inline int32_t horizontal_sum(__m256i v) {
   return _mm_cvtsi128_si32(half);
 }
 
-// One block of 32 floats → 32 int8 codes at `out`; returns the block's scale and sets the sum of
-// its codes. `even_then_odd`: the codes of the even inputs first, then the odd ones'.
-inline float quantize_block(const float* values, int8_t* out, int32_t* code_sum, bool even_then_odd) {
+// The order of a row's codes in memory:
+// - natural (int8): as the inputs;
+// - int4: per block, the 16 even inputs' codes, then the 16 odd ones' (the order in which
+//   `unpack_int4` yields a block's weights); but the first `quad_blocks` blocks four at a time:
+//   the four blocks' even codes (64 bytes), then their odd codes (64 bytes), matching the low and
+//   high nibbles of 64 packed bytes (`int4_rows`' AVX-512 path).
+struct CodeOrder {
+  bool split;  // even inputs first
+  int64_t quad_blocks;
+};
+
+// One block of 32 floats → 16 int8 codes at `first` and 16 at `second` (the first and second half
+// in input order, or the even and odd inputs' with `even_then_odd`); returns the block's scale and
+// sets the sum of its codes.
+inline float quantize_block(const float* values, int8_t* first, int8_t* second, int32_t* code_sum, bool even_then_odd) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   __m256 v[4];
   __m256 amax = _mm256_setzero_ps();
@@ -92,17 +105,27 @@ inline float quantize_block(const float* values, int8_t* out, int32_t* code_sum,
                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     codes = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(codes, split), _MM_SHUFFLE(3, 1, 2, 0));
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), codes);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(first), _mm256_castsi256_si128(codes));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(second), _mm256_extracti128_si256(codes, 1));
   return scale;
 }
 
-QuantizedActivations quantize_activations(const float* x, int64_t rows, int64_t width, bool even_then_odd) {
-  const int64_t blocks = rows * width / kBlock;
-  QuantizedActivations q{std::vector<int8_t>(rows * width), std::vector<float>(blocks * 8), std::vector<float>(blocks)};
+QuantizedActivations quantize_activations(const float* x, int64_t rows, int64_t width, CodeOrder order) {
+  const int64_t row_blocks = width / kBlock, blocks = rows * row_blocks;
+  QuantizedActivations q{std::vector<int8_t>(rows * width), std::vector<float>(blocks * 8),
+                         std::vector<float>(blocks * 4), std::vector<float>(blocks)};
   for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t in_row = b % row_blocks;
+    int8_t* first = q.codes.data() + b * kBlock;
+    int8_t* second = first + kBlock / 2;
+    if (in_row < order.quad_blocks) {  // in a quad: evens with the quad's evens, odds after them
+      first = q.codes.data() + (b - in_row % 4) * kBlock + (in_row % 4) * (kBlock / 2);
+      second = first + 2 * kBlock;
+    }
     int32_t code_sum;
-    const float scale = quantize_block(x + b * kBlock, q.codes.data() + b * kBlock, &code_sum, even_then_odd);
-    for (int i = 0; i < 8; ++i) q.scales[8 * b + i] = scale;
+    const float scale = quantize_block(x + b * kBlock, first, second, &code_sum, order.split);
+    for (int i = 0; i < 8; ++i) q.scales8[8 * b + i] = scale;
+    for (int i = 0; i < 4; ++i) q.scales4[4 * b + i] = scale;
     q.sums[b] = scale * static_cast<float>(code_sum);
   }
   return q;
@@ -131,37 +154,57 @@ inline __m256i unpack_int4(const uint8_t* packed) {
 // feeds several independent accumulators.
 constexpr int kRows = 4;
 
+// How many of a row's blocks `int4_rows` takes four at a time (AVX-512): all but the last
+// `blocks % 4`, where the blocks of a group are 1, 2 or a multiple of 4 (so that four blocks meet
+// one, two or four groups in a fixed pattern); else none.
+int64_t int4_quad_blocks(int64_t blocks, int64_t blocks_per_group) {
+#ifdef LAMINA_AVX512_VNNI
+  if (blocks_per_group == 1 || blocks_per_group == 2 || blocks_per_group % 4 == 0) return blocks - blocks % 4;
+#endif
+  return 0;
+}
+
 // One output of the int4 product for `count` (≤ kRows) weight rows and one row of activations:
 // sum over blocks of scale * x_scale * sum(code * x_code), without the minimum's part.
 inline void int4_rows(const uint8_t* rows, int64_t count, int64_t width, const float* w_scale, int64_t groups,
-                      const int8_t* x_codes, const float* x_scales, float* out) {
+                      const int8_t* x_codes, const QuantizedActivations& act, int64_t m, float* out) {
   const int64_t blocks = width / kBlock, blocks_per_group = blocks / groups;
+  const int64_t quads = int4_quad_blocks(blocks, blocks_per_group);
   __m256 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-  int64_t b = 0;
 #ifdef LAMINA_AVX512_VNNI
-  // two blocks at a time: 32 packed bytes → 128-bit lanes (block b low, b high, b+1 low, b+1 high)
-  __m512 wide[kRows];
-  for (int r = 0; r < kRows; ++r) wide[r] = _mm512_setzero_ps();
-  const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0), low_nibbles = _mm512_set1_epi8(0x0F);
-  for (; b + 2 <= blocks; b += 2) {
-    const __m512i x = _mm512_loadu_si512(x_codes + b * kBlock);
-    const __m512 x_scale = _mm512_loadu_ps(x_scales + 8 * b);
-    const int64_t g0 = b / blocks_per_group, g1 = (b + 1) / blocks_per_group;
-    for (int r = 0; r < count; ++r) {
-      const __m512i pair = _mm512_castsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * width / 2 + b * 16)));
-      const __m512i codes = _mm512_and_si512(
-          _mm512_srlv_epi64(_mm512_shuffle_i64x2(pair, pair, _MM_SHUFFLE(1, 1, 0, 0)), shifts), low_nibbles);
-      const __m512 scales = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(w_scale[r * groups + g0])),
-                                               _mm256_set1_ps(w_scale[r * groups + g1]), 1);
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, x);
-      wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(x_scale, scales), wide[r]);
+  if (quads > 0) {
+    // 64 packed bytes are four blocks: their low nibbles the even inputs, high nibbles the odd
+    // ones, each 128-bit lane one block. Two accumulating dot products give each block's sums in
+    // four int32 lanes; the weight scales of the one, two or four groups met are spread to match.
+    const int64_t per_group = std::min<int64_t>(blocks_per_group, 4);
+    const __m512i spread = _mm512_srli_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                             per_group == 1 ? 0 : per_group == 2 ? 1 : 2);
+    const __mmask8 loaded = per_group == 1 ? 0xF : per_group == 2 ? 0x3 : 0x1;
+    const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+    const float* x_scales = act.scales4.data() + m * blocks * 4;
+    __m512 wide[kRows];
+    for (int r = 0; r < kRows; ++r) wide[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < quads; b += 4) {
+      const __m512i x_even = _mm512_loadu_si512(x_codes + b * kBlock);
+      const __m512i x_odd = _mm512_loadu_si512(x_codes + b * kBlock + 2 * kBlock);
+      const __m512 x_scale = _mm512_loadu_ps(x_scales + 4 * b);
+      const int64_t g = b / blocks_per_group;
+      for (int r = 0; r < count; ++r) {
+        const __m512i packed = _mm512_loadu_si512(rows + r * width / 2 + b * 16);
+        const __m512i even = _mm512_and_si512(packed, low_nibbles);
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), even, x_even), odd, x_odd);
+        const __m512 scales = _mm512_permutexvar_ps(
+            spread, _mm512_castps128_ps512(_mm_maskz_loadu_ps(loaded, w_scale + r * groups + g)));
+        wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(x_scale, scales), wide[r]);
+      }
     }
+    for (int r = 0; r < count; ++r) acc[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
   }
-  for (int r = 0; r < count; ++r) acc[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
 #endif
-  for (; b < blocks; ++b) {
+  const float* x_scales = act.scales8.data() + m * blocks * 8;
+  for (int64_t b = quads; b < blocks; ++b) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
     const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b);
     const int64_t g = b / blocks_per_group;
@@ -240,7 +283,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const int64_t block_count = width / kBlock, blocks_per_group = block_count / groups;
   const at::Tensor input = activations_as_float(x, width, "int4_linear");
   const int64_t rows = input.size(0);
-  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, /*even_then_odd=*/true);
+  const QuantizedActivations act = quantize_activations(
+      input.data_ptr<float>(), rows, width, CodeOrder{true, int4_quad_blocks(block_count, blocks_per_group)});
   std::vector<float> group_sums(rows * groups, 0.f);  // sum(x) over each group, shared by every output row
   for (int64_t b = 0; b < rows * block_count; ++b) group_sums[b / blocks_per_group] += act.sums[b];
   at::Tensor out = at::empty({rows, out_features}, input.options());
@@ -254,8 +298,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     for (int64_t n = begin; n < end; n += kRows) {
       const int64_t count = std::min<int64_t>(kRows, end - n);
       for (int64_t m = 0; m < rows; ++m) {
-        int4_rows(w + n * width / 2, count, width, w_scale + n * groups, groups, act.codes.data() + m * width,
-                  act.scales.data() + m * block_count * 8, sums);
+        int4_rows(w + n * width / 2, count, width, w_scale + n * groups, groups, act.codes.data() + m * width, act, m,
+                  sums);
         for (int64_t r = 0; r < count; ++r) {
           float offset = 0.f;  // sum over groups of minimum * sum(x)
           for (int64_t g = 0; g < groups; ++g) offset += w_min[(n + r) * groups + g] * group_sums[m * groups + g];
@@ -275,7 +319,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
               "int8_linear: weight_scale must be a contiguous float32 vector of ", out_features, " scales");
   const at::Tensor input = activations_as_float(x, width, "int8_linear");
   const int64_t rows = input.size(0);
-  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, /*even_then_odd=*/false);
+  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, CodeOrder{false, 0});
   std::vector<float> row_sums(rows, 0.f);  // sum(x) of each row
   for (int64_t b = 0; b < rows * block_count; ++b) row_sums[b / block_count] += act.sums[b];
   at::Tensor out = at::empty({rows, out_features}, input.options());
@@ -288,7 +332,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
     for (int64_t n = begin; n < end; n += kRows) {
       const int64_t count = std::min<int64_t>(kRows, end - n);
       for (int64_t m = 0; m < rows; ++m) {
-        int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales.data() + m * block_count * 8,
+        int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
                   row_sums[m], sums);
         for (int64_t r = 0; r < count; ++r) result[m * out_features + n + r] = sums[r] * w_scale[n + r];
       }

@@ -49,7 +49,8 @@ def assert_matches(out: torch.Tensor, reference: torch.Tensor) -> None:
 
 # shapes: rows (decoding batches), odd block counts (a pair path and a single-block tail), output
 # counts that are not a multiple of the 4 rows taken at a time, groups of one block, several and all
-INT4_CASES = [(1, 576, 1536, 64), (3, 96, 10, 32), (16, 192, 7, 96), (2, 128, 33, 128), (5, 64, 4, 32)]
+INT4_CASES = [(1, 576, 1536, 64), (3, 96, 10, 32), (16, 192, 7, 96), (2, 128, 33, 128), (5, 64, 4, 32),
+              (2, 288, 12, 32), (1, 512, 9, 256)]
 
 
 @needs_kernels
