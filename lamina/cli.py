@@ -92,6 +92,10 @@ def progress(description: str) -> Iterator[None]:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
+    parser.add_argument("--quantize", choices=("auto", "none", "int8", "int4"), default="auto",
+                        help="weight-only quantization (int4: groups of 32). auto (default): int4 on the CPU for a "
+                             "GGUF whose layers are Q4_1, which holds the file's own 4-bit values exactly and "
+                             "decodes fastest (bench/RESULTS.md); none otherwise")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -104,12 +108,35 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="compile the decode step (torch.compile; pays off over long outputs or a long chat)")
 
 
-def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu") -> Any:
+def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", quantize: str = "none") -> Any:
     """A causal LM from any source lamina reads, with a progress bar."""
     from lamina.models.auto import AutoModelForCausalLM
 
+    quantization = _quantization(Path(source), quantize, device)
     with progress(f"Loading {Path(source).name}"):
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
+                                                    quantization_config=quantization)
+
+
+def _quantization(source: Path, quantize: str, device: str) -> Any:
+    """The QuantizationConfig `--quantize` asks for (see its help), or None."""
+    from lamina.quantization import QuantizationConfig
+
+    if quantize == "auto":
+        quantize = "int4" if device == "cpu" and _layers_are_q4_1(source) else "none"
+    return None if quantize == "none" else QuantizationConfig(method=quantize, group_size=32)
+
+
+def _layers_are_q4_1(source: Path) -> bool:
+    """Whether `source` is a GGUF whose transformer blocks' matrices are all Q4_1: min/max groups of
+    32, which int4 with groups of 32 re-quantizes to the same values (a block's codes span 0..15)."""
+    from lamina.checkpoints.gguf import read_gguf
+
+    if not (source.is_file() and source.suffix == ".gguf"):
+        return False
+    matrices = [info for name, info in read_gguf(source).tensors.items()
+                if name.startswith("blk.") and len(info.shape) == 2]
+    return bool(matrices) and all(info.type_name == "Q4_1" for info in matrices)
 
 
 def load_tokenizer(source: str | Path) -> Any:
@@ -121,7 +148,7 @@ def load_tokenizer(source: str | Path) -> Any:
 
 def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
     source = args.model or default_model()
-    model = load_model(source, args.dtype, args.device)
+    model = load_model(source, args.dtype, args.device, args.quantize)
     return model, load_tokenizer(source)
 
 

@@ -265,3 +265,29 @@ def test_compile_flag_asks_generate_for_the_compiled_step(tiny_gguf_with_tokeniz
     assert cli.main(base) == 0
     assert cli.main(base + ["--compile"]) == 0
     assert seen == [None, {}]
+
+
+def test_auto_quantization_keeps_a_q4_1_files_values(tmp_path):
+    """`--quantize auto` on the CPU loads a GGUF whose layers are Q4_1 as int4 (groups of 32), and
+    the int4 weights are the file's values exactly; other files and devices stay unquantized."""
+    from lamina.quantization import Int4Linear
+    from tests.checkpoints.test_gguf import Q, write_gguf
+
+    path = tmp_path / "q4_1.gguf"
+    write_gguf(path, kinds=(Q.Q4_1,))
+    mixed = tmp_path / "mixed.gguf"
+    write_gguf(mixed)
+    config = cli._quantization(path, "auto", "cpu")
+    assert (config.method, config.group_size) == ("int4", 32)
+    assert cli._quantization(path, "auto", "cuda") is None
+    assert cli._quantization(mixed, "auto", "cpu") is None
+    assert cli._quantization(mixed, "int8", "cpu").method == "int8"
+    assert cli._quantization(path, "none", "cpu") is None
+
+    quantized = cli.load_model(path, quantize="auto")
+    full = dict(cli.load_model(path, quantize="none").named_modules())
+    layers = {name: module for name, module in quantized.named_modules()
+              if isinstance(module, Int4Linear) and name.startswith("model.layers.")}
+    assert len(layers) == 2 * 4  # per block: fused qkv, o, fused gate/up, down
+    for name, module in layers.items():
+        assert torch.equal(module.dequantize(), full[name].weight), name
