@@ -31,6 +31,7 @@ import torch
 
 from ..errors import InputError, UnsupportedError
 from ..outputs import ModelOutput
+from ..quantization.linear import uses_lamina_kernels
 from .config import GenerationConfig
 from .processors import LogitsProcessorList, build_processors
 
@@ -121,7 +122,7 @@ class GenerationMixin:
         step = getattr(self, "decode_step", None)
         if step is None or not compiled:
             return step
-        settings = _compile_arguments(config.compile_settings(), self.device)
+        settings = _compile_arguments(config.compile_settings(), self.device, uses_lamina_kernels(self))
         key = repr(sorted(settings.items()))
         steps = self.__dict__.setdefault("_compiled_steps", {})
         if key not in steps:
@@ -268,12 +269,18 @@ class GenerationMixin:
         )
 
 
-def _compile_arguments(compile_config: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
+def _compile_arguments(compile_config: dict[str, Any] | None, device: torch.device,
+                       native_kernels: bool = False) -> dict[str, Any]:
     """`torch.compile` keyword arguments for the decode step: one full graph with static shapes;
-    CUDA graphs on a GPU ("reduce-overhead"); `compile_config` entries override."""
+    CUDA graphs on a GPU ("reduce-overhead"); on the CPU with lamina's quantized kernels, inductor's
+    C++ wrapper, which calls them without Python in between (SmolLM2-135M int4: 144 → 157 tok/s,
+    a first compile of ~2 minutes instead of ~30 s on 2 cores; cached after). `compile_config`
+    entries override."""
     settings: dict[str, Any] = dict(fullgraph=True, dynamic=False)
     if device.type == "cuda":
         settings["mode"] = "reduce-overhead"
+    elif native_kernels and not {"mode", "options"} & set(compile_config or {}):
+        settings["options"] = {"cpp_wrapper": True}
     settings.update(compile_config or {})
     return settings
 

@@ -6,7 +6,7 @@
 // then take integer dot products of unsigned by signed bytes 32 or 64 at a time (`vpdpbusd` with
 // VNNI; `vpmaddubsw` + `vpmaddwd` without), and scale each block's sum in float32.
 //
-// lamina::int4_linear(x (M, K), weight (N, K/2) uint8, scale (N, G) float32, minimum (N, G) float32)
+// lamina::int4_linear(x (M, K), weight (N, K/2) uint8, scale (N, G) float16, minimum (N, G) float16)
 //   -> (M, N) float32
 //   Two 4-bit codes a byte, even inputs in the low nibble; groups of K/G inputs (a multiple of
 //   32) share a scale and a minimum: w = code * scale + minimum. This is `Int4Linear`'s own layout,
@@ -255,6 +255,14 @@ inline void int8_rows(const int8_t* rows, int64_t count, int64_t width, const in
   for (int r = 0; r < count; ++r) out[r] = horizontal_sum(acc[r]);
 }
 
+void halves_to_floats(const at::Half* halves, int64_t count, float* out) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(halves);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + i))));
+  for (; i < count; ++i) out[i] = _cvtsh_ss(bits[i]);
+}
+
 at::Tensor activations_as_float(const at::Tensor& x, int64_t width, const char* op) {
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D (rows, in_features), got ", x.dim(), " dimensions");
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be on the CPU, got ", x.device());
@@ -274,8 +282,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
                        const at::Tensor& minimum) {
   const int64_t out_features = weight.size(0), width = 2 * weight.size(1);
   check_matrix(weight, at::kByte, out_features, "int4_linear", "weight");
-  check_matrix(scale, at::kFloat, out_features, "int4_linear", "scale");
-  check_matrix(minimum, at::kFloat, out_features, "int4_linear", "minimum");
+  check_matrix(scale, at::kHalf, out_features, "int4_linear", "scale");
+  check_matrix(minimum, at::kHalf, out_features, "int4_linear", "minimum");
   const int64_t groups = scale.size(1);
   TORCH_CHECK(minimum.size(1) == groups, "int4_linear: scale has ", groups, " groups a row, minimum ", minimum.size(1));
   TORCH_CHECK(groups > 0 && width % (groups * kBlock) == 0, "int4_linear: ", groups, " groups do not split ", width,
@@ -290,19 +298,23 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   at::Tensor out = at::empty({rows, out_features}, input.options());
 
   const uint8_t* w = weight.data_ptr<uint8_t>();
-  const float* w_scale = scale.data_ptr<float>();
-  const float* w_min = minimum.data_ptr<float>();
+  const at::Half* w_scale = scale.data_ptr<at::Half>();
+  const at::Half* w_min = minimum.data_ptr<at::Half>();
   float* result = out.data_ptr<float>();
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
     float sums[kRows];
+    // the rows' float16 scales and minimums as float32, converted once for all their products
+    std::vector<float> row_scales(kRows * groups), row_mins(kRows * groups);
     for (int64_t n = begin; n < end; n += kRows) {
       const int64_t count = std::min<int64_t>(kRows, end - n);
+      halves_to_floats(w_scale + n * groups, count * groups, row_scales.data());
+      halves_to_floats(w_min + n * groups, count * groups, row_mins.data());
       for (int64_t m = 0; m < rows; ++m) {
-        int4_rows(w + n * width / 2, count, width, w_scale + n * groups, groups, act.codes.data() + m * width, act, m,
+        int4_rows(w + n * width / 2, count, width, row_scales.data(), groups, act.codes.data() + m * width, act, m,
                   sums);
         for (int64_t r = 0; r < count; ++r) {
           float offset = 0.f;  // sum over groups of minimum * sum(x)
-          for (int64_t g = 0; g < groups; ++g) offset += w_min[(n + r) * groups + g] * group_sums[m * groups + g];
+          for (int64_t g = 0; g < groups; ++g) offset += row_mins[r * groups + g] * group_sums[m * groups + g];
           result[m * out_features + n + r] = sums[r] + offset;
         }
       }

@@ -31,6 +31,8 @@ from torch import nn
 from .. import kernels
 from ..layers.linear import float32_if_slow
 
+FP16_MAX, FP16_TINY = 65504.0, 2.0**-24  # float16's largest finite and smallest positive values
+
 # up to this many rows a call (decoding a batch) the packed kernels run
 PACKED_KERNEL_MAX_ROWS = 16
 
@@ -147,7 +149,8 @@ class Int8Linear(QuantizedLinear):
 
 class Int4Linear(QuantizedLinear):
     """Asymmetric 4-bit weights in groups of `group_size` inputs: w = code * scale + minimum.
-    `weight (out, in/2) uint8` (two codes a byte), `weight_scale`, `weight_min (out, in/group)`."""
+    `weight (out, in/2) uint8` (two codes a byte), `weight_scale`, `weight_min (out, in/group)`
+    float16 (groups whose range passes float16's are clamped to it)."""
 
     method = "int4"
 
@@ -157,14 +160,17 @@ class Int4Linear(QuantizedLinear):
         self.group_size = group_size
         groups = in_features // group_size
         self.weight = _frozen(torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
-        self.weight_scale = _frozen(torch.ones(out_features, groups, device=device))
-        self.weight_min = _frozen(torch.zeros(out_features, groups, device=device))
+        self.weight_scale = _frozen(torch.ones(out_features, groups, dtype=torch.float16, device=device))
+        self.weight_min = _frozen(torch.zeros(out_features, groups, dtype=torch.float16, device=device))
 
     def set_weight(self, weight: torch.Tensor) -> None:
         groups = weight.float().view(self.out_features, -1, self.group_size)
         low, high = groups.amin(-1), groups.amax(-1)
-        scale = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-        codes = ((groups - low[..., None]) / scale[..., None]).round_().clamp_(0, 15)
+        # float16 scale and minimum (as GGUF's Q4_1 stores them: a Q4_1 file's groups come back
+        # exactly), the codes rounded against the stored values
+        low = low.clamp(-FP16_MAX, FP16_MAX).half()
+        scale = ((high - low.float()) / 15).clamp(FP16_TINY, FP16_MAX).half()
+        codes = ((groups - low.float()[..., None]) / scale.float()[..., None]).round_().clamp_(0, 15)
         self.weight = _frozen(pack_nibbles(codes.view(self.out_features, self.in_features)))
         self.weight_scale, self.weight_min = _frozen(scale), _frozen(low)
         self.refresh_packed()
@@ -177,8 +183,8 @@ class Int4Linear(QuantizedLinear):
     def pack(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
         device = self.weight.device.type
         if device == "cpu" and self.group_size % 32 == 0 and (ops := kernels.ops()) is not None:
-            return ops.int4_linear, (self.weight.contiguous(), self.weight_scale.float().contiguous(),
-                                     self.weight_min.float().contiguous())
+            return ops.int4_linear, (self.weight.contiguous(), self.weight_scale.half().contiguous(),
+                                     self.weight_min.half().contiguous())
         codes = unpack_nibbles(self.weight)
         if device == "cpu" and self.out_features % 16 == 0:  # the packing's own limit
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
@@ -226,6 +232,14 @@ class NF4Linear(QuantizedLinear):
         codes = unpack_nibbles(self.weight).view(self.out_features, -1, self.group_size).long()
         values = NF4_CODES.to(self.weight.device, dtype)[codes] * self.weight_absmax.to(dtype)[..., None]
         return values.view(self.out_features, self.in_features)
+
+
+def uses_lamina_kernels(model: nn.Module) -> bool:
+    """Whether any layer of `model` decodes through lamina's own kernels."""
+    ops = kernels.ops() if any(isinstance(m, QuantizedLinear) for m in model.modules()) else None
+    return ops is not None and any(
+        isinstance(m, QuantizedLinear) and m._packed is not None and m._packed[0] in (ops.int4_linear, ops.int8_linear)
+        for m in model.modules())
 
 
 def _int8pack_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,8 @@ def int4_operands(out_features: int, in_features: int, group_size: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (out_features, in_features), generator=generator)
     groups = in_features // group_size
-    scale = torch.rand(out_features, groups, generator=generator) * 0.02
-    minimum = -torch.rand(out_features, groups, generator=generator) * 0.1
+    scale = (torch.rand(out_features, groups, generator=generator) * 0.02).half()
+    minimum = (-torch.rand(out_features, groups, generator=generator) * 0.1).half()
     weight = (codes.view(out_features, groups, group_size).double() * scale.double()[..., None]
               + minimum.double()[..., None]).view(out_features, in_features)
     return pack_nibbles(codes), scale, minimum, weight
@@ -95,7 +95,9 @@ def test_kernel_errors_name_the_operand():
     with pytest.raises(RuntimeError, match="scale has 7 rows, expected 8"):
         OPS.int4_linear(torch.randn(1, 64), packed, scale[:7], minimum)
     with pytest.raises(RuntimeError, match="3 groups do not split 64 inputs"):
-        OPS.int4_linear(torch.randn(1, 64), packed, torch.ones(8, 3), torch.ones(8, 3))
+        OPS.int4_linear(torch.randn(1, 64), packed, torch.ones(8, 3).half(), torch.ones(8, 3).half())
+    with pytest.raises(RuntimeError, match="scale must be a contiguous 2-D Half"):
+        OPS.int4_linear(torch.randn(1, 64), packed, scale.float(), minimum)
     with pytest.raises(RuntimeError, match="in_features must be a multiple of 32, got 48"):
         OPS.int8_linear(torch.randn(1, 48), torch.zeros(4, 48, dtype=torch.int8), torch.ones(4))
     with pytest.raises(RuntimeError, match="weight_scale must be a contiguous float32 vector of 4"):
@@ -179,3 +181,31 @@ def test_avx2_paths_in_a_separate_build(tmp_path):
     built = library.stat().st_mtime_ns
     again = run_python(check, LAMINA_KERNEL_CFLAGS=flags, LAMINA_KERNEL_CACHE=str(tmp_path))
     assert again.returncode == 0 and library.stat().st_mtime_ns == built and list(tmp_path.iterdir()) == [library]
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_compiled_decoding_through_the_kernels_matches_eager():
+    """The compiled decode step (inductor's C++ wrapper around lamina's ops) gives the eager
+    step's tokens and logits."""
+    from lamina.generation.decoding import _compile_arguments
+    from lamina.models.mistral import MistralConfig, MistralForCausalLM
+    from lamina.quantization import QuantizationConfig, quantize
+    from lamina.quantization.linear import uses_lamina_kernels
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    model = MistralForCausalLM(config).eval()
+    assert not uses_lamina_kernels(model)
+    quantize(model, QuantizationConfig(method="int4", group_size=32))
+    assert uses_lamina_kernels(model)
+    assert _compile_arguments({}, torch.device("cpu"), True)["options"] == {"cpp_wrapper": True}
+    assert "options" not in _compile_arguments({"mode": "max-autotune"}, torch.device("cpu"), True)
+    ids = torch.randint(0, 128, (2, 5))
+    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    eager = model.generate(ids, disable_compile=True, **settings)
+    compiled = model.generate(ids, compile_config={}, **settings)
+    assert not getattr(model, "_compile_failed", False)
+    assert torch.equal(compiled.sequences, eager.sequences)
+    torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
