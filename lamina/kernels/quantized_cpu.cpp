@@ -153,6 +153,11 @@ inline __m256i unpack_int4(const uint8_t* packed) {
 // Rows of the weight are taken kRows at a time so that each block of activations, loaded once,
 // feeds several independent accumulators.
 constexpr int kRows = 4;
+// Weight rows are streamed from memory once a product: prefetching the rows two passes ahead lets
+// two threads draw ~30 GB/s where the hardware prefetchers alone reached ~20 (SmolLM2-135M int8).
+constexpr int kPrefetchRows = 2 * kRows;
+
+inline void prefetch(const void* address) { _mm_prefetch(static_cast<const char*>(address), _MM_HINT_T0); }
 
 // How many of a row's blocks `int4_rows` takes four at a time (AVX-512): all but the last
 // `blocks % 4`, where the blocks of a group are 1, 2 or a multiple of 4 (so that four blocks meet
@@ -191,6 +196,7 @@ inline void int4_rows(const uint8_t* rows, int64_t count, int64_t width, const f
       const __m512 x_scale = _mm512_loadu_ps(x_scales + 4 * b);
       const int64_t g = b / blocks_per_group;
       for (int r = 0; r < count; ++r) {
+        prefetch(rows + (r + kPrefetchRows) * width / 2 + b * 16);
         const __m512i packed = _mm512_loadu_si512(rows + r * width / 2 + b * 16);
         const __m512i even = _mm512_and_si512(packed, low_nibbles);
         const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
@@ -209,6 +215,7 @@ inline void int4_rows(const uint8_t* rows, int64_t count, int64_t width, const f
     const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b);
     const int64_t g = b / blocks_per_group;
     for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width / 2 + b * 16);
       const __m256i dot = dot_u8s8(unpack_int4(rows + r * width / 2 + b * 16), x);
       const __m256 scale = _mm256_mul_ps(x_scale, _mm256_set1_ps(w_scale[r * groups + g]));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
@@ -234,6 +241,7 @@ inline void int8_rows(const int8_t* rows, int64_t count, int64_t width, const in
       const __m512i x = _mm512_loadu_si512(x_codes + b * kBlock);
       const __m512 x_scale = _mm512_loadu_ps(x_scales + 8 * b);
       for (int r = 0; r < count; ++r) {
+        prefetch(rows + (r + kPrefetchRows) * width + b * kBlock);
         const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(rows + r * width + b * kBlock), flip);  // w + 128
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
         wide[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), x_scale, wide[r]);
@@ -247,6 +255,7 @@ inline void int8_rows(const int8_t* rows, int64_t count, int64_t width, const in
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
     const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b);
     for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width + b * kBlock);
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + r * width + b * kBlock));
       const __m256i dot = dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), x_scale, acc[r]);
