@@ -1,7 +1,7 @@
 """lamina's own CPU kernels: C++ compiled on first use with the machine's compiler and cached.
 
-`quantized_cpu.cpp` holds the int8 and int4 matrix products for decoding (AVX2, and AVX-512 VNNI
-where the CPU has it; see its header). `ops()` builds it with `-march=native` once per source,
+`linear_cpu.cpp` holds the int8, int4 and bf16 matrix products for decoding (AVX2, and AVX-512
+VNNI / BF16 where the CPU has them; see its header). `ops()` builds it with `-march=native` once per source,
 torch version, compiler, flags and CPU, into a cache directory
 (`$LAMINA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/lamina/kernels`, else `~/.cache/lamina/kernels`),
 loads it into `torch.ops.lamina` and registers shape functions so `torch.compile` can trace the
@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCE = Path(__file__).with_name("quantized_cpu.cpp")
+SOURCE = Path(__file__).with_name("linear_cpu.cpp")
 # -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
@@ -35,7 +35,8 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason":
 
 
 def ops() -> SimpleNamespace | None:
-    """The compiled kernels (`int4_linear`, `int8_linear`), or None where they cannot run here."""
+    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`), or None where they cannot
+    run here. The first call builds or loads them; under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
         if reason is None:
@@ -47,13 +48,19 @@ def ops() -> SimpleNamespace | None:
                 reason = f"building {SOURCE.name} failed: {last_line}"
         if reason is None:
             _state["ops"] = SimpleNamespace(int4_linear=torch.ops.lamina.int4_linear,
-                                            int8_linear=torch.ops.lamina.int8_linear)
+                                            int8_linear=torch.ops.lamina.int8_linear,
+                                            bf16_linear=torch.ops.lamina.bf16_linear)
         else:
             _state["ops"] = None
             _state["reason"] = reason
             if os.environ.get("LAMINA_KERNELS") != "0":
-                warnings.warn(f"lamina kernels unavailable ({reason}); quantized layers use PyTorch's kernels", stacklevel=2)
+                warnings.warn(f"lamina kernels unavailable ({reason}); PyTorch's kernels run instead", stacklevel=2)
     return _state["ops"]  # type: ignore[return-value]
+
+
+def loaded() -> SimpleNamespace | None:
+    """The kernels if `ops()` has already made them available, else None (never builds)."""
+    return _state.get("ops")  # type: ignore[return-value]
 
 
 def unavailable_reason() -> str | None:
@@ -134,6 +141,10 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("lamina::int4_linear")
     def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::bf16_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
 
     @torch.library.register_fake("lamina::int8_linear")

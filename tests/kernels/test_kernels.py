@@ -152,16 +152,16 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
     """, CXX="false", LAMINA_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
     reason, warning = done.stdout.strip().splitlines()
-    assert reason.startswith("building quantized_cpu.cpp failed") and "exited with 1" in reason
-    assert "quantized layers use PyTorch's kernels" in warning
+    assert reason.startswith("building linear_cpu.cpp failed") and "exited with 1" in reason
+    assert "PyTorch's kernels run instead" in warning
     assert list(tmp_path.iterdir()) == []  # no partial library left behind
 
 
 @pytest.mark.slow
 @needs_kernels
 def test_avx2_paths_in_a_separate_build(tmp_path):
-    """On an AVX-512 CPU the default build takes the VNNI paths; build without AVX-512 and VNNI
-    and check the AVX2 ones against the same reference, then that the cached library is reused."""
+    """On an AVX-512 CPU the default build takes the VNNI and BF16 paths; build without AVX-512 and
+    VNNI and check the AVX2 ones against the same reference, then that the cached library is reused."""
     check = f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -172,6 +172,8 @@ def test_avx2_paths_in_a_separate_build(tmp_path):
         t.test_int8_linear_matches_reference(3, 96, 9)
         t.test_int8_linear_matches_reference(1, 576, 40)
         t.test_zero_and_extreme_activations()
+        t.test_bf16_linear_sums_in_float32(1, 576, 40)
+        t.test_bf16_linear_sums_in_float32(3, 40, 5)
         print("ok")
     """
     flags = "-mno-avx512f -mno-avxvnni"
@@ -209,3 +211,33 @@ def test_compiled_decoding_through_the_kernels_matches_eager():
     assert not getattr(model, "_compile_failed", False)
     assert torch.equal(compiled.sequences, eager.sequences)
     torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,in_features,out_features", [(1, 576, 1536), (2, 96, 9), (3, 40, 5), (1, 1000, 13)])
+def test_bf16_linear_sums_in_float32(rows, in_features, out_features):
+    """bf16 products summed in float32: the float64 product of the same bf16 values, to float32's
+    rounding (widths that are no multiple of 32 or 8 take the scalar tail)."""
+    x = torch.randn(rows, in_features).bfloat16()
+    weight = torch.randn(out_features, in_features).bfloat16()
+    out = OPS.bf16_linear(x, weight)
+    assert_matches(out, x.double() @ weight.double().T)
+    with pytest.raises(RuntimeError, match="x must be a 2-D BFloat16 CPU tensor"):
+        OPS.bf16_linear(x.float(), weight)
+
+
+@needs_kernels
+def test_bf16_layers_decode_through_the_kernel():
+    """`layers.Linear` in bf16 hands one or two rows to the kernel: the float32 product of the bf16
+    values rounded once to bf16 (what PyTorch's bf16 matmul computes, up to summation order)."""
+    from lamina.layers.linear import BF16_KERNEL_MAX_ROWS, Linear
+
+    torch.manual_seed(3)
+    layer = Linear(256, 48).to(torch.bfloat16)
+    for shape in [(1, 1, 256), (BF16_KERNEL_MAX_ROWS, 256), (2, 3, 256)]:  # the last: many rows, PyTorch's path
+        x = torch.randn(shape).bfloat16()
+        expected = (x.float() @ layer.weight.float().T + layer.bias.float()).to(torch.bfloat16)
+        out = layer(x)
+        assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 48)
+        torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-3)
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=2**-7, atol=1e-2)

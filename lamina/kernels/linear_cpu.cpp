@@ -1,7 +1,8 @@
-// Weight-only quantized matrix products for a few rows (decoding), on x86-64 with AVX2 and FMA,
-// and AVX-512 VNNI where the compiler targets it (`-march=native` on a CPU that has it).
+// Matrix products for a few rows (decoding) on x86-64 with AVX2 and FMA, and AVX-512 VNNI / BF16
+// where the compiler targets them (`-march=native` on a CPU that has them): weight-only int8 and
+// int4, and bf16. Weight rows are streamed once a call, four at a time, prefetched ahead.
 //
-// Both kernels quantize the activations first, per block of 32 inputs, to int8 with one float
+// The quantized kernels quantize the activations first, per block of 32 inputs, to int8 with one float
 // scale a block (symmetric: scale = max|x| / 127, code = x * (1 / scale) rounded half to even),
 // then take integer dot products of unsigned by signed bytes 32 or 64 at a time (`vpdpbusd` with
 // VNNI; `vpmaddubsw` + `vpmaddwd` without), and scale each block's sum in float32.
@@ -21,6 +22,10 @@
 //   once a row; without, |w| multiplies x with w's sign moved onto it (`vpsignb`), since
 //   `vpmaddubsw` would saturate on the offset form.
 //
+// lamina::bf16_linear(x (M, K) bfloat16, weight (N, K) bfloat16) -> (M, N) float32
+//   Products of bf16 pairs summed in float32 (`vdpbf16ps`; without AVX-512 BF16, widened to float32
+//   and multiplied with FMA), as PyTorch's bf16 matmul does before its one rounding to bf16.
+//
 // Rows of the output are split across ATen's threads (torch.set_num_threads).
 
 #include <ATen/Parallel.h>
@@ -33,10 +38,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define LAMINA_AVX512_VNNI 1
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define LAMINA_AVX512_BF16 1
 #endif
 
 namespace {
@@ -362,14 +371,84 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return out;
 }
 
+// One output of the bf16 product for `count` (≤ kRows) weight rows and one row of activations.
+inline void bf16_rows(const uint16_t* rows, int64_t count, int64_t width, const uint16_t* x, const float* x_float,
+                      float* out) {
+  int64_t k = 0;
+  float tail[kRows] = {};
+#ifdef LAMINA_AVX512_BF16
+  __m512 wide[kRows];
+  for (int r = 0; r < kRows; ++r) wide[r] = _mm512_setzero_ps();
+  for (; k + 32 <= width; k += 32) {
+    const __m512bh xs = (__m512bh)_mm512_loadu_si512(x + k);
+    for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width + k);
+      wide[r] = _mm512_dpbf16_ps(wide[r], (__m512bh)_mm512_loadu_si512(rows + r * width + k), xs);
+    }
+  }
+  for (int r = 0; r < count; ++r) tail[r] = _mm512_reduce_add_ps(wide[r]);
+#else
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (; k + 8 <= width; k += 8) {
+    const __m256 xs = _mm256_loadu_ps(x_float + k);
+    for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width + k);
+      const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + r * width + k));
+      const __m256 w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+      acc[r] = _mm256_fmadd_ps(w, xs, acc[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) tail[r] = horizontal_sum(acc[r]);
+#endif
+  for (int r = 0; r < count; ++r) {
+    for (int64_t i = k; i < width; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(rows[r * width + i]) << 16;
+      float w;
+      std::memcpy(&w, &bits, sizeof(w));
+      tail[r] += w * x_float[i];
+    }
+    out[r] = tail[r];
+  }
+}
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
+  const int64_t out_features = weight.size(0), width = weight.size(1);
+  check_matrix(weight, at::kBFloat16, out_features, "bf16_linear", "weight");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
+              "bf16_linear: x must be a 2-D BFloat16 CPU tensor, got ", x.sizes(), " ", c10::toString(x.scalar_type()));
+  TORCH_CHECK(x.size(1) == width, "bf16_linear: x has ", x.size(1), " columns, the weight expects ", width);
+  const at::Tensor input = x.contiguous();
+  const at::Tensor input_float = input.to(at::kFloat);
+  const int64_t rows = input.size(0);
+  at::Tensor out = at::empty({rows, out_features}, input.options().dtype(at::kFloat));
+  const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  const auto* xs = reinterpret_cast<const uint16_t*>(input.data_ptr<at::BFloat16>());
+  const float* xs_float = input_float.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
+    float sums[kRows];
+    for (int64_t n = begin; n < end; n += kRows) {
+      const int64_t count = std::min<int64_t>(kRows, end - n);
+      for (int64_t m = 0; m < rows; ++m) {
+        bf16_rows(w + n * width, count, width, xs + m * width, xs_float + m * width, sums);
+        for (int64_t r = 0; r < count; ++r) result[m * out_features + n + r] = sums[r];
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lamina, m) {
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor minimum) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale) -> Tensor");
+  m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lamina, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("bf16_linear", &bf16_linear);
 }
