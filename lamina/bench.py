@@ -127,9 +127,9 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
     start = time.perf_counter()
     if engine == "lamina":
         from . import AutoModelForCausalLM
-        from .quantization import QuantizationConfig
+        from .quantization.config import decoding_config
 
-        quantization = QuantizationConfig(method=mode) if mode in ("int8", "int4") else None
+        quantization = decoding_config(mode) if mode in ("int8", "int4") else None
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization)
     else:
         import transformers

@@ -93,7 +93,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
     parser.add_argument("--quantize", choices=("auto", "none", "int8", "int4"), default="auto",
-                        help="weight-only quantization (int4: groups of 32). auto (default): int4 on the CPU for a "
+                        help="weight-only quantization (int4: groups of 32, the output layer int8). auto (default): "
+                             "int4 on the CPU for a "
                              "GGUF whose layers are Q4_1, which holds the file's own 4-bit values exactly and "
                              "decodes fastest (bench/RESULTS.md); none otherwise")
 
@@ -120,11 +121,11 @@ def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", qua
 
 def _quantization(source: Path, quantize: str, device: str) -> Any:
     """The QuantizationConfig `--quantize` asks for (see its help), or None."""
-    from lamina.quantization import QuantizationConfig
+    from lamina.quantization.config import decoding_config
 
     if quantize == "auto":
         quantize = "int4" if device == "cpu" and _layers_are_q4_1(source) else "none"
-    return None if quantize == "none" else QuantizationConfig(method=quantize, group_size=32)
+    return None if quantize == "none" else decoding_config(quantize)
 
 
 def _layers_are_q4_1(source: Path) -> bool:

@@ -38,16 +38,21 @@ def _one_error_line(stderr: str) -> str:
 @pytest.mark.slow
 @needs_default
 def test_generate_on_the_default_model():
-    result = _lamina("generate", "What is the capital of France?", "--max-new-tokens", "12")
+    """The default (int4 on the CPU for this Q4_1 file, the output layer int8) and full precision.
+    "What is the capital of France?" itself starts at a near-tie in full precision ("The" 25.33 vs
+    "L" 25.24): int4 with int8 activations, like llama.cpp on the same file, goes on "L'Étoile"."""
+    result = _lamina("generate", "Which city is the capital of France?", "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "Traceback" not in result.stderr
+    full = _lamina("generate", "What is the capital of France?", "--max-new-tokens", "12", "--quantize", "none")
+    assert full.returncode == 0 and "Paris" in full.stdout, full.stderr
 
 
 @pytest.mark.slow
 @needs_default
 def test_chat_through_stdin_with_reset_and_exit():
-    question = "What is the capital of France?\n"
+    question = "Which city is the capital of France?\n"
     session = question + "/reset\n" + question + "Thanks!\n/exit\nnever read\n"
     result = _lamina("chat", "--max-new-tokens", "12", stdin=session)
     assert result.returncode == 0, result.stderr
@@ -278,7 +283,7 @@ def test_auto_quantization_keeps_a_q4_1_files_values(tmp_path):
     mixed = tmp_path / "mixed.gguf"
     write_gguf(mixed)
     config = cli._quantization(path, "auto", "cpu")
-    assert (config.method, config.group_size) == ("int4", 32)
+    assert (config.method, config.group_size, config.module_methods) == ("int4", 32, {"lm_head": "int8"})
     assert cli._quantization(path, "auto", "cuda") is None
     assert cli._quantization(mixed, "auto", "cpu") is None
     assert cli._quantization(mixed, "int8", "cpu").method == "int8"

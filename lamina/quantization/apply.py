@@ -52,17 +52,16 @@ def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
 
 
 def _replace_linears(model: nn.Module, config: QuantizationConfig) -> None:
-    layer_class = LAYERS[config.method]
     chosen = {
-        name: module for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not _skipped(name, config)
+        name: (module, method) for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (method := config.method_for(name)) is not None
         # a layer too narrow for the groups stays in full precision
-        and (config.method == "int8" or module.in_features % config.group_size == 0)
+        and (method == "int8" or module.in_features % config.group_size == 0)
     }
-    for name, module in chosen.items():
+    for name, (module, method) in chosen.items():
         weight = module.weight
-        kwargs = {} if config.method == "int8" else {"group_size": config.group_size}
-        layer = layer_class(module.in_features, module.out_features, bias=module.bias is not None,
+        kwargs = {} if method == "int8" else {"group_size": config.group_size}
+        layer = LAYERS[method](module.in_features, module.out_features, bias=module.bias is not None,
                             compute_dtype=config.compute_dtype, device=weight.device, **kwargs)
         if not weight.is_meta:
             with torch.no_grad():
@@ -71,10 +70,6 @@ def _replace_linears(model: nn.Module, config: QuantizationConfig) -> None:
             layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
         owner_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner_name) if owner_name else model, attr, layer)
-
-
-def _skipped(name: str, config: QuantizationConfig) -> bool:
-    return any(name == skip or name.endswith("." + skip) for skip in config.modules_to_not_convert)
 
 
 def _output_embeddings_quantized(model: nn.Module) -> bool:
@@ -105,7 +100,7 @@ def _quantize_with_bitsandbytes(model: nn.Module, config: BitsAndBytesConfig) ->
     import bitsandbytes as bnb
 
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or _skipped(name, config.to_lamina()):
+        if not isinstance(module, nn.Linear) or config.to_lamina().method_for(name) is None:
             continue
         weight = module.weight.detach()
         if config.load_in_4bit:

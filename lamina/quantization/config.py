@@ -31,7 +31,9 @@ class QuantizationConfig:
     - `method="nf4"`: 4-bit NormalFloat codes in blocks of `group_size`, one absmax per block.
 
     `compute_dtype` (None: the model's dtype) is what activations and outputs are in.
-    `modules_to_not_convert` lists module names (or name suffixes) left in full precision.
+    `modules_to_not_convert` lists module names (or name suffixes) left in full precision;
+    `module_methods` maps module names (or name suffixes) to another method for them, such as
+    `{"lm_head": "int8"}` (an output layer rounded to 4 bits costs far more accuracy than the rest).
     The default group size is 32, Q4_1's: a model already quantized in groups of 32 (GGUF) keeps
     its exact values, where groups of 64 add a second rounding.
     """
@@ -40,10 +42,15 @@ class QuantizationConfig:
     group_size: int = 32
     compute_dtype: torch.dtype | None = None
     modules_to_not_convert: list[str] = field(default_factory=list)
+    module_methods: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"quantization_config.method: expected one of {METHODS}, found {self.method!r}")
+        for name, method in self.module_methods.items():
+            if method not in METHODS:
+                raise ConfigError(f"quantization_config.module_methods[{name!r}]: expected one of {METHODS}, "
+                                  f"found {method!r}")
         if self.method != "int8" and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"quantization_config.group_size: expected one of {GROUP_SIZES}, found {self.group_size!r}")
         self.compute_dtype = check_compute_dtype(self.compute_dtype, "quantization_config.compute_dtype")
@@ -55,7 +62,27 @@ class QuantizationConfig:
             "group_size": self.group_size,
             "compute_dtype": dtype_name(self.compute_dtype) if self.compute_dtype else None,
             "modules_to_not_convert": list(self.modules_to_not_convert),
+            "module_methods": dict(self.module_methods),
         }
+
+    def method_for(self, name: str) -> str | None:
+        """The method for the module called `name`, or None where it stays in full precision."""
+        if any(_names(name, skip) for skip in self.modules_to_not_convert):
+            return None
+        return next((method for key, method in self.module_methods.items() if _names(name, key)), self.method)
+
+
+def decoding_config(method: str) -> QuantizationConfig:
+    """What `lamina generate` / `chat` / `bench` run for `method`: int4 in groups of 32 (Q4_1's) with
+    the output layer in int8 (in 4 bits SmolLM2-135M's head turned "Paris" into "L'Étoile"), or
+    plain int8."""
+    return QuantizationConfig(method=method, group_size=32,
+                              module_methods={"lm_head": "int8"} if method in ("int4", "nf4") else {})
+
+
+def _names(name: str, key: str) -> bool:
+    """Whether `key` names the module `name`: the whole name or its trailing components."""
+    return name == key or name.endswith("." + key)
 
 
 @dataclass

@@ -6,11 +6,12 @@ and derives what a packed kernel needs from them when the weight is set, loaded 
 
 Weights are quantized; activations keep their precision except inside lamina's CPU kernels, which
 round them to int8 per block of 32 inputs (as llama.cpp's Q8 activations; a relative error near
-0.4%, below the weights'). Kernels, measured on a 2-core AVX2 CPU at SmolLM2-135M's shapes (all 121
-of the model's matmuls for one token, bench/RESULTS.md): bf16 `F.linear` 15.9 ms, fp32 41.5 ms,
-PyTorch's `_weight_int8pack_mm` 12.9 ms and `_weight_int4pack_mm_for_cpu` 11.2 ms, fbgemm's dynamic
-int8 10.5 ms (which rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so
-not used), and lamina's own AVX2 kernels (`lamina.kernels`) {INT8_MS} ms for int8 and {INT4_MS} ms for int4.
+0.4%, below the weights'). Kernels for all 121 of SmolLM2-135M's matmuls for one token on 2 cores
+(bench/RESULTS.md): on an AVX2 EPYC, bf16 `F.linear` 15.9 ms, fp32 41.5 ms, PyTorch's
+`_weight_int8pack_mm` 12.9 ms and `_weight_int4pack_mm_for_cpu` 11.2 ms, fbgemm's dynamic int8
+10.5 ms (which rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so not
+used); on an AVX-512 Xeon, lamina's own kernels (`lamina.kernels`) 4.3 ms for int8 and 3.6 ms for
+int4 (groups of 32).
 - A few rows (decoding): on the CPU lamina's kernels where they build (else PyTorch's packed
   kernels, bf16 activations); on CUDA `_weight_int8pack_mm`, and tinygemm's `_weight_int4pack_mm`
   on compute capability 8.0 and up.

@@ -277,3 +277,22 @@ def test_real_model_perplexity_bounds(smollm):
     # decoding token by token: the packed kernels, weight-only with activations in bf16
     assert abs(perplexity(int8, ids, chunk=1) / full - 1) < 0.02
     assert abs(perplexity(int4, ids, chunk=1) / full - 1) < 0.10
+
+
+def test_module_methods_pick_a_method_per_layer(tmp_path):
+    """`module_methods` gives named layers their own method; the mix saves and loads."""
+    from lamina.quantization.config import decoding_config
+
+    config = decoding_config("int4")
+    assert config.method_for("lm_head") == "int8" and config.method_for("model.layers.0.mlp.down_proj") == "int4"
+    model = quantize(tiny_model(), config)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.layers[0].mlp.down_proj, Int4Linear)
+    model.save_pretrained(tmp_path)
+    loaded = MistralForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded.lm_head, Int8Linear) and isinstance(loaded.model.layers[0].mlp.down_proj, Int4Linear)
+    ids = torch.randint(0, 256, (1, 7))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    skipped = QuantizationConfig(method="int4", modules_to_not_convert=["lm_head"], module_methods={"lm_head": "int8"})
+    assert skipped.method_for("lm_head") is None
+    with pytest.raises(ConfigError, match=r"module_methods\['lm_head'\]: expected one of"):
+        QuantizationConfig(module_methods={"lm_head": "int3"})
