@@ -45,7 +45,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype == self.weight.dtype == torch.bfloat16 and x.device.type == "cpu"
-                and x.numel() <= BF16_KERNEL_MAX_ROWS * x.shape[-1]):
+                and x.numel() <= BF16_KERNEL_MAX_ROWS * x.shape[-1]
+                # the kernel has no backward: training keeps PyTorch's product
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             # under torch.compile only a kernel already loaded (building is not traceable)
             ops = kernels.loaded() if torch.compiler.is_compiling() else kernels.ops()
             if ops is not None:

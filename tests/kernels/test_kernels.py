@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -227,17 +228,26 @@ def test_bf16_linear_sums_in_float32(rows, in_features, out_features):
 
 
 @needs_kernels
-def test_bf16_layers_decode_through_the_kernel():
+def test_bf16_layers_decode_through_the_kernel(monkeypatch):
     """`layers.Linear` in bf16 hands one or two rows to the kernel: the float32 product of the bf16
     values rounded once to bf16 (what PyTorch's bf16 matmul computes, up to summation order)."""
     from lamina.layers.linear import BF16_KERNEL_MAX_ROWS, Linear
 
     torch.manual_seed(3)
     layer = Linear(256, 48).to(torch.bfloat16)
+    calls = []
+    counted = SimpleNamespace(**vars(OPS))
+    counted.bf16_linear = lambda *args: calls.append(args[0].shape) or OPS.bf16_linear(*args)
+    monkeypatch.setitem(kernels._state, "ops", counted)
     for shape in [(1, 1, 256), (BF16_KERNEL_MAX_ROWS, 256), (2, 3, 256)]:  # the last: many rows, PyTorch's path
         x = torch.randn(shape).bfloat16()
         expected = (x.float() @ layer.weight.float().T + layer.bias.float()).to(torch.bfloat16)
-        out = layer(x)
+        with torch.no_grad():
+            out = layer(x)
         assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 48)
         torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-3)
         torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=2**-7, atol=1e-2)
+    assert calls == [(1, 256), (BF16_KERNEL_MAX_ROWS, 256)]
+    one = torch.randn(1, 256).bfloat16()
+    layer(one).float().sum().backward()  # with gradients on, PyTorch's product (the kernel has no backward)
+    assert layer.weight.grad is not None and layer.weight.grad.shape == (48, 256) and len(calls) == 2
