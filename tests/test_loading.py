@@ -58,8 +58,11 @@ def test_sharded_save_round_trips(mistral_dir, tmp_path):
     again = lamina.MistralForCausalLM.from_pretrained(tmp_path / "sharded")
     theirs = transformers.MistralForCausalLM.from_pretrained(tmp_path / "sharded")
     with torch.no_grad():
-        assert max_diff(again(ids()).logits, reference(ids()).logits) == 0
+        # the shards hold the same values: each library gives exactly what it gave before; across
+        # libraries the parity bound (fused q/k/v sums in another order on some CPUs' kernels)
+        assert max_diff(again(ids()).logits, ours(ids()).logits) == 0
         assert max_diff(theirs(ids()).logits, reference(ids()).logits) == 0
+        assert max_diff(again(ids()).logits, reference(ids()).logits) <= 1e-5
 
 
 def test_bin_checkpoint_and_dtype(mistral_dir, tmp_path):
