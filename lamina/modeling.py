@@ -7,6 +7,7 @@ peak memory of a load stays near the model's own size. Saving runs the same map 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -251,7 +252,9 @@ class PreTrainedModel(nn.Module):
         if quantization_config is not None:
             from .quantization import quantize
 
-            quantize(model, quantization_config)
+            # the weights were just mapped and nothing has written them: their pages can go
+            quantize(model, quantization_config, release_sources=True)
+            _return_freed_memory()
         model.eval()
         model.loading_info = info
         if directory is not None and hasattr(model, "generate") and (directory / "generation_config.json").is_file():
@@ -409,6 +412,16 @@ class PreTrainedModel(nn.Module):
             write_weights(state, tmp, max_shard_size, safe_serialization)
             for hook in getattr(self, "extra_save_hooks", ()):
                 hook(tmp)
+
+
+def _return_freed_memory() -> None:
+    """Hand the allocator's freed blocks back to the system (glibc keeps large freed blocks after
+    raising its mmap threshold): what loading freed then leaves the process's RSS."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.malloc_trim(0)
 
 
 def _release_copied(

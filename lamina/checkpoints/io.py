@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -24,6 +25,9 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+
+# mapped safetensors files by id, for release_mapped_pages
+_OPEN_FILES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -40,6 +44,22 @@ _SAFETENSORS_DTYPES = {
     "F8_E5M2": torch.float8_e5m2,
 }
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def release_mapped_pages(tensor: torch.Tensor) -> None:
+    """Drop the memory pages under `tensor` where it views an open safetensors mapping (else do
+    nothing): they count in the process's RSS while mapped. Only for tensors that nothing has
+    written and whose reader is done with them: the pages come back from the file on a later read,
+    so a view of them elsewhere (a tied embedding) still reads the file's values."""
+    start, length = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for file in list(_OPEN_FILES.values()):
+        offset = start - file._base
+        if file._map is not None and 0 <= offset and offset + length <= len(file._map) and length:
+            page = offset // mmap.PAGESIZE * mmap.PAGESIZE
+            file._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
+            return
 
 
 class SafetensorsFile(Mapping[str, torch.Tensor]):
@@ -65,6 +85,9 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
                     )
                 header_bytes = handle.read(header_len)
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+            if self._map is not None:
+                self._base = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
+                _OPEN_FILES[id(self)] = self
         except OSError as err:
             raise CheckpointError(f"{self.path}: cannot read ({err.strerror})") from None
         try:

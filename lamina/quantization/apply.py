@@ -7,17 +7,19 @@ quantized layers are put in place for the checkpoint's quantized tensors to fill
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoints.io import release_mapped_pages
 from ..errors import UnsupportedError
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
 from .linear import LAYERS, QuantizedLinear
 
 
-def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
+def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = False) -> nn.Module:
     """Quantize every `nn.Linear` of `model` (except `config.modules_to_not_convert`) in place and
     return the model.
 
@@ -25,6 +27,10 @@ def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
     "nf4") or a config.json `quantization_config` dict. Records `model.quantization_backend`
     ("lamina" or "bitsandbytes") and writes the config into `model.config.quantization_config`,
     so `save_pretrained` stores it and `from_pretrained` rebuilds the layers.
+
+    `release_sources`: drop the file pages behind each float weight as soon as it is quantized
+    (`from_pretrained` does, on weights just mapped that nothing has written), so peak memory stays
+    near the quantized model's bytes.
     """
     wanted = as_quantization_config(config)
     done = getattr(model, "quantization_method", None)
@@ -38,7 +44,7 @@ def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
         _quantize_with_bitsandbytes(model, config)
         backend = "bitsandbytes"
     else:
-        _replace_linears(model, wanted)
+        _replace_linears(model, wanted, release_mapped_pages if release_sources else None)
         backend = "lamina"
     model.quantization_method = wanted
     model.quantization_backend = backend
@@ -51,7 +57,8 @@ def quantize(model: nn.Module, config: Any = "int8") -> nn.Module:
     return model
 
 
-def _replace_linears(model: nn.Module, config: QuantizationConfig) -> None:
+def _replace_linears(model: nn.Module, config: QuantizationConfig,
+                     release: Callable[[torch.Tensor], None] | None = None) -> None:
     chosen = {
         name: (module, method) for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and (method := config.method_for(name)) is not None
@@ -65,7 +72,7 @@ def _replace_linears(model: nn.Module, config: QuantizationConfig) -> None:
                             compute_dtype=config.compute_dtype, device=weight.device, **kwargs)
         if not weight.is_meta:
             with torch.no_grad():
-                layer.set_weight(weight.detach())
+                layer.set_weight(weight.detach(), release)
         if module.bias is not None:
             layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
         owner_name, _, attr = name.rpartition(".")

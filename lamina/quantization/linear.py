@@ -33,6 +33,8 @@ from .. import kernels
 from ..layers.linear import float32_if_slow
 
 FP16_MAX, FP16_TINY = 65504.0, 2.0**-24  # float16's largest finite and smallest positive values
+# weights are quantized in blocks of rows of about this many elements (4 MB of float32 temporaries)
+QUANTIZE_BLOCK_ELEMENTS = 1 << 20
 
 # up to this many rows a call (decoding a batch) the packed kernels run
 PACKED_KERNEL_MAX_ROWS = 16
@@ -77,6 +79,25 @@ class QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight `(out, in)` in `dtype`."""
+        raise NotImplementedError
+
+    def set_weight(self, weight: torch.Tensor, release: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Quantize `weight (out, in)` into this layer's parameters, a block of rows at a time so
+        that the float temporaries stay small whatever the layer's size; `release(block)` is called
+        on each block of `weight` once it is quantized (loading drops its file pages there)."""
+        rows = max(1, QUANTIZE_BLOCK_ELEMENTS // self.in_features)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for block in weight.split(rows):
+            for name, value in self._quantize_rows(block).items():
+                parts.setdefault(name, []).append(value)
+            if release is not None:
+                release(block)
+        for name, values in parts.items():
+            setattr(self, name, _frozen(torch.cat(values)))
+        self.refresh_packed()
+
+    def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The quantized parameters (by name) of `rows (n, in)` of the weight."""
         raise NotImplementedError
 
     def pack(self) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None:
@@ -127,10 +148,9 @@ class Int8Linear(QuantizedLinear):
         self.weight = _frozen(torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.weight_scale = _frozen(torch.ones(out_features, device=device))
 
-    def set_weight(self, weight: torch.Tensor) -> None:
-        codes, scale = quantize_int8(weight)
-        self.weight, self.weight_scale = _frozen(codes), _frozen(scale)
-        self.refresh_packed()
+    def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        codes, scale = quantize_int8(rows)
+        return {"weight": codes, "weight_scale": scale}
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
@@ -164,17 +184,15 @@ class Int4Linear(QuantizedLinear):
         self.weight_scale = _frozen(torch.ones(out_features, groups, dtype=torch.float16, device=device))
         self.weight_min = _frozen(torch.zeros(out_features, groups, dtype=torch.float16, device=device))
 
-    def set_weight(self, weight: torch.Tensor) -> None:
-        groups = weight.float().view(self.out_features, -1, self.group_size)
+    def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        groups = rows.float().view(rows.shape[0], -1, self.group_size)
         low, high = groups.amin(-1), groups.amax(-1)
         # float16 scale and minimum (as GGUF's Q4_1 stores them: a Q4_1 file's groups come back
         # exactly), the codes rounded against the stored values
         low = low.clamp(-FP16_MAX, FP16_MAX).half()
         scale = ((high - low.float()) / 15).clamp(FP16_TINY, FP16_MAX).half()
         codes = ((groups - low.float()[..., None]) / scale.float()[..., None]).round_().clamp_(0, 15)
-        self.weight = _frozen(pack_nibbles(codes.view(self.out_features, self.in_features)))
-        self.weight_scale, self.weight_min = _frozen(scale), _frozen(low)
-        self.refresh_packed()
+        return {"weight": pack_nibbles(codes.view(rows.shape)), "weight_scale": scale, "weight_min": low}
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack_nibbles(self.weight).view(self.out_features, -1, self.group_size).to(dtype)
@@ -218,16 +236,15 @@ class NF4Linear(QuantizedLinear):
         self.weight = _frozen(torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.weight_absmax = _frozen(torch.ones(out_features, in_features // group_size, device=device))
 
-    def set_weight(self, weight: torch.Tensor) -> None:
-        blocks = weight.float().view(self.out_features, -1, self.group_size)
+    def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        blocks = rows.float().view(rows.shape[0], -1, self.group_size)
         absmax = blocks.abs().amax(-1).clamp(min=torch.finfo(torch.float32).tiny)
         normalised = blocks / absmax[..., None]
-        codes_table = NF4_CODES.to(weight.device)
+        codes_table = NF4_CODES.to(rows.device)
         # nearest code: the table is sorted, so compare against the midpoints between neighbours
         midpoints = (codes_table[1:] + codes_table[:-1]) / 2
         codes = torch.bucketize(normalised, midpoints)
-        self.weight = _frozen(pack_nibbles(codes.view(self.out_features, self.in_features)))
-        self.weight_absmax = _frozen(absmax)
+        return {"weight": pack_nibbles(codes.view(rows.shape)), "weight_absmax": absmax}
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack_nibbles(self.weight).view(self.out_features, -1, self.group_size).long()

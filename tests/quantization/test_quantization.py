@@ -296,3 +296,36 @@ def test_module_methods_pick_a_method_per_layer(tmp_path):
     assert skipped.method_for("lm_head") is None
     with pytest.raises(ConfigError, match=r"module_methods\['lm_head'\]: expected one of"):
         QuantizationConfig(module_methods={"lm_head": "int3"})
+
+
+def test_quantizing_in_row_blocks_changes_nothing(monkeypatch):
+    """Large weights are quantized a block of rows at a time (small temporaries); the result is
+    that of one pass, and each block is offered for release once quantized."""
+    import lamina.quantization.linear as linear
+
+    weight = torch.randn(40, 128)
+    whole = {method: make_layer(method, weight, group_size=32) for method in LAYERS}
+    monkeypatch.setattr(linear, "QUANTIZE_BLOCK_ELEMENTS", 128 * 7)  # blocks of 7 rows: 6 blocks
+    for method, layer_class in LAYERS.items():
+        kwargs = {} if method == "int8" else {"group_size": 32}
+        layer = layer_class(128, 40, **kwargs)
+        released = []
+        layer.set_weight(weight, released.append)
+        assert [block.shape[0] for block in released] == [7, 7, 7, 7, 7, 5]
+        for name, value in whole[method].state_dict().items():
+            assert torch.equal(layer.state_dict()[name], value), (method, name)
+
+
+def test_loading_with_quantization_drops_the_float_pages(tmp_path):
+    """`from_pretrained(..., quantization_config=)` releases the mapped float weights' pages as it
+    quantizes; the model is the one quantizing after loading gives, and a tied embedding still
+    reads the file's values."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded = MistralForCausalLM.from_pretrained(tmp_path, quantization_config=QuantizationConfig(method="int8"))
+    after = quantize(MistralForCausalLM.from_pretrained(tmp_path), QuantizationConfig(method="int8"))
+    for name, value in after.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    ids = torch.randint(0, 256, (1, 9))
+    torch.testing.assert_close(loaded(ids).logits, after(ids).logits, rtol=0, atol=0)
