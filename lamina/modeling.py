@@ -247,12 +247,19 @@ class PreTrainedModel(nn.Module):
             from .quantization import quantize
 
             quantize(model, saved_quantization)
+        if quantization_config is not None and saved_quantization is None:
+            from .quantization.config import BitsAndBytesConfig, as_quantization_config
+
+            if not isinstance(quantization_config, BitsAndBytesConfig):  # bitsandbytes quantizes its own way
+                # each linear layer's weight is quantized as soon as it is mapped (see _map_checkpoint)
+                model._quantize_while_mapping = (as_quantization_config(quantization_config), {})
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
         model.to(_resolve_device(device_map))
         if quantization_config is not None:
             from .quantization import quantize
 
-            # the weights were just mapped and nothing has written them: their pages can go
+            # what mapping did not quantize (a tied output layer); the weights were just mapped and
+            # nothing has written them: their pages can go
             quantize(model, quantization_config, release_sources=True)
             _return_freed_memory()
         model.eval()
@@ -301,6 +308,7 @@ class PreTrainedModel(nn.Module):
             raise CheckpointError(f"{where}: missing key {key!r} needed by {type(self).__name__}")
 
         self.load_state_dict(state, strict=False, assign=True)
+        self._put_quantized_layers()
         self._materialize_rest(dtype)
         if info.missing_keys:
             logger.warning("%s: newly initialised (not in the checkpoint): %s", type(self).__name__, info.missing_keys)
@@ -343,11 +351,51 @@ class PreTrainedModel(nn.Module):
             sources = [tensors[k] for k in keys]
             state[rule.target] = self._converted(rule.target, rule.merge(sources), expected, dtype)
             _release_copied(tensors, keys, sources, state[rule.target])
+            state[rule.target] = self._quantized_on_mapping(rule.target, state[rule.target])
         for name, key in renamed.items():
             source = tensors[key]
             state[name] = self._converted(name, source, expected, dtype)
             _release_copied(tensors, [key], [source], state[name])
+            state[name] = self._quantized_on_mapping(name, state[name])
         return state
+
+    def _quantized_on_mapping(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """With a quantization planned at load (`from_pretrained(quantization_config=)`), quantize a
+        linear layer's weight the moment it is mapped, keep the quantized layer aside and hand the
+        load a meta placeholder of the weight's shape: the float weight is never all in memory at
+        once, only one layer's (its file pages released as it is quantized)."""
+        plan = self.__dict__.get("_quantize_while_mapping")
+        if plan is None or not name.endswith(".weight"):
+            return tensor
+        from .checkpoints.io import release_mapped_pages
+        from .quantization.apply import quantized_layer
+
+        config, layers = plan
+        module_name = name[: -len(".weight")]
+        try:
+            module = self.get_submodule(module_name)
+        except AttributeError:
+            return tensor
+        if not isinstance(module, nn.Linear) or tuple(tensor.shape) != tuple(module.weight.shape):
+            return tensor
+        layer = quantized_layer(module_name, module, config, tensor, release_mapped_pages)
+        if layer is None:
+            return tensor
+        layers[module_name] = layer
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+    def _put_quantized_layers(self) -> None:
+        """Swap in the layers `_quantized_on_mapping` quantized, with the biases the load gave."""
+        plan = self.__dict__.pop("_quantize_while_mapping", None)
+        if plan is None:
+            return
+        from .quantization.apply import set_submodule
+
+        for name, layer in plan[1].items():
+            bias = self.get_submodule(name).bias
+            if bias is not None and not bias.is_meta:
+                layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            set_submodule(self, name, layer)
 
     @staticmethod
     def _converted(name: str, tensor: torch.Tensor, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -59,24 +59,37 @@ def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = 
 
 def _replace_linears(model: nn.Module, config: QuantizationConfig,
                      release: Callable[[torch.Tensor], None] | None = None) -> None:
-    chosen = {
-        name: (module, method) for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and (method := config.method_for(name)) is not None
-        # a layer too narrow for the groups stays in full precision
-        and (method == "int8" or module.in_features % config.group_size == 0)
-    }
-    for name, (module, method) in chosen.items():
-        weight = module.weight
-        kwargs = {} if method == "int8" else {"group_size": config.group_size}
-        layer = LAYERS[method](module.in_features, module.out_features, bias=module.bias is not None,
-                            compute_dtype=config.compute_dtype, device=weight.device, **kwargs)
-        if not weight.is_meta:
-            with torch.no_grad():
-                layer.set_weight(weight.detach(), release)
-        if module.bias is not None:
-            layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
-        owner_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner_name) if owner_name else model, attr, layer)
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name, module in linears:
+        layer = quantized_layer(name, module, config, None if module.weight.is_meta else module.weight, release)
+        if layer is not None:
+            set_submodule(model, name, layer)
+
+
+def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, weight: torch.Tensor | None,
+                    release: Callable[[torch.Tensor], None] | None = None) -> QuantizedLinear | None:
+    """The quantized layer `config` wants in place of the linear layer `name`, quantized from
+    `weight` (None: left empty, for a checkpoint's quantized tensors to fill), with `module`'s bias
+    where it has a real one; None where the layer stays in full precision."""
+    method = config.method_for(name)
+    # a layer too narrow for the groups stays in full precision
+    if method is None or (method != "int8" and module.in_features % config.group_size):
+        return None
+    kwargs = {} if method == "int8" else {"group_size": config.group_size}
+    device = module.weight.device if weight is None else weight.device
+    layer = LAYERS[method](module.in_features, module.out_features, bias=module.bias is not None,
+                           compute_dtype=config.compute_dtype, device=device, **kwargs)
+    if weight is not None:
+        with torch.no_grad():
+            layer.set_weight(weight.detach(), release)
+    if module.bias is not None and not module.bias.is_meta:
+        layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    return layer
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner_name) if owner_name else model, attr, module)
 
 
 def _output_embeddings_quantized(model: nn.Module) -> bool:
