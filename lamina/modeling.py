@@ -7,7 +7,6 @@ peak memory of a load stays near the model's own size. Saving runs the same map 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -261,7 +260,6 @@ class PreTrainedModel(nn.Module):
             # what mapping did not quantize (a tied output layer); the weights were just mapped and
             # nothing has written them: their pages can go
             quantize(model, quantization_config, release_sources=True)
-            _return_freed_memory()
         model.eval()
         model.loading_info = info
         if directory is not None and hasattr(model, "generate") and (directory / "generation_config.json").is_file():
@@ -367,7 +365,7 @@ class PreTrainedModel(nn.Module):
         plan = self.__dict__.get("_quantize_while_mapping")
         if plan is None or not name.endswith(".weight"):
             return tensor
-        from .checkpoints.io import release_mapped_pages
+        from .checkpoints.io import release_loaded
         from .quantization.apply import quantized_layer
 
         config, layers = plan
@@ -378,7 +376,7 @@ class PreTrainedModel(nn.Module):
             return tensor
         if not isinstance(module, nn.Linear) or tuple(tensor.shape) != tuple(module.weight.shape):
             return tensor
-        layer = quantized_layer(module_name, module, config, tensor, release_mapped_pages)
+        layer = quantized_layer(module_name, module, config, tensor, release_loaded)
         if layer is None:
             return tensor
         layers[module_name] = layer
@@ -460,16 +458,6 @@ class PreTrainedModel(nn.Module):
             write_weights(state, tmp, max_shard_size, safe_serialization)
             for hook in getattr(self, "extra_save_hooks", ()):
                 hook(tmp)
-
-
-def _return_freed_memory() -> None:
-    """Hand the allocator's freed blocks back to the system (glibc keeps large freed blocks after
-    raising its mmap threshold): what loading freed then leaves the process's RSS."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    libc.malloc_trim(0)
 
 
 def _release_copied(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints.io import release_mapped_pages
+from ..checkpoints.io import release_loaded
 from ..errors import UnsupportedError
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
 from .linear import LAYERS, QuantizedLinear
@@ -28,9 +28,9 @@ def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = 
     ("lamina" or "bitsandbytes") and writes the config into `model.config.quantization_config`,
     so `save_pretrained` stores it and `from_pretrained` rebuilds the layers.
 
-    `release_sources`: drop the file pages behind each float weight as soon as it is quantized
-    (`from_pretrained` does, on weights just mapped that nothing has written), so peak memory stays
-    near the quantized model's bytes.
+    `release_sources`: drop the file pages behind each float weight as soon as it is quantized, and
+    the allocator's freed blocks (`from_pretrained` does, on weights just mapped that nothing has
+    written), so peak memory stays near the quantized model's bytes.
     """
     wanted = as_quantization_config(config)
     done = getattr(model, "quantization_method", None)
@@ -44,7 +44,7 @@ def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = 
         _quantize_with_bitsandbytes(model, config)
         backend = "bitsandbytes"
     else:
-        _replace_linears(model, wanted, release_mapped_pages if release_sources else None)
+        _replace_linears(model, wanted, release_loaded if release_sources else None)
         backend = "lamina"
     model.quantization_method = wanted
     model.quantization_backend = backend

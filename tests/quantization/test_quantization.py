@@ -316,16 +316,42 @@ def test_quantizing_in_row_blocks_changes_nothing(monkeypatch):
             assert torch.equal(layer.state_dict()[name], value), (method, name)
 
 
-def test_loading_with_quantization_drops_the_float_pages(tmp_path):
-    """`from_pretrained(..., quantization_config=)` releases the mapped float weights' pages as it
-    quantizes; the model is the one quantizing after loading gives, and a tied embedding still
-    reads the file's values."""
-    model = tiny_model()
+@pytest.mark.parametrize("method", ["int8", "int4", "nf4"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_loading_with_quantization_drops_the_float_pages(tmp_path, method, tie):
+    """`from_pretrained(..., quantization_config=)` quantizes each weight as it is mapped (and the
+    tied output layer after) and releases the float pages: the model is bit for bit the one
+    quantizing after loading gives, and a tied embedding still reads the file's values."""
+    model = tiny_model(tie)
     model.save_pretrained(tmp_path)
-    loaded = MistralForCausalLM.from_pretrained(tmp_path, quantization_config=QuantizationConfig(method="int8"))
-    after = quantize(MistralForCausalLM.from_pretrained(tmp_path), QuantizationConfig(method="int8"))
+    config = QuantizationConfig(method=method, module_methods={"lm_head": "int8"})
+    loaded = MistralForCausalLM.from_pretrained(tmp_path, quantization_config=config)
+    after = quantize(MistralForCausalLM.from_pretrained(tmp_path), config)
+    assert isinstance(loaded.model.layers[1].self_attn.qkv_proj, LAYERS[method]) and isinstance(loaded.lm_head, Int8Linear)
+    assert loaded.state_dict().keys() == after.state_dict().keys()
     for name, value in after.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
     ids = torch.randint(0, 256, (1, 9))
     torch.testing.assert_close(loaded(ids).logits, after(ids).logits, rtol=0, atol=0)
+
+
+def test_quantizing_while_mapping_keeps_biases(tmp_path):
+    """GPT-2's linear layers have biases (and transposed Conv1D weights): the layers quantized
+    as they are mapped carry the loaded biases."""
+    import lamina
+
+    torch.manual_seed(0)
+    config = lamina.GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=2, n_head=4)
+    model = lamina.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name.endswith(".bias"):
+                value.normal_()
+    model.save_pretrained(tmp_path)
+    loaded = lamina.GPT2LMHeadModel.from_pretrained(tmp_path, quantization_config="int8")
+    after = quantize(lamina.GPT2LMHeadModel.from_pretrained(tmp_path), "int8")
+    biased = [name for name, value in loaded.state_dict().items() if name.endswith(".bias") and value.abs().sum() > 0]
+    assert biased
+    for name, value in after.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
