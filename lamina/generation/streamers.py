@@ -1,9 +1,10 @@
 """Streamers: `generate(..., streamer=s)` calls `s.put(tokens)` with the prompt, then with each
 new token, and `s.end()` once at the end. These turn the tokens into text as they arrive.
 
-Text goes out in whole words: the streamer decodes every token since the last line break and
-emits what grew, up to the last space (a later token may still change the word being built),
-at once after a line break or a CJK character (which stand alone). A decode ending in U+FFFD is an
+Text goes out as transformers' streamers emit it: the streamer decodes every token since the last
+line break (whose token it keeps, for the spacing of what follows) and emits what grew, at once
+when that is letters, digits and spaces, after a line break or a CJK character, and otherwise up
+to the last space (a symbol may open markup that later tokens complete). A decode ending in U+FFFD is an
 incomplete multi-byte character (tekken and byte-fallback vocabularies split UTF-8 over tokens):
 it is held back until the following tokens complete it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import unicodedata
 from typing import Any, TextIO
 
 import torch
@@ -28,6 +30,12 @@ def _is_cjk(char: str) -> bool:
         or 0x2B740 <= code <= 0x2B81F or 0x2B820 <= code <= 0x2CEAF or 0xF900 <= code <= 0xFAFF
         or 0x2F800 <= code <= 0x2FA1F
     )
+
+
+def _is_plain(text: str) -> bool:
+    """Letters (with their marks), digits and spaces: safe to emit at once. Anything else (a
+    symbol, which may open markup such as `<br>`) waits for the next space."""
+    return all(char.isspace() or unicodedata.category(char)[0] in "LMN" for char in text)
 
 
 class TextStreamer:
@@ -58,10 +66,12 @@ class TextStreamer:
         text = self.tokenizer.decode(self._tokens, **self.decode_kwargs)
         if text.endswith("\n"):
             ready = text[self._printed :]
-            self._tokens, self._printed = [], 0
+            # the line break's token stays as context: the next token's leading space survives
+            self._tokens = self._tokens[-1:]
+            self._printed = len(self.tokenizer.decode(self._tokens, **self.decode_kwargs))
         elif text.endswith(_REPLACEMENT):
             return
-        elif text and _is_cjk(text[-1]):
+        elif text and _is_cjk(text[-1]) or _is_plain(text[self._printed :]):
             ready = text[self._printed :]
             self._printed += len(ready)
         else:

@@ -24,6 +24,7 @@ class ByteTokenizer:
     WORDS = {256: " hello", 257: " world", 258: "\n", 259: " 日本", 260: "語"}
 
     def decode(self, ids, skip_special_tokens=False):
+        ids = [ids] if isinstance(ids, int) else ids  # real tokenizers take one id too
         data = b"".join(self.WORDS[i].encode() if i in self.WORDS else bytes([i]) for i in ids)
         return data.decode("utf-8", errors="replace")
 
