@@ -11,11 +11,13 @@ and 8 (lamina: compiled), the compile time, KV-cache bytes after the batch-1 run
 the model's matmuls for one token (its "matmul ceiling" in tokens/s, which each decode figure is
 also given as a share of), and the machine's read bandwidth, from which each mode's bandwidth
 ceiling (bandwidth ÷ weight bytes read per token) follows. A last section checks that a
-sliding-window model generating 4× past its window keeps its KV memory at the window. Results are a
+sliding-window model generating 4× past its window keeps its KV memory at the window, and, for a
+GGUF model, one the time and peak RSS of loading the file itself. Results are a
 markdown section, with ratios to transformers in the same dtype; `--out` replaces that section in a
 file (bench/RESULTS.md), keeping the file's other sections.
 
-Optional engines (`pip install 'lamina[bench]'`): transformers, llama-cpp-python.
+Optional engines (`pip install 'lamina[bench]'`): transformers (with accelerate, which its GGUF
+loading needs), llama-cpp-python.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ PROMPT_TOKENS = 512
 SLIDING_WINDOW = 64
 MODES = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
          "transformers:float32", "transformers:bfloat16", "llama.cpp:gguf"]
+# loads from a GGUF file (transformers dequantizes it to the dtype; it needs `accelerate` for that)
+GGUF_LOADS = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
+              "transformers:float32", "transformers:bfloat16"]
 
 
 def rss_bytes() -> int:
@@ -118,10 +123,21 @@ def matmul_seconds(model, repeats: int = 5) -> float:
         return timed(run, repeats)
 
 
-def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_tokens: int) -> dict:
+def model_bytes(model) -> int:
+    """Bytes of all of a model's parameters and buffers, each storage once (tied weights share one)."""
+    storages = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def measured_load(engine: str, mode: str, source: Path):
+    """`source` (an HF directory or a GGUF file) loaded by `engine` in `mode` (a dtype, or int8 /
+    int4 as `lamina generate` quantizes), with the load's time, the peak RSS it added (the
+    library's own imports included) and the loaded model's bytes."""
     import torch
 
-    torch.set_num_threads(threads)
     dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
     before = rss_bytes()
     start = time.perf_counter()
@@ -130,18 +146,24 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
         from .quantization.config import decoding_config
 
         quantization = decoding_config(mode) if mode in ("int8", "int4") else None
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, quantization_config=quantization)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, quantization_config=quantization)
     else:
         import transformers
 
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-    load_seconds = time.perf_counter() - start
-    load_peak = peak_rss_bytes() - before
-    model.eval()
-    weights = weight_bytes_per_token(model)
+        where = dict(pretrained_model_name_or_path=source.parent, gguf_file=source.name) if source.is_file() else \
+            dict(pretrained_model_name_or_path=source)
+        model = transformers.AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, attn_implementation="sdpa")
+    seconds = time.perf_counter() - start
+    return model.eval(), dict(load_s=seconds, load_peak_rss=peak_rss_bytes() - before, model_bytes=model_bytes(model))
+
+
+def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_tokens: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model, result = measured_load(engine, mode, model_dir)
     vocab = model.config.vocab_size
-    result = dict(load_s=load_seconds, load_peak_rss=load_peak, weight_bytes=weights,
-                  matmul_tok_s=1 / matmul_seconds(model))
+    result.update(weight_bytes=weight_bytes_per_token(model), matmul_tok_s=1 / matmul_seconds(model))
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                     return_dict_in_generate=True, pad_token_id=0)
     runs = [("decode_b1_tok_s", 1, {}), ("decode_b8_tok_s", 8, {})]
@@ -176,8 +198,9 @@ def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
     context = PROMPT_TOKENS + new_tokens + 16
     llm = llama_cpp.Llama(str(model_path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
                           n_batch=PROMPT_TOKENS, verbose=False)
-    result = dict(load_s=time.perf_counter() - start, load_peak_rss=peak_rss_bytes() - before,
-                  weight_bytes=model_path.stat().st_size)
+    size = model_path.stat().st_size
+    result = dict(load_s=time.perf_counter() - start, load_peak_rss=peak_rss_bytes() - before, weight_bytes=size,
+                  model_bytes=size)
     prompt = prompt_ids(1, PROMPT_TOKENS, llm.n_vocab())[0].tolist()
 
     def prefill():
@@ -201,6 +224,15 @@ def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
         result["kv_tokens"] = context
     result["backend"] = "llama.cpp " + llama_cpp.__version__
     return result
+
+
+def gguf_load_worker(spec: str, model_path: Path, threads: int) -> dict:
+    """Loading straight from the GGUF file: time, peak RSS and the model's bytes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    engine, _, mode = spec.partition(":")
+    return measured_load(engine, mode, model_path)[1]
 
 
 def run_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> dict:
@@ -272,8 +304,19 @@ def ratio(value: float | None, reference: float | None, higher_is_better: bool =
     return f" ({value / reference if higher_is_better else reference / value:.2f}×)"
 
 
+def _reference(rows: dict[str, dict], spec: str) -> dict:
+    """The transformers row a lamina row is compared with: the same dtype; float32 for int8, int4
+    and llama.cpp."""
+    mode = spec.partition(":")[2]
+    return rows.get("transformers:" + (mode if mode in ("float32", "bfloat16") else "float32"), {})
+
+
+def _peak(row: dict) -> str:
+    return f"{row['load_peak_rss'] / 1e6:,.0f} ({row['load_peak_rss'] / row['model_bytes']:.2f})"
+
+
 def report(results: dict[str, dict], bandwidth: float, threads: int, model_path: Path, new_tokens: int,
-           sliding: dict[str, dict] | None = None) -> str:
+           sliding: dict[str, dict] | None = None, gguf_loads: dict[str, dict] | None = None) -> str:
     info = versions()
     lines = [
         "## Latest run (lamina bench)",
@@ -291,7 +334,7 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
         "layers for one token with the mode's kernels, and \"% of matmul\" is decode b1 as a share of it; "
         "bandwidth ceiling = bandwidth ÷ weight bytes read per token.",
         "",
-        "| engine:mode | load s | load peak RSS MB (÷ weights) | prefill tok/s | eager b1 tok/s | decode b1 tok/s "
+        "| engine:mode | load s | load peak RSS MB (÷ model bytes) | prefill tok/s | eager b1 tok/s | decode b1 tok/s "
         "| % of matmul | matmul ceiling | bandwidth ceiling | decode b8 tok/s | first run s | KV bytes (tokens) | backend |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -299,13 +342,12 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
         if "error" in row:
             lines.append(f"| {spec} | error: {row['error']} |||||||||||| ")
             continue
-        mode = spec.partition(":")[2]
-        ref = results.get("transformers:" + (mode if mode in ("float32", "bfloat16") else "float32"), {})
+        ref = _reference(results, spec)
         matmul = row.get("matmul_tok_s")
         share = f"{100 * row['decode_b1_tok_s'] / matmul:.0f}%" if matmul else "—"
         lines.append(
             f"| {spec} | {fmt(row['load_s'], 2)}{ratio(row['load_s'], ref.get('load_s'), False)} "
-            f"| {row['load_peak_rss'] / 1e6:,.0f} ({row['load_peak_rss'] / row['weight_bytes']:.2f}) "
+            f"| {_peak(row)} "
             f"| {fmt(row['prefill_tok_s'])}{ratio(row['prefill_tok_s'], ref.get('prefill_tok_s'))} "
             f"| {fmt(row.get('eager_b1_tok_s'))}{ratio(row.get('eager_b1_tok_s'), ref.get('decode_b1_tok_s'))} "
             f"| {fmt(row['decode_b1_tok_s'])}{ratio(row['decode_b1_tok_s'], ref.get('decode_b1_tok_s'))} "
@@ -314,6 +356,17 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
             f"| {fmt(row.get('first_run_s'))} | {row.get('kv_bytes', 0):,} ({row.get('kv_tokens', '?')}) "
             f"| {row.get('backend') or ''} |"
         )
+    if gguf_loads:
+        lines += ["", f"Loading `{model_path.name}` itself (dequantized to the dtype, or quantized as `lamina generate` "
+                  "does; ratios to transformers in the same dtype, int8/int4 to its float32):", "",
+                  "| engine:mode | load s | load peak RSS MB (÷ model bytes) | model MB |", "|---|---|---|---|"]
+        for spec, row in gguf_loads.items():
+            if "error" in row:
+                lines.append(f"| {spec} | error: {row['error']} |||")
+                continue
+            ref = _reference(gguf_loads, spec)
+            lines.append(f"| {spec} | {fmt(row['load_s'], 2)}{ratio(row['load_s'], ref.get('load_s'), False)} "
+                         f"| {_peak(row)} | {row['model_bytes'] / 1e6:,.0f} |")
     if sliding:
         lines += ["", f"Sliding window ({SLIDING_WINDOW} slots, random 2-layer Mistral, {4 * SLIDING_WINDOW} new tokens):", ""]
         for engine, row in sliding.items():
@@ -369,7 +422,11 @@ def run_bench(args: argparse.Namespace) -> int:
                for spec in args.modes.split(",")}
     engines = sorted({spec.partition(":")[0] for spec in results} & {"lamina", "transformers"})
     sliding = {engine: _in_subprocess(engine, ["--sliding-window", engine], f"{engine} sliding window") for engine in engines}
-    section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding)
+    gguf_loads = None
+    if model_path.is_file():
+        gguf_loads = {spec: _in_subprocess(spec.partition(":")[0], ["--gguf-load", spec, *worker], f"{spec} GGUF load")
+                      for spec in GGUF_LOADS if spec.partition(":")[0] in engines}
+    section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding, gguf_loads)
     print(section)
     if args.out:
         write_results(args.out, section)
@@ -397,12 +454,15 @@ def worker_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lamina.bench")
     parser.add_argument("--worker")
     parser.add_argument("--sliding-window")
+    parser.add_argument("--gguf-load")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     if args.sliding_window:
         result = sliding_window_kv(args.sliding_window)
+    elif args.gguf_load:
+        result = gguf_load_worker(args.gguf_load, args.model, args.threads)
     else:
         result = run_worker(args.worker, args.model, args.threads, args.new_tokens)
     print(json.dumps(result))

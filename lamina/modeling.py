@@ -17,9 +17,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .checkpoints.gguf import load_gguf
-from .checkpoints.io import CheckpointReader, atomic_directory, open_checkpoint, write_weights
+from .checkpoints.io import (
+    CheckpointReader, as_dtype, atomic_directory, open_checkpoint, release_mapped_pages, write_weights,
+)
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, resolve_dtype
@@ -69,6 +72,25 @@ def check_attn_implementation(name: str | None) -> str:
                 "attn_implementation='flash_attention_2' needs the flash-attn package (pip install flash-attn)"
             ) from None
     return name
+
+
+class skip_init_on_meta(TorchFunctionMode):
+    """Within it, initialisers leave meta tensors as they are instead of "filling" them: that does
+    nothing but cost time, and torch's meta `normal_` imports torch._dynamo (about 80 MB
+    resident) the first time it runs. Models built on the meta device for loading use it."""
+
+    _INITIALISERS = frozenset(
+        [getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
+        + [torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_]
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._INITIALISERS:
+            tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
 
 
 class PreTrainedModel(nn.Module):
@@ -239,7 +261,7 @@ class PreTrainedModel(nn.Module):
             target_dtype = _checkpoint_float_dtype(tensors) or torch.float32
         config._attn_implementation = attn_implementation or config._attn_implementation
 
-        with torch.device("meta"):
+        with torch.device("meta"), skip_init_on_meta():
             model = cls(config)
         saved_quantization = getattr(config, "quantization_config", None)
         if saved_quantization is not None:  # a quantized checkpoint: empty quantized layers receive it
@@ -338,23 +360,23 @@ class PreTrainedModel(nn.Module):
             else:
                 renamed[key] = key
         state: dict[str, torch.Tensor] = {}
-        for rule in type(self).name_map(self.config):
-            present = [s in renamed for s in rule.sources]
+        mapping = [(rule.target, rule.sources, rule.merge) for rule in type(self).name_map(self.config)]
+        mapping += [(name, (name,), lambda sources: sources[0]) for name in list(renamed)]
+        for target, names, merge in mapping:
+            present = [name in renamed for name in names]
             if not any(present):
                 continue
             if not all(present):
-                missing = [s for s, p in zip(rule.sources, present) if not p]
-                raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {rule.target!r})")
-            keys = [renamed.pop(s) for s in rule.sources]
-            sources = [tensors[k] for k in keys]
-            state[rule.target] = self._converted(rule.target, rule.merge(sources), expected, dtype)
-            _release_copied(tensors, keys, sources, state[rule.target])
-            state[rule.target] = self._quantized_on_mapping(rule.target, state[rule.target])
-        for name, key in renamed.items():
-            source = tensors[key]
-            state[name] = self._converted(name, source, expected, dtype)
-            _release_copied(tensors, [key], [source], state[name])
-            state[name] = self._quantized_on_mapping(name, state[name])
+                missing = [name for name, p in zip(names, present) if not p]
+                raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {target!r})")
+            want = expected.get(target)
+            want = dtype if want is not None and want.is_floating_point() else None
+            sources = [_read(tensors, renamed.pop(name), want) for name in names]
+            merged = merge(sources)
+            for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
+                if source.data_ptr() != merged.data_ptr():
+                    release_mapped_pages(source)
+            state[target] = self._quantized_on_mapping(target, merged)
         return state
 
     def _quantized_on_mapping(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -394,13 +416,6 @@ class PreTrainedModel(nn.Module):
             if bias is not None and not bias.is_meta:
                 layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
             set_submodule(self, name, layer)
-
-    @staticmethod
-    def _converted(name: str, tensor: torch.Tensor, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        target = expected.get(name)
-        if target is not None and tensor.is_floating_point() and target.is_floating_point():
-            return tensor.to(dtype)
-        return tensor
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:
         """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""
@@ -460,17 +475,12 @@ class PreTrainedModel(nn.Module):
                 hook(tmp)
 
 
-def _release_copied(
-    tensors: Mapping[str, torch.Tensor], keys: list[str], sources: list[torch.Tensor], result: torch.Tensor
-) -> None:
-    """Release the file pages of the sources `result` does not view (it is a converted or merged
-    copy of them); a zero-copy result, a transpose or permutation included, keeps them."""
-    release = getattr(tensors, "release", None)
-    if release is None:
-        return
-    for key, source in zip(keys, sources):
-        if source.data_ptr() != result.data_ptr():
-            release(key)
+def _read(tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """A checkpoint tensor, floating ones in `dtype` (None: as stored). Readers that produce a
+    dtype themselves (GGUF's dequantizer) are asked for it; mapped tensors are converted a block
+    at a time, releasing their file pages as they go."""
+    read = getattr(tensors, "read", None)
+    return as_dtype(read(key, dtype) if read is not None else tensors[key], dtype)
 
 
 def _is_buffer_key(model: nn.Module, key: str) -> bool:

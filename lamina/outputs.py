@@ -12,8 +12,20 @@ from typing import Any
 import torch
 
 
+# transformers 5.25 renamed `past_key_values` to `cache` (and kept the old name); here both name one field
+_RENAMED = {"cache": "past_key_values"}
+
+
 @dataclass
 class ModelOutput:
+    @property
+    def cache(self) -> Any:
+        """transformers' newer name for `past_key_values`."""
+        return getattr(self, "past_key_values", None)
+
+    def _field(self, key: str) -> str:
+        return _RENAMED.get(key, key)
+
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
 
@@ -25,13 +37,14 @@ class ModelOutput:
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
+            key = self._field(key)
             if key not in self.keys():
                 raise KeyError(key)
             return getattr(self, key)
         return self.to_tuple()[key]
 
     def __contains__(self, key: str) -> bool:
-        return key in self.keys()
+        return self._field(key) in self.keys()
 
     def __iter__(self):
         return iter(self.keys())
@@ -40,6 +53,7 @@ class ModelOutput:
         return len(self.keys())
 
     def get(self, key: str, default: Any = None) -> Any:
+        key = self._field(key)
         return getattr(self, key, default) if key in self.keys() else default
 
 

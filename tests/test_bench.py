@@ -11,7 +11,7 @@ import torch
 import lamina
 from lamina import bench, cli
 
-ROW = dict(load_s=2.0, load_peak_rss=600e6, weight_bytes=500e6, prefill_tok_s=500.0, decode_b1_tok_s=20.0,
+ROW = dict(load_s=2.0, load_peak_rss=600e6, model_bytes=500e6, weight_bytes=400e6, prefill_tok_s=500.0, decode_b1_tok_s=20.0,
            decode_b8_tok_s=80.0, kv_bytes=1024, kv_tokens=144, backend=None, matmul_tok_s=40.0)
 
 
@@ -28,14 +28,20 @@ def test_report_gives_ratios_to_transformers_and_the_ceilings():
     }
     sliding = {"lamina": dict(tokens=264, kv_bytes=32768, window_bytes=32768),
                "transformers": dict(tokens=264, kv_bytes=65536, window_bytes=32768)}
-    text = bench.report(results, bandwidth=25e9, threads=2, model_path=Path("m.gguf"), new_tokens=128, sliding=sliding)
+    gguf_loads = {"lamina:int4": dict(load_s=0.5, load_peak_rss=130e6, model_bytes=100e6),
+                  "transformers:float32": dict(load_s=5.0, load_peak_rss=1200e6, model_bytes=500e6),
+                  "transformers:bfloat16": {"error": "accelerate is required"}}
+    text = bench.report(results, bandwidth=25e9, threads=2, model_path=Path("m.gguf"), new_tokens=128, sliding=sliding,
+                        gguf_loads=gguf_loads)
+    assert "| lamina:int4 | 0.50 (10.00×) | 130 (1.30) | 100 |" in text  # against transformers' float32 load
+    assert "| transformers:bfloat16 | error: accelerate is required |||" in text
     cells = _cells(text, "lamina:float32")
     assert cells[1] == "1.00 (2.00×)"  # load: half the time is 2× better
-    assert cells[2] == "600 (1.20)"  # peak RSS over weight bytes
+    assert cells[2] == "600 (1.20)"  # peak RSS over the model's bytes
     assert cells[4] == "22.0 (1.10×)"  # eager decode against transformers' decode
     assert cells[5] == "30.0 (1.50×)"
     assert cells[6] == "75%"  # 30 of a 40 tok/s matmul ceiling
-    assert cells[8] == "50"  # 25 GB/s ÷ 500 MB per token
+    assert cells[8] == "62"  # 25 GB/s ÷ 400 MB of weights read per token
     assert cells[10] == "40.0"
     assert _cells(text, "transformers:float32")[4] == "—"
     assert "llama_cpp is not installed" in text
@@ -93,3 +99,13 @@ def test_bench_refuses_a_missing_model_and_unknown_modes(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["bench", str(tmp_path), "--modes", "lamina:int3"]) == 1
     assert "unknown mode 'lamina:int3'" in capsys.readouterr().err
+
+
+def test_model_bytes_count_tied_weights_once():
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2)
+    tied = lamina.MistralForCausalLM(lamina.MistralConfig(**shape, tie_word_embeddings=True))
+    untied = lamina.MistralForCausalLM(lamina.MistralConfig(**shape, tie_word_embeddings=False))
+    embedding = 64 * 32 * 4
+    assert bench.model_bytes(untied) - bench.model_bytes(tied) == embedding
+    assert bench.model_bytes(untied) == sum(t.numel() * t.element_size() for t in [*untied.parameters(), *untied.buffers()])

@@ -225,3 +225,19 @@ def test_released_pages_leave_the_rss_and_read_back_unchanged(tmp_path):
     assert touched - released > 48 * 2**20
     assert float(handle["big"].sum()) == total  # read again from the file
     assert torch.equal(handle["small"], torch.ones(3))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+def test_conversion_releases_the_source_pages_block_by_block(tmp_path):
+    from lamina.checkpoints.io import SafetensorsFile, converted
+
+    tensor = torch.randn(16 * 2**20)  # 64 MiB of float32
+    save_file({"big": tensor}, tmp_path / "model.safetensors")
+    handle = SafetensorsFile(tmp_path / "model.safetensors")
+    before = _rss()
+    found = converted(handle["big"], torch.bfloat16)
+    grown = _rss() - before
+    assert torch.equal(found, tensor.to(torch.bfloat16))
+    # the 32 MiB copy stays; the 64 MiB of file pages it was read from are gone
+    assert 28 * 2**20 < grown < 44 * 2**20, grown
+    assert converted(found, torch.bfloat16) is found

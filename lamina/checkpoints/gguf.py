@@ -25,9 +25,17 @@ import torch
 
 from ..errors import CheckpointError, UnsupportedError
 from .interleaved import InterleavedRotaryTensors
+from .io import release_mapped_range, track_mapping, trim_allocator
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+# type id → (name, values a block, bytes a block) for the types lamina reads: ggml's table, as the
+# gguf package has it (tested against it); the package is imported only for other types and for
+# the k-quant dequantizers, as importing it costs ~35 MB of resident memory
+_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 8: ("Q8_0", 32, 34), 2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
+}
+SUPPORTED_TYPES = tuple(name for name, _, _ in _TYPES.values())
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral"}
 
 # llama.cpp tensor name → HF name ({i}: layer index)
@@ -74,7 +82,7 @@ class TensorInfo:
     nbytes: int
 
 
-@dataclass
+@dataclass(eq=False)
 class GGUFFile:
     """A parsed GGUF header: metadata values (arrays as lists) and tensor locations."""
 
@@ -134,16 +142,28 @@ class _Cursor:
         raise CheckpointError(f"{self.where}: unknown GGUF metadata value type {type_id} at offset {self.position}")
 
 
-@functools.lru_cache(maxsize=4)
-def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
+def _tensor_type(type_id: int, name: str, where: str) -> tuple[str, int, int]:
+    """(name, values a block, bytes a block) of a GGUF tensor type id."""
+    if type_id in _TYPES:
+        return _TYPES[type_id]
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    try:
+        kind = GGMLQuantizationType(type_id)
+    except ValueError:
+        raise CheckpointError(f"{where}: tensor {name!r} has unknown GGUF type id {type_id}") from None
+    return (kind.name, *GGML_QUANT_SIZES[kind])
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
     where = str(path)
     with open(path, "rb") as file:
         try:
-            data = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+            mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:
             raise CheckpointError(f"{where}: empty file, not a GGUF model") from None
+    data = memoryview(mapping)
     cursor = _Cursor(data, where)
     if bytes(cursor.take(4)) != GGUF_MAGIC:
         raise CheckpointError(f"{where}: not a GGUF file (the first bytes are not 'GGUF')")
@@ -165,17 +185,15 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
     start = -(-cursor.position // alignment) * alignment
     tensors: dict[str, TensorInfo] = {}
     for name, dims, type_id, offset in infos:
-        try:
-            kind = GGMLQuantizationType(type_id)
-        except ValueError:
-            raise CheckpointError(f"{where}: tensor {name!r} has unknown GGUF type id {type_id}") from None
-        block, block_bytes = GGML_QUANT_SIZES[kind]
+        type_name, block, block_bytes = _tensor_type(type_id, name, where)
         elements = math.prod(dims)
         nbytes = elements // block * block_bytes
         if start + offset + nbytes > len(data) or (dims and dims[0] % block):
-            raise CheckpointError(f"{where}: tensor {name!r} ({kind.name}, shape {dims}) does not fit in the file")
-        tensors[name] = TensorInfo(name, tuple(reversed(dims)), kind.name, type_id, start + offset, nbytes)
-    return GGUFFile(path, values, tensors, data)
+            raise CheckpointError(f"{where}: tensor {name!r} ({type_name}, shape {dims}) does not fit in the file")
+        tensors[name] = TensorInfo(name, tuple(reversed(dims)), type_name, type_id, start + offset, nbytes)
+    parsed = GGUFFile(path, values, tensors, data)
+    track_mapping(parsed, mapping)  # dequantized tensors are copies: their stored pages can go
+    return parsed
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
@@ -266,21 +284,42 @@ def _block_dequantize(raw: np.ndarray, type_name: str) -> torch.Tensor:
 
 
 _BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+_FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# float32 values a dequantizing step produces at most (its temporaries are a few times that)
+_STEP_VALUES = 1 << 20
 
 
-def dequantize(raw: np.ndarray, info: TensorInfo) -> torch.Tensor:
-    """A tensor's stored bytes `(rows, bytes per row)` → float32 values (flat or `(rows, cols)`)."""
+def _dequantize_rows(raw: np.ndarray, info: TensorInfo) -> torch.Tensor:
+    """Stored rows `(rows, bytes per row)` → float32 `(rows, values per row)`."""
     if info.type_name in _BLOCK_BYTES:
-        return _block_dequantize(raw, info.type_name)
+        return _block_dequantize(raw, info.type_name).reshape(raw.shape[0], -1)
+    if info.type_name in _FLOAT_TYPES:
+        return torch.from_numpy(raw.copy()).view(_FLOAT_TYPES[info.type_name]).float()
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize as reference_dequantize
 
     array = reference_dequantize(raw, GGMLQuantizationType(info.type_id))
-    return torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
+    return torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable)).reshape(raw.shape[0], -1)
+
+
+def dequantize(raw: np.ndarray, info: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor's stored bytes `(rows, bytes per row)` → its values in `dtype`, `(rows, values per
+    row)`. A few rows at a time, each step's file pages released once read: the float32
+    temporaries stay small whatever the tensor's size, and a bf16 load never holds float32 copies."""
+    rows = raw.shape[0]
+    out = torch.empty(rows, math.prod(info.shape) // rows if rows else 0, dtype=dtype)
+    step = max(1, _STEP_VALUES // max(1, out.shape[1]))
+    for start in range(0, rows, step):
+        block = raw[start : start + step]
+        out[start : start + step] = _dequantize_rows(block, info)
+        release_mapped_range(block.ctypes.data, block.nbytes)
+    trim_allocator()
+    return out
 
 
 def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTensors:
-    """The tensors of a GGUF file under HF names, dequantized to float32 one at a time on access."""
+    """The tensors of a GGUF file under HF names, dequantized one at a time on access (to float32,
+    or to the dtype the loader asks for)."""
     where = str(file.path)
     sources: dict[str, tuple[TensorInfo, int | None]] = {}
     for info in file.tensors.values():
@@ -292,15 +331,16 @@ def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTen
             )
         sources.update({name: (info, expert) for name, expert in hf_names(info, where).items()})
 
-    def whole(info: TensorInfo) -> torch.Tensor:
-        return dequantize(file.raw(info), info).reshape(info.shape)
+    def whole(info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(file.raw(info), info, dtype).reshape(info.shape)
 
     # the experts of a stacked tensor are asked for one by one, interleaved with the other two
     stacked = functools.lru_cache(maxsize=3)(whole)
 
-    def read(source: tuple[TensorInfo, int | None]) -> torch.Tensor:
+    def read(source: tuple[TensorInfo, int | None], dtype: torch.dtype | None) -> torch.Tensor:
         info, expert = source
-        return whole(info) if expert is None else stacked(info)[expert]
+        dtype = dtype or torch.float32
+        return whole(info, dtype) if expert is None else stacked(info, dtype)[expert]
 
     return InterleavedRotaryTensors(sources, read, config, where)
 

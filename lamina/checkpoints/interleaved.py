@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .io import release_mapped_pages
+
 
 def unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Interleaved rows (per head: pair 0 at rows 0,1, pair 1 at rows 2,3, …) → rotate-half rows
@@ -25,22 +27,31 @@ def permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 class InterleavedRotaryTensors(Mapping[str, torch.Tensor]):
     """A checkpoint under HF names, read one tensor at a time: `sources` maps each HF name to what
-    `read` needs to produce the stored tensor; q/k projections come out in rotate-half layout."""
+    `read` needs to produce the stored tensor (in a given floating dtype, or as stored for None);
+    q/k projections come out in rotate-half layout."""
 
     def __init__(
-        self, sources: dict[str, Any], read: Callable[[Any], torch.Tensor], config: dict[str, Any], description: str
+        self, sources: dict[str, Any], read: Callable[[Any, torch.dtype | None], torch.Tensor], config: dict[str, Any],
+        description: str,
     ) -> None:
         self.description = description
         self._sources = sources
         self._read = read
         self._heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
 
-    def __getitem__(self, key: str) -> torch.Tensor:
-        weight = self._read(self._sources[key])
+    def read(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """The tensor `key`, floating values in `dtype` (converted before the permutation, which
+        copies: the stored pages are released once permuted)."""
+        weight = self._read(self._sources[key], dtype)
         for projection, heads in self._heads.items():
             if key.endswith(f"self_attn.{projection}.weight"):
-                weight = unpermute_rotary(weight, heads)
+                permuted = unpermute_rotary(weight, heads)
+                release_mapped_pages(weight)
+                weight = permuted
         return weight
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.read(key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._sources)

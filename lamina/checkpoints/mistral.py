@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CheckpointError, UnsupportedError
 from .interleaved import InterleavedRotaryTensors
-from .io import SafetensorsFile, _load_bin
+from .io import SafetensorsFile, _load_bin, as_dtype
 
 PARAMS = "params.json"
 WEIGHT_FILES = ("consolidated.safetensors", "consolidated.00.pth")
@@ -154,4 +154,4 @@ def load_mistral_original(path: Path) -> tuple[dict[str, Any], Mapping[str, torc
     file = weights_file(directory)
     weights = SafetensorsFile(file) if file.suffix == ".safetensors" else _load_bin(file)
     sources = {hf_name(name, str(file)): name for name in weights}
-    return config, InterleavedRotaryTensors(sources, weights.__getitem__, config, str(file))
+    return config, InterleavedRotaryTensors(sources, lambda name, dtype: as_dtype(weights[name], dtype), config, str(file))

@@ -97,7 +97,10 @@ class RotaryEmbedding(nn.Module):
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
-        inv_freq, self.attention_scaling = rope_frequencies(self.params, self.dim, self.max_position_embeddings)
+        # computed on the CPU even while a model is built on the meta device: the loader calls this
+        # again once the model is real, and meta arithmetic would import torch._dynamo (80 MB)
+        with torch.device("cpu"):
+            inv_freq, self.attention_scaling = rope_frequencies(self.params, self.dim, self.max_position_embeddings)
         device = None if self.inv_freq.is_meta else self.inv_freq.device
         self.inv_freq = inv_freq.to(device)
         self.cached_len = self.max_position_embeddings

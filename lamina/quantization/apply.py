@@ -76,7 +76,8 @@ def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, we
     if method is None or (method != "int8" and module.in_features % config.group_size):
         return None
     kwargs = {} if method == "int8" else {"group_size": config.group_size}
-    device = module.weight.device if weight is None else weight.device
+    # quantizing replaces every tensor of the layer: no placeholders to allocate first
+    device = module.weight.device if weight is None else "meta"
     layer = LAYERS[method](module.in_features, module.out_features, bias=module.bias is not None,
                            compute_dtype=config.compute_dtype, device=device, **kwargs)
     if weight is not None:

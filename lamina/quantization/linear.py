@@ -86,14 +86,17 @@ class QuantizedLinear(nn.Module):
         that the float temporaries stay small whatever the layer's size; `release(block)` is called
         on each block of `weight` once it is quantized (loading drops its file pages there)."""
         rows = max(1, QUANTIZE_BLOCK_ELEMENTS // self.in_features)
-        parts: dict[str, list[torch.Tensor]] = {}
-        for block in weight.split(rows):
+        quantized: dict[str, torch.Tensor] = {}
+        for start in range(0, weight.shape[0], rows):
+            block = weight[start : start + rows]
             for name, value in self._quantize_rows(block).items():
-                parts.setdefault(name, []).append(value)
+                if name not in quantized:  # written in place: no second copy to concatenate
+                    quantized[name] = torch.empty((weight.shape[0], *value.shape[1:]), dtype=value.dtype, device=value.device)
+                quantized[name][start : start + rows] = value
             if release is not None:
                 release(block)
-        for name, values in parts.items():
-            setattr(self, name, _frozen(torch.cat(values)))
+        for name, value in quantized.items():
+            setattr(self, name, _frozen(value))
         self.refresh_packed()
 
     def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -182,8 +182,38 @@ def test_unsupported_architecture(tmp_path):
         lamina.AutoModelForCausalLM.from_pretrained(path)
 
 
-@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "BF16", "F16"])
-def test_other_types_dequantize_through_the_gguf_package(kind):
+def test_type_table_is_the_gguf_packages():
+    from lamina.checkpoints.gguf import _TYPES
+
+    for type_id, (name, block, block_bytes) in _TYPES.items():
+        assert Q(type_id).name == name
+        assert gguf.GGML_QUANT_SIZES[Q(type_id)] == (block, block_bytes)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "Q4_K", "F16"])
+def test_dequantizing_in_steps_equals_the_whole_tensor(kind, monkeypatch):
+    """A few rows a step (here 3 rows of 64), straight into the asked dtype: the same values as
+    dequantizing the whole tensor in float32 and converting after."""
+    from lamina.checkpoints import gguf as reader
+
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((10, 256)).astype(np.float32)
+    if kind == "F16":
+        raw = weight.astype(np.float16).view(np.uint8)
+    elif kind == "Q4_K":  # the gguf package cannot quantize to it: bytes that decode to finite values
+        raw = rng.integers(0, 60, (10, 144), dtype=np.uint8)
+    else:
+        raw = gguf.quants.quantize(weight, getattr(Q, kind))
+    info = reader.TensorInfo("w", (10, 256), kind, int(getattr(Q, kind)), 0, raw.nbytes)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, getattr(Q, kind)).astype(np.float32)).reshape(10, 256)
+    monkeypatch.setattr(reader, "_STEP_VALUES", 3 * 256)
+    assert torch.equal(reader.dequantize(raw, info), expected)
+    found = reader.dequantize(raw, info, torch.bfloat16)
+    assert found.dtype == torch.bfloat16 and torch.equal(found, expected.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "BF16", "F16", "F32"])
+def test_other_types_dequantize_as_the_gguf_package_does(kind):
     from lamina.checkpoints.gguf import TensorInfo, dequantize
 
     block, block_bytes = gguf.GGML_QUANT_SIZES[getattr(Q, kind)]
@@ -193,6 +223,8 @@ def test_other_types_dequantize_through_the_gguf_package(kind):
     raw = rng.integers(0, 256, (2, row_bytes), dtype=np.uint8)
     if kind in ("BF16", "F16"):  # keep every value finite
         raw[:, 1::2] &= 0x3F
+    elif kind == "F32":
+        raw[:, 3::4] &= 0x3F
     else:  # K-quants: an fp16 super-block scale sits right after the quants or at the start
         raw[:, :] = rng.integers(0, 60, raw.shape, dtype=np.uint8)
     info = TensorInfo("w", (2, columns), kind, int(getattr(Q, kind)), 0, raw.nbytes)

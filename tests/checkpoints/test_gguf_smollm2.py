@@ -86,3 +86,40 @@ def test_gguf_file_argument_as_transformers_spells_it():
     config = lamina.AutoConfig.from_pretrained(path)
     model = lamina.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == config.hidden_size == 576
+
+
+LOAD_MEMORY = """
+import json, resource, sys
+import torch
+from lamina.quantization.config import decoding_config
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+import lamina
+before = rss()
+quantization = decoding_config(sys.argv[2]) if sys.argv[2] == "int4" else None
+dtype = torch.bfloat16 if sys.argv[2] == "bfloat16" else torch.float32
+model = lamina.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=dtype, quantization_config=quantization)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
+print(json.dumps(dict(peak=peak, model=sum(storages.values()), modules=sorted(
+    m for m in ("torch._dynamo", "gguf") if m in sys.modules))))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+@pytest.mark.parametrize("mode", ["bfloat16", "int4"])
+def test_loading_peaks_near_the_models_bytes(path, mode):
+    """Each tensor is dequantized a few rows at a time straight into its dtype (or quantized as it
+    is mapped), its file pages released: the load peaks within 1.3× of the model's bytes, and
+    pulls in neither torch._dynamo nor the gguf package (~115 MB resident between them)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LOAD_MEMORY, str(path), mode], capture_output=True, text=True,
+                          check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["modules"] == []
+    assert found["peak"] <= 1.3 * found["model"], found
