@@ -41,15 +41,23 @@ GGUF_LOADS = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
               "transformers:float32", "transformers:bfloat16"]
 
 
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def _status_bytes(field: str) -> int | None:
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else ():
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    return 0
+    return None
+
+
+def rss_bytes() -> int:
+    return _status_bytes("VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's peak RSS. Linux's VmHWM starts afresh with each program; `ru_maxrss` (the
+    fallback elsewhere) carries over a parent's peak at fork, whatever the child uses."""
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def timed(fn, repeats: int = 1) -> float:

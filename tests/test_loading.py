@@ -227,17 +227,37 @@ def test_released_pages_leave_the_rss_and_read_back_unchanged(tmp_path):
     assert torch.equal(handle["small"], torch.ones(3))
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
-def test_conversion_releases_the_source_pages_block_by_block(tmp_path):
-    from lamina.checkpoints.io import SafetensorsFile, converted
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
 
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the mappings from /proc")
+def test_conversion_releases_the_source_pages_block_by_block(tmp_path, monkeypatch):
+    from lamina.checkpoints import io
+
+    path = tmp_path / "model.safetensors"
     tensor = torch.randn(16 * 2**20)  # 64 MiB of float32
-    save_file({"big": tensor}, tmp_path / "model.safetensors")
-    handle = SafetensorsFile(tmp_path / "model.safetensors")
-    before = _rss()
-    found = converted(handle["big"], torch.bfloat16)
-    grown = _rss() - before
+    save_file({"big": tensor}, path)
+    handle = io.SafetensorsFile(path)
+    resident = []
+    release = io.release_mapped_pages
+
+    def recording(block):
+        resident.append(_mapped_rss(path))  # the file's pages in memory as each block is done
+        release(block)
+
+    monkeypatch.setattr(io, "release_mapped_pages", recording)
+    found = io.converted(handle["big"], torch.bfloat16)
     assert torch.equal(found, tensor.to(torch.bfloat16))
-    # the 32 MiB copy stays; the 64 MiB of file pages it was read from are gone
-    assert 28 * 2**20 < grown < 44 * 2**20, grown
-    assert converted(found, torch.bfloat16) is found
+    # 16 blocks of 4 MiB, each released once copied: never more than about a block resident
+    assert len(resident) == 16 and 3 * 2**20 < max(resident) <= 6 * 2**20, resident
+    assert _mapped_rss(path) <= 2**20
+    assert io.converted(found, torch.bfloat16) is found

@@ -89,19 +89,16 @@ def test_gguf_file_argument_as_transformers_spells_it():
 
 
 LOAD_MEMORY = """
-import json, resource, sys
+import json, sys
 import torch
+from lamina.bench import peak_rss_bytes, rss_bytes
 from lamina.quantization.config import decoding_config
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
 import lamina
-before = rss()
+before = rss_bytes()
 quantization = decoding_config(sys.argv[2]) if sys.argv[2] == "int4" else None
 dtype = torch.bfloat16 if sys.argv[2] == "bfloat16" else torch.float32
 model = lamina.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=dtype, quantization_config=quantization)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+peak = peak_rss_bytes() - before
 storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
 print(json.dumps(dict(peak=peak, model=sum(storages.values()), modules=sorted(
     m for m in ("torch._dynamo", "gguf") if m in sys.modules))))
