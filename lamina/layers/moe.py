@@ -18,11 +18,37 @@ from .mlp import activation
 GATHER_LIMIT = 8
 
 
+def grouped(expert, num_experts: int, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """`x (pairs, H)` each through its expert `expert_ids (pairs,)`: pairs sorted by expert, and
+    `expert(index, rows)` run once for each expert over its contiguous slice."""
+    order = torch.argsort(expert_ids, stable=True)
+    counts = torch.bincount(expert_ids, minlength=num_experts).tolist()
+    out = torch.empty_like(x)
+    sorted_x = x[order]
+    results = []
+    start = 0
+    for index, count in enumerate(counts):
+        if count:
+            results.append(expert(index, sorted_x[start : start + count]))
+        start += count
+    out[order] = torch.cat(results)
+    return out
+
+
+def combine(run, x: torch.Tensor, top_index: torch.Tensor, top_weight: torch.Tensor) -> torch.Tensor:
+    """`x (tokens, H)` through `run(pairs_x, pair_expert_ids)` for each of its (token, expert) pairs,
+    weighted by `top_weight (tokens, k)` and summed per token."""
+    tokens, k = top_index.shape
+    pair_out = run(x.repeat_interleave(k, dim=0), top_index.reshape(-1)) * top_weight.reshape(-1, 1)
+    return pair_out.view(tokens, k, -1).sum(dim=1).to(x.dtype)
+
+
 class Experts(nn.Module):
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str) -> None:
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.act_name = act
         self.act = activation(act)
 
     def expert(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -36,27 +62,12 @@ class Experts(nn.Module):
 
     def grouped(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         """Sort pairs by expert and run each expert once over its contiguous slice."""
-        order = torch.argsort(expert_ids, stable=True)
-        counts = torch.bincount(expert_ids, minlength=self.gate_up_proj.shape[0]).tolist()
-        out = torch.empty_like(x)
-        sorted_x = x[order]
-        results = []
-        start = 0
-        for index, count in enumerate(counts):
-            if count:
-                results.append(self.expert(index, sorted_x[start : start + count]))
-            start += count
-        out[order] = torch.cat(results)
-        return out
+        return grouped(self.expert, self.gate_up_proj.shape[0], x, expert_ids)
 
     def forward(self, x: torch.Tensor, top_index: torch.Tensor, top_weight: torch.Tensor) -> torch.Tensor:
         """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs."""
-        tokens, k = top_index.shape
-        pairs_x = x.repeat_interleave(k, dim=0)
-        pair_ids = top_index.reshape(-1)
-        run = self.gathered if tokens * k <= GATHER_LIMIT else self.grouped
-        pair_out = run(pairs_x, pair_ids) * top_weight.reshape(-1, 1)
-        return pair_out.view(tokens, k, -1).sum(dim=1).to(x.dtype)
+        run = self.gathered if top_index.numel() <= GATHER_LIMIT else self.grouped
+        return combine(run, x, top_index, top_weight)
 
 
 class SparseMoE(nn.Module):

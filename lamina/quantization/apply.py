@@ -15,7 +15,9 @@ from torch import nn
 
 from ..checkpoints.io import release_loaded
 from ..errors import UnsupportedError
+from ..layers.moe import Experts
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
+from .experts import QuantizedExperts
 from .linear import LAYERS, QuantizedLinear
 
 
@@ -59,11 +61,25 @@ def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = 
 
 def _replace_linears(model: nn.Module, config: QuantizationConfig,
                      release: Callable[[torch.Tensor], None] | None = None) -> None:
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Linear, Experts))]
     for name, module in linears:
-        layer = quantized_layer(name, module, config, None if module.weight.is_meta else module.weight, release)
+        if isinstance(module, Experts):
+            layer = quantized_experts(name, module, config, release)
+        else:
+            layer = quantized_layer(name, module, config, None if module.weight.is_meta else module.weight, release)
         if layer is not None:
             set_submodule(model, name, layer)
+
+
+def quantized_experts(name: str, module: Experts, config: QuantizationConfig,
+                      release: Callable[[torch.Tensor], None] | None = None) -> QuantizedExperts | None:
+    """The quantized stack `config` wants in place of the experts `name` (None: they stay in full
+    precision, or their widths do not hold whole groups)."""
+    method = config.method_for(name)
+    hidden, intermediate = module.gate_up_proj.shape[2], module.down_proj.shape[2]
+    if method is None or (method != "int8" and (hidden % config.group_size or intermediate % config.group_size)):
+        return None
+    return QuantizedExperts.quantized(module, method, config.compute_dtype, config.group_size, release)
 
 
 def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, weight: torch.Tensor | None,

@@ -1,0 +1,92 @@
+"""Quantized mixture-of-experts weights (Mixtral's stacked experts).
+
+Every method quantizes a weight row by row (a scale per output channel, or groups of inputs within
+a row), so each stacked projection `(experts, out, in)` is quantized as one layer over all the
+experts' rows, `(experts · out, in)`: the codes are those of quantizing each expert alone, and
+expert e owns rows `[e · out, (e + 1) · out)`. Each expert's slice is a view of those rows, with
+its own packed kernel operands, run on the tokens routed to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers.mlp import activation
+from ..layers.moe import Experts, combine, grouped
+from .linear import LAYERS, QuantizedLinear
+
+
+class QuantizedExperts(nn.Module):
+    """`gate_up_proj` (in: hidden, out: experts × 2 · intermediate) and `down_proj` (in:
+    intermediate, out: experts × hidden), quantized with `method`. `forward` as `Experts`'."""
+
+    # each expert's rows are chosen on the host: a decode step with them does not trace whole
+    host_dispatch = True
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str, method: str,
+                 compute_dtype: torch.dtype | None, group_size: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        kwargs = dict(bias=False, compute_dtype=compute_dtype, device=device)
+        if method != "int8":
+            kwargs["group_size"] = group_size
+        self.gate_up_proj = LAYERS[method](hidden_size, num_experts * 2 * intermediate_size, **kwargs)
+        self.down_proj = LAYERS[method](intermediate_size, num_experts * hidden_size, **kwargs)
+        self.act_name = act
+        self.act = activation(act)
+        self._experts: list[tuple[QuantizedLinear, QuantizedLinear]] = []
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh_experts())
+
+    @classmethod
+    def quantized(cls, experts: Experts, method: str, compute_dtype: torch.dtype | None, group_size: int,
+                  release=None) -> QuantizedExperts:
+        """`experts`' weights quantized (None for `release`: keep them; else called on each block
+        of rows once quantized, as `QuantizedLinear.set_weight` does)."""
+        count, double_intermediate, hidden = experts.gate_up_proj.shape
+        # quantizing replaces every tensor (and a meta model's load assigns them): no placeholders
+        layer = cls(count, hidden, double_intermediate // 2, experts.act_name, method, compute_dtype, group_size, "meta")
+        if not experts.gate_up_proj.is_meta:
+            with torch.no_grad():
+                for target, source in ((layer.gate_up_proj, experts.gate_up_proj), (layer.down_proj, experts.down_proj)):
+                    target.set_weight(source.detach().reshape(-1, source.shape[-1]), release)
+            layer.refresh_experts()
+        return layer
+
+    def refresh_experts(self) -> None:
+        """Each expert's two layers as views of the stacked rows (after the weights were set, loaded
+        or moved), their packed operands derived."""
+        if self.gate_up_proj.weight.is_meta:
+            self._experts = []
+            return
+        self._experts = [(_rows(self.gate_up_proj, e, self.num_experts), _rows(self.down_proj, e, self.num_experts))
+                         for e in range(self.num_experts)]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.refresh_experts()
+        return self
+
+    def expert(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._experts[index]
+        gate, up = gate_up(x).chunk(2, dim=-1)
+        return down(self.act(gate) * up)
+
+    def forward(self, x: torch.Tensor, top_index: torch.Tensor, top_weight: torch.Tensor) -> torch.Tensor:
+        """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs; the
+        pairs are grouped by expert whatever their number."""
+        return combine(lambda rows, ids: grouped(self.expert, self.num_experts, rows, ids), x, top_index, top_weight)
+
+
+def _rows(layer: QuantizedLinear, index: int, count: int) -> QuantizedLinear:
+    """Expert `index` of `count` in a layer whose rows are the experts' rows in turn: a layer of the
+    same kind over a view of its rows."""
+    rows = layer.out_features // count
+    with torch.device("meta"):
+        kwargs = {} if layer.method == "int8" else {"group_size": layer.group_size}
+        part = type(layer)(layer.in_features, rows, bias=False, compute_dtype=layer.compute_dtype, **kwargs)
+    for name, tensor in layer.named_parameters(recurse=False):
+        if name != "bias":
+            setattr(part, name, nn.Parameter(tensor[index * rows : (index + 1) * rows], requires_grad=False))
+    part.refresh_packed()
+    return part
