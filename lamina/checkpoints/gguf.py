@@ -2,8 +2,10 @@
 experts), read as HF checkpoints.
 
 `load_gguf(path)` answers `(HF config dict, tensors under HF names)`: the config is built from the
-`{arch}.*` metadata, the tensors are renamed from llama.cpp's names and dequantized to float32 (by
-the `gguf` package) when the model asks for them. llama.cpp stores q/k projections permuted for
+`{arch}.*` metadata, the tensors are renamed from llama.cpp's names and dequantized when the model
+asks for them, a few rows at a time straight into the dtype it loads in (float types and Q8_0 /
+Q4_0 / Q4_1 here, k-quants by the `gguf` package), the file pages behind each step released once
+read. llama.cpp stores q/k projections permuted for
 its interleaved-pair rotary; lamina rotates halves, as transformers does, so the permutation is
 undone here. The tokenizer and chat template come from the same file (`lamina.tokenizers`).
 """
