@@ -116,6 +116,15 @@ class PreTrainedModel(nn.Module):
         config._attn_implementation = check_attn_implementation(config._attn_implementation)
         self.gradient_checkpointing = False
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # transformers 5.25 renamed the `past_key_values` argument `cache` (and kept the old name):
+        # both reach `forward` as `past_key_values`, rather than `cache` being swallowed unread
+        if "cache" in kwargs:
+            if "past_key_values" in kwargs:
+                raise InputError("pass the cache once: as `cache` or as `past_key_values`, not both")
+            kwargs["past_key_values"] = kwargs.pop("cache")
+        return super().__call__(*args, **kwargs)
+
     # -- weights ------------------------------------------------------------------------------
 
     @classmethod
