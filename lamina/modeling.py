@@ -282,7 +282,7 @@ class PreTrainedModel(nn.Module):
 
             if not isinstance(quantization_config, BitsAndBytesConfig):  # bitsandbytes quantizes its own way
                 # each linear layer's weight is quantized as soon as it is mapped (see _map_checkpoint)
-                model._quantize_while_mapping = (as_quantization_config(quantization_config), {})
+                model._quantize_while_mapping = (as_quantization_config(quantization_config), {}, {})
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
         model.to(_resolve_device(device_map))
         if quantization_config is not None:
@@ -390,27 +390,38 @@ class PreTrainedModel(nn.Module):
 
     def _quantized_on_mapping(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """With a quantization planned at load (`from_pretrained(quantization_config=)`), quantize a
-        linear layer's weight the moment it is mapped, keep the quantized layer aside and hand the
-        load a meta placeholder of the weight's shape: the float weight is never all in memory at
-        once, only one layer's (its file pages released as it is quantized)."""
+        linear layer's weight (or a stack of experts' projection) the moment it is mapped, keep the
+        quantized layer aside and hand the load a meta placeholder of the weight's shape: the float
+        weights are never all in memory at once, only one layer's (its file pages released as it
+        is quantized)."""
         plan = self.__dict__.get("_quantize_while_mapping")
-        if plan is None or not name.endswith(".weight"):
+        if plan is None:
             return tensor
         from .checkpoints.io import release_loaded
-        from .quantization.apply import quantized_layer
+        from .layers.moe import Experts
+        from .quantization.apply import experts_method, quantized_layer
+        from .quantization.experts import quantized_rows
 
-        config, layers = plan
-        module_name = name[: -len(".weight")]
+        config, layers, expert_layers = plan
+        module_name, _, attr = name.rpartition(".")
         try:
             module = self.get_submodule(module_name)
         except AttributeError:
             return tensor
-        if not isinstance(module, nn.Linear) or tuple(tensor.shape) != tuple(module.weight.shape):
+        if isinstance(module, Experts) and attr in ("gate_up_proj", "down_proj"):
+            # Mixtral's stacked experts: each projection quantized over all experts' rows
+            method = experts_method(module_name, module, config)
+            if method is None or tuple(tensor.shape) != tuple(getattr(module, attr).shape):
+                return tensor
+            expert_layers.setdefault(module_name, {})[attr] = quantized_rows(
+                tensor, method, config.compute_dtype, config.group_size, release_loaded)
+        elif attr == "weight" and isinstance(module, nn.Linear) and tuple(tensor.shape) == tuple(module.weight.shape):
+            layer = quantized_layer(module_name, module, config, tensor, release_loaded)
+            if layer is None:
+                return tensor
+            layers[module_name] = layer
+        else:
             return tensor
-        layer = quantized_layer(module_name, module, config, tensor, release_loaded)
-        if layer is None:
-            return tensor
-        layers[module_name] = layer
         return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
 
     def _put_quantized_layers(self) -> None:
@@ -419,12 +430,18 @@ class PreTrainedModel(nn.Module):
         if plan is None:
             return
         from .quantization.apply import set_submodule
+        from .quantization.experts import QuantizedExperts
 
-        for name, layer in plan[1].items():
+        _, layers, expert_layers = plan
+        for name, layer in layers.items():
             bias = self.get_submodule(name).bias
             if bias is not None and not bias.is_meta:
                 layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
             set_submodule(self, name, layer)
+        for name, parts in expert_layers.items():
+            experts = self.get_submodule(name)
+            set_submodule(self, name, QuantizedExperts(experts.gate_up_proj.shape[0], parts["gate_up_proj"],
+                                                       parts["down_proj"], experts.act_name))
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:
         """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""

@@ -71,13 +71,21 @@ def _replace_linears(model: nn.Module, config: QuantizationConfig,
             set_submodule(model, name, layer)
 
 
-def quantized_experts(name: str, module: Experts, config: QuantizationConfig,
-                      release: Callable[[torch.Tensor], None] | None = None) -> QuantizedExperts | None:
-    """The quantized stack `config` wants in place of the experts `name` (None: they stay in full
-    precision, or their widths do not hold whole groups)."""
+def experts_method(name: str, module: Experts, config: QuantizationConfig) -> str | None:
+    """The method `config` wants for the experts `name`; None where they stay in full precision
+    (so listed, or widths that do not hold whole groups)."""
     method = config.method_for(name)
     hidden, intermediate = module.gate_up_proj.shape[2], module.down_proj.shape[2]
     if method is None or (method != "int8" and (hidden % config.group_size or intermediate % config.group_size)):
+        return None
+    return method
+
+
+def quantized_experts(name: str, module: Experts, config: QuantizationConfig,
+                      release: Callable[[torch.Tensor], None] | None = None) -> QuantizedExperts | None:
+    """The quantized stack `config` wants in place of the experts `name`, or None."""
+    method = experts_method(name, module, config)
+    if method is None:
         return None
     return QuantizedExperts.quantized(module, method, config.compute_dtype, config.group_size, release)
 

@@ -19,39 +19,31 @@ from .linear import LAYERS, QuantizedLinear
 
 class QuantizedExperts(nn.Module):
     """`gate_up_proj` (in: hidden, out: experts × 2 · intermediate) and `down_proj` (in:
-    intermediate, out: experts × hidden), quantized with `method`. `forward` as `Experts`'."""
+    intermediate, out: experts × hidden), two quantized layers (`quantized_rows`). `forward` as
+    `Experts`'."""
 
     # each expert's rows are chosen on the host: a decode step with them does not trace whole
     host_dispatch = True
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str, method: str,
-                 compute_dtype: torch.dtype | None, group_size: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, num_experts: int, gate_up_proj: QuantizedLinear, down_proj: QuantizedLinear, act: str) -> None:
         super().__init__()
         self.num_experts = num_experts
-        kwargs = dict(bias=False, compute_dtype=compute_dtype, device=device)
-        if method != "int8":
-            kwargs["group_size"] = group_size
-        self.gate_up_proj = LAYERS[method](hidden_size, num_experts * 2 * intermediate_size, **kwargs)
-        self.down_proj = LAYERS[method](intermediate_size, num_experts * hidden_size, **kwargs)
+        self.gate_up_proj, self.down_proj = gate_up_proj, down_proj
         self.act_name = act
         self.act = activation(act)
         self._experts: list[tuple[QuantizedLinear, QuantizedLinear]] = []
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_experts())
+        self.refresh_experts()
 
     @classmethod
     def quantized(cls, experts: Experts, method: str, compute_dtype: torch.dtype | None, group_size: int,
                   release=None) -> QuantizedExperts:
-        """`experts`' weights quantized (None for `release`: keep them; else called on each block
-        of rows once quantized, as `QuantizedLinear.set_weight` does)."""
-        count, double_intermediate, hidden = experts.gate_up_proj.shape
-        # quantizing replaces every tensor (and a meta model's load assigns them): no placeholders
-        layer = cls(count, hidden, double_intermediate // 2, experts.act_name, method, compute_dtype, group_size, "meta")
-        if not experts.gate_up_proj.is_meta:
-            with torch.no_grad():
-                for target, source in ((layer.gate_up_proj, experts.gate_up_proj), (layer.down_proj, experts.down_proj)):
-                    target.set_weight(source.detach().reshape(-1, source.shape[-1]), release)
-            layer.refresh_experts()
-        return layer
+        """`experts`' weights quantized (empty layers for a model on the meta device, which its load
+        fills); `release` as in `QuantizedLinear.set_weight`."""
+        layers = [quantized_rows(weights if not weights.is_meta else None, method, compute_dtype, group_size, release,
+                                 shape=weights.shape)
+                  for weights in (experts.gate_up_proj, experts.down_proj)]
+        return cls(experts.gate_up_proj.shape[0], *layers, experts.act_name)
 
     def refresh_experts(self) -> None:
         """Each expert's two layers as views of the stacked rows (after the weights were set, loaded
@@ -76,6 +68,21 @@ class QuantizedExperts(nn.Module):
         """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs; the
         pairs are grouped by expert whatever their number."""
         return combine(lambda rows, ids: grouped(self.expert, self.num_experts, rows, ids), x, top_index, top_weight)
+
+
+def quantized_rows(weights: torch.Tensor | None, method: str, compute_dtype: torch.dtype | None, group_size: int,
+                   release=None, shape: tuple[int, ...] | None = None) -> QuantizedLinear:
+    """Stacked expert weights `(experts, out, in)` as one quantized layer over their rows; with no
+    `weights`, an empty one of `shape` on the meta device, for a checkpoint to fill."""
+    count, out_features, in_features = weights.shape if weights is not None else shape
+    kwargs = {} if method == "int8" else {"group_size": group_size}
+    # quantizing replaces every tensor (and a meta model's load assigns them): no placeholders
+    layer = LAYERS[method](in_features, count * out_features, bias=False, compute_dtype=compute_dtype, device="meta",
+                           **kwargs)
+    if weights is not None:
+        with torch.no_grad():
+            layer.set_weight(weights.detach().reshape(-1, in_features), release)
+    return layer
 
 
 def _rows(layer: QuantizedLinear, index: int, count: int) -> QuantizedLinear:

@@ -263,3 +263,12 @@ def test_mixtral_gguf_with_stacked_experts(tmp_path):
     ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+    # quantized as the experts are read (one stacked GGUF tensor feeds several experts): the same as after
+    from lamina.quantization import QuantizationConfig, quantize
+    from lamina.quantization.experts import QuantizedExperts
+
+    config = QuantizationConfig("int8")
+    quantized = lamina.AutoModelForCausalLM.from_pretrained(path, quantization_config=config)
+    assert isinstance(quantized.model.layers[0].mlp.experts, QuantizedExperts)
+    with torch.no_grad():
+        assert torch.equal(quantized(ids).logits, quantize(model, config)(ids).logits)

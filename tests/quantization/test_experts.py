@@ -84,14 +84,22 @@ def test_quantized_experts_are_most_of_the_bytes_and_round_trip(tmp_path):
     assert torch.equal(tokens, model.generate(ids[:, :4], max_new_tokens=6, do_sample=False, disable_compile=True))
 
 
-def test_from_pretrained_quantizes_the_experts(tmp_path):
+def test_from_pretrained_quantizes_the_experts_as_they_are_mapped(tmp_path, monkeypatch):
     tiny_mixtral().save_pretrained(tmp_path / "f")
-    loaded = MixtralForCausalLM.from_pretrained(tmp_path / "f", quantization_config=QuantizationConfig("int4"))
     after = quantize(MixtralForCausalLM.from_pretrained(tmp_path / "f"), QuantizationConfig("int4"))
+
+    def float_experts_quantized(*args, **kwargs):
+        raise AssertionError("the experts were loaded in full precision, then quantized")
+
+    monkeypatch.setattr(QuantizedExperts, "quantized", float_experts_quantized)
+    loaded = MixtralForCausalLM.from_pretrained(tmp_path / "f", quantization_config=QuantizationConfig("int4"))
     experts, expected = loaded.model.layers[1].mlp.experts, after.model.layers[1].mlp.experts
     assert isinstance(experts, QuantizedExperts)
     for name, tensor in expected.state_dict().items():
         assert torch.equal(experts.state_dict()[name], tensor), name
+    ids = torch.randint(0, 96, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, after(ids).logits)
 
 
 def test_experts_can_stay_in_full_precision():
