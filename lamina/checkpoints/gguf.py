@@ -4,8 +4,8 @@ experts), read as HF checkpoints.
 `load_gguf(path)` answers `(HF config dict, tensors under HF names)`: the config is built from the
 `{arch}.*` metadata, the tensors are renamed from llama.cpp's names and dequantized when the model
 asks for them, a few rows at a time straight into the dtype it loads in (float types and Q8_0 /
-Q4_0 / Q4_1 here, k-quants by the `gguf` package), the file pages behind each step released once
-read. llama.cpp stores q/k projections permuted for
+Q4_0 / Q4_1 here, k-quants by the `gguf` package), each step's bytes read from the file (only the
+header is read through a mapping). llama.cpp stores q/k projections permuted for
 its interleaved-pair rotary; lamina rotates halves, as transformers does, so the permutation is
 undone here. The tokenizer and chat template come from the same file (`lamina.tokenizers`).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import mmap
+import os
 import re
 import struct
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ import torch
 
 from ..errors import CheckpointError, UnsupportedError
 from .interleaved import InterleavedRotaryTensors
-from .io import release_mapped_range, track_mapping, trim_allocator
+from .io import trim_allocator
 
 GGUF_MAGIC = b"GGUF"
 # type id → (name, values a block, bytes a block) for the types lamina reads: ggml's table, as the
@@ -84,7 +85,7 @@ class TensorInfo:
     nbytes: int
 
 
-@dataclass(eq=False)
+@dataclass
 class GGUFFile:
     """A parsed GGUF header: metadata values (arrays as lists) and tensor locations."""
 
@@ -95,8 +96,40 @@ class GGUFFile:
 
     def raw(self, info: TensorInfo) -> np.ndarray:
         """The stored bytes of a tensor, `(rows, bytes per row)`, without copying."""
-        rows = math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
-        return np.frombuffer(self.buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(rows, -1)
+        return np.frombuffer(self.buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(_rows(info), -1)
+
+    def rows(self, info: TensorInfo) -> _StoredRows:
+        """The stored bytes of a tensor as `raw` shapes them, read from the file a slice of rows at a
+        time: the data never comes in through the mapping, whose pages would stay resident (a file
+        fresh in the page cache maps in large folios that releasing a range does not drop)."""
+        return _StoredRows(self.path, info)
+
+
+def _rows(info: TensorInfo) -> int:
+    return math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
+
+
+class _StoredRows:
+    """`(rows, bytes per row)` of a tensor in a file; slicing rows reads them (`os.pread`)."""
+
+    def __init__(self, path: Path, info: TensorInfo) -> None:
+        self.path, self.info = path, info
+        self.shape = (_rows(info), info.nbytes // _rows(info))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        block = np.empty((max(0, stop - start), self.shape[1]), dtype=np.uint8)
+        descriptor = os.open(self.path, os.O_RDONLY)
+        try:
+            view, offset = memoryview(block).cast("B"), self.info.offset + start * self.shape[1]
+            while view.nbytes:
+                count = os.preadv(descriptor, [view], offset)
+                if count == 0:
+                    raise CheckpointError(f"{self.path}: tensor {self.info.name!r} ends past the end of the file")
+                view, offset = view[count:], offset + count
+        finally:
+            os.close(descriptor)
+        return block
 
 
 # metadata value type id → struct format (8: string, 9: array)
@@ -193,9 +226,7 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
         if start + offset + nbytes > len(data) or (dims and dims[0] % block):
             raise CheckpointError(f"{where}: tensor {name!r} ({type_name}, shape {dims}) does not fit in the file")
         tensors[name] = TensorInfo(name, tuple(reversed(dims)), type_name, type_id, start + offset, nbytes)
-    parsed = GGUFFile(path, values, tensors, data)
-    track_mapping(parsed, mapping)  # dequantized tensors are copies: their stored pages can go
-    return parsed
+    return GGUFFile(path, values, tensors, data)
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
@@ -304,17 +335,15 @@ def _dequantize_rows(raw: np.ndarray, info: TensorInfo) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable)).reshape(raw.shape[0], -1)
 
 
-def dequantize(raw: np.ndarray, info: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A tensor's stored bytes `(rows, bytes per row)` → its values in `dtype`, `(rows, values per
-    row)`. A few rows at a time, each step's file pages released once read: the float32
-    temporaries stay small whatever the tensor's size, and a bf16 load never holds float32 copies."""
+def dequantize(raw: np.ndarray | _StoredRows, info: TensorInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor's stored bytes `(rows, bytes per row)` (an array, or `GGUFFile.rows`) → its values in
+    `dtype`, `(rows, values per row)`. A few rows at a time: the float32 temporaries stay small
+    whatever the tensor's size, and a bf16 load never holds float32 copies."""
     rows = raw.shape[0]
     out = torch.empty(rows, math.prod(info.shape) // rows if rows else 0, dtype=dtype)
     step = max(1, _STEP_VALUES // max(1, out.shape[1]))
     for start in range(0, rows, step):
-        block = raw[start : start + step]
-        out[start : start + step] = _dequantize_rows(block, info)
-        release_mapped_range(block.ctypes.data, block.nbytes)
+        out[start : start + step] = _dequantize_rows(raw[start : start + step], info)
     trim_allocator()
     return out
 
@@ -334,7 +363,7 @@ def gguf_tensors(file: GGUFFile, config: dict[str, Any]) -> InterleavedRotaryTen
         sources.update({name: (info, expert) for name, expert in hf_names(info, where).items()})
 
     def whole(info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize(file.raw(info), info, dtype).reshape(info.shape)
+        return dequantize(file.rows(info), info, dtype).reshape(info.shape)
 
     # the experts of a stacked tensor are asked for one by one, interleaved with the other two
     stacked = functools.lru_cache(maxsize=3)(whole)
