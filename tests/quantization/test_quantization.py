@@ -355,3 +355,14 @@ def test_quantizing_while_mapping_keeps_biases(tmp_path):
     assert biased
     for name, value in after.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_int4_dequantize_is_code_times_scale_plus_minimum(dtype):
+    """The in-place dequantization (what every prompt's layers run) rounds as the formula does."""
+    torch.manual_seed(0)
+    layer = make_layer("int4", torch.randn(48, 128), group_size=32)
+    codes = unpack_nibbles(layer.weight).view(48, -1, 32).to(dtype)
+    expected = codes * layer.weight_scale.to(dtype)[..., None] + layer.weight_min.to(dtype)[..., None]
+    found = layer.dequantize(dtype)
+    assert found.dtype == dtype and torch.equal(found, expected.view(48, 128))
