@@ -11,8 +11,8 @@ and 8 (lamina: compiled), the compile time, KV-cache bytes after the batch-1 run
 the model's matmuls for one token (its "matmul ceiling" in tokens/s, which each decode figure is
 also given as a share of), and the machine's read bandwidth, from which each mode's bandwidth
 ceiling (bandwidth ÷ weight bytes read per token) follows. A last section checks that a
-sliding-window model generating 4× past its window keeps its KV memory at the window, and, for a
-GGUF model, one the time and peak RSS of loading the file itself. Results are a
+sliding-window model generating 4× past its window keeps its KV memory at the window; for a GGUF
+model another gives the time and peak RSS of loading the file itself. Results are a
 markdown section, with ratios to transformers in the same dtype; `--out` replaces that section in a
 file (bench/RESULTS.md), keeping the file's other sections.
 
