@@ -261,3 +261,40 @@ def test_conversion_releases_the_source_pages_block_by_block(tmp_path, monkeypat
     assert len(resident) == 16 and 3 * 2**20 < max(resident) <= 6 * 2**20, resident
     assert _mapped_rss(path) <= 2**20
     assert io.converted(found, torch.bfloat16) is found
+
+
+META_BUILDS = """
+import sys, torch, lamina
+from lamina.modeling import skip_init_on_meta
+shapes = {
+    "Mistral": dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2),
+    "Mixtral": dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=2),
+    "Persimmon": dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4),
+    "GPT2": dict(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32),
+    "MobileBert": dict(vocab_size=64, hidden_size=32, embedding_size=16, intra_bottleneck_size=16, intermediate_size=32,
+                       num_hidden_layers=1, num_attention_heads=4, true_hidden_size=16),
+    "MegatronBert": dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4),
+    "Mega": dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, ema_projection_size=4,
+                 shared_representation_size=16),
+}
+for family, shape in shapes.items():
+    head = {"GPT2": "LMHeadModel", "MobileBert": "ForPreTraining"}.get(family, "ForCausalLM")
+    model_class = getattr(lamina, family + head)
+    with torch.device("meta"), skip_init_on_meta():
+        model = model_class(getattr(lamina, family + "Config")(**shape))
+    assert all(p.is_meta for p in model.parameters()), family
+    assert "torch._dynamo" not in sys.modules, family
+print("ok")
+"""
+
+
+def test_building_on_the_meta_device_runs_no_initialiser():
+    """Every family builds for loading without touching its meta parameters: torch's meta
+    initialisers import torch._dynamo, 80 MB resident, inside what should be a bare load."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", META_BUILDS], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
