@@ -92,16 +92,11 @@ class GGUFFile:
     path: Path
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
-    buffer: memoryview
-
-    def raw(self, info: TensorInfo) -> np.ndarray:
-        """The stored bytes of a tensor, `(rows, bytes per row)`, without copying."""
-        return np.frombuffer(self.buffer, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(_rows(info), -1)
 
     def rows(self, info: TensorInfo) -> _StoredRows:
-        """The stored bytes of a tensor as `raw` shapes them, read from the file a slice of rows at a
-        time: the data never comes in through the mapping, whose pages would stay resident (a file
-        fresh in the page cache maps in large folios that releasing a range does not drop)."""
+        """The stored bytes of a tensor, `(rows, bytes per row)`, read from the file a slice of rows
+        at a time (only the header is parsed through a mapping: a file fresh in the page cache maps
+        in large folios, which stayed resident however their ranges were released)."""
         return _StoredRows(self.path, info)
 
 
@@ -195,10 +190,9 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
     where = str(path)
     with open(path, "rb") as file:
         try:
-            mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            data = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
         except ValueError:
             raise CheckpointError(f"{where}: empty file, not a GGUF model") from None
-    data = memoryview(mapping)
     cursor = _Cursor(data, where)
     if bytes(cursor.take(4)) != GGUF_MAGIC:
         raise CheckpointError(f"{where}: not a GGUF file (the first bytes are not 'GGUF')")
@@ -226,7 +220,7 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
         if start + offset + nbytes > len(data) or (dims and dims[0] % block):
             raise CheckpointError(f"{where}: tensor {name!r} ({type_name}, shape {dims}) does not fit in the file")
         tensors[name] = TensorInfo(name, tuple(reversed(dims)), type_name, type_id, start + offset, nbytes)
-    return GGUFFile(path, values, tensors, data)
+    return GGUFFile(path, values, tensors)
 
 
 def read_gguf(path: str | Path) -> GGUFFile:

@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -28,8 +27,8 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 
-# open file mappings whose pages a loader may release: id(owner) → (mmap, address of its first byte)
-_MAPPINGS: dict[int, tuple[mmap.mmap, int]] = {}
+# mapped safetensors files by id, for release_mapped_pages
+_OPEN_FILES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # conversions copy this many bytes of a source at a time, releasing each block's pages after it
 _BLOCK_BYTES = 4 << 20
 
@@ -50,32 +49,20 @@ _SAFETENSORS_DTYPES = {
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-def track_mapping(owner: object, mapping: mmap.mmap) -> None:
-    """Let `release_mapped_range` drop pages of `mapping` (a checkpoint file's) while `owner`, the
-    reader holding it, is alive."""
-    if len(mapping):
-        _MAPPINGS[id(owner)] = (mapping, np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data)
-        weakref.finalize(owner, _MAPPINGS.pop, id(owner), None)
-
-
-def release_mapped_range(address: int, length: int) -> None:
-    """Drop the memory pages under `length` bytes at `address` where they lie in a tracked file
-    mapping (else do nothing): they count in the process's RSS while mapped. Only for bytes that
-    nothing has written and that the loader is done with: the pages come back from the file on a
-    later read, so a view of them elsewhere (a tied embedding) still reads the file's values."""
-    if not length or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    for mapping, base in list(_MAPPINGS.values()):
-        offset = address - base
-        if 0 <= offset and offset + length <= len(mapping):
-            page = offset // mmap.PAGESIZE * mmap.PAGESIZE
-            mapping.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
-            return
-
-
 def release_mapped_pages(tensor: torch.Tensor) -> None:
-    """`release_mapped_range` for the bytes of `tensor`."""
-    release_mapped_range(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+    """Drop the memory pages under `tensor` where it views an open safetensors mapping (else do
+    nothing): they count in the process's RSS while mapped. Only for tensors that nothing has
+    written and whose reader is done with them: the pages come back from the file on a later read,
+    so a view of them elsewhere (a tied embedding) still reads the file's values."""
+    start, length = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for file in list(_OPEN_FILES.values()):
+        offset = start - file._base
+        if file._map is not None and 0 <= offset and offset + length <= len(file._map) and length:
+            page = offset // mmap.PAGESIZE * mmap.PAGESIZE
+            file._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
+            return
 
 
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -154,7 +141,8 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
                 header_bytes = handle.read(header_len)
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
             if self._map is not None:
-                track_mapping(self, self._map)
+                self._base = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr()
+                _OPEN_FILES[id(self)] = self
         except OSError as err:
             raise CheckpointError(f"{self.path}: cannot read ({err.strerror})") from None
         try:

@@ -18,7 +18,7 @@ from ..errors import UnsupportedError
 from ..layers.moe import Experts
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
 from .experts import QuantizedExperts
-from .linear import LAYERS, QuantizedLinear
+from .linear import QuantizedLinear, new_layer
 
 
 def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = False) -> nn.Module:
@@ -71,14 +71,18 @@ def _replace_linears(model: nn.Module, config: QuantizationConfig,
             set_submodule(model, name, layer)
 
 
-def experts_method(name: str, module: Experts, config: QuantizationConfig) -> str | None:
-    """The method `config` wants for the experts `name`; None where they stay in full precision
-    (so listed, or widths that do not hold whole groups)."""
+def layer_method(config: QuantizationConfig, name: str, *widths: int) -> str | None:
+    """The method `config` wants for the module `name` whose products take inputs `widths` wide;
+    None where it stays in full precision (so listed, or a width that holds no whole groups)."""
     method = config.method_for(name)
-    hidden, intermediate = module.gate_up_proj.shape[2], module.down_proj.shape[2]
-    if method is None or (method != "int8" and (hidden % config.group_size or intermediate % config.group_size)):
+    if method is None or (method != "int8" and any(width % config.group_size for width in widths)):
         return None
     return method
+
+
+def experts_method(name: str, module: Experts, config: QuantizationConfig) -> str | None:
+    """`layer_method` for stacked experts (their products take hidden- and intermediate-wide inputs)."""
+    return layer_method(config, name, module.gate_up_proj.shape[2], module.down_proj.shape[2])
 
 
 def quantized_experts(name: str, module: Experts, config: QuantizationConfig,
@@ -95,15 +99,13 @@ def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, we
     """The quantized layer `config` wants in place of the linear layer `name`, quantized from
     `weight` (None: left empty, for a checkpoint's quantized tensors to fill), with `module`'s bias
     where it has a real one; None where the layer stays in full precision."""
-    method = config.method_for(name)
-    # a layer too narrow for the groups stays in full precision
-    if method is None or (method != "int8" and module.in_features % config.group_size):
+    method = layer_method(config, name, module.in_features)
+    if method is None:
         return None
-    kwargs = {} if method == "int8" else {"group_size": config.group_size}
     # quantizing replaces every tensor of the layer: no placeholders to allocate first
     device = module.weight.device if weight is None else "meta"
-    layer = LAYERS[method](module.in_features, module.out_features, bias=module.bias is not None,
-                           compute_dtype=config.compute_dtype, device=device, **kwargs)
+    layer = new_layer(method, module.in_features, module.out_features, config.group_size,
+                      bias=module.bias is not None, compute_dtype=config.compute_dtype, device=device)
     if weight is not None:
         with torch.no_grad():
             layer.set_weight(weight.detach(), release)

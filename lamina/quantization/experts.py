@@ -14,7 +14,7 @@ from torch import nn
 
 from ..layers.mlp import activation
 from ..layers.moe import Experts, combine, grouped
-from .linear import LAYERS, QuantizedLinear
+from .linear import QuantizedLinear, new_layer
 
 
 class QuantizedExperts(nn.Module):
@@ -40,8 +40,7 @@ class QuantizedExperts(nn.Module):
                   release=None) -> QuantizedExperts:
         """`experts`' weights quantized (empty layers for a model on the meta device, which its load
         fills); `release` as in `QuantizedLinear.set_weight`."""
-        layers = [quantized_rows(weights if not weights.is_meta else None, method, compute_dtype, group_size, release,
-                                 shape=weights.shape)
+        layers = [quantized_rows(weights, method, compute_dtype, group_size, release)
                   for weights in (experts.gate_up_proj, experts.down_proj)]
         return cls(experts.gate_up_proj.shape[0], *layers, experts.act_name)
 
@@ -70,16 +69,15 @@ class QuantizedExperts(nn.Module):
         return combine(lambda rows, ids: grouped(self.expert, self.num_experts, rows, ids), x, top_index, top_weight)
 
 
-def quantized_rows(weights: torch.Tensor | None, method: str, compute_dtype: torch.dtype | None, group_size: int,
-                   release=None, shape: tuple[int, ...] | None = None) -> QuantizedLinear:
-    """Stacked expert weights `(experts, out, in)` as one quantized layer over their rows; with no
-    `weights`, an empty one of `shape` on the meta device, for a checkpoint to fill."""
-    count, out_features, in_features = weights.shape if weights is not None else shape
-    kwargs = {} if method == "int8" else {"group_size": group_size}
+def quantized_rows(weights: torch.Tensor, method: str, compute_dtype: torch.dtype | None, group_size: int,
+                   release=None) -> QuantizedLinear:
+    """Stacked expert weights `(experts, out, in)` as one quantized layer over their rows; weights
+    on the meta device give an empty layer, for a checkpoint to fill."""
+    count, out_features, in_features = weights.shape
     # quantizing replaces every tensor (and a meta model's load assigns them): no placeholders
-    layer = LAYERS[method](in_features, count * out_features, bias=False, compute_dtype=compute_dtype, device="meta",
-                           **kwargs)
-    if weights is not None:
+    layer = new_layer(method, in_features, count * out_features, group_size, bias=False, compute_dtype=compute_dtype,
+                      device="meta")
+    if not weights.is_meta:
         with torch.no_grad():
             layer.set_weight(weights.detach().reshape(-1, in_features), release)
     return layer
@@ -89,9 +87,8 @@ def _rows(layer: QuantizedLinear, index: int, count: int) -> QuantizedLinear:
     """Expert `index` of `count` in a layer whose rows are the experts' rows in turn: a layer of the
     same kind over a view of its rows."""
     rows = layer.out_features // count
-    with torch.device("meta"):
-        kwargs = {} if layer.method == "int8" else {"group_size": layer.group_size}
-        part = type(layer)(layer.in_features, rows, bias=False, compute_dtype=layer.compute_dtype, **kwargs)
+    part = new_layer(layer.method, layer.in_features, rows, getattr(layer, "group_size", 0), bias=False,
+                     compute_dtype=layer.compute_dtype, device="meta")
     for name, tensor in layer.named_parameters(recurse=False):
         if name != "bias":
             setattr(part, name, nn.Parameter(tensor[index * rows : (index + 1) * rows], requires_grad=False))

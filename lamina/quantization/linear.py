@@ -293,3 +293,9 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 LAYERS: dict[str, type[QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear, "nf4": NF4Linear}
+
+
+def new_layer(method: str, in_features: int, out_features: int, group_size: int, **kwargs) -> QuantizedLinear:
+    """An empty `method` layer (int8's per-channel scales take no group size)."""
+    groups = {} if method == "int8" else {"group_size": group_size}
+    return LAYERS[method](in_features, out_features, **groups, **kwargs)
