@@ -10,7 +10,7 @@ from lamina.layers.moe import Experts
 from lamina.models.mixtral import MixtralConfig, MixtralForCausalLM
 from lamina.quantization import QuantizationConfig, quantize
 from lamina.quantization.experts import QuantizedExperts
-from lamina.quantization.linear import LAYERS, QuantizedLinear
+from lamina.quantization.linear import QuantizedLinear, new_layer
 
 METHODS = ["int8", "int4", "nf4"]
 
@@ -44,7 +44,7 @@ def test_stacked_rows_quantize_as_each_expert_alone(method):
     torch.nn.init.normal_(experts.down_proj)
     stacked = QuantizedExperts.quantized(experts, method, None, 32)
     for e in range(3):
-        alone = LAYERS[method](64, 64, **({} if method == "int8" else {"group_size": 32}))
+        alone = new_layer(method, 64, 64, 32)
         alone.set_weight(experts.gate_up_proj[e].detach())
         gate_up, _ = stacked._experts[e]
         for name, tensor in alone.named_parameters():
