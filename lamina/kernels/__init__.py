@@ -1,7 +1,8 @@
 """lamina's own CPU kernels: C++ compiled on first use with the machine's compiler and cached.
 
-`linear_cpu.cpp` holds the int8, int4 and bf16 matrix products for decoding (AVX2, and AVX-512
-VNNI / BF16 where the CPU has them; see its header). `ops()` builds it with `-march=native` once per source,
+`linear_cpu.cpp` holds the int8, int4, bf16 and float32 matrix products for decoding (AVX2, and
+AVX-512 VNNI / BF16 where the CPU has them; see its header), `attention_cpu.cpp` the attention of
+one query over a cache. `ops()` builds them into one library with `-march=native` once per source,
 torch version, compiler, flags and CPU, into a cache directory
 (`$LAMINA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/lamina/kernels`, else `~/.cache/lamina/kernels`),
 loads it into `torch.ops.lamina` and registers shape functions so `torch.compile` can trace the
@@ -27,7 +28,7 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCE = Path(__file__).with_name("linear_cpu.cpp")
+SOURCES = [Path(__file__).with_name("linear_cpu.cpp"), Path(__file__).with_name("attention_cpu.cpp")]
 # -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
@@ -35,7 +36,8 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason":
 
 
 def ops() -> SimpleNamespace | None:
-    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`), or None where they cannot
+    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`, `f32_linear`,
+    `decode_attention`), or None where they cannot
     run here. The first call builds or loads them; under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
@@ -45,11 +47,13 @@ def ops() -> SimpleNamespace | None:
                 _register_fakes()
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-                reason = f"building {SOURCE.name} failed: {last_line}"
+                reason = f"building {' and '.join(source.name for source in SOURCES)} failed: {last_line}"
         if reason is None:
             _state["ops"] = SimpleNamespace(int4_linear=torch.ops.lamina.int4_linear,
                                             int8_linear=torch.ops.lamina.int8_linear,
-                                            bf16_linear=torch.ops.lamina.bf16_linear)
+                                            bf16_linear=torch.ops.lamina.bf16_linear,
+                                            f32_linear=torch.ops.lamina.f32_linear,
+                                            decode_attention=torch.ops.lamina.decode_attention)
         else:
             _state["ops"] = None
             _state["reason"] = reason
@@ -108,16 +112,16 @@ def _command(compiler: str, output: Path) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [compiler, *_flags(), f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-            str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
+            *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}",
             "-o", str(output)]
 
 
 def _build() -> Path:
-    """The library for this source, torch and compiler: from the cache, or compiled into it."""
+    """The library for these sources, torch and compiler: from the cache, or compiled into it."""
     compiler = _compiler()
     identity = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(), " ".join(_flags()).encode(),
-                 sys.platform.encode(), _cpu_features().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES), torch.__version__.encode(), compiler.encode(),
+                 " ".join(_flags()).encode(), sys.platform.encode(), _cpu_features().encode()):
         identity.update(part + b"\0")
     target = _cache_dir() / f"lamina_kernels_{identity.hexdigest()[:16]}.so"
     if target.is_file():
@@ -137,7 +141,8 @@ def _build() -> Path:
 
 
 def _register_fakes() -> None:
-    """Output shapes for tracing (torch.compile, meta tensors): `(rows, out_features)` float32."""
+    """Output shapes for tracing (torch.compile, meta tensors): `(rows, out_features)` float32, and
+    attention's the query's."""
 
     @torch.library.register_fake("lamina::int4_linear")
     def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
@@ -146,6 +151,15 @@ def _register_fakes() -> None:
     @torch.library.register_fake("lamina::bf16_linear")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::f32_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::decode_attention")
+    def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+          scale: float) -> torch.Tensor:
+        return torch.empty_like(query)
 
     @torch.library.register_fake("lamina::int8_linear")
     def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 // Matrix products for a few rows (decoding) on x86-64 with AVX2 and FMA, and AVX-512 VNNI / BF16
 // where the compiler targets them (`-march=native` on a CPU that has them): weight-only int8 and
-// int4, and bf16. Weight rows are streamed once a call, four at a time, prefetched ahead.
+// int4, bf16 and float32. Weight rows are streamed once a call, four at a time, prefetched ahead.
 //
 // The quantized kernels quantize the activations first, per block of 32 inputs, to int8 with one float
 // scale a block (symmetric: scale = max|x| / 127, code = x * (1 / scale) rounded half to even),
@@ -25,6 +25,11 @@
 // lamina::bf16_linear(x (M, K) bfloat16, weight (N, K) bfloat16) -> (M, N) float32
 //   Products of bf16 pairs summed in float32 (`vdpbf16ps`; without AVX-512 BF16, widened to float32
 //   and multiplied with FMA), as PyTorch's bf16 matmul does before its one rounding to bf16.
+//
+// lamina::f32_linear(x (M, K) float32, weight (N, K) float32) -> (M, N) float32
+//   Float32 FMA sums, 16 inputs a lane group (8 without AVX-512). PyTorch's float32 matmul reads
+//   the weight as fast from memory, but under `torch.compile` inductor hands it one-row inputs
+//   with a zero stride, which it copies first (a clone before each of a decode step's matmuls).
 //
 // Rows of the output are split across ATen's threads (torch.set_num_threads).
 
@@ -296,6 +301,27 @@ void check_matrix(const at::Tensor& t, at::ScalarType dtype, int64_t rows, const
   TORCH_CHECK(t.size(0) == rows, op, ": ", name, " has ", t.size(0), " rows, expected ", rows);
 }
 
+// The (rows, out_features) float32 product whose outputs n..n+count-1 of activation row m
+// `row_kernel(n, count, m, outputs)` computes, kRows weight rows at a time; the weight's rows are
+// split across ATen's threads.
+template <typename RowKernel>
+at::Tensor row_products(int64_t rows, int64_t out_features, const at::TensorOptions& options,
+                        const RowKernel& row_kernel) {
+  at::Tensor out = at::empty({rows, out_features}, options.dtype(at::kFloat));
+  float* result = out.data_ptr<float>();
+  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
+    float outputs[kRows];
+    for (int64_t n = begin; n < end; n += kRows) {
+      const int64_t count = std::min<int64_t>(kRows, end - n);
+      for (int64_t m = 0; m < rows; ++m) {
+        row_kernel(n, count, m, outputs);
+        std::copy(outputs, outputs + count, result + m * out_features + n);
+      }
+    }
+  });
+  return out;
+}
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                        const at::Tensor& minimum) {
   const int64_t out_features = weight.size(0), width = 2 * weight.size(1);
@@ -352,23 +378,13 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, CodeOrder{false, 0});
   std::vector<float> row_sums(rows, 0.f);  // sum(x) of each row
   for (int64_t b = 0; b < rows * block_count; ++b) row_sums[b / block_count] += act.sums[b];
-  at::Tensor out = at::empty({rows, out_features}, input.options());
-
   const int8_t* w = weight.data_ptr<int8_t>();
   const float* w_scale = weight_scale.data_ptr<float>();
-  float* result = out.data_ptr<float>();
-  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    float sums[kRows];
-    for (int64_t n = begin; n < end; n += kRows) {
-      const int64_t count = std::min<int64_t>(kRows, end - n);
-      for (int64_t m = 0; m < rows; ++m) {
-        int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
-                  row_sums[m], sums);
-        for (int64_t r = 0; r < count; ++r) result[m * out_features + n + r] = sums[r] * w_scale[n + r];
-      }
-    }
+  return row_products(rows, out_features, input.options(), [&](int64_t n, int64_t count, int64_t m, float* sums) {
+    int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
+              row_sums[m], sums);
+    for (int64_t r = 0; r < count; ++r) sums[r] *= w_scale[n + r];
   });
-  return out;
 }
 
 // One output of the bf16 product for `count` (≤ kRows) weight rows and one row of activations.
@@ -420,23 +436,67 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.size(1) == width, "bf16_linear: x has ", x.size(1), " columns, the weight expects ", width);
   const at::Tensor input = x.contiguous();
   const at::Tensor input_float = input.to(at::kFloat);
-  const int64_t rows = input.size(0);
-  at::Tensor out = at::empty({rows, out_features}, input.options().dtype(at::kFloat));
   const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const auto* xs = reinterpret_cast<const uint16_t*>(input.data_ptr<at::BFloat16>());
   const float* xs_float = input_float.data_ptr<float>();
-  float* result = out.data_ptr<float>();
-  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    float sums[kRows];
-    for (int64_t n = begin; n < end; n += kRows) {
-      const int64_t count = std::min<int64_t>(kRows, end - n);
-      for (int64_t m = 0; m < rows; ++m) {
-        bf16_rows(w + n * width, count, width, xs + m * width, xs_float + m * width, sums);
-        for (int64_t r = 0; r < count; ++r) result[m * out_features + n + r] = sums[r];
-      }
-    }
+  const int64_t rows = input.size(0);
+  return row_products(rows, out_features, input.options(), [&](int64_t n, int64_t count, int64_t m, float* sums) {
+    bf16_rows(w + n * width, count, width, xs + m * width, xs_float + m * width, sums);
   });
-  return out;
+}
+
+// Float32 lanes of the widest vectors compiled for: 16 with AVX-512, else 8.
+struct FloatLanes {
+#ifdef __AVX512F__
+  using Vector = __m512;
+  static constexpr int64_t kWidth = 16;
+  static Vector zero() { return _mm512_setzero_ps(); }
+  static Vector load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vector fma(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(Vector v) { return _mm512_reduce_add_ps(v); }
+#else
+  using Vector = __m256;
+  static constexpr int64_t kWidth = 8;
+  static Vector zero() { return _mm256_setzero_ps(); }
+  static Vector load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vector fma(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(Vector v) { return horizontal_sum(v); }
+#endif
+};
+
+// One output of the float32 product for `count` (≤ kRows) weight rows and one row of activations.
+inline void f32_rows(const float* rows, int64_t count, int64_t width, const float* x, float* out) {
+  using L = FloatLanes;
+  L::Vector acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = L::zero();
+  int64_t k = 0;
+  for (; k + L::kWidth <= width; k += L::kWidth) {
+    const L::Vector xs = L::load(x + k);
+    for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width + k);
+      acc[r] = L::fma(L::load(rows + r * width + k), xs, acc[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) {
+    float total = L::sum(acc[r]);
+    for (int64_t i = k; i < width; ++i) total += rows[r * width + i] * x[i];
+    out[r] = total;
+  }
+}
+
+at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& weight) {
+  const int64_t out_features = weight.size(0), width = weight.size(1);
+  check_matrix(weight, at::kFloat, out_features, "f32_linear", "weight");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
+              "f32_linear: x must be a 2-D float32 CPU tensor, got ", x.sizes(), " ", c10::toString(x.scalar_type()));
+  TORCH_CHECK(x.size(1) == width, "f32_linear: x has ", x.size(1), " columns, the weight expects ", width);
+  const at::Tensor input = x.contiguous();
+  const float* w = weight.data_ptr<float>();
+  const float* xs = input.data_ptr<float>();
+  const int64_t rows = input.size(0);
+  return row_products(rows, out_features, input.options(), [&](int64_t n, int64_t count, int64_t m, float* sums) {
+    f32_rows(w + n * width, count, width, xs + m * width, sums);
+  });
 }
 
 }  // namespace
@@ -445,10 +505,12 @@ TORCH_LIBRARY(lamina, m) {
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor minimum) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
+  m.def("f32_linear(Tensor x, Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lamina, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
   m.impl("bf16_linear", &bf16_linear);
+  m.impl("f32_linear", &f32_linear);
 }

@@ -8,10 +8,12 @@ hundreds of rows amortise; the rounding is the half kernel's own (float32 accumu
 rounded once to the input's dtype). Fewer rows (decoding one or a few sequences) keep the
 half-precision kernel: there the product is memory-bound and reading half the bytes wins.
 
-On the CPU, products of up to `BF16_KERNEL_MAX_ROWS` bf16 rows run lamina's own kernel
-(`lamina.kernels`, float32 sums of bf16 products like PyTorch's, then one rounding): it streams
-the weight at ~2× the speed of PyTorch's bf16 matrix-vector product here (SmolLM2-135M's layer
-shapes on 2 cores: 22 vs 58 µs for 1536 × 576, 1.04 vs 1.88 ms for the 49152 × 576 head).
+On the CPU, products of up to `KERNEL_MAX_ROWS` bf16 or float32 rows run lamina's own kernels
+(`lamina.kernels`, float32 sums of bf16 products like PyTorch's, then one rounding). The bf16 one
+streams the weight at ~2× the speed of PyTorch's bf16 matrix-vector product here (SmolLM2-135M's
+layer shapes on 2 cores: 22 vs 58 µs for 1536 × 576, 1.04 vs 1.88 ms for the 49152 × 576 head);
+the float32 one as fast as PyTorch's (~27 GB/s), but it takes the zero-stride one-row inputs
+inductor passes under `torch.compile` as they are, where `mm` copies each first.
 """
 
 from __future__ import annotations
@@ -26,13 +28,21 @@ from .. import kernels
 # 32 of SmolLM2's layer shapes (2 cores, AVX2), bf16 against upcast took 5.7 vs 13.7 ms at 1 row,
 # 18.0 vs 22.5 at 4, 37.2 vs 25.5 at 8 and 71.2 vs 29.7 at 16
 UPCAST_MIN_ROWS = 6
-# rows per call up to which bf16 products on the CPU run lamina's kernel (it reads each weight
-# row once per activation row: a one- or two-row product is memory-bound, more rows are not)
-BF16_KERNEL_MAX_ROWS = 2
+# rows per call up to which bf16 and float32 products on the CPU run lamina's kernels (they read
+# each weight row once per activation row: a one- or two-row product is memory-bound, more rows
+# are not)
+KERNEL_MAX_ROWS = 2
+KERNELS = {torch.bfloat16: "bf16_linear", torch.float32: "f32_linear"}
 _SLOW_HALF = {
     torch.bfloat16: not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
     torch.float16: not torch.ops.mkldnn._is_mkldnn_fp16_supported(),
 }
+
+
+def kernel_weight(weight: torch.Tensor) -> bool:
+    """Whether a `Linear` with this weight hands one- or two-row products to lamina's kernels: a
+    float32 or bf16 weight on the CPU, contiguous (GPT-2's are transposed views of its Conv1D's)."""
+    return weight.device.type == "cpu" and weight.dtype in KERNELS and weight.is_contiguous()
 
 
 def float32_if_slow(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -44,14 +54,14 @@ class Linear(nn.Linear):
     """`nn.Linear` with the same parameters and checkpoint names; see the module docstring."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == self.weight.dtype == torch.bfloat16 and x.device.type == "cpu"
-                and x.numel() <= BF16_KERNEL_MAX_ROWS * x.shape[-1]
-                # the kernel has no backward: training keeps PyTorch's product
+        if (x.dtype == self.weight.dtype and x.device == self.weight.device and kernel_weight(self.weight)
+                and x.numel() <= KERNEL_MAX_ROWS * x.shape[-1]
+                # the kernels have no backward: training keeps PyTorch's product
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             # under torch.compile only a kernel already loaded (building is not traceable)
             ops = kernels.loaded() if torch.compiler.is_compiling() else kernels.ops()
             if ops is not None:
-                out = ops.bf16_linear(x.reshape(-1, x.shape[-1]), self.weight)
+                out = getattr(ops, KERNELS[x.dtype])(x.reshape(-1, x.shape[-1]), self.weight)
                 if self.bias is not None:
                     out = out + self.bias
                 return out.to(x.dtype).view(*x.shape[:-1], self.out_features)

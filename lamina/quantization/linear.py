@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..layers.linear import float32_if_slow
+from ..layers.linear import Linear, float32_if_slow, kernel_weight
 
 FP16_MAX, FP16_TINY = 65504.0, 2.0**-24  # float16's largest finite and smallest positive values
 # weights are quantized in blocks of rows of about this many elements (4 MB of float32 temporaries)
@@ -261,11 +261,13 @@ class NF4Linear(QuantizedLinear):
 
 
 def uses_lamina_kernels(model: nn.Module) -> bool:
-    """Whether any layer of `model` decodes through lamina's own kernels."""
-    ops = kernels.ops() if any(isinstance(m, QuantizedLinear) for m in model.modules()) else None
-    return ops is not None and any(
-        isinstance(m, QuantizedLinear) and m._packed is not None and m._packed[0] in (ops.int4_linear, ops.int8_linear)
-        for m in model.modules())
+    """Whether a decode step of `model` runs through lamina's own kernels: its quantized layers', or
+    the one-row float32 and bf16 products of its `Linear` layers on the CPU. Loads the kernels."""
+    plain = any(isinstance(m, Linear) and kernel_weight(m.weight) for m in model.modules())
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    ops = kernels.ops() if plain or quantized else None
+    return ops is not None and (plain or any(
+        m._packed is not None and m._packed[0] in (ops.int4_linear, ops.int8_linear) for m in quantized))
 
 
 def _int8pack_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lamina import kernels
 from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles
@@ -153,7 +154,7 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
     """, CXX="false", LAMINA_KERNEL_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr
     reason, warning = done.stdout.strip().splitlines()
-    assert reason.startswith("building linear_cpu.cpp failed") and "exited with 1" in reason
+    assert reason.startswith("building linear_cpu.cpp and attention_cpu.cpp failed") and "exited with 1" in reason
     assert "PyTorch's kernels run instead" in warning
     assert list(tmp_path.iterdir()) == []  # no partial library left behind
 
@@ -175,6 +176,10 @@ def test_avx2_paths_in_a_separate_build(tmp_path):
         t.test_zero_and_extreme_activations()
         t.test_bf16_linear_sums_in_float32(1, 576, 40)
         t.test_bf16_linear_sums_in_float32(3, 40, 5)
+        t.test_f32_linear_sums_in_float32(1, 576, 40)
+        t.test_f32_linear_sums_in_float32(3, 40, 5)
+        for dtype in (torch.float32, torch.bfloat16):
+            t.test_decode_attention_matches_softmax_attention(dtype, 6, 2, 40)
         print("ok")
     """
     flags = "-mno-avx512f -mno-avxvnni"
@@ -200,7 +205,9 @@ def test_compiled_decoding_through_the_kernels_matches_eager():
     config = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)
     model = MistralForCausalLM(config).eval()
-    assert not uses_lamina_kernels(model)
+    assert uses_lamina_kernels(model)  # float32 products of one or two rows
+    assert not uses_lamina_kernels(model.to(torch.float16))
+    model.float()
     quantize(model, QuantizationConfig(method="int4", group_size=32))
     assert uses_lamina_kernels(model)
     assert _compile_arguments({}, torch.device("cpu"), True)["options"] == {"cpp_wrapper": True}
@@ -228,26 +235,114 @@ def test_bf16_linear_sums_in_float32(rows, in_features, out_features):
 
 
 @needs_kernels
-def test_bf16_layers_decode_through_the_kernel(monkeypatch):
-    """`layers.Linear` in bf16 hands one or two rows to the kernel: the float32 product of the bf16
-    values rounded once to bf16 (what PyTorch's bf16 matmul computes, up to summation order)."""
-    from lamina.layers.linear import BF16_KERNEL_MAX_ROWS, Linear
+@pytest.mark.parametrize("rows,in_features,out_features", [(1, 576, 1536), (2, 96, 9), (3, 40, 5), (1, 1000, 13)])
+def test_f32_linear_sums_in_float32(rows, in_features, out_features):
+    """float32 products, any width (no multiple of 16 or 8: the scalar tail), inputs with a zero
+    stride on their one row (as inductor passes them) taken as they are."""
+    x = torch.randn(rows, in_features)
+    weight = torch.randn(out_features, in_features)
+    assert_matches(OPS.f32_linear(x, weight), x.double() @ weight.double().T)
+    if rows == 1:
+        strided = x.as_strided((1, in_features), (0, 1))
+        assert torch.equal(OPS.f32_linear(strided, weight), OPS.f32_linear(x, weight))
+    with pytest.raises(RuntimeError, match="x must be a 2-D float32 CPU tensor"):
+        OPS.f32_linear(x.double(), weight)
+    with pytest.raises(RuntimeError, match="weight must be a contiguous 2-D Float CPU tensor"):
+        OPS.f32_linear(x, weight.T.contiguous().T)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_float_layers_decode_through_the_kernel(monkeypatch, dtype):
+    """`layers.Linear` in bf16 or float32 hands one or two rows to lamina's kernel: the float32
+    product of the stored values, rounded once to the dtype (what PyTorch's matmul computes, up to
+    summation order); more rows and anything with gradients keep PyTorch's product."""
+    from lamina.layers.linear import KERNEL_MAX_ROWS, KERNELS, Linear
 
     torch.manual_seed(3)
-    layer = Linear(256, 48).to(torch.bfloat16)
+    layer = Linear(256, 48).to(dtype)
     calls = []
     counted = SimpleNamespace(**vars(OPS))
-    counted.bf16_linear = lambda *args: calls.append(args[0].shape) or OPS.bf16_linear(*args)
+    setattr(counted, KERNELS[dtype], lambda *args: calls.append(args[0].shape) or getattr(OPS, KERNELS[dtype])(*args))
     monkeypatch.setitem(kernels._state, "ops", counted)
-    for shape in [(1, 1, 256), (BF16_KERNEL_MAX_ROWS, 256), (2, 3, 256)]:  # the last: many rows, PyTorch's path
-        x = torch.randn(shape).bfloat16()
-        expected = (x.float() @ layer.weight.float().T + layer.bias.float()).to(torch.bfloat16)
+    tolerance = dict(rtol=2**-7, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-5)
+    for shape in [(1, 1, 256), (KERNEL_MAX_ROWS, 256), (2, 3, 256)]:  # the last: many rows, PyTorch's path
+        x = torch.randn(shape).to(dtype)
+        expected = (x.double() @ layer.weight.double().T + layer.bias.double()).to(dtype)
         with torch.no_grad():
             out = layer(x)
-        assert out.dtype == torch.bfloat16 and out.shape == (*shape[:-1], 48)
-        torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-3)
-        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=2**-7, atol=1e-2)
-    assert calls == [(1, 256), (BF16_KERNEL_MAX_ROWS, 256)]
-    one = torch.randn(1, 256).bfloat16()
+        assert out.dtype == dtype and out.shape == (*shape[:-1], 48)
+        torch.testing.assert_close(out, expected, **tolerance)
+    assert calls == [(1, 256), (KERNEL_MAX_ROWS, 256)]
+    one = torch.randn(1, 256).to(dtype)
     layer(one).float().sum().backward()  # with gradients on, PyTorch's product (the kernel has no backward)
     assert layer.weight.grad is not None and layer.weight.grad.shape == (48, 256) and len(calls) == 2
+    with torch.no_grad():  # a transposed view (GPT-2's Conv1D weights): PyTorch's product
+        layer.weight = torch.nn.Parameter(layer.weight.T.contiguous().T)
+        torch.testing.assert_close(layer(one), F.linear(one, layer.weight, layer.bias))
+    assert len(calls) == 2
+
+
+MIN = torch.finfo(torch.float32).min
+
+
+def attention_reference(query, key, value, mask, scale):
+    """softmax(scale * q.k + mask) @ v in float64, query heads grouped over the key heads."""
+    batch, heads, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.double().view(batch, kv_heads, heads // kv_heads, dim)
+    scores = grouped @ key.double().transpose(2, 3) * scale + mask.double()[:, None, None, :]
+    return (torch.softmax(scores, dim=-1) @ value.double()).view(batch, heads, dim)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 8), (6, 2, 40)])
+def test_decode_attention_matches_softmax_attention(dtype, heads, kv_heads, dim):
+    """One query a sequence over a cache: each row's own mask (left padding, unwritten slots and a
+    window as finfo.min, a -inf), grouped heads, a head size that is no multiple of 16; a row whose
+    slots are all masked averages every slot, as the softmax of equal scores does."""
+    generator = torch.Generator().manual_seed(0)
+    batch, slots = 3, 40
+    query = torch.randn(batch, heads, dim, generator=generator)
+    key = torch.randn(batch, kv_heads, slots, dim, generator=generator).to(dtype)
+    value = torch.randn(batch, kv_heads, slots, dim, generator=generator).to(dtype)
+    mask = torch.zeros(batch, slots)
+    mask[0, 25:] = MIN  # written so far: 25 slots
+    mask[1, :4] = MIN  # left padding
+    mask[1, 30:] = float("-inf")
+    mask[1, 10] = -3.5  # a finite bias is added, not skipped
+    mask[2] = MIN
+    out = OPS.decode_attention(query, key, value, mask, 0.125)
+    reference = attention_reference(query, key, value, mask, 0.125)
+    assert out.dtype == torch.float32 and out.shape == (batch, heads, dim)
+    assert (out.double() - reference).abs().max() < 1e-5
+    torch.testing.assert_close(out[2], value[2].double().mean(1).repeat_interleave(heads // kv_heads, 0).float())
+    shared = OPS.decode_attention(query, key, value, mask[:1].contiguous(), 0.125)  # one mask for every row
+    reference = attention_reference(query, key, value, mask[:1].expand(batch, -1), 0.125)
+    assert (shared.double() - reference).abs().max() < 1e-5
+
+
+@needs_kernels
+def test_decode_attention_reads_only_the_slots_it_attends():
+    """A masked slot's key and value are never read: NaN there changes nothing."""
+    query, key, value = torch.randn(1, 4, 16), torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16)
+    mask = torch.zeros(1, 12)
+    mask[:, 7:] = MIN
+    expected = OPS.decode_attention(query, key, value, mask, 0.25)
+    key[:, :, 7:] = float("nan")
+    value[:, :, 7:] = float("nan")
+    assert torch.equal(OPS.decode_attention(query, key, value, mask, 0.25), expected)
+
+
+@needs_kernels
+def test_decode_attention_errors():
+    query, cache, mask = torch.randn(1, 4, 16), torch.randn(1, 2, 12, 16), torch.zeros(1, 12)
+    with pytest.raises(RuntimeError, match="query must be a contiguous .batch, heads, dim. float32"):
+        OPS.decode_attention(query.double(), cache, cache, mask, 1.0)
+    with pytest.raises(RuntimeError, match="key and value must be contiguous .* float32 or bfloat16"):
+        OPS.decode_attention(query, cache.half(), cache.half(), mask, 1.0)
+    with pytest.raises(RuntimeError, match="does not match key"):
+        OPS.decode_attention(torch.randn(1, 3, 16), cache, cache, mask, 1.0)
+    with pytest.raises(RuntimeError, match=r"mask must be a contiguous float32 \(1 or 1, 12\) tensor, got \[1, 11\]"):
+        OPS.decode_attention(query, cache, cache, mask[:, :11].contiguous(), 1.0)
