@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import torch
 
 SOURCES = [Path(__file__).with_name("linear_cpu.cpp"), Path(__file__).with_name("attention_cpu.cpp")]
+HEADERS = [Path(__file__).with_name("lanes.h")]  # included by the sources: part of the cache key
 # -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
@@ -120,7 +121,7 @@ def _build() -> Path:
     """The library for these sources, torch and compiler: from the cache, or compiled into it."""
     compiler = _compiler()
     identity = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in SOURCES), torch.__version__.encode(), compiler.encode(),
+    for part in (*(source.read_bytes() for source in SOURCES + HEADERS), torch.__version__.encode(), compiler.encode(),
                  " ".join(_flags()).encode(), sys.platform.encode(), _cpu_features().encode()):
         identity.update(part + b"\0")
     target = _cache_dir() / f"lamina_kernels_{identity.hexdigest()[:16]}.so"

@@ -41,6 +41,8 @@
 
 #include <immintrin.h>
 
+#include "lanes.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -67,12 +69,7 @@ struct QuantizedActivations {
   std::vector<float> sums;  // (M, K / 32)
 };
 
-inline float horizontal_sum(__m256 v) {
-  __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-  half = _mm_add_ss(half, _mm_movehdup_ps(half));
-  return _mm_cvtss_f32(half);
-}
+using lamina::horizontal_sum;
 
 inline int32_t horizontal_sum(__m256i v) {
   __m128i half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -445,28 +442,9 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
   });
 }
 
-// Float32 lanes of the widest vectors compiled for: 16 with AVX-512, else 8.
-struct FloatLanes {
-#ifdef __AVX512F__
-  using Vector = __m512;
-  static constexpr int64_t kWidth = 16;
-  static Vector zero() { return _mm512_setzero_ps(); }
-  static Vector load(const float* p) { return _mm512_loadu_ps(p); }
-  static Vector fma(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
-  static float sum(Vector v) { return _mm512_reduce_add_ps(v); }
-#else
-  using Vector = __m256;
-  static constexpr int64_t kWidth = 8;
-  static Vector zero() { return _mm256_setzero_ps(); }
-  static Vector load(const float* p) { return _mm256_loadu_ps(p); }
-  static Vector fma(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }
-  static float sum(Vector v) { return horizontal_sum(v); }
-#endif
-};
-
 // One output of the float32 product for `count` (≤ kRows) weight rows and one row of activations.
 inline void f32_rows(const float* rows, int64_t count, int64_t width, const float* x, float* out) {
-  using L = FloatLanes;
+  using L = lamina::FloatLanes;
   L::Vector acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = L::zero();
   int64_t k = 0;

@@ -70,9 +70,14 @@ def attend(
     `reorder_and_upcast_attn`).
     """
     groups = query.shape[1] // key.shape[1]
-    if query.shape[2] == 1 and mask is not None and not need_weights and not upcast and not dropout \
-            and query.device.type == "cpu" and torch.compiler.is_compiling():
-        return _single_query_attention(query, key, value, mask, scale), None
+    # one query over a cache, one mask for every head (a per-head bias, as MegatronBERT's relative
+    # positions, goes to SDPA)
+    if query.shape[2] == 1 and mask is not None and mask.dim() == 4 and mask.shape[1] == 1 \
+            and not need_weights and not upcast and not dropout and query.device.type == "cpu" \
+            and not (torch.is_grad_enabled() and query.requires_grad):
+        out = _single_query_attention(query, key, value, mask, scale)
+        if out is not None:
+            return out, None
     if backend != "eager" and not need_weights and not upcast:
         if backend == "flash_attention_2" and mask is None:
             from flash_attn import flash_attn_func
@@ -108,24 +113,28 @@ def attend(
 
 def _single_query_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """One query per row against a cache, in float32: for a compiled decode step on the CPU.
+) -> torch.Tensor | None:
+    """One query per row against a cache on the CPU (a decode step), in float32; None where the
+    caller's SDPA does better (eager, without lamina's kernel).
 
     lamina's kernel (`lamina.kernels`' `decode_attention`) reads only the slots the mask lets
     through, the tokens so far rather than the cache's capacity: SmolLM2-135M's 30 layers cost
-    ~1.5 ms a step as two batched matmuls over 256 slots. Without it, two float32 matmuls with the
-    softmax fused between them by inductor (the fused SDPA kernel and bf16 batched matmuls cost
-    50-120 µs a call on a CPU without AVX-512, about twice theirs). `query (batch, heads, 1, dim)`,
-    `key/value (batch, kv_heads, slots, dim)`, `mask (batch or 1, 1, 1, slots)`.
+    ~1.5 ms a step as two batched matmuls over 256 slots, ~1.5 ms as SDPA calls (eager). Without it,
+    under `torch.compile`, two float32 matmuls with the softmax fused between them by inductor (the
+    fused SDPA kernel and bf16 batched matmuls cost 50-120 µs a call on a CPU without AVX-512, about
+    twice theirs). `query (batch, heads, 1, dim)`, `key/value (batch, kv_heads, slots, dim)`,
+    `mask (batch or 1, 1, 1, slots)`.
     """
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     ops = kernels.loaded()
     if ops is not None and key.dtype in (torch.float32, torch.bfloat16) and key.is_contiguous() \
             and value.is_contiguous():
-        out = ops.decode_attention(query.reshape(batch, heads, dim).float(), key, value,
-                                   mask.reshape(mask.shape[0], -1).float(), scale)
+        out = ops.decode_attention(query.reshape(batch, heads, dim).float().contiguous(), key, value,
+                                   mask.reshape(mask.shape[0], -1).float().contiguous(), scale)
         return out.reshape(batch, heads, 1, dim).to(value.dtype)
+    if not torch.compiler.is_compiling():
+        return None
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
     scores = torch.matmul(grouped, key.float().transpose(2, 3)) * scale  # (batch, kv_heads, groups, slots)
     probs = torch.softmax(scores + mask.reshape(mask.shape[0], 1, 1, -1).float(), dim=-1)

@@ -321,6 +321,11 @@ def test_decode_attention_matches_softmax_attention(dtype, heads, kv_heads, dim)
     shared = OPS.decode_attention(query, key, value, mask[:1].contiguous(), 0.125)  # one mask for every row
     reference = attention_reference(query, key, value, mask[:1].expand(batch, -1), 0.125)
     assert (shared.double() - reference).abs().max() < 1e-5
+    # scores hundreds apart: exponentials far below float32's range underflow to 0, the rest keep
+    # the precision float32 scores of that size have (a float32 ulp of 512 is 6e-5)
+    sharp = OPS.decode_attention(query * 40, key, value, mask, 1.0)
+    assert torch.isfinite(sharp).all()
+    assert (sharp.double() - attention_reference(query * 40, key, value, mask, 1.0)).abs().max() < 2e-4
 
 
 @needs_kernels
