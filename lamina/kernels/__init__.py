@@ -38,8 +38,8 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason":
 
 def ops() -> SimpleNamespace | None:
     """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`, `f32_linear`,
-    `decode_attention`), or None where they cannot
-    run here. The first call builds or loads them; under `torch.compile` use `loaded()`."""
+    `decode_attention`), or None where they cannot run here. The first call builds or loads them
+    (a build takes ~30 s); under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
         if reason is None:
