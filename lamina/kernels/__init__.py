@@ -37,8 +37,8 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason":
 
 
 def ops() -> SimpleNamespace | None:
-    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`, `f32_linear`,
-    `decode_attention`), or None where they cannot run here. The first call builds or loads them
+    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`, `f32_linear`, their expert
+    variants `int4_expert_linear` and `int8_expert_linear`, `decode_attention`), or None where they cannot run here. The first call builds or loads them
     (a build takes ~30 s); under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
@@ -54,6 +54,8 @@ def ops() -> SimpleNamespace | None:
                                             int8_linear=torch.ops.lamina.int8_linear,
                                             bf16_linear=torch.ops.lamina.bf16_linear,
                                             f32_linear=torch.ops.lamina.f32_linear,
+                                            int4_expert_linear=torch.ops.lamina.int4_expert_linear,
+                                            int8_expert_linear=torch.ops.lamina.int8_expert_linear,
                                             decode_attention=torch.ops.lamina.decode_attention)
         else:
             _state["ops"] = None
@@ -156,6 +158,16 @@ def _register_fakes() -> None:
     @torch.library.register_fake("lamina::f32_linear")
     def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::int4_expert_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, experts: torch.Tensor,
+          out_features: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
+
+    @torch.library.register_fake("lamina::int8_expert_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, experts: torch.Tensor,
+          out_features: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
 
     @torch.library.register_fake("lamina::decode_attention")
     def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,

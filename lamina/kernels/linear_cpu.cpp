@@ -22,6 +22,12 @@
 //   once a row; without, |w| multiplies x with w's sign moved onto it (`vpsignb`), since
 //   `vpmaddubsw` would saturate on the offset form.
 //
+// lamina::int4_expert_linear(x, weight, scale, minimum, experts (M,) int64, out_features) and
+// lamina::int8_expert_linear(x, weight, weight_scale, experts, out_features) -> (M, out_features)
+//   The same products over experts' weights stacked in turn (expert e owns rows
+//   [e * out_features, (e + 1) * out_features)): row m of x through expert experts[m]'s rows, so a
+//   mixture-of-experts step picks its experts' weights without leaving the kernel.
+//
 // lamina::bf16_linear(x (M, K) bfloat16, weight (N, K) bfloat16) -> (M, N) float32
 //   Products of bf16 pairs summed in float32 (`vdpbf16ps`; without AVX-512 BF16, widened to float32
 //   and multiplied with FMA), as PyTorch's bf16 matmul does before its one rounding to bf16.
@@ -319,19 +325,46 @@ at::Tensor row_products(int64_t rows, int64_t out_features, const at::TensorOpti
   return out;
 }
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                       const at::Tensor& minimum) {
-  const int64_t out_features = weight.size(0), width = 2 * weight.size(1);
-  check_matrix(weight, at::kByte, out_features, "int4_linear", "weight");
-  check_matrix(scale, at::kHalf, out_features, "int4_linear", "scale");
-  check_matrix(minimum, at::kHalf, out_features, "int4_linear", "minimum");
+// The weight rows activation row m multiplies: all of them (no routing), or those of its expert,
+// rows [expert[m] * out_features, (expert[m] + 1) * out_features) of experts stacked in turn.
+struct Routing {
+  const int64_t* experts;  // (M,), or nullptr
+  int64_t out_features;
+
+  int64_t first_row(int64_t m) const { return experts == nullptr ? 0 : experts[m] * out_features; }
+};
+
+// `experts` (M,) int64 in [0, weight rows / out_features), checked.
+Routing routing(const at::Tensor& experts, int64_t rows, int64_t weight_rows, int64_t out_features, const char* op) {
+  TORCH_CHECK(experts.dim() == 1 && experts.scalar_type() == at::kLong && experts.is_contiguous() &&
+                  experts.size(0) == rows,
+              op, ": experts must be a contiguous int64 vector of ", rows, " indices, got ", experts.sizes(), " ",
+              c10::toString(experts.scalar_type()));
+  TORCH_CHECK(out_features > 0 && weight_rows % out_features == 0, op, ": ", weight_rows,
+              " weight rows are no whole number of experts of ", out_features, " rows");
+  const int64_t* index = experts.data_ptr<int64_t>();
+  for (int64_t m = 0; m < rows; ++m) {
+    TORCH_CHECK(index[m] >= 0 && index[m] < weight_rows / out_features, op, ": expert ", index[m], " of row ", m,
+                " is outside [0, ", weight_rows / out_features, ")");
+  }
+  return {index, out_features};
+}
+
+at::Tensor int4_product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                        const at::Tensor& minimum, const at::Tensor* experts, int64_t out_features, const char* op) {
+  const int64_t weight_rows = weight.size(0), width = 2 * weight.size(1);
+  check_matrix(weight, at::kByte, weight_rows, op, "weight");
+  check_matrix(scale, at::kHalf, weight_rows, op, "scale");
+  check_matrix(minimum, at::kHalf, weight_rows, op, "minimum");
   const int64_t groups = scale.size(1);
-  TORCH_CHECK(minimum.size(1) == groups, "int4_linear: scale has ", groups, " groups a row, minimum ", minimum.size(1));
-  TORCH_CHECK(groups > 0 && width % (groups * kBlock) == 0, "int4_linear: ", groups, " groups do not split ", width,
+  TORCH_CHECK(minimum.size(1) == groups, op, ": scale has ", groups, " groups a row, minimum ", minimum.size(1));
+  TORCH_CHECK(groups > 0 && width % (groups * kBlock) == 0, op, ": ", groups, " groups do not split ", width,
               " inputs into multiples of 32");
   const int64_t block_count = width / kBlock, blocks_per_group = block_count / groups;
-  const at::Tensor input = activations_as_float(x, width, "int4_linear");
+  const at::Tensor input = activations_as_float(x, width, op);
   const int64_t rows = input.size(0);
+  const Routing route = experts == nullptr ? Routing{nullptr, out_features}
+                                           : routing(*experts, rows, weight_rows, out_features, op);
   const QuantizedActivations act = quantize_activations(
       input.data_ptr<float>(), rows, width, CodeOrder{true, int4_quad_blocks(block_count, blocks_per_group)});
   std::vector<float> group_sums(rows * groups, 0.f);  // sum(x) over each group, shared by every output row
@@ -345,13 +378,17 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
     float sums[kRows];
     // the rows' float16 scales and minimums as float32, converted once for all their products
+    // (once a product when each row has its expert)
     std::vector<float> row_scales(kRows * groups), row_mins(kRows * groups);
     for (int64_t n = begin; n < end; n += kRows) {
       const int64_t count = std::min<int64_t>(kRows, end - n);
-      halves_to_floats(w_scale + n * groups, count * groups, row_scales.data());
-      halves_to_floats(w_min + n * groups, count * groups, row_mins.data());
       for (int64_t m = 0; m < rows; ++m) {
-        int4_rows(w + n * width / 2, count, width, row_scales.data(), groups, act.codes.data() + m * width, act, m,
+        const int64_t row = route.first_row(m) + n;
+        if (m == 0 || route.experts != nullptr) {
+          halves_to_floats(w_scale + row * groups, count * groups, row_scales.data());
+          halves_to_floats(w_min + row * groups, count * groups, row_mins.data());
+        }
+        int4_rows(w + row * width / 2, count, width, row_scales.data(), groups, act.codes.data() + m * width, act, m,
                   sums);
         for (int64_t r = 0; r < count; ++r) {
           float offset = 0.f;  // sum over groups of minimum * sum(x)
@@ -364,24 +401,48 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return out;
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale) {
-  const int64_t out_features = weight.size(0), width = weight.size(1), block_count = width / kBlock;
-  check_matrix(weight, at::kChar, out_features, "int8_linear", "weight");
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                       const at::Tensor& minimum) {
+  return int4_product(x, weight, scale, minimum, nullptr, weight.size(0), "int4_linear");
+}
+
+at::Tensor int4_expert_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                              const at::Tensor& minimum, const at::Tensor& experts, int64_t out_features) {
+  return int4_product(x, weight, scale, minimum, &experts, out_features, "int4_expert_linear");
+}
+
+at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                        const at::Tensor* experts, int64_t out_features, const char* op) {
+  const int64_t weight_rows = weight.size(0), width = weight.size(1), block_count = width / kBlock;
+  check_matrix(weight, at::kChar, weight_rows, op, "weight");
   TORCH_CHECK(weight_scale.dim() == 1 && weight_scale.scalar_type() == at::kFloat && weight_scale.is_contiguous() &&
-                  weight_scale.size(0) == out_features,
-              "int8_linear: weight_scale must be a contiguous float32 vector of ", out_features, " scales");
-  const at::Tensor input = activations_as_float(x, width, "int8_linear");
+                  weight_scale.size(0) == weight_rows,
+              op, ": weight_scale must be a contiguous float32 vector of ", weight_rows, " scales");
+  const at::Tensor input = activations_as_float(x, width, op);
   const int64_t rows = input.size(0);
+  const Routing route = experts == nullptr ? Routing{nullptr, out_features}
+                                           : routing(*experts, rows, weight_rows, out_features, op);
   const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, CodeOrder{false, 0});
   std::vector<float> row_sums(rows, 0.f);  // sum(x) of each row
   for (int64_t b = 0; b < rows * block_count; ++b) row_sums[b / block_count] += act.sums[b];
+
   const int8_t* w = weight.data_ptr<int8_t>();
   const float* w_scale = weight_scale.data_ptr<float>();
   return row_products(rows, out_features, input.options(), [&](int64_t n, int64_t count, int64_t m, float* sums) {
-    int8_rows(w + n * width, count, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
+    const int64_t row = route.first_row(m) + n;
+    int8_rows(w + row * width, count, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
               row_sums[m], sums);
-    for (int64_t r = 0; r < count; ++r) sums[r] *= w_scale[n + r];
+    for (int64_t r = 0; r < count; ++r) sums[r] *= w_scale[row + r];
   });
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale) {
+  return int8_product(x, weight, weight_scale, nullptr, weight.size(0), "int8_linear");
+}
+
+at::Tensor int8_expert_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                              const at::Tensor& experts, int64_t out_features) {
+  return int8_product(x, weight, weight_scale, &experts, out_features, "int8_expert_linear");
 }
 
 // One output of the bf16 product for `count` (≤ kRows) weight rows and one row of activations.
@@ -482,6 +543,8 @@ at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& weight) {
 TORCH_LIBRARY(lamina, m) {
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scale, Tensor minimum) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale) -> Tensor");
+  m.def("int4_expert_linear(Tensor x, Tensor weight, Tensor scale, Tensor minimum, Tensor experts, int out_features) -> Tensor");
+  m.def("int8_expert_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor experts, int out_features) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("f32_linear(Tensor x, Tensor weight) -> Tensor");
 }
@@ -489,6 +552,8 @@ TORCH_LIBRARY(lamina, m) {
 TORCH_LIBRARY_IMPL(lamina, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("int4_expert_linear", &int4_expert_linear);
+  m.impl("int8_expert_linear", &int8_expert_linear);
   m.impl("bf16_linear", &bf16_linear);
   m.impl("f32_linear", &f32_linear);
 }

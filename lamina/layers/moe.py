@@ -66,7 +66,9 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, top_index: torch.Tensor, top_weight: torch.Tensor) -> torch.Tensor:
         """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs."""
-        run = self.gathered if top_index.numel() <= GATHER_LIMIT else self.grouped
+        # grouping counts the pairs per expert on the host: not under torch.compile
+        few = top_index.numel() <= GATHER_LIMIT or torch.compiler.is_compiling()
+        run = self.gathered if few else self.grouped
         return combine(run, x, top_index, top_weight)
 
 

@@ -4,16 +4,21 @@ Every method quantizes a weight row by row (a scale per output channel, or group
 a row), so each stacked projection `(experts, out, in)` is quantized as one layer over all the
 experts' rows, `(experts · out, in)`: the codes are those of quantizing each expert alone, and
 expert e owns rows `[e · out, (e + 1) · out)`. Each expert's slice is a view of those rows, with
-its own packed kernel operands, run on the tokens routed to it.
+its own packed kernel operands, run on the tokens routed to it. Where lamina's CPU kernels run the
+layers (int8, int4), their expert variants take each row's expert index instead, so that a decode
+step picks its experts without the host and compiles whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from .. import kernels
 from ..layers.mlp import activation
-from ..layers.moe import Experts, combine, grouped
+from ..layers.moe import GATHER_LIMIT, Experts, combine, grouped
 from .linear import QuantizedLinear, new_layer
 
 
@@ -22,9 +27,6 @@ class QuantizedExperts(nn.Module):
     intermediate, out: experts × hidden), two quantized layers (`quantized_rows`). `forward` as
     `Experts`'."""
 
-    # each expert's rows are chosen on the host: a decode step with them does not trace whole
-    host_dispatch = True
-
     def __init__(self, num_experts: int, gate_up_proj: QuantizedLinear, down_proj: QuantizedLinear, act: str) -> None:
         super().__init__()
         self.num_experts = num_experts
@@ -32,6 +34,8 @@ class QuantizedExperts(nn.Module):
         self.act_name = act
         self.act = activation(act)
         self._experts: list[tuple[QuantizedLinear, QuantizedLinear]] = []
+        # lamina's expert kernels for both layers with their operands, where they run them
+        self._routed: list[tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...], QuantizedLinear]] | None = None
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_experts())
         self.refresh_experts()
 
@@ -47,11 +51,23 @@ class QuantizedExperts(nn.Module):
     def refresh_experts(self) -> None:
         """Each expert's two layers as views of the stacked rows (after the weights were set, loaded
         or moved), their packed operands derived."""
+        self._experts, self._routed = [], None
         if self.gate_up_proj.weight.is_meta:
-            self._experts = []
             return
         self._experts = [(_rows(self.gate_up_proj, e, self.num_experts), _rows(self.down_proj, e, self.num_experts))
                          for e in range(self.num_experts)]
+        ops = kernels.loaded()
+        layers = (self.gate_up_proj, self.down_proj)
+        if ops is not None and all(layer._packed is not None for layer in layers):
+            routed = {ops.int8_linear: ops.int8_expert_linear, ops.int4_linear: ops.int4_expert_linear}
+            if all(layer._packed[0] in routed for layer in layers):
+                self._routed = [(routed[layer._packed[0]], layer._packed[1], layer) for layer in layers]
+
+    @property
+    def host_dispatch(self) -> bool:
+        """Whether each expert's rows are chosen on the host, so that a decode step over them does
+        not trace whole: unless lamina's kernels take the expert indices (int8, int4 on the CPU)."""
+        return self._routed is None
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -63,9 +79,25 @@ class QuantizedExperts(nn.Module):
         gate, up = gate_up(x).chunk(2, dim=-1)
         return down(self.act(gate) * up)
 
+    def gathered(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """`x (pairs, H)` each through its own expert `expert_ids (pairs,)`, the experts' rows picked
+        inside lamina's kernels: no host synchronisation, the results of `grouped` exactly (the
+        kernels quantize each row's activations alone)."""
+        gate, up = self._routed_product(0, x, expert_ids).chunk(2, dim=-1)
+        return self._routed_product(1, self.act(gate) * up, expert_ids)
+
+    def _routed_product(self, which: int, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        kernel, operands, layer = self._routed[which]
+        out = kernel(x.contiguous(), *operands, expert_ids.contiguous(), layer.out_features // self.num_experts)
+        # QuantizedLinear's roundings: the compute dtype, then the caller's
+        return out.to(layer.compute_dtype or x.dtype).to(x.dtype)
+
     def forward(self, x: torch.Tensor, top_index: torch.Tensor, top_weight: torch.Tensor) -> torch.Tensor:
-        """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs; the
-        pairs are grouped by expert whatever their number."""
+        """`x (tokens, H)`, `top_index/top_weight (tokens, k)` → weighted sum of expert outputs: the
+        pairs through lamina's expert kernels when few (decoding) or under `torch.compile`, else
+        grouped by expert."""
+        if self._routed is not None and (top_index.numel() <= GATHER_LIMIT or torch.compiler.is_compiling()):
+            return combine(self.gathered, x, top_index, top_weight)
         return combine(lambda rows, ids: grouped(self.expert, self.num_experts, rows, ids), x, top_index, top_weight)
 
 

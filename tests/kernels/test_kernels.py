@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from lamina import kernels
 from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles
+from tests.decoding import assert_compiled_matches_eager
 
 OPS = kernels.ops()
 needs_kernels = pytest.mark.skipif(OPS is None, reason=f"lamina kernels unavailable: {kernels.unavailable_reason()}")
@@ -212,13 +213,7 @@ def test_compiled_decoding_through_the_kernels_matches_eager():
     assert uses_lamina_kernels(model)
     assert _compile_arguments({}, torch.device("cpu"), True)["options"] == {"cpp_wrapper": True}
     assert "options" not in _compile_arguments({"mode": "max-autotune"}, torch.device("cpu"), True)
-    ids = torch.randint(0, 128, (2, 5))
-    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    eager = model.generate(ids, disable_compile=True, **settings)
-    compiled = model.generate(ids, compile_config={}, **settings)
-    assert not getattr(model, "_compile_failed", False)
-    assert torch.equal(compiled.sequences, eager.sequences)
-    torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
+    assert_compiled_matches_eager(model, torch.randint(0, 128, (2, 5)), max_new_tokens=6)
 
 
 @needs_kernels

@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lamina.layers.moe import Experts
+from lamina import kernels
+from lamina.layers.moe import Experts, grouped
 from lamina.models.mixtral import MixtralConfig, MixtralForCausalLM
 from lamina.quantization import QuantizationConfig, quantize
 from lamina.quantization.experts import QuantizedExperts
 from lamina.quantization.linear import QuantizedLinear, new_layer
+from tests.decoding import assert_compiled_matches_eager
 
 METHODS = ["int8", "int4", "nf4"]
+needs_kernels = pytest.mark.skipif(kernels.ops() is None, reason="lamina kernels unavailable")
 
 
 def tiny_mixtral() -> MixtralForCausalLM:
@@ -108,11 +111,39 @@ def test_experts_can_stay_in_full_precision():
 
 
 def test_decoding_stays_eager_without_a_failed_compile():
+    """nf4 experts (no kernel taking the expert index) pick their rows on the host: no compile."""
     import warnings
 
-    model = quantize(tiny_mixtral(), "int8")
+    model = quantize(tiny_mixtral(), "nf4")
     assert not model.compilable_decode and tiny_mixtral().compilable_decode
     ids = torch.randint(0, 96, (1, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "compiling the decode step failed"
         model.generate(ids, max_new_tokens=4, do_sample=False, compile_config={})
+
+
+@needs_kernels
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_expert_kernels_pick_each_rows_expert(method):
+    """lamina's expert kernels give what each expert's own layer gives (the grouped path), exactly,
+    and out-of-range experts are refused."""
+    model = quantize(tiny_mixtral(), QuantizationConfig(method=method, group_size=32))
+    experts = model.model.layers[0].mlp.experts
+    assert not experts.host_dispatch and model.compilable_decode
+    x = torch.randn(11, 64)
+    ids = torch.tensor([3, 0, 2, 2, 1, 0, 3, 3, 1, 2, 0])
+    assert torch.equal(experts.gathered(x, ids), grouped(experts.expert, 4, x, ids))
+    kernel, operands, layer = experts._routed[0]
+    with pytest.raises(RuntimeError, match="expert 4 of row 0 is outside"):
+        kernel(x[:1], *operands, torch.tensor([4]), layer.out_features // 4)
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_compiled_decoding_over_quantized_experts_matches_eager():
+    """int4 experts through the expert kernels: the compiled step (one graph, no fallback) gives
+    the eager step's tokens, at batch 1 and at a batch of 5 (10 pairs: grouped when eager)."""
+    model = quantize(tiny_mixtral(), QuantizationConfig(method="int4", group_size=32))
+    for batch in (1, 5):
+        ids = torch.randint(0, 96, (batch, 6), generator=torch.Generator().manual_seed(batch))
+        assert_compiled_matches_eager(model, ids, max_new_tokens=8)
