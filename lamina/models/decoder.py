@@ -294,7 +294,8 @@ class DecoderModel(PreTrainedModel):
     @property
     def compilable_decode(self) -> bool:
         """Whether a one-token step traces without host syncs (dynamic NTK rotary reads the largest
-        position on the host; quantized experts pick their weights there)."""
+        position on the host; quantized experts without lamina's expert kernels pick their weights
+        there)."""
         dispatches_on_host = any(getattr(getattr(layer.mlp, "experts", None), "host_dispatch", False)
                                  for layer in self.layers)
         return not dispatches_on_host and (self.rotary_emb is None or self.rotary_emb.rope_type != "dynamic")
