@@ -33,13 +33,16 @@ HEADERS = [Path(__file__).with_name("lanes.h")]  # included by the sources: part
 # -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
+# the library's operators (`torch.ops.lamina.*`); their shape functions are in `_register_fakes`
+OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "bf16_linear", "f32_linear",
+       "decode_attention")
+
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason": why not
 
 
 def ops() -> SimpleNamespace | None:
-    """The compiled kernels (`int4_linear`, `int8_linear`, `bf16_linear`, `f32_linear`, their expert
-    variants `int4_expert_linear` and `int8_expert_linear`, `decode_attention`), or None where they cannot run here. The first call builds or loads them
-    (a build takes ~30 s); under `torch.compile` use `loaded()`."""
+    """The compiled kernels (`OPS`), or None where they cannot run here. The first call builds or
+    loads them (a build takes ~30 s); under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
         if reason is None:
@@ -50,13 +53,7 @@ def ops() -> SimpleNamespace | None:
                 last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
                 reason = f"building {' and '.join(source.name for source in SOURCES)} failed: {last_line}"
         if reason is None:
-            _state["ops"] = SimpleNamespace(int4_linear=torch.ops.lamina.int4_linear,
-                                            int8_linear=torch.ops.lamina.int8_linear,
-                                            bf16_linear=torch.ops.lamina.bf16_linear,
-                                            f32_linear=torch.ops.lamina.f32_linear,
-                                            int4_expert_linear=torch.ops.lamina.int4_expert_linear,
-                                            int8_expert_linear=torch.ops.lamina.int8_expert_linear,
-                                            decode_attention=torch.ops.lamina.decode_attention)
+            _state["ops"] = SimpleNamespace(**{name: getattr(torch.ops.lamina, name) for name in OPS})
         else:
             _state["ops"] = None
             _state["reason"] = reason
@@ -144,36 +141,19 @@ def _build() -> Path:
 
 
 def _register_fakes() -> None:
-    """Output shapes for tracing (torch.compile, meta tensors): `(rows, out_features)` float32, and
+    """Output shapes for tracing (torch.compile, meta tensors), float32: the products'
+    `(rows, weight rows)`, their expert variants' `(rows, out_features)` (their last argument) and
     attention's the query's."""
 
-    @torch.library.register_fake("lamina::int4_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    def product(x: torch.Tensor, weight: torch.Tensor, *operands) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
 
-    @torch.library.register_fake("lamina::bf16_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+    def expert_product(x: torch.Tensor, *operands) -> torch.Tensor:
+        return x.new_empty((x.shape[0], operands[-1]), dtype=torch.float32)
 
-    @torch.library.register_fake("lamina::f32_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
-
-    @torch.library.register_fake("lamina::int4_expert_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, experts: torch.Tensor,
-          out_features: int) -> torch.Tensor:
-        return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
-
-    @torch.library.register_fake("lamina::int8_expert_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, experts: torch.Tensor,
-          out_features: int) -> torch.Tensor:
-        return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
-
-    @torch.library.register_fake("lamina::decode_attention")
-    def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-          scale: float) -> torch.Tensor:
+    def attention(query: torch.Tensor, *operands) -> torch.Tensor:
         return torch.empty_like(query)
 
-    @torch.library.register_fake("lamina::int8_linear")
-    def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+    for name in OPS:
+        shape = attention if name == "decode_attention" else expert_product if "expert" in name else product
+        torch.library.register_fake(f"lamina::{name}")(shape)

@@ -297,6 +297,16 @@ at::Tensor activations_as_float(const at::Tensor& x, int64_t width, const char* 
   return x.to(at::kFloat).contiguous();
 }
 
+// `x (rows, width)` of the weight's own dtype (`dtype`, named `dtype_name` in errors: the bf16 and
+// float32 products), contiguous.
+at::Tensor activations_of(const at::Tensor& x, at::ScalarType dtype, const char* dtype_name, int64_t width,
+                          const char* op) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == dtype && x.device().is_cpu(), op, ": x must be a 2-D ", dtype_name,
+              " CPU tensor, got ", x.sizes(), " ", c10::toString(x.scalar_type()));
+  TORCH_CHECK(x.size(1) == width, op, ": x has ", x.size(1), " columns, the weight expects ", width);
+  return x.contiguous();
+}
+
 void check_matrix(const at::Tensor& t, at::ScalarType dtype, int64_t rows, const char* op, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.scalar_type() == dtype && t.is_contiguous() && t.device().is_cpu(), op, ": ", name,
               " must be a contiguous 2-D ", c10::toString(dtype), " CPU tensor, got ", t.sizes(), " ",
@@ -334,8 +344,11 @@ struct Routing {
   int64_t first_row(int64_t m) const { return experts == nullptr ? 0 : experts[m] * out_features; }
 };
 
-// `experts` (M,) int64 in [0, weight rows / out_features), checked.
-Routing routing(const at::Tensor& experts, int64_t rows, int64_t weight_rows, int64_t out_features, const char* op) {
+// No routing for a null `experts`; else `experts` (M,) int64 in [0, weight rows / out_features), checked.
+Routing routing(const at::Tensor* experts_or_null, int64_t rows, int64_t weight_rows, int64_t out_features,
+                const char* op) {
+  if (experts_or_null == nullptr) return {nullptr, out_features};
+  const at::Tensor& experts = *experts_or_null;
   TORCH_CHECK(experts.dim() == 1 && experts.scalar_type() == at::kLong && experts.is_contiguous() &&
                   experts.size(0) == rows,
               op, ": experts must be a contiguous int64 vector of ", rows, " indices, got ", experts.sizes(), " ",
@@ -363,8 +376,7 @@ at::Tensor int4_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const int64_t block_count = width / kBlock, blocks_per_group = block_count / groups;
   const at::Tensor input = activations_as_float(x, width, op);
   const int64_t rows = input.size(0);
-  const Routing route = experts == nullptr ? Routing{nullptr, out_features}
-                                           : routing(*experts, rows, weight_rows, out_features, op);
+  const Routing route = routing(experts, rows, weight_rows, out_features, op);
   const QuantizedActivations act = quantize_activations(
       input.data_ptr<float>(), rows, width, CodeOrder{true, int4_quad_blocks(block_count, blocks_per_group)});
   std::vector<float> group_sums(rows * groups, 0.f);  // sum(x) over each group, shared by every output row
@@ -420,8 +432,7 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
               op, ": weight_scale must be a contiguous float32 vector of ", weight_rows, " scales");
   const at::Tensor input = activations_as_float(x, width, op);
   const int64_t rows = input.size(0);
-  const Routing route = experts == nullptr ? Routing{nullptr, out_features}
-                                           : routing(*experts, rows, weight_rows, out_features, op);
+  const Routing route = routing(experts, rows, weight_rows, out_features, op);
   const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, CodeOrder{false, 0});
   std::vector<float> row_sums(rows, 0.f);  // sum(x) of each row
   for (int64_t b = 0; b < rows * block_count; ++b) row_sums[b / block_count] += act.sums[b];
@@ -489,10 +500,7 @@ inline void bf16_rows(const uint16_t* rows, int64_t count, int64_t width, const 
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t out_features = weight.size(0), width = weight.size(1);
   check_matrix(weight, at::kBFloat16, out_features, "bf16_linear", "weight");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.device().is_cpu(),
-              "bf16_linear: x must be a 2-D BFloat16 CPU tensor, got ", x.sizes(), " ", c10::toString(x.scalar_type()));
-  TORCH_CHECK(x.size(1) == width, "bf16_linear: x has ", x.size(1), " columns, the weight expects ", width);
-  const at::Tensor input = x.contiguous();
+  const at::Tensor input = activations_of(x, at::kBFloat16, "BFloat16", width, "bf16_linear");
   const at::Tensor input_float = input.to(at::kFloat);
   const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const auto* xs = reinterpret_cast<const uint16_t*>(input.data_ptr<at::BFloat16>());
@@ -526,10 +534,7 @@ inline void f32_rows(const float* rows, int64_t count, int64_t width, const floa
 at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t out_features = weight.size(0), width = weight.size(1);
   check_matrix(weight, at::kFloat, out_features, "f32_linear", "weight");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "f32_linear: x must be a 2-D float32 CPU tensor, got ", x.sizes(), " ", c10::toString(x.scalar_type()));
-  TORCH_CHECK(x.size(1) == width, "f32_linear: x has ", x.size(1), " columns, the weight expects ", width);
-  const at::Tensor input = x.contiguous();
+  const at::Tensor input = activations_of(x, at::kFloat, "float32", width, "f32_linear");
   const float* w = weight.data_ptr<float>();
   const float* xs = input.data_ptr<float>();
   const int64_t rows = input.size(0);

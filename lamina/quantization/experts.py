@@ -34,8 +34,8 @@ class QuantizedExperts(nn.Module):
         self.act_name = act
         self.act = activation(act)
         self._experts: list[tuple[QuantizedLinear, QuantizedLinear]] = []
-        # lamina's expert kernels for both layers with their operands, where they run them
-        self._routed: list[tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...], QuantizedLinear]] | None = None
+        # lamina's expert kernel for each of the two layers, where they run them
+        self._routed: list[tuple[Callable[..., torch.Tensor], QuantizedLinear]] | None = None
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_experts())
         self.refresh_experts()
 
@@ -61,7 +61,7 @@ class QuantizedExperts(nn.Module):
         if ops is not None and all(layer._packed is not None for layer in layers):
             routed = {ops.int8_linear: ops.int8_expert_linear, ops.int4_linear: ops.int4_expert_linear}
             if all(layer._packed[0] in routed for layer in layers):
-                self._routed = [(routed[layer._packed[0]], layer._packed[1], layer) for layer in layers]
+                self._routed = [(routed[layer._packed[0]], layer) for layer in layers]
 
     @property
     def host_dispatch(self) -> bool:
@@ -87,7 +87,8 @@ class QuantizedExperts(nn.Module):
         return self._routed_product(1, self.act(gate) * up, expert_ids)
 
     def _routed_product(self, which: int, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-        kernel, operands, layer = self._routed[which]
+        kernel, layer = self._routed[which]
+        _, operands = layer._packed
         out = kernel(x.contiguous(), *operands, expert_ids.contiguous(), layer.out_features // self.num_experts)
         # QuantizedLinear's roundings: the compute dtype, then the caller's
         return out.to(layer.compute_dtype or x.dtype).to(x.dtype)

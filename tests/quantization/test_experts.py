@@ -133,9 +133,9 @@ def test_expert_kernels_pick_each_rows_expert(method):
     x = torch.randn(11, 64)
     ids = torch.tensor([3, 0, 2, 2, 1, 0, 3, 3, 1, 2, 0])
     assert torch.equal(experts.gathered(x, ids), grouped(experts.expert, 4, x, ids))
-    kernel, operands, layer = experts._routed[0]
+    kernel, layer = experts._routed[0]
     with pytest.raises(RuntimeError, match="expert 4 of row 0 is outside"):
-        kernel(x[:1], *operands, torch.tensor([4]), layer.out_features // 4)
+        kernel(x[:1], *layer._packed[1], torch.tensor([4]), layer.out_features // 4)
 
 
 @pytest.mark.slow
