@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +19,12 @@ import torch
 from .errors import ConfigError
 
 CONFIG_NAME = "config.json"
+# labels a config may name: `num_labels` builds its id2label map eagerly, so a file asking for 10**12
+# would hang the load
+MAX_LABELS = 1 << 20
+_LABEL_ID = re.compile(r"-?[0-9]{1,18}")
+# attributes of the instance itself, which a config.json key must not replace
+_INTERNAL_ATTRIBUTES = ("_extra_keys", "_legacy_dtype_key")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -95,12 +103,23 @@ class PretrainedConfig:
         for name, default in self._declared_fields().items():
             value = kwargs.pop(name) if name in kwargs else copy.deepcopy(default)
             object.__setattr__(self, name, value)
-        # keys this class does not declare are kept and written back unchanged
+        # keys this class does not declare are kept and written back unchanged, unless they would
+        # replace one of its methods or properties (`validate`, `to_dict`, `use_return_dict`)
+        for name in kwargs:
+            if hasattr(type(self), name) or name in _INTERNAL_ATTRIBUTES:
+                raise ConfigError(f"{name}: not a configuration key (it names an attribute of {type(self).__name__})")
         self._extra_keys = list(kwargs)
         for name, value in kwargs.items():
             object.__setattr__(self, name, value)
 
+        if num_labels is not None:
+            in_range = is_integer(num_labels) and 0 <= num_labels <= MAX_LABELS
+            require(in_range, "num_labels", f"an integer in [0, {MAX_LABELS}]", num_labels)
+        if label2id is not None:
+            require(isinstance(label2id, dict), "label2id", "an object of label → id", label2id)
         if id2label is not None:
+            require(isinstance(id2label, dict) and all(_is_label_id(k) for k in id2label), "id2label",
+                    "an object of integer id → label", id2label)
             self.id2label = {int(k): v for k, v in id2label.items()}
         else:
             self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
@@ -217,14 +236,32 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    if not isinstance(data.get("model_type", ""), str):
+        raise ConfigError(f"{path}: model_type: expected a string, found {data['model_type']!r:.80}")
     return data
 
 
 def require(condition: bool, field: str, expected: str, found: Any) -> None:
     """Raise a `ConfigError` naming `field` unless `condition` holds."""
     if not condition:
-        raise ConfigError(f"{field}: expected {expected}, found {found!r}")
+        raise ConfigError(f"{field}: expected {expected}, found {found!r:.200}")
+
+
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool (JSON's `true` and a GGUF boolean read as ints otherwise)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float, not a bool, neither infinite nor NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_label_id(key: Any) -> bool:
+    """An id2label key: an int, or its decimal spelling (JSON keys are strings)."""
+    return is_integer(key) or (isinstance(key, str) and _LABEL_ID.fullmatch(key) is not None)

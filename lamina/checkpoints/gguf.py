@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import is_finite_number, is_integer
 from ..errors import CheckpointError, UnsupportedError
 from .interleaved import InterleavedRotaryTensors
 from .io import trim_allocator
@@ -104,6 +105,7 @@ def _rows(info: TensorInfo) -> int:
     return math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
 
 
+
 class _StoredRows:
     """`(rows, bytes per row)` of a tensor in a file; slicing rows reads them (`os.pread`)."""
 
@@ -130,6 +132,11 @@ class _StoredRows:
 # metadata value type id → struct format (8: string, 9: array)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# arrays of arrays nest no deeper than this (llama.cpp reads none): a deeper file would exhaust the
+# recursion of `_Cursor.value`
+_MAX_ARRAY_NESTING = 8
+# GGUF alignment when `general.alignment` is absent
+_DEFAULT_ALIGNMENT = 32
 
 
 class _Cursor:
@@ -156,19 +163,23 @@ class _Cursor:
         except UnicodeDecodeError:
             return str(raw, "utf-8", errors="replace")
 
-    def value(self, type_id: int) -> Any:
+    def value(self, type_id: int, depth: int = 0) -> Any:
         if type_id in _SCALARS:
             return self.scalar(_SCALARS[type_id])
         if type_id == _STRING:
             return self.string()
         if type_id == _ARRAY:
+            if depth == _MAX_ARRAY_NESTING:
+                raise CheckpointError(
+                    f"{self.where}: GGUF arrays nested more than {_MAX_ARRAY_NESTING} deep at offset {self.position}"
+                )
             item_type, count = self.scalar("I"), self.scalar("Q")
             if count > len(self.data) - self.position:
                 raise CheckpointError(f"{self.where}: GGUF array of {count} items runs past the end of the file")
             if item_type in _SCALARS:
                 fmt = _SCALARS[item_type]
                 return list(struct.unpack(f"<{count}{fmt}", self.take(count * struct.calcsize(fmt))))
-            return [self.value(item_type) for _ in range(count)]
+            return [self.value(item_type, depth + 1) for _ in range(count)]
         raise CheckpointError(f"{self.where}: unknown GGUF metadata value type {type_id} at offset {self.position}")
 
 
@@ -203,18 +214,31 @@ def _read_cached(path: Path, mtime_ns: int, size: int) -> GGUFFile:
     values: dict[str, Any] = {}
     for _ in range(kv_count):
         key = cursor.string()
+        # llama.cpp refuses repeated keys and names; two readers must not see different values
+        if key in values:
+            raise CheckpointError(f"{where}: GGUF metadata key {key!r} appears twice")
         values[key] = cursor.value(cursor.scalar("I"))
-    infos = []
+    infos = {}
     for _ in range(tensor_count):
         name = cursor.string()
+        if name in infos:
+            raise CheckpointError(f"{where}: GGUF tensor {name!r} appears twice")
         dims = [cursor.scalar("Q") for _ in range(cursor.scalar("I"))]
         type_id, offset = cursor.scalar("I"), cursor.scalar("Q")
-        infos.append((name, dims, type_id, offset))
-    alignment = int(values.get("general.alignment", 32))
+        infos[name] = (dims, type_id, offset)
+    alignment = values.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if not is_integer(alignment) or alignment <= 0 or alignment & (alignment - 1):
+        raise CheckpointError(
+            f"{where}: GGUF metadata key 'general.alignment': expected a positive power of two, found {alignment!r:.80}"
+        )
     start = -(-cursor.position // alignment) * alignment
     tensors: dict[str, TensorInfo] = {}
-    for name, dims, type_id, offset in infos:
+    for name, (dims, type_id, offset) in infos.items():
         type_name, block, block_bytes = _tensor_type(type_id, name, where)
+        # no llama tensor is empty; an empty one would hide absurd sizes (zero times 2**63 fits in
+        # any file) that readers divide by and count experts over
+        if 0 in dims:
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {dims}, expected sizes of at least 1")
         elements = math.prod(dims)
         nbytes = elements // block * block_bytes
         if start + offset + nbytes > len(data) or (dims and dims[0] % block):
@@ -238,8 +262,8 @@ def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_
     """The HF `config.json` of a GGUF's metadata (`vocab_size`: the tokenizer's or the embedding's
     row count, for files whose metadata lacks it)."""
     arch = values.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise UnsupportedError(f"{where}: GGUF architecture {arch!r} is not supported (lamina reads {sorted(ARCHITECTURES)})")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise UnsupportedError(f"{where}: GGUF architecture {arch!r:.80} is not supported (lamina reads {sorted(ARCHITECTURES)})")
 
     def get(key: str, default: Any = None, required: bool = True) -> Any:
         value = values.get(f"{arch}.{key}", default)
@@ -247,37 +271,62 @@ def hf_config(values: dict[str, Any], tensor_names: set[str], where: str, vocab_
             raise CheckpointError(f"{where}: GGUF metadata key '{arch}.{key}' is missing")
         return value
 
+    def checked(key: str, value: Any, ok: bool, expected: str) -> Any:
+        if not ok:
+            raise CheckpointError(f"{where}: GGUF metadata key {key!r}: expected {expected}, found {value!r:.80}")
+        return value
+
+    def count(key: str, default: Any = None, required: bool = True) -> int | None:
+        """A size or count: a positive integer (None when absent and not required)."""
+        value = get(key, default, required)
+        positive = is_integer(value) and value > 0
+        return value if value is None else checked(f"{arch}.{key}", value, positive, "a positive integer")
+
+    def number(key: str, default: float | None = None) -> float:
+        value = get(key, default)
+        return float(checked(f"{arch}.{key}", value, is_finite_number(value), "a finite number"))
+
+    def token_id(key: str) -> int | None:
+        value = values.get(f"tokenizer.ggml.{key}")
+        valid = is_integer(value) and value >= 0
+        return value if value is None else checked(f"tokenizer.ggml.{key}", value, valid, "a token id (an integer >= 0)")
+
     scaling = get("rope.scaling.type", "none", required=False)
     if scaling not in ("none", None):
-        raise UnsupportedError(f"{where}: GGUF rope scaling {scaling!r} is not supported (expected none)")
-    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+        raise UnsupportedError(f"{where}: GGUF rope scaling {scaling!r:.80} is not supported (expected none)")
+    layers, hidden, heads = count("block_count"), count("embedding_length"), count("attention.head_count")
     config: dict[str, Any] = {
         "model_type": ARCHITECTURES[arch],
         "architectures": ["MistralForCausalLM" if arch == "mistral" else "LlamaForCausalLM"],
-        "vocab_size": int(get("vocab_size", vocab_size)),
+        "vocab_size": count("vocab_size", vocab_size),
         "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": count("feed_forward_length"),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "head_dim": int(get("attention.key_length", hidden // heads)),
-        "max_position_embeddings": int(get("context_length")),
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "num_key_value_heads": count("attention.head_count_kv", heads),
+        "head_dim": count("attention.key_length", hidden // heads),
+        "max_position_embeddings": count("context_length"),
+        "rms_norm_eps": number("attention.layer_norm_rms_epsilon"),
+        "rope_theta": number("rope.freq_base", 10000.0),
         "tie_word_embeddings": "output.weight" not in tensor_names,
-        "bos_token_id": values.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": values.get("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": values.get("tokenizer.ggml.padding_token_id"),
+        "bos_token_id": token_id("bos_token_id"),
+        "eos_token_id": token_id("eos_token_id"),
+        "pad_token_id": token_id("padding_token_id"),
         "dtype": "float32",
     }
     if arch == "mistral":
-        config["sliding_window"] = get("attention.sliding_window", None, required=False)
-    experts = get("expert_count", None, required=False)
+        config["sliding_window"] = count("attention.sliding_window", required=False)
+    experts = count("expert_count", required=False)
     if experts:
         # llama.cpp stores Mixtral as a llama (or mistral) model with experts
-        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=int(experts),
-                      num_experts_per_tok=int(get("expert_used_count")))
+        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=experts,
+                      num_experts_per_tok=count("expert_used_count"))
         config.setdefault("sliding_window", None)
+    # the model is built with this many layers before any tensor is read
+    stored_layers = len({match.group(1) for match in map(_LAYER_PATTERN.fullmatch, tensor_names) if match})
+    if layers > stored_layers:
+        raise CheckpointError(f"{where}: GGUF metadata key '{arch}.block_count' is {layers}, but the file holds "
+                              f"the tensors of {stored_layers} layers")
     return config
 
 
@@ -378,6 +427,7 @@ def load_gguf(path: Path) -> tuple[dict[str, Any], Mapping[str, torch.Tensor]] |
     file = read_gguf(path)
     tokens = file.metadata.get("tokenizer.ggml.tokens")
     embedding = file.tensors.get("token_embd.weight")
-    vocab_size = len(tokens) if tokens else embedding.shape[0] if embedding is not None else None
+    # a malformed token list is the tokenizer loader's to report; the embedding still sizes the model
+    vocab_size = len(tokens) if isinstance(tokens, list) and tokens else embedding.shape[0] if embedding is not None else None
     config = hf_config(file.metadata, set(file.tensors), str(path), vocab_size)
     return config, gguf_tensors(file, config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import mmap
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import is_integer
 from ..errors import CheckpointError
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -147,7 +149,8 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
             raise CheckpointError(f"{self.path}: cannot read ({err.strerror})") from None
         try:
             header = json.loads(header_bytes)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+        except (ValueError, RecursionError) as err:
             raise CheckpointError(f"{self.path}: safetensors header is not valid JSON ({err})") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
@@ -157,19 +160,25 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
         self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for key, info in header.items():
             self._entries[key] = self._check_entry(key, info, data_len)
+        self._check_disjoint()
 
     def _check_entry(self, key: str, info: object, data_len: int) -> tuple[torch.dtype, tuple[int, ...], int, int]:
         where = f"{self.path}: tensor {key!r}"
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise CheckpointError(f"{where}: expected dtype, shape and data_offsets in the header, found {info!r}")
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
-            raise CheckpointError(f"{where}: unsupported dtype {info['dtype']!r}")
+            raise CheckpointError(
+                f"{where}: unsupported dtype {info['dtype']!r:.80}, expected one of {list(_SAFETENSORS_DTYPES)}"
+            )
         shape, offsets = info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise CheckpointError(f"{where}: malformed shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise CheckpointError(f"{where}: malformed data_offsets {offsets!r}")
+        if not (isinstance(shape, list) and all(is_integer(d) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: malformed shape {shape!r:.80}, expected a list of integers >= 0")
+        # torch sizes are int64, and it multiplies a shape's sizes before seeing a zero among them
+        if math.prod(max(d, 1) for d in shape) >= 2**63:
+            raise CheckpointError(f"{where}: shape {shape} has more elements than a tensor can hold")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_integer(o) for o in offsets)):
+            raise CheckpointError(f"{where}: malformed data_offsets {offsets!r:.80}, expected [begin, end]")
         begin, end = offsets
         numel = 1
         for dim in shape:
@@ -182,6 +191,15 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
                 f"{where}: data ends at byte {end} but the file holds {data_len} bytes of data (truncated file?)"
             )
         return dtype, tuple(shape), begin, end
+
+    def _check_disjoint(self) -> None:
+        """Two tensors over the same bytes would alias: writing one would change the other."""
+        spans = sorted((begin, end, key) for key, (_, _, begin, end) in self._entries.items() if begin != end)
+        for (_, end, before), (begin, _, key) in zip(spans, spans[1:]):
+            if begin < end:
+                raise CheckpointError(
+                    f"{self.path}: tensor {key!r}: data starts at byte {begin}, inside tensor {before!r} (which ends at {end})"
+                )
 
     def __getitem__(self, key: str) -> torch.Tensor:
         dtype, shape, begin, end = self._entries[key]
@@ -248,17 +266,31 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, … for bad files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch file ({first_line})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors")
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch file ({torch_load_reason(err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors by name, found {type(state).__name__}")
+    for key, value in state.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise CheckpointError(
+                f"{path}: expected a dict of tensors by name, found key {key!r:.80} holding a {type(value).__name__}"
+            )
     return state
+
+
+def torch_load_reason(err: BaseException) -> str:
+    """What a failed `torch.load` found, in one line: for a refused pickle the weights-only
+    unpickler's own reason, not torch's banner advising `weights_only=False`."""
+    text = str(err)
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (detail if marker else text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _read_index(path: Path) -> dict[str, str]:
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: not a valid shard index ({type(err).__name__}: {err})") from None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{path}: weight_map must be an object")
@@ -280,8 +312,8 @@ def open_checkpoint(directory: str | os.PathLike) -> CheckpointReader:
             weight_map = _read_index(directory / index)
             files = {}
             for shard in sorted(set(weight_map.values())):
-                if not (directory / shard).is_file():
-                    raise CheckpointError(f"{directory / index}: lists shard {shard!r}, which is missing")
+                if not _is_file(directory / shard):
+                    raise CheckpointError(f"{directory / index}: lists shard {shard!r:.120}, which is missing")
                 files[str(directory / shard)] = opener(directory / shard)
             key_to_file = {}
             for key, shard in weight_map.items():
@@ -297,6 +329,15 @@ def open_checkpoint(directory: str | os.PathLike) -> CheckpointReader:
         f"{directory}: no weights found (looked for {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
         f"{WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME})"
     )
+
+
+def _is_file(path: Path) -> bool:
+    """`Path.is_file`, false also for names the system refuses (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
 
 
 def parse_size(size: int | str) -> int:

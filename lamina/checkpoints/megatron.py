@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,21 @@ from typing import Any
 
 import torch
 
+from ..config import is_finite_number
 from ..errors import CheckpointError, UnsupportedError
 from .unpickle import load_pickled, load_pickled_bytes
 
 CHECKPOINT_FILE = "model_optim_rng.pt"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
-# mp_rank_XX (tensor parallel only) or mp_rank_XX_YYY (tensor XX, pipeline stage YYY)
-_RANK_DIR = re.compile(r"mp_rank_(\d+)(?:_(\d+))?$")
+# mp_rank_XX (tensor parallel only) or mp_rank_XX_YYY (tensor XX, pipeline stage YYY); bounded, as
+# int() refuses numbers of thousands of digits
+_RANK_DIR = re.compile(r"mp_rank_(\d{1,9})(?:_(\d{1,9}))?$")
+_ITERATION = re.compile(r"[0-9]{1,18}")
+# what zipfile raises for a damaged archive (RuntimeError: an encrypted member; NotImplementedError:
+# an unknown compression method; zlib.error: corrupt compressed data)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError)
+# Megatron's model dicts nest a few levels; deeper (or containing itself) is no checkpoint
+_MAX_NESTING = 32
 
 
 @dataclass
@@ -58,7 +67,10 @@ class MegatronCheckpoint:
 
     @property
     def checkpoint_version(self) -> float:
-        return float(self.ranks[0].get("checkpoint_version", 0.0))
+        version = self.ranks[0].get("checkpoint_version", 0.0)
+        if not is_finite_number(version):
+            raise CheckpointError(f"{self.source}: checkpoint_version: expected a number, found {version!r:.80}")
+        return float(version)
 
     def rank_tensors(self, rank: int) -> dict[str, torch.Tensor]:
         """Rank `rank`'s model weights under dotted names (`language_model.embedding.…`)."""
@@ -66,7 +78,7 @@ class MegatronCheckpoint:
         model = state.get("model")
         if not isinstance(model, Mapping):
             raise CheckpointError(f"{self.source}: rank {rank} has no 'model' dict (found keys {sorted(state)})")
-        return flatten_tensors(model)
+        return flatten_tensors(model, where=self.source)
 
     def merged_tensors(
         self,
@@ -89,8 +101,12 @@ def load_megatron_checkpoint(path: str | os.PathLike) -> MegatronCheckpoint:
     """Read a Megatron checkpoint from a `.zip`, a `.pt` file or a checkpoint directory (see the
     module docstring for the layouts). Pipeline-parallel checkpoints are refused."""
     path = Path(path)
-    if path.is_file() and zipfile.is_zipfile(path) and not _is_torch_zip(path):
-        return _load_zip(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            if not _is_torch_zip(path):
+                return _load_zip(path)
+        except _ZIP_ERRORS as err:
+            raise CheckpointError(f"{path}: damaged zip archive ({type(err).__name__}: {err})") from None
     if path.is_file():
         return MegatronCheckpoint(str(path), [_as_state(load_pickled(path), str(path))])
     if not path.is_dir():
@@ -105,10 +121,10 @@ def load_megatron_checkpoint(path: str | os.PathLike) -> MegatronCheckpoint:
 def _iteration_folder(path: Path) -> Path:
     tracker = path / TRACKER_FILE
     if tracker.is_file():
-        text = tracker.read_text().strip()
-        name = "release" if text == "release" else f"iter_{int(text):07d}" if text.isdigit() else None
+        text = tracker.read_text(encoding="utf-8", errors="replace").strip()
+        name = "release" if text == "release" else f"iter_{int(text):07d}" if _ITERATION.fullmatch(text) else None
         if name is None:
-            raise CheckpointError(f"{tracker}: expected 'release' or an iteration number, found {text!r}")
+            raise CheckpointError(f"{tracker}: expected 'release' or an iteration number, found {text!r:.80}")
         if not (path / name).is_dir():
             raise CheckpointError(f"{tracker}: names {name!r}, which is not a folder of {path}")
         return path / name
@@ -162,13 +178,17 @@ def _as_state(obj: Any, where: str) -> dict[str, Any]:
     return dict(obj)
 
 
-def flatten_tensors(tree: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+def flatten_tensors(
+    tree: Mapping[str, Any], prefix: str = "", where: str = "<checkpoint>", depth: int = 0
+) -> dict[str, torch.Tensor]:
     """Nested dicts of tensors → `{dotted name: tensor}`; entries that are not tensors are dropped."""
+    if depth == _MAX_NESTING:
+        raise CheckpointError(f"{where}: the model dict nests deeper than {_MAX_NESTING} levels at {prefix[:200]!r}")
     flat: dict[str, torch.Tensor] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten_tensors(value, name + "."))
+            flat.update(flatten_tensors(value, name + ".", where, depth + 1))
         elif isinstance(value, torch.Tensor):
             flat[name] = value
     return flat

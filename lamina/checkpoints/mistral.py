@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..config import is_finite_number, is_integer
 from ..errors import CheckpointError, UnsupportedError
 from .interleaved import InterleavedRotaryTensors
 from .io import SafetensorsFile, _load_bin, as_dtype
@@ -60,6 +61,7 @@ def hf_name(name: str, where: str) -> str:
     raise CheckpointError(f"{where}: unexpected tensor {name!r} for Mistral's original layout")
 
 
+
 def _layer_windows(params: dict[str, Any], layers: int, where: str) -> list[int | None]:
     """Per-layer windows: `sliding_window` is absent, one int, or a pattern repeated over the layers
     (Ministral); the largest entry of a mixed pattern means full attention."""
@@ -67,7 +69,7 @@ def _layer_windows(params: dict[str, Any], layers: int, where: str) -> list[int 
     if window is None:
         return [None] * layers
     pattern = window if isinstance(window, list) else [window]
-    if not pattern or not all(isinstance(w, int) and w > 0 for w in pattern):
+    if not pattern or not all(is_integer(w) and w > 0 for w in pattern):
         raise CheckpointError(f"{where}: sliding_window: expected a positive int or a list of them, found {window!r}")
     windows = [pattern[i % len(pattern)] for i in range(layers)]
     if len(set(windows)) == 1:
@@ -76,30 +78,47 @@ def _layer_windows(params: dict[str, Any], layers: int, where: str) -> list[int 
     return [None if w == longest else w for w in windows]
 
 
-def hf_config(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """The HF `config.json` of a `params.json`."""
+def hf_config(params: dict[str, Any], where: str, stored_layers: int) -> dict[str, Any]:
+    """The HF `config.json` of a `params.json` (`stored_layers`: the layers the weights hold)."""
 
-    def get(key: str, default: Any = None) -> Any:
-        value = params.get(key, default)
+    def get(key: str, default: Any = None, table: dict[str, Any] = params) -> Any:
+        # `key` as messages name it: "moe.num_experts" is "num_experts" of the `moe` table
+        value = table.get(key.rpartition(".")[2], default)
         if value is None:
             raise CheckpointError(f"{where}: key {key!r} is missing")
         return value
 
-    layers, heads, hidden = int(get("n_layers")), int(get("n_heads")), int(get("dim"))
+    def count(key: str, default: Any = None, table: dict[str, Any] = params) -> int:
+        value = get(key, default, table)
+        if not (is_integer(value) and value > 0):
+            raise CheckpointError(f"{where}: key {key!r}: expected a positive integer, found {value!r:.80}")
+        return value
+
+    def number(key: str, default: float | None = None) -> float:
+        value = get(key, default)
+        if not is_finite_number(value):
+            raise CheckpointError(f"{where}: key {key!r}: expected a finite number, found {value!r:.80}")
+        return float(value)
+
+    layers, heads, hidden = count("n_layers"), count("n_heads"), count("dim")
+    # the model (and its per-layer windows) is built with this many layers before a tensor is read
+    if layers > stored_layers:
+        raise CheckpointError(f"{where}: key 'n_layers' is {layers}, but the weights hold {stored_layers} layers")
     windows = _layer_windows(params, layers, where)
     sliding = [w for w in windows if w is not None]
+    positions_key = "max_position_embeddings" if params.get("max_position_embeddings") is not None else "max_seq_len"
     config: dict[str, Any] = {
         "model_type": "mistral",
-        "vocab_size": int(get("vocab_size")),
+        "vocab_size": count("vocab_size"),
         "hidden_size": hidden,
-        "intermediate_size": int(get("hidden_dim")),
+        "intermediate_size": count("hidden_dim"),
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(get("n_kv_heads", heads)),
-        "head_dim": int(get("head_dim", hidden // heads)),
-        "rms_norm_eps": float(get("norm_eps")),
-        "rope_theta": float(get("rope_theta", 10000.0)),
-        "max_position_embeddings": int(params.get("max_position_embeddings") or params.get("max_seq_len") or 32768),
+        "num_key_value_heads": count("n_kv_heads", heads),
+        "head_dim": count("head_dim", hidden // heads),
+        "rms_norm_eps": number("norm_eps"),
+        "rope_theta": number("rope_theta", 10000.0),
+        "max_position_embeddings": count(positions_key, 32768),
         "sliding_window": sliding[0] if sliding else None,
         "bos_token_id": 1,
         "eos_token_id": 2,
@@ -110,11 +129,13 @@ def hf_config(params: dict[str, Any], where: str) -> dict[str, Any]:
         config["layer_types"] = ["full_attention" if w is None else "sliding_attention" for w in windows]
     moe = params.get("moe")
     if moe:
+        if not isinstance(moe, dict):
+            raise CheckpointError(f"{where}: key 'moe': expected an object, found {moe!r:.80}")
         if config["model_type"] == "ministral":
             raise UnsupportedError(f"{where}: a mixture of experts with mixed attention layers is not supported")
         config["model_type"] = "mixtral"
-        config["num_local_experts"] = int(moe.get("num_experts", 8))
-        config["num_experts_per_tok"] = int(moe.get("num_experts_per_tok", 2))
+        config["num_local_experts"] = count("moe.num_experts", 8, moe)
+        config["num_experts_per_tok"] = count("moe.num_experts_per_tok", 2, moe)
     if params.get("rope_scaling") or params.get("yarn"):
         raise UnsupportedError(f"{where}: rope scaling in params.json is not supported")
     config["architectures"] = [{"mistral": "Mistral", "ministral": "Ministral", "mixtral": "Mixtral"}[config["model_type"]] + "ForCausalLM"]
@@ -146,12 +167,14 @@ def load_mistral_original(path: Path) -> tuple[dict[str, Any], Mapping[str, torc
     where = str(directory / PARAMS)
     try:
         params = json.loads((directory / PARAMS).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(params, dict):
         raise CheckpointError(f"{where}: expected a JSON object, found {type(params).__name__}")
-    config = hf_config(params, where)
     file = weights_file(directory)
     weights = SafetensorsFile(file) if file.suffix == ".safetensors" else _load_bin(file)
     sources = {hf_name(name, str(file)): name for name in weights}
+    stored_layers = len({match.group(1) for match in map(_LAYER_PATTERN.fullmatch, weights) if match})
+    config = hf_config(params, where, stored_layers)
     return config, InterleavedRotaryTensors(sources, lambda name, dtype: as_dtype(weights[name], dtype), config, str(file))

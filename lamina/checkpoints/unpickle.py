@@ -20,6 +20,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import CheckpointError, SecurityError
+from .io import torch_load_reason
 
 
 def _numpy_globals() -> list[Any]:
@@ -67,9 +68,9 @@ def load_pickled(source: str | os.PathLike | IO[bytes], description: str | None 
                 "(only tensors, storages, plain containers, argparse.Namespace and numpy arrays are admitted); "
                 "nothing from the file was run"
             ) from None
-        raise CheckpointError(f"{where}: not a loadable PyTorch checkpoint ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{where}: not a loadable PyTorch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{where}: not a loadable PyTorch checkpoint ({torch_load_reason(err)})") from None
+    except Exception as err:  # a corrupt file makes torch raise RuntimeError, IndexError, AssertionError, …
+        raise CheckpointError(f"{where}: not a loadable PyTorch checkpoint ({torch_load_reason(err)})") from None
 
 
 def load_pickled_bytes(data: bytes, description: str) -> Any:
@@ -80,8 +81,3 @@ def load_pickled_bytes(data: bytes, description: str) -> Any:
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0].strip() if lines else type(err).__name__

@@ -85,7 +85,10 @@ def load_tokenizer(
                     raise TokenizerError(f"{directory / name}: expected a JSON object, found {type(found).__name__}")
                 config.update(found)
         if (directory / CHAT_TEMPLATE_FILE).is_file():
-            config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+            try:
+                config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise TokenizerError(f"{directory / CHAT_TEMPLATE_FILE}: not UTF-8 text ({err})") from None
     config.update(overrides)
     if cls is None and config.get("tokenizer_class") == "MLukeTokenizer":
         from .mluke import MLukeTokenizer  # entity-aware: its own files and call surface
@@ -173,6 +176,24 @@ def _content(value: Any) -> str | None:
     raise TokenizerError(f"expected a special token as a string or {{'content': ...}}, found {value!r:.80}")
 
 
+def _require(valid: bool, key: str, expected: str, found: Any) -> None:
+    if not valid:
+        raise TokenizerError(f"{TOKENIZER_CONFIG}: {key}: expected {expected}, found {found!r:.80}")
+
+
+def _added_tokens(config: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """tokenizer_config.json's `added_tokens_decoder`, `{"id": {"content": ..., "special": ...}}`, by id."""
+    entries = config.get("added_tokens_decoder") or {}
+    _require(isinstance(entries, dict), "added_tokens_decoder", "an object of id → token", entries)
+    for key, entry in entries.items():
+        # JSON keys are strings; ids of more digits than any vocabulary has would overflow the engine
+        valid_id = isinstance(key, int) and key >= 0 or isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 10
+        _require(valid_id, "added_tokens_decoder", "token ids (integers >= 0) as keys", key)
+        _require(isinstance(entry, dict) and isinstance(entry.get("content"), str), f"added_tokens_decoder[{key!r}]",
+                 "an object with a string 'content'", entry)
+    return sorted((int(i), e) for i, e in entries.items())
+
+
 def build_tokenizer(
     cls: type[PreTrainedTokenizer],
     engine: Any,
@@ -184,7 +205,7 @@ def build_tokenizer(
     class defaults. `template` is the one the engine's files state; `add_bos_token` /
     `add_eos_token` given in `config` replace it, and so do the class defaults when it is None."""
     settings = {**cls.class_defaults, **config}
-    for token_id, entry in sorted((int(i), e) for i, e in (config.get("added_tokens_decoder") or {}).items()):
+    for token_id, entry in _added_tokens(config):
         if engine.id_to_token(token_id) != entry.get("content") and token_id != len(engine):
             raise TokenizerError(
                 f"{TOKENIZER_CONFIG}: added_tokens_decoder gives id {token_id} to {entry.get('content')!r}, "
@@ -201,6 +222,7 @@ def build_tokenizer(
     extra = settings.get("additional_special_tokens") or settings.get("extra_special_tokens") or []
     if isinstance(extra, dict):
         extra = list(extra.values())
+    _require(isinstance(extra, (list, tuple)), "additional_special_tokens", "a list of tokens", extra)
     explicit_flags = "add_bos_token" in config or "add_eos_token" in config
     if issubclass(cls, BertTokenizer) and template is None:
         cls_token, sep = specials["cls_token"], specials["sep_token"]
@@ -212,8 +234,16 @@ def build_tokenizer(
         template = Template.around(before, after)
     chat_template = settings.get("chat_template")
     if isinstance(chat_template, list):
+        named = all(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("template"), str)
+                    for e in chat_template)  # fmt: skip
+        _require(named, "chat_template", "a string or a list of {'name': ..., 'template': ...}", chat_template)
         chat_template = {entry["name"]: entry["template"] for entry in chat_template}
     max_length = settings.get("model_max_length")
+    number = isinstance(max_length, (int, float)) and not isinstance(max_length, bool)
+    _require(max_length is None or number and max_length > 0, "model_max_length", "a positive number", max_length)
+    names = settings.get("model_input_names")
+    valid_names = names is None or isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    _require(valid_names, "model_input_names", "a list of strings", names)
     return cls(
         engine,
         template,

@@ -141,7 +141,8 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TokenizerError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+    except (OSError, ValueError, RecursionError) as err:
         raise TokenizerError(f"{path}: cannot read the {what} ({type(err).__name__}: {err})") from None
 
 

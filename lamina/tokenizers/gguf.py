@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import is_integer
 from ..errors import CheckpointError, TokenizerError, UnsupportedError
 from .base import PreTrainedTokenizer
 from .classes import GPT2Tokenizer, LlamaTokenizer
@@ -69,11 +70,22 @@ def from_gguf(
     from .files import build_tokenizer
 
     metadata, name = read_gguf_tokenizer(source)
-    kind = metadata.get("tokenizer.ggml.model")
-    tokens = metadata.get("tokenizer.ggml.tokens")
+    kind = _field(metadata, "tokenizer.ggml.model", name, "a string", _is_str)
+    tokens = _field(metadata, "tokenizer.ggml.tokens", name, "a list of strings", _is_strings)
     if kind is None or not tokens:
         raise TokenizerError(f"{name}: no tokenizer in the GGUF metadata (tokenizer.ggml.model / tokens missing)")
-    types = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    types = _field(metadata, "tokenizer.ggml.token_type", name, f"a list of {len(tokens)} integers",
+                   lambda value: _is_list_of(value, is_integer) and len(value) == len(tokens)) or [1] * len(tokens)
+    _field(metadata, "tokenizer.ggml.merges", name, "a list of strings", _is_strings)
+    _field(metadata, "tokenizer.ggml.scores", name, f"a list of {len(tokens)} numbers",
+           lambda value: _is_list_of(value, _is_number) and len(value) == len(tokens))
+    _field(metadata, "tokenizer.ggml.pre", name, "a string", _is_str)
+    _field(metadata, "tokenizer.chat_template", name, "a string", _is_str)
+    for flag in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        _field(metadata, f"tokenizer.ggml.{flag}", name, "a boolean", lambda value: isinstance(value, bool))
+    for key in _TOKEN_ID_KEYS.values():
+        _field(metadata, f"tokenizer.ggml.{key}", name, f"a token id in [0, {len(tokens)})",
+               lambda value: is_integer(value) and 0 <= value < len(tokens))
     if kind == "gpt2":
         document = _byte_level(metadata, tokens, types, name)
         default_cls, add_bos = GPT2Tokenizer, False
@@ -86,19 +98,41 @@ def from_gguf(
         "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos)),
         "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
     }
-    for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
+    for role, key in _TOKEN_ID_KEYS.items():
         token_id = metadata.get(f"tokenizer.ggml.{key}")
-        if token_id is not None:
-            if not 0 <= int(token_id) < len(tokens):
-                raise TokenizerError(f"{name}: tokenizer.ggml.{key} = {token_id} is outside the vocabulary of {len(tokens)}")
-            config[f"{role}_token"] = tokens[int(token_id)]
-        else:
-            config[f"{role}_token"] = None
+        config[f"{role}_token"] = None if token_id is None else tokens[token_id]
     if metadata.get("tokenizer.chat_template") is not None:
         config["chat_template"] = metadata["tokenizer.chat_template"]
     config.update(overrides)
     engine = RustEngine(document, name)
     return build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+
+
+_TOKEN_ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_list_of(value: Any, check: Any) -> bool:
+    return isinstance(value, list) and all(check(item) for item in value)
+
+
+def _is_strings(value: Any) -> bool:
+    return _is_list_of(value, _is_str)
+
+
+def _field(metadata: dict[str, Any], key: str, name: str, expected: str, valid: Any) -> Any:
+    """`metadata[key]` (None when absent), checked before use: any GGUF value may have any type."""
+    value = metadata.get(key)
+    if value is not None and not valid(value):
+        raise TokenizerError(f"{name}: {key}: expected {expected}, found {value!r:.80}")
+    return value
 
 
 def _byte_level(metadata: dict[str, Any], tokens: list[str], types: list[int], name: str) -> dict[str, Any]:
