@@ -32,6 +32,11 @@ UPCAST_MIN_ROWS = 6
 # each weight row once per activation row: a one- or two-row product is memory-bound, more rows
 # are not)
 KERNEL_MAX_ROWS = 2
+# the same for bf16 on CPUs without bf16 units, where the alternatives are PyTorch's slow reference
+# kernel or an upcast weight: all of SmolLM2-135M's matmuls on 2 cores (AVX2 EPYC) at 4 rows took
+# 49 ms in lamina's kernel, 69-88 in PyTorch's, 135-140 upcast; at 8 rows 85-90, 125-128 and
+# 134-160; at 16 rows 171-175, 254-258 and 153-159
+SLOW_HALF_KERNEL_MAX_ROWS = 8
 KERNELS = {torch.bfloat16: "bf16_linear", torch.float32: "f32_linear"}
 _SLOW_HALF = {
     torch.bfloat16: not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
@@ -45,6 +50,11 @@ def kernel_weight(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and weight.dtype in KERNELS and weight.is_contiguous()
 
 
+def kernel_max_rows(dtype: torch.dtype) -> int:
+    """Rows per call up to which a `dtype` product on the CPU runs lamina's kernel."""
+    return SLOW_HALF_KERNEL_MAX_ROWS if _SLOW_HALF.get(dtype, False) else KERNEL_MAX_ROWS
+
+
 def float32_if_slow(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype a many-row product of `dtype` inputs should run in on `device`."""
     return torch.float32 if device.type == "cpu" and _SLOW_HALF.get(dtype, False) else dtype
@@ -55,7 +65,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype == self.weight.dtype and x.device == self.weight.device and kernel_weight(self.weight)
-                and x.numel() <= KERNEL_MAX_ROWS * x.shape[-1]
+                and x.numel() <= kernel_max_rows(x.dtype) * x.shape[-1]
                 # the kernels have no backward: training keeps PyTorch's product
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             # under torch.compile only a kernel already loaded (building is not traceable)

@@ -217,7 +217,7 @@ def test_compiled_decoding_through_the_kernels_matches_eager():
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows,in_features,out_features", [(1, 576, 1536), (2, 96, 9), (3, 40, 5), (1, 1000, 13)])
+@pytest.mark.parametrize("rows,in_features,out_features", [(1, 576, 1536), (2, 96, 9), (3, 40, 5), (1, 1000, 13), (8, 200, 37)])
 def test_bf16_linear_sums_in_float32(rows, in_features, out_features):
     """bf16 products summed in float32: the float64 product of the same bf16 values, to float32's
     rounding (widths that are no multiple of 32 or 8 take the scalar tail)."""
@@ -247,13 +247,18 @@ def test_f32_linear_sums_in_float32(rows, in_features, out_features):
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_float_layers_decode_through_the_kernel(monkeypatch, dtype):
-    """`layers.Linear` in bf16 or float32 hands one or two rows to lamina's kernel: the float32
-    product of the stored values, rounded once to the dtype (what PyTorch's matmul computes, up to
-    summation order); more rows and anything with gradients keep PyTorch's product."""
-    from lamina.layers.linear import KERNEL_MAX_ROWS, KERNELS, Linear
+@pytest.mark.parametrize("dtype,slow_half", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)])
+def test_float_layers_decode_through_the_kernel(monkeypatch, dtype, slow_half):
+    """`layers.Linear` in bf16 or float32 hands up to `kernel_max_rows` rows to lamina's kernel (one or
+    two; bf16 on CPUs without bf16 units, up to 8): the float32 product of the stored values,
+    rounded once to the dtype (what PyTorch's matmul computes, up to summation order); more rows and
+    anything with gradients keep PyTorch's product."""
+    from lamina.layers import linear
+    from lamina.layers.linear import KERNELS, Linear, kernel_max_rows
 
+    monkeypatch.setitem(linear._SLOW_HALF, torch.bfloat16, slow_half)
+    most = kernel_max_rows(dtype)
+    assert most == (linear.SLOW_HALF_KERNEL_MAX_ROWS if slow_half else linear.KERNEL_MAX_ROWS)
     torch.manual_seed(3)
     layer = Linear(256, 48).to(dtype)
     calls = []
@@ -261,14 +266,14 @@ def test_float_layers_decode_through_the_kernel(monkeypatch, dtype):
     setattr(counted, KERNELS[dtype], lambda *args: calls.append(args[0].shape) or getattr(OPS, KERNELS[dtype])(*args))
     monkeypatch.setitem(kernels._state, "ops", counted)
     tolerance = dict(rtol=2**-7, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-5)
-    for shape in [(1, 1, 256), (KERNEL_MAX_ROWS, 256), (2, 3, 256)]:  # the last: many rows, PyTorch's path
+    for shape in [(1, 1, 256), (most, 256), (2, most // 2 + 1, 256)]:  # the last: too many rows, PyTorch's path
         x = torch.randn(shape).to(dtype)
         expected = (x.double() @ layer.weight.double().T + layer.bias.double()).to(dtype)
         with torch.no_grad():
             out = layer(x)
         assert out.dtype == dtype and out.shape == (*shape[:-1], 48)
         torch.testing.assert_close(out, expected, **tolerance)
-    assert calls == [(1, 256), (KERNEL_MAX_ROWS, 256)]
+    assert calls == [(1, 256), (most, 256)]
     one = torch.randn(1, 256).to(dtype)
     layer(one).float().sum().backward()  # with gradients on, PyTorch's product (the kernel has no backward)
     assert layer.weight.grad is not None and layer.weight.grad.shape == (48, 256) and len(calls) == 2
