@@ -25,7 +25,7 @@ from .checkpoints.io import (
 )
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
-from .config import PretrainedConfig, resolve_dtype
+from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, InputError, UnsupportedError
 from .hub import resolve_model_dir
 
@@ -270,6 +270,7 @@ class PreTrainedModel(nn.Module):
             target_dtype = _checkpoint_float_dtype(tensors) or torch.float32
         config._attn_implementation = attn_implementation or config._attn_implementation
 
+        _check_layer_count(config, tensors)
         with torch.device("meta"), skip_init_on_meta():
             model = cls(config)
         saved_quantization = getattr(config, "quantization_config", None)
@@ -513,6 +514,23 @@ def _is_buffer_key(model: nn.Module, key: str) -> bool:
     owner_name, _, attr = key.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model
     return attr in owner._buffers
+
+
+# a numbered module in a checkpoint name: `model.layers.7.`, `h.7.`, `encoder.layer.7.`, `experts.7.`
+_NUMBERED = re.compile(r"(?:^|\.)(\d{1,9})\.")
+
+
+def _check_layer_count(config: PretrainedConfig, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a config that asks for more layers than the checkpoint holds before building them: the
+    load would fail on the missing keys anyway, after building every layer (for a config.json saying
+    10**9 layers, a hang). The checkpoint's largest module number bounds its layers from above."""
+    layers = getattr(config, "num_hidden_layers", None)
+    if not is_integer(layers):
+        return
+    stored = 1 + max((int(number) for key in tensors for number in _NUMBERED.findall(key)), default=-1)
+    if layers > stored:
+        raise CheckpointError(f"{_describe(tensors)}: the config's num_hidden_layers is {layers}, "
+                              f"but the checkpoint holds the weights of {stored} layers at most")
 
 
 def _describe(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -102,6 +102,17 @@ def test_head_missing_from_checkpoint_is_initialised_and_reported(mistral_dir):
         assert max_diff(base(ids()).last_hidden_state, reference.model(ids()).last_hidden_state) <= 1e-5
 
 
+@pytest.mark.parametrize("layers", [3, 10**9])
+def test_config_asking_for_more_layers_than_stored_is_refused_before_building(mistral_dir, tmp_path, layers):
+    """A config.json saying 10**9 layers would otherwise build them all before the missing keys
+    were found."""
+    path, _ = mistral_dir
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    with pytest.raises(CheckpointError, match=f"num_hidden_layers is {layers}, but the checkpoint holds the weights of 2 layers"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+
 def test_truncated_safetensors(mistral_dir):
     path, _ = mistral_dir
     data = (path / "model.safetensors").read_bytes()
