@@ -26,7 +26,7 @@ from .checkpoints.io import (
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, is_integer, resolve_dtype
-from .errors import CheckpointError, InputError, UnsupportedError
+from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .hub import resolve_model_dir
 
 logger = logging.getLogger("lamina")
@@ -271,8 +271,15 @@ class PreTrainedModel(nn.Module):
         config._attn_implementation = attn_implementation or config._attn_implementation
 
         _check_layer_count(config, tensors)
-        with torch.device("meta"), skip_init_on_meta():
-            model = cls(config)
+        try:
+            with torch.device("meta"), skip_init_on_meta():
+                model = cls(config)
+        except LaminaError:
+            raise
+        except (RuntimeError, TypeError, ValueError, OverflowError) as err:  # sizes torch cannot hold
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"{pretrained_model_name_or_path}: the config describes a {cls.__name__} that "
+                              f"cannot be built ({reason})") from None
         saved_quantization = getattr(config, "quantization_config", None)
         if saved_quantization is not None:  # a quantized checkpoint: empty quantized layers receive it
             from .quantization import quantize

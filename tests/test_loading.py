@@ -113,6 +113,15 @@ def test_config_asking_for_more_layers_than_stored_is_refused_before_building(mi
         lamina.MistralForCausalLM.from_pretrained(path)
 
 
+@pytest.mark.parametrize("key,value", [("hidden_size", 2**70), ("intermediate_size", 2**62)])
+def test_config_sizes_torch_cannot_hold_are_a_config_error(mistral_dir, key, value):
+    path, _ = mistral_dir
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ConfigError, match="the config describes a MistralForCausalLM that cannot be built"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+
 def test_truncated_safetensors(mistral_dir):
     path, _ = mistral_dir
     data = (path / "model.safetensors").read_bytes()
