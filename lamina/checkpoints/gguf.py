@@ -105,7 +105,6 @@ def _rows(info: TensorInfo) -> int:
     return math.prod(info.shape[:-1]) if len(info.shape) > 1 else 1
 
 
-
 class _StoredRows:
     """`(rows, bytes per row)` of a tensor in a file; slicing rows reads them (`os.pread`)."""
 

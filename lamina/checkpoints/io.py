@@ -339,7 +339,6 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-
 def parse_size(size: int | str) -> int:
     """`"5GB"`, `"200MB"`, `"10KiB"` or a byte count → bytes."""
     if isinstance(size, int):

@@ -297,7 +297,6 @@ def _check_replicated(name: str, shards: Sequence[torch.Tensor], source: str) ->
             )
 
 
-
 def save_converted(
     model_class: type,
     config: Any,

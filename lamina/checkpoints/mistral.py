@@ -61,7 +61,6 @@ def hf_name(name: str, where: str) -> str:
     raise CheckpointError(f"{where}: unexpected tensor {name!r} for Mistral's original layout")
 
 
-
 def _layer_windows(params: dict[str, Any], layers: int, where: str) -> list[int | None]:
     """Per-layer windows: `sliding_window` is absent, one int, or a pattern repeated over the layers
     (Ministral); the largest entry of a mixed pattern means full attention."""
