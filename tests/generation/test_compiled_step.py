@@ -83,9 +83,11 @@ def test_compiling_starts_once_enough_tokens_were_asked_for(tiny, monkeypatch, c
     tiny.generate(**batch, max_new_tokens=10)  # 2 × 10 tokens: under the threshold
     assert counted_compile == []
     tiny.generate(**batch, max_new_tokens=5)  # 30 in all
-    # float32 decoding through lamina's kernels takes inductor's C++ wrapper
-    wrapper = {"options": {"cpp_wrapper": True}} if kernels.ops() is not None else {}
-    assert counted_compile == [dict(fullgraph=True, dynamic=False, **wrapper)]
+    # float32 decoding through lamina's kernels takes inductor's C++ wrapper; no guards on modules
+    options = {"guard_filter_fn": decoding.skip_module_guards}
+    if kernels.ops() is not None:
+        options["cpp_wrapper"] = True
+    assert counted_compile == [dict(fullgraph=True, dynamic=False, options=options)]
     tiny.generate(**batch, max_new_tokens=5, disable_compile=True)
     tiny.generate(**batch, max_new_tokens=5, cache_implementation="dynamic")  # shapes change every step
     assert len(counted_compile) == 1
@@ -113,3 +115,52 @@ def test_a_failed_compile_falls_back_to_eager_with_a_warning(tiny, monkeypatch):
 def test_compile_config_is_checked(tiny):
     with pytest.raises(lamina.ConfigError, match="compile_config"):
         tiny.generate(**_batch(), max_new_tokens=2, compile_config={"fullgraf": True})
+
+
+def _compiled_tokens(model, batch, new_tokens):
+    compiled = model.generate(**batch, max_new_tokens=new_tokens, compile_config={})
+    assert not getattr(model, "_compile_failed", False)
+    return compiled
+
+
+@pytest.mark.slow
+def test_the_compiled_step_follows_changes_to_the_model(tmp_path):
+    """The compiled step checks no guards on modules at each step (`skip_module_guards`): a model
+    changed between calls (a layer swapped, train mode, weights of another shape) and another model
+    of the same class each get a graph of their own, and the tokens of their eager step."""
+    reference, ours = _pair("ministral", tmp_path)
+    batch = _batch()
+
+    def eager(model):
+        return model.generate(**batch, max_new_tokens=8, disable_compile=True)
+
+    assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
+    state = decoding.module_state(ours)
+    assert decoding.module_state(ours) == state
+
+    # another layer in place of one: the module tree changed
+    torch.manual_seed(5)
+    layer = ours.model.layers[1].mlp.down_proj
+    swapped = torch.nn.Linear(layer.in_features, layer.out_features, bias=False).eval()
+    ours.model.layers[1].mlp.down_proj = swapped
+    assert decoding.module_state(ours) != state
+    expected = eager(ours)
+    assert not torch.equal(expected, reference.generate(**batch, max_new_tokens=8))  # the change shows
+    assert torch.equal(_compiled_tokens(ours, batch, 8), expected)
+    # an attribute the step reads, and a plain flag
+    ours.model.layers[1].input_layernorm.eps = 0.5
+    assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
+    state = decoding.module_state(ours)
+    ours.train()
+    assert decoding.module_state(ours) != state
+    assert decoding.module_state(ours.eval()) == state
+
+    # a model of the same class and other sizes, compiled after the first: its own graphs
+    config_name, model_name, extra = FAMILIES["ministral"]
+    other = getattr(transformers, model_name)(getattr(transformers, config_name)(
+        **{**TINY, "intermediate_size": 40}, **extra))
+    other.save_pretrained(tmp_path / "other")
+    other = lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "other")
+    assert type(other) is type(ours)
+    assert torch.equal(_compiled_tokens(other, batch, 8), eager(other))
+    assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))

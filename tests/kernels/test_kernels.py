@@ -211,7 +211,7 @@ def test_compiled_decoding_through_the_kernels_matches_eager():
     model.float()
     quantize(model, QuantizationConfig(method="int4", group_size=32))
     assert uses_lamina_kernels(model)
-    assert _compile_arguments({}, torch.device("cpu"), True)["options"] == {"cpp_wrapper": True}
+    assert _compile_arguments({}, torch.device("cpu"), True)["options"]["cpp_wrapper"]
     assert "options" not in _compile_arguments({"mode": "max-autotune"}, torch.device("cpu"), True)
     assert_compiled_matches_eager(model, torch.randint(0, 128, (2, 5)), max_new_tokens=6)
 
