@@ -8,7 +8,7 @@ hundreds of rows amortise; the rounding is the half kernel's own (float32 accumu
 rounded once to the input's dtype). Fewer rows (decoding one or a few sequences) keep the
 half-precision kernel: there the product is memory-bound and reading half the bytes wins.
 
-On the CPU, products of up to `KERNEL_MAX_ROWS` bf16 or float32 rows run lamina's own kernels
+On the CPU, products of a few bf16 or float32 rows (`kernel_max_rows`) run lamina's own kernels
 (`lamina.kernels`, float32 sums of bf16 products like PyTorch's, then one rounding). The bf16 one
 streams the weight at ~2× the speed of PyTorch's bf16 matrix-vector product here (SmolLM2-135M's
 layer shapes on 2 cores: 22 vs 58 µs for 1536 × 576, 1.04 vs 1.88 ms for the 49152 × 576 head);
@@ -28,15 +28,16 @@ from .. import kernels
 # 32 of SmolLM2's layer shapes (2 cores, AVX2), bf16 against upcast took 5.7 vs 13.7 ms at 1 row,
 # 18.0 vs 22.5 at 4, 37.2 vs 25.5 at 8 and 71.2 vs 29.7 at 16
 UPCAST_MIN_ROWS = 6
-# rows per call up to which bf16 and float32 products on the CPU run lamina's kernels (they read
-# each weight row once per activation row: a one- or two-row product is memory-bound, more rows
-# are not)
-KERNEL_MAX_ROWS = 2
+# rows per call up to which bf16 and float32 products on the CPU run lamina's kernels, which read
+# each weight row once for all the activation rows: one or two rows are memory-bound; float32 up
+# to a batch of 8 (all of SmolLM2-135M's matmuls on 2 AVX2 EPYC cores, lamina's kernel against
+# PyTorch's: 34-40 vs 87 ms at 4 rows, 45-54 vs 70-96 at 8, 70-84 vs 80-113 at 16)
+KERNEL_MAX_ROWS = {torch.float32: 8, torch.bfloat16: 2}
 # the same for bf16 on CPUs without bf16 units, where the alternatives are PyTorch's slow reference
 # kernel or an upcast weight: all of SmolLM2-135M's matmuls on 2 cores (AVX2 EPYC) at 4 rows took
-# 49 ms in lamina's kernel, 69-88 in PyTorch's, 135-140 upcast; at 8 rows 85-90, 125-128 and
-# 134-160; at 16 rows 171-175, 254-258 and 153-159
-SLOW_HALF_KERNEL_MAX_ROWS = 8
+# 32 ms in lamina's kernel, 68-73 in PyTorch's, 140 upcast; at 8 rows 52-54, 129-137 and 163-207;
+# at 16 rows 84-95, 244-257 and 170-221
+SLOW_HALF_KERNEL_MAX_ROWS = 16
 KERNELS = {torch.bfloat16: "bf16_linear", torch.float32: "f32_linear"}
 _SLOW_HALF = {
     torch.bfloat16: not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
@@ -52,7 +53,7 @@ def kernel_weight(weight: torch.Tensor) -> bool:
 
 def kernel_max_rows(dtype: torch.dtype) -> int:
     """Rows per call up to which a `dtype` product on the CPU runs lamina's kernel."""
-    return SLOW_HALF_KERNEL_MAX_ROWS if _SLOW_HALF.get(dtype, False) else KERNEL_MAX_ROWS
+    return SLOW_HALF_KERNEL_MAX_ROWS if _SLOW_HALF.get(dtype, False) else KERNEL_MAX_ROWS.get(dtype, 0)
 
 
 def float32_if_slow(dtype: torch.dtype, device: torch.device) -> torch.dtype:

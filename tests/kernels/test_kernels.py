@@ -249,8 +249,8 @@ def test_f32_linear_sums_in_float32(rows, in_features, out_features):
 @needs_kernels
 @pytest.mark.parametrize("dtype,slow_half", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)])
 def test_float_layers_decode_through_the_kernel(monkeypatch, dtype, slow_half):
-    """`layers.Linear` in bf16 or float32 hands up to `kernel_max_rows` rows to lamina's kernel (one or
-    two; bf16 on CPUs without bf16 units, up to 8): the float32 product of the stored values,
+    """`layers.Linear` in bf16 or float32 hands up to `kernel_max_rows` rows to lamina's kernel (float32
+    8, bf16 2, or 16 on CPUs without bf16 units): the float32 product of the stored values,
     rounded once to the dtype (what PyTorch's matmul computes, up to summation order); more rows and
     anything with gradients keep PyTorch's product."""
     from lamina.layers import linear
@@ -258,7 +258,7 @@ def test_float_layers_decode_through_the_kernel(monkeypatch, dtype, slow_half):
 
     monkeypatch.setitem(linear._SLOW_HALF, torch.bfloat16, slow_half)
     most = kernel_max_rows(dtype)
-    assert most == (linear.SLOW_HALF_KERNEL_MAX_ROWS if slow_half else linear.KERNEL_MAX_ROWS)
+    assert most == (linear.SLOW_HALF_KERNEL_MAX_ROWS if slow_half else linear.KERNEL_MAX_ROWS[dtype])
     torch.manual_seed(3)
     layer = Linear(256, 48).to(dtype)
     calls = []
