@@ -22,6 +22,10 @@ CONFIG_NAME = "config.json"
 # labels a config may name: `num_labels` builds its id2label map eagerly, so a file asking for 10**12
 # would hang the load
 MAX_LABELS = 1 << 20
+# layers a config may ask for: configs build per-layer lists (`layer_types`) before anything else
+# checks them, so a file asking for 10**8 would hang the load; published models have at most a few
+# hundred
+MAX_LAYERS = 1 << 16
 _LABEL_ID = re.compile(r"-?[0-9]{1,18}")
 # attributes of the instance itself, which a config.json key must not replace
 _INTERNAL_ATTRIBUTES = ("_extra_keys", "_legacy_dtype_key")
@@ -126,6 +130,10 @@ class PretrainedConfig:
         if num_labels is not None and num_labels != len(self.id2label):
             raise ConfigError(f"num_labels is {num_labels} but id2label has {len(self.id2label)} entries")
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
+        layers = getattr(self, "num_hidden_layers", None)
+        if layers is not None:
+            require(is_integer(layers) and 0 <= layers <= MAX_LAYERS, "num_hidden_layers",
+                    f"an integer in [0, {MAX_LAYERS}]", layers)
         self.__post_init__()
         self.validate()
 

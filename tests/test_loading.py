@@ -102,15 +102,30 @@ def test_head_missing_from_checkpoint_is_initialised_and_reported(mistral_dir):
         assert max_diff(base(ids()).last_hidden_state, reference.model(ids()).last_hidden_state) <= 1e-5
 
 
-@pytest.mark.parametrize("layers", [3, 10**9])
+@pytest.mark.parametrize("layers", [3, 60_000])
 def test_config_asking_for_more_layers_than_stored_is_refused_before_building(mistral_dir, tmp_path, layers):
-    """A config.json saying 10**9 layers would otherwise build them all before the missing keys
+    """A config.json saying 60,000 layers would otherwise build them all before the missing keys
     were found."""
     path, _ = mistral_dir
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
     with pytest.raises(CheckpointError, match=f"num_hidden_layers is {layers}, but the checkpoint holds the weights of 2 layers"):
         lamina.MistralForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.parametrize("layers", [10**8, "2", True])
+@pytest.mark.parametrize("model_type", ["mistral", "ministral", "llama", "gpt2"])
+def test_layer_counts_no_config_can_build_are_a_config_error(mistral_dir, model_type, layers):
+    """Configs build per-layer lists (`layer_types`) as they are made: a config.json saying 10**8
+    layers hung in `MinistralConfig` before any check, and "2" was a TypeError."""
+    path, _ = mistral_dir
+    config = json.loads((path / "config.json").read_text())
+    if model_type == "gpt2":  # under its own name
+        del config["num_hidden_layers"]
+    key = "n_layer" if model_type == "gpt2" else "num_hidden_layers"
+    (path / "config.json").write_text(json.dumps({**config, "model_type": model_type, key: layers}))
+    with pytest.raises(ConfigError, match=r"num_hidden_layers: expected an integer in \[0, 65536\], found"):
+        lamina.AutoConfig.from_pretrained(path)
 
 
 @pytest.mark.parametrize("key,value", [("hidden_size", 2**70), ("intermediate_size", 2**62)])
