@@ -354,7 +354,8 @@ def _described(value: Any, depth: int = 0) -> Any:
     if kind in _PLAIN:
         return value
     if isinstance(value, torch.Tensor):
-        return (id(value), tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
+        strides = value.stride() if value.layout == torch.strided else value.layout  # sparse tensors have none
+        return (id(value), tuple(value.shape), strides, value.dtype, value.device, value.requires_grad)
     if depth == 2 or isinstance(value, torch.nn.Module):
         return (kind, id(value))
     if isinstance(value, (tuple, list)):

@@ -164,3 +164,13 @@ def test_the_compiled_step_follows_changes_to_the_model(tmp_path):
     assert type(other) is type(ours)
     assert torch.equal(_compiled_tokens(other, batch, 8), eager(other))
     assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
+
+
+def test_module_state_describes_any_buffer():
+    """A sparse buffer has no strides: the state names its layout instead of failing."""
+    module = torch.nn.Linear(3, 3)
+    module.register_buffer("pattern", torch.eye(3).to_sparse())
+    state = decoding.module_state(module)
+    assert decoding.module_state(module) == state
+    module.pattern = torch.eye(3).to_sparse_csr()
+    assert decoding.module_state(module) != state
