@@ -104,11 +104,12 @@ class GenerationMixin:
     def _generation_cache(self, batch_size: int, capacity: int, reuse: bool) -> Any:
         """A static cache of `capacity` slots. A compiled step keeps one per batch size and capacity
         across calls (emptied, not reallocated): CUDA graphs replay on fixed addresses. The cache a
-        run returns is then the one the next run of that shape reuses, as in transformers."""
+        run returns is then the one the next run of that shape reuses, as in transformers (and of
+        the model's dtype and device: a model moved or cast since gets a new one)."""
         if not reuse:
             return self.make_generation_cache(batch_size, capacity)
         kept = self.__dict__.setdefault("_kept_caches", {})
-        key = (batch_size, capacity)
+        key = (batch_size, capacity, self.dtype, self.device)
         if key not in kept:
             kept[key] = self.make_generation_cache(batch_size, capacity)
         cache = kept[key]

@@ -126,8 +126,9 @@ def _compiled_tokens(model, batch, new_tokens):
 @pytest.mark.slow
 def test_the_compiled_step_follows_changes_to_the_model(tmp_path):
     """The compiled step checks no guards on modules at each step (`skip_module_guards`): a model
-    changed between calls (a layer swapped, train mode, weights of another shape) and another model
-    of the same class each get a graph of their own, and the tokens of their eager step."""
+    changed between calls (a layer swapped, train mode, another dtype) and another model of the
+    same class with weights of other shapes each get a graph of their own, and the tokens of their
+    eager step."""
     reference, ours = _pair("ministral", tmp_path)
     batch = _batch()
 
@@ -163,6 +164,11 @@ def test_the_compiled_step_follows_changes_to_the_model(tmp_path):
     other = lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "other")
     assert type(other) is type(ours)
     assert torch.equal(_compiled_tokens(other, batch, 8), eager(other))
+    assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
+
+    # cast to another dtype: a graph of its own, and a static cache of that dtype (the kept
+    # float32 one failed the bf16 prefill's cache write)
+    ours.to(torch.bfloat16)
     assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
 
 
