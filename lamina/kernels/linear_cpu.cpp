@@ -462,7 +462,7 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   return row_products(rows, out_features, input.options(), [&](int64_t n, auto count, int64_t m, float* sums) {
     const int64_t row = route.first_row(m) + n;
     int8_rows<count>(w + row * width, width, act.codes.data() + m * width, act.scales8.data() + m * block_count * 8,
-              row_sums[m], sums);
+                     row_sums[m], sums);
     for (int64_t r = 0; r < count; ++r) sums[r] *= w_scale[row + r];
   });
 }
