@@ -34,6 +34,7 @@
 namespace {
 
 using L = lamina::FloatLanes;
+using lamina::dot;
 
 constexpr float kMasked = -1e30f;
 
@@ -58,15 +59,6 @@ void float_rows(const at::Tensor& cache, int64_t offset, const std::vector<int64
     }
     rows[i] = target;
   }
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  L::Vector acc = L::zero();
-  int64_t i = 0;
-  for (; i + L::kWidth <= n; i += L::kWidth) acc = L::fma(L::load(a + i), L::load(b + i), acc);
-  float sum = L::sum(acc);
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
 }
 
 // p ← softmax(p) over `count` scores.

@@ -83,4 +83,15 @@ struct FloatLanes {
   }
 };
 
+// sum(a[i] * b[i]) over `count` floats
+inline float dot(const float* a, const float* b, int64_t count) {
+  using L = FloatLanes;
+  L::Vector acc = L::zero();
+  int64_t i = 0;
+  for (; i + L::kWidth <= count; i += L::kWidth) acc = L::fma(L::load(a + i), L::load(b + i), acc);
+  float total = L::sum(acc);
+  for (; i < count; ++i) total += a[i] * b[i];
+  return total;
+}
+
 }  // namespace lamina
