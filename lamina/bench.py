@@ -12,7 +12,9 @@ the model's matmuls for one token (its "matmul ceiling" in tokens/s, which each 
 also given as a share of), and the machine's read bandwidth, from which each mode's bandwidth
 ceiling (bandwidth ÷ weight bytes read per token) follows. A last section checks that a
 sliding-window model generating 4× past its window keeps its KV memory at the window; for a GGUF
-model another gives the time and peak RSS of loading the file itself. Results are a
+model another gives the time and peak RSS of loading the file itself. lamina's int8 and int4 and
+llama.cpp then decode at batch 1 head to head (`--rounds`): in rounds, taking turns, each kept ready
+in its own process, so that the host's drift over minutes does not decide which is faster. Results are a
 markdown section, with ratios to transformers in the same dtype; `--out` replaces that section in a
 file (bench/RESULTS.md), keeping the file's other sections.
 
@@ -27,16 +29,23 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 PROMPT_TOKENS = 512
 # best of this many runs: on a shared 2-core machine single prefills vary by ±20% (777-983 tok/s
 # for the same build), decodes of 128 tokens by about half that
 PREFILL_REPEATS, DECODE_REPEATS = 5, 3
 SLIDING_WINDOW = 64
+# batch-1 decode in rounds, the engines taking turns, each in a process of its own kept ready: the
+# host's speed drifts by ±20% over minutes, which separate runs minutes apart measure as well
+HEAD_TO_HEAD = ["lamina:int8", "lamina:int4", "llama.cpp:gguf"]
+HEAD_TO_HEAD_ROUNDS = 7
 MODES = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
          "transformers:float32", "transformers:bfloat16", "llama.cpp:gguf"]
 # loads from a GGUF file (transformers dequantizes it to the dtype; it needs `accelerate` for that)
@@ -168,6 +177,32 @@ def measured_load(engine: str, mode: str, source: Path):
     return model.eval(), dict(load_s=seconds, load_peak_rss=peak_rss_bytes() - before, model_bytes=model_bytes(model))
 
 
+def torch_decode(model, batch: int, new_tokens: int, extra: dict) -> Callable[[], Any]:
+    """One greedy `generate` of `new_tokens` tokens after a 16-token prompt of `batch` rows (`extra`:
+    more `generate` arguments); returns its output."""
+    ids = prompt_ids(batch, 16, model.config.vocab_size)
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    return_dict_in_generate=True, pad_token_id=0, **extra)
+    return lambda: model.generate(ids, **settings)
+
+
+def llama_cpp_decode(llm, new_tokens: int) -> Callable[[], None]:
+    """llama.cpp's greedy decode of `new_tokens` tokens after a 16-token prompt, the cache emptied first."""
+    prompt = prompt_ids(1, 16, llm.n_vocab())[0].tolist()
+
+    def decode() -> None:
+        llm.reset()
+        for count, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True), start=1):
+            if count == new_tokens:
+                break
+
+    return decode
+
+
+# lamina's compiled step (the fast path), as its decode b1 and b8 figures run it
+COMPILED = dict(compile_config={})
+
+
 def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_tokens: int) -> dict:
     import torch
 
@@ -175,23 +210,21 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
     model, result = measured_load(engine, mode, model_dir)
     vocab = model.config.vocab_size
     result.update(weight_bytes=weight_bytes_per_token(model), matmul_tok_s=1 / matmul_seconds(model))
-    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                    return_dict_in_generate=True, pad_token_id=0)
     runs = [("decode_b1_tok_s", 1, {}), ("decode_b8_tok_s", 8, {})]
     if engine == "lamina":  # the eager step, then the compiled one (the fast path)
-        runs = [("eager_b1_tok_s", 1, dict(disable_compile=True)), ("decode_b1_tok_s", 1, dict(compile_config={})),
-                ("decode_b8_tok_s", 8, dict(compile_config={}))]
+        runs = [("eager_b1_tok_s", 1, dict(disable_compile=True)), ("decode_b1_tok_s", 1, COMPILED),
+                ("decode_b8_tok_s", 8, COMPILED)]
     with torch.no_grad():
         prompt = prompt_ids(1, PROMPT_TOKENS, vocab)
         model(prompt[:, :16], logits_to_keep=1)
         result["prefill_tok_s"] = PROMPT_TOKENS / timed(lambda: model(prompt, logits_to_keep=1), PREFILL_REPEATS)
         for name, batch, extra in runs:
-            ids = prompt_ids(batch, 16, vocab)
+            decode = torch_decode(model, batch, new_tokens, extra)
             start = time.perf_counter()
-            model.generate(ids, **settings, **extra)  # warm-up: pays for compiling
+            decode()  # warm-up: pays for compiling
             warm_up = time.perf_counter() - start
             holder = {}
-            seconds = timed(lambda: holder.update(out=model.generate(ids, **settings, **extra)), DECODE_REPEATS)
+            seconds = timed(lambda: holder.update(out=decode()), DECODE_REPEATS)
             result[name] = batch * new_tokens / seconds
             if name == "decode_b1_tok_s":
                 result["first_run_s"] = warm_up
@@ -219,14 +252,7 @@ def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
         llm.eval(prompt)
 
     result["prefill_tok_s"] = PROMPT_TOKENS / timed(prefill, PREFILL_REPEATS)
-
-    def decode():
-        llm.reset()
-        for count, _ in enumerate(llm.generate(prompt[:16], top_k=1, temp=0.0, reset=True), start=1):
-            if count == new_tokens:
-                break
-
-    result["decode_b1_tok_s"] = new_tokens / timed(decode, DECODE_REPEATS)
+    result["decode_b1_tok_s"] = new_tokens / timed(llama_cpp_decode(llm, new_tokens), DECODE_REPEATS)
     n_layer, n_embd = llm.metadata.get("llama.block_count"), llm.metadata.get("llama.embedding_length")
     heads, kv_heads = llm.metadata.get("llama.attention.head_count"), llm.metadata.get("llama.attention.head_count_kv")
     if n_layer and n_embd and heads and kv_heads:
@@ -251,6 +277,88 @@ def run_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> di
     if engine == "llama.cpp":
         return llama_cpp_worker(model_path, threads, new_tokens)
     return torch_worker(engine, mode, hf_safetensors_dir(model_path), threads, new_tokens)
+
+
+def rounds_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> None:
+    """`--rounds-worker SPEC`: load, decode once (compiling lamina's step), write "ready", then
+    decode once for each line read from stdin and write its seconds; see `head_to_head`."""
+    engine, _, mode = spec.partition(":")
+    if engine == "llama.cpp":
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(model_path), n_ctx=16 + new_tokens + 16, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+        decode = llama_cpp_decode(llm, new_tokens)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(False)
+        model = measured_load(engine, mode, hf_safetensors_dir(model_path))[0]
+        decode = torch_decode(model, 1, new_tokens, COMPILED if engine == "lamina" else {})
+    decode()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(f"seconds {timed(decode)!r}", flush=True)
+
+
+def head_to_head(specs: list[str], model_path: Path, threads: int, new_tokens: int,
+                 rounds: int = HEAD_TO_HEAD_ROUNDS) -> dict[str, dict]:
+    """Batch-1 decode tokens/s of each of `specs` over `rounds` rounds, each round running every
+    engine once in turn, so that each round's figures share the host's state of the moment. Each
+    engine waits ready in a process of its own; one that fails to start gets an error."""
+    workers, results = {}, {}
+    try:
+        for spec in specs:  # one at a time: no compile competes with another's
+            module = {"llama.cpp": "llama_cpp"}.get(spec.partition(":")[0], spec.partition(":")[0])
+            if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+                results[spec] = {"error": f"{module} is not installed"}
+                continue
+            log = tempfile.TemporaryFile(mode="w+")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "lamina.bench", "--rounds-worker", spec, "--model", str(model_path),
+                 "--threads", str(threads), "--new-tokens", str(new_tokens)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+            if _protocol_line(worker) == "ready":
+                workers[spec] = (worker, log)
+                results[spec] = {"tok_s": []}
+            else:
+                results[spec] = {"error": _last_line(worker, log)}
+        for _ in range(rounds):
+            for spec, (worker, log) in workers.items():
+                if "error" in results[spec]:
+                    continue
+                worker.stdin.write("\n")
+                worker.stdin.flush()
+                line = _protocol_line(worker)
+                if line is None:
+                    results[spec] = {"error": _last_line(worker, log)}
+                else:
+                    results[spec]["tok_s"].append(new_tokens / float(line.split()[1]))
+    finally:
+        for worker, log in workers.values():
+            worker.stdin.close()
+            worker.wait()
+            log.close()
+    print("head to head", json.dumps(results), flush=True)
+    return results
+
+
+def _protocol_line(worker: subprocess.Popen) -> str | None:
+    """The worker's next line of the rounds protocol ("ready" or "seconds S"), skipping any other
+    output of the libraries it runs; None once it has ended."""
+    for line in worker.stdout:
+        line = line.strip()
+        if line == "ready" or line.startswith("seconds "):
+            return line
+    return None
+
+
+def _last_line(worker: subprocess.Popen, log) -> str:
+    worker.wait()
+    log.seek(0)
+    lines = log.read().strip().splitlines()
+    return lines[-1][:200] if lines else f"exited with {worker.returncode}"
 
 
 def hf_safetensors_dir(model_path: Path) -> Path:
@@ -326,8 +434,32 @@ def _peak(row: dict) -> str:
     return f"{row['load_peak_rss'] / 1e6:,.0f} ({row['load_peak_rss'] / row['model_bytes']:.2f})"
 
 
+def head_to_head_lines(rounds: dict[str, dict], reference: str = "llama.cpp:gguf") -> list[str]:
+    """The head-to-head table: each engine's median and best tokens/s over the rounds and, for the
+    others, the median (and range) of each round's ratio to `reference` in that round."""
+    base = rounds.get(reference, {}).get("tok_s")
+    count = max((len(row.get("tok_s", [])) for row in rounds.values()), default=0)
+    lines = ["", f"Batch-1 decode, head to head: {count} rounds, each running every engine once in turn (each in a "
+             "process of its own, loaded and warmed up first), so that a round's figures share the host's state of "
+             f"the moment. \"÷ {reference.partition(':')[0]}\": each round's tokens/s over {reference}'s in the same "
+             "round, median (lowest–highest).", "",
+             f"| engine:mode | median tok/s | best tok/s | ÷ {reference.partition(':')[0]} (range) |", "|---|---|---|---|"]
+    for spec, row in rounds.items():
+        if "error" in row:
+            lines.append(f"| {spec} | error: {row['error']} |||")
+            continue
+        speeds = row["tok_s"]
+        versus = ""
+        if base and spec != reference:
+            ratios = sorted(mine / theirs for mine, theirs in zip(speeds, base))
+            versus = f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+        lines.append(f"| {spec} | {fmt(statistics.median(speeds))} | {fmt(max(speeds))} | {versus} |")
+    return lines
+
+
 def report(results: dict[str, dict], bandwidth: float, threads: int, model_path: Path, new_tokens: int,
-           sliding: dict[str, dict] | None = None, gguf_loads: dict[str, dict] | None = None) -> str:
+           sliding: dict[str, dict] | None = None, gguf_loads: dict[str, dict] | None = None,
+           rounds: dict[str, dict] | None = None) -> str:
     info = versions()
     lines = [
         "## Latest run (lamina bench)",
@@ -367,6 +499,8 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
             f"| {fmt(row.get('first_run_s'))} | {row.get('kv_bytes', 0):,} ({row.get('kv_tokens', '?')}) "
             f"| {row.get('backend') or ''} |"
         )
+    if rounds:
+        lines += head_to_head_lines(rounds)
     if gguf_loads:
         lines += ["", f"Loading `{model_path.name}` itself (dequantized to the dtype, or quantized as `lamina generate` "
                   "does; ratios to transformers in the same dtype, int8/int4 to its float32):", "",
@@ -410,6 +544,8 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated engine:mode list")
     parser.add_argument("--out", type=Path, default=None, help="a markdown file whose results section to replace")
+    parser.add_argument("--rounds", type=int, default=HEAD_TO_HEAD_ROUNDS,
+                        help=f"head-to-head rounds of batch-1 decoding among {', '.join(HEAD_TO_HEAD)} (0: none)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -437,7 +573,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if model_path.is_file():
         gguf_loads = {spec: _in_subprocess(spec.partition(":")[0], ["--gguf-load", spec, *worker], f"{spec} GGUF load")
                       for spec in GGUF_LOADS if spec.partition(":")[0] in engines}
-    section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding, gguf_loads)
+    contenders = [spec for spec in HEAD_TO_HEAD if spec in results and "error" not in results[spec]]
+    rounds = None
+    if args.rounds > 0 and len(contenders) > 1:
+        rounds = head_to_head(contenders, model_path, args.threads, args.new_tokens, args.rounds)
+    section = report(results, bandwidth, args.threads, model_path, args.new_tokens, sliding, gguf_loads, rounds)
     print(section)
     if args.out:
         write_results(args.out, section)
@@ -461,15 +601,20 @@ def _in_subprocess(engine: str, arguments: list[str], label: str) -> dict:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m lamina.bench --worker SPEC …` / `--sliding-window ENGINE`: one measurement, as JSON."""
+    """`python -m lamina.bench --worker SPEC …` / `--sliding-window ENGINE` / `--gguf-load SPEC …`: one
+    measurement, as JSON; `--rounds-worker SPEC …`: a decoder serving `head_to_head`."""
     parser = argparse.ArgumentParser(prog="lamina.bench")
     parser.add_argument("--worker")
     parser.add_argument("--sliding-window")
     parser.add_argument("--gguf-load")
+    parser.add_argument("--rounds-worker")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
+    if args.rounds_worker:
+        rounds_worker(args.rounds_worker, args.model, args.threads, args.new_tokens)
+        return 0
     if args.sliding_window:
         result = sliding_window_kv(args.sliding_window)
     elif args.gguf_load:

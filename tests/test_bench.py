@@ -109,3 +109,32 @@ def test_model_bytes_count_tied_weights_once():
     embedding = 64 * 32 * 4
     assert bench.model_bytes(untied) - bench.model_bytes(tied) == embedding
     assert bench.model_bytes(untied) == sum(t.numel() * t.element_size() for t in [*untied.parameters(), *untied.buffers()])
+
+
+def test_head_to_head_table_pairs_each_round_with_the_reference():
+    rounds = {"lamina:int8": {"tok_s": [90.0, 60.0, 110.0]},
+              "lamina:int4": {"error": "worker died"},
+              "llama.cpp:gguf": {"tok_s": [100.0, 50.0, 100.0]}}
+    lines = bench.head_to_head_lines(rounds)
+    assert "3 rounds" in lines[1]
+    # rounds' ratios 0.90, 1.20, 1.10: the median and range of those, not the ratio of the medians (0.90)
+    assert "| lamina:int8 | 90.0 | 110.0 | 1.10× (0.90–1.20) |" in lines
+    assert "| lamina:int4 | error: worker died |||" in lines
+    assert "| llama.cpp:gguf | 100.0 | 100.0 |  |" in lines
+    text = bench.report({"lamina:int8": dict(ROW)}, bandwidth=25e9, threads=2, model_path=Path("m.gguf"),
+                        new_tokens=128, rounds=rounds)
+    assert "| lamina:int8 | 90.0 | 110.0 | 1.10× (0.90–1.20) |" in text
+
+
+def test_head_to_head_runs_engines_in_turn_and_reports_a_failed_one(tmp_path):
+    torch.manual_seed(0)
+    lamina.MistralForCausalLM(lamina.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)).save_pretrained(tmp_path / "tiny")
+    # llama.cpp cannot read a directory (or is not installed): its row is an error, the others run
+    rounds = bench.head_to_head(["transformers:float32", "lamina:float32", "llama.cpp:gguf"], tmp_path / "tiny",
+                                threads=1, new_tokens=3, rounds=2)
+    assert list(rounds) == ["transformers:float32", "lamina:float32", "llama.cpp:gguf"]
+    for spec in ("transformers:float32", "lamina:float32"):
+        assert len(rounds[spec]["tok_s"]) == 2 and all(speed > 0 for speed in rounds[spec]["tok_s"])
+    assert rounds["llama.cpp:gguf"]["error"]
