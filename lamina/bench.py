@@ -443,7 +443,8 @@ def head_to_head_lines(rounds: dict[str, dict], reference: str = "llama.cpp:gguf
              "process of its own, loaded and warmed up first), so that a round's figures share the host's state of "
              f"the moment. \"÷ {reference.partition(':')[0]}\": each round's tokens/s over {reference}'s in the same "
              "round, median (lowest–highest).", "",
-             f"| engine:mode | median tok/s | best tok/s | ÷ {reference.partition(':')[0]} (range) |", "|---|---|---|---|"]
+             f"| engine:mode | median tok/s | best tok/s | ÷ {reference.partition(':')[0]} (range) |",
+             "|---|---|---|---|"]
     for spec, row in rounds.items():
         if "error" in row:
             lines.append(f"| {spec} | error: {row['error']} |||")
