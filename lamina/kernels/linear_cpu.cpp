@@ -259,6 +259,38 @@ inline void int4_rows(const uint8_t* rows, int64_t width, const float* w_scale, 
   for (int r = 0; r < count; ++r) out[r] = horizontal_sum(acc[r]);
 }
 
+// `int4_rows` for two rows of activations at once (codes at x_codes and x_codes + width; the AVX2
+// layout, no quads): each weight block is unpacked once for both, where the single-row loop
+// unpacked it again for every row (a prompt's or a batch's rows are compute-bound).
+template <int count>
+inline void int4_rows_pair(const uint8_t* rows, int64_t width, const float* w_scale, int64_t groups,
+                           const int8_t* x_codes, const QuantizedActivations& act, int64_t m, float* out,
+                           float* next_out) {
+  const int64_t blocks = width / kBlock, blocks_per_group = blocks / groups;
+  const float* x_scales = act.scales8.data() + m * blocks * 8;
+  const float* next_scales = x_scales + blocks * 8;
+  __m256 acc[kRows], next_acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = next_acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + b * kBlock));
+    const __m256i next_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x_codes + width + b * kBlock));
+    const __m256 x_scale = _mm256_loadu_ps(x_scales + 8 * b), next_scale = _mm256_loadu_ps(next_scales + 8 * b);
+    const int64_t g = b / blocks_per_group;
+    for (int r = 0; r < count; ++r) {
+      prefetch(rows + (r + kPrefetchRows) * width / 2 + b * 16);
+      const __m256i w = unpack_int4(rows + r * width / 2 + b * 16);
+      const __m256 scale = _mm256_set1_ps(w_scale[r * groups + g]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, x)), _mm256_mul_ps(x_scale, scale), acc[r]);
+      next_acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, next_x)), _mm256_mul_ps(next_scale, scale),
+                                    next_acc[r]);
+    }
+  }
+  for (int r = 0; r < count; ++r) {
+    out[r] = horizontal_sum(acc[r]);
+    next_out[r] = horizontal_sum(next_acc[r]);
+  }
+}
+
 // One output of the int8 product for `count` (≤ kRows) weight rows and one row of activations:
 // sum over blocks of x_scale * sum(w * x_code), before the row's scale. `x_sum`: sum(x).
 template <int count>
@@ -396,8 +428,8 @@ at::Tensor int4_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const at::Tensor input = activations_as_float(x, width, op);
   const int64_t rows = input.size(0);
   const Routing route = routing(experts, rows, weight_rows, out_features, op);
-  const QuantizedActivations act = quantize_activations(
-      input.data_ptr<float>(), rows, width, CodeOrder{true, int4_quad_blocks(block_count, blocks_per_group)});
+  const int64_t quads = int4_quad_blocks(block_count, blocks_per_group);
+  const QuantizedActivations act = quantize_activations(input.data_ptr<float>(), rows, width, CodeOrder{true, quads});
   std::vector<float> group_sums(rows * groups, 0.f);  // sum(x) over each group, shared by every output row
   for (int64_t b = 0; b < rows * block_count; ++b) group_sums[b / blocks_per_group] += act.sums[b];
   at::Tensor out = at::empty({rows, out_features}, input.options());
@@ -407,27 +439,36 @@ at::Tensor int4_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const at::Half* w_min = minimum.data_ptr<at::Half>();
   float* result = out.data_ptr<float>();
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    float sums[kRows];
+    float sums[2][kRows];
     // the rows' float16 scales and minimums as float32, converted once for all their products
     // (once a product when each row has its expert)
     std::vector<float> row_scales(kRows * groups), row_mins(kRows * groups);
     for (int64_t n = begin; n < end; n += kRows) {
       const int64_t count = std::min<int64_t>(kRows, end - n);
-      for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t m = 0; m < rows;) {
         const int64_t row = route.first_row(m) + n;
         if (m == 0 || route.experts != nullptr) {
           halves_to_floats(w_scale + row * groups, count * groups, row_scales.data());
           halves_to_floats(w_min + row * groups, count * groups, row_mins.data());
         }
+        // activation rows two at a time where they share their weight rows
+        const int64_t taken = route.experts == nullptr && quads == 0 && m + 1 < rows ? 2 : 1;
         with_row_count(count, [&](auto n_rows) {
-          int4_rows<n_rows>(w + row * width / 2, width, row_scales.data(), groups, act.codes.data() + m * width, act, m,
-                            sums);
+          const int8_t* x_codes = act.codes.data() + m * width;
+          if (taken == 2) {
+            int4_rows_pair<n_rows>(w + row * width / 2, width, row_scales.data(), groups, x_codes, act, m, sums[0],
+                                   sums[1]);
+          } else {
+            int4_rows<n_rows>(w + row * width / 2, width, row_scales.data(), groups, x_codes, act, m, sums[0]);
+          }
         });
-        for (int64_t r = 0; r < count; ++r) {
-          // sum over groups of minimum * sum(x), as a vector product (a scalar loop, one add
-          // waiting on the last, took about as long as the row's products)
-          const float offset = dot(row_mins.data() + r * groups, group_sums.data() + m * groups, groups);
-          result[m * out_features + n + r] = sums[r] + offset;
+        for (int64_t i = 0; i < taken; ++i, ++m) {
+          for (int64_t r = 0; r < count; ++r) {
+            // sum over groups of minimum * sum(x), as a vector product (a scalar loop, one add
+            // waiting on the last, took about as long as the row's products)
+            const float offset = dot(row_mins.data() + r * groups, group_sums.data() + m * groups, groups);
+            result[m * out_features + n + r] = sums[i][r] + offset;
+          }
         }
       }
     }
