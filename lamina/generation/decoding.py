@@ -313,14 +313,21 @@ def _own_code(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _with_eager_fallback(model: Any, compiled: Callable[..., torch.Tensor], eager: Callable[..., torch.Tensor]):
-    """The compiled step, falling back to `eager` for good (with a warning) if compiling fails."""
+    """The compiled step, falling back to `eager` for good (with a warning) if compiling fails.
+
+    On the CPU its first call, which traces, makes the model's parameters and buffers attributes of
+    the graph (dynamo's `install_free_tensors`) rather than ~370 inputs (SmolLM2-135M) that dynamo's
+    bytecode gathers from the module tree before every step: 0.85-0.9 → 0.45-0.6 ms a step on 2
+    cores. The graph holds the same tensors, so changes made in place reach it (tested)."""
     state = {"step": None}
+    tracing = {"install_free_tensors": True} if model.device.type == "cpu" else {}
 
     def step(*args: Any) -> torch.Tensor:
         if state["step"] is not None:
             return state["step"](*args)
         try:
-            out = compiled(*args)
+            with torch._dynamo.config.patch(**tracing):
+                out = compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
             warnings.warn(f"generate: compiling the decode step failed ({type(err).__name__}: {err}); "
                           "decoding eagerly", RuntimeWarning, stacklevel=3)

@@ -152,6 +152,14 @@ def test_the_compiled_step_follows_changes_to_the_model(tmp_path):
     # an attribute the step reads, and a plain flag
     ours.model.layers[1].input_layernorm.eps = 0.5
     assert torch.equal(_compiled_tokens(ours, batch, 8), eager(ours))
+    # weights changed in place: the same tensors, which the graph holds (no recompile needed)
+    before, state = _compiled_tokens(ours, batch, 8), decoding.module_state(ours)
+    with torch.no_grad():
+        ours.model.layers[0].self_attn.o_proj.weight.mul_(-4.0)
+    assert decoding.module_state(ours) == state  # the same graph runs
+    expected = eager(ours)
+    assert not torch.equal(expected, before)  # the change shows
+    assert torch.equal(_compiled_tokens(ours, batch, 8), expected)
     state = decoding.module_state(ours)
     ours.train()
     assert decoding.module_state(ours) != state
