@@ -310,9 +310,9 @@ def head_to_head(specs: list[str], model_path: Path, threads: int, new_tokens: i
     workers, results = {}, {}
     try:
         for spec in specs:  # one at a time: no compile competes with another's
-            module = {"llama.cpp": "llama_cpp"}.get(spec.partition(":")[0], spec.partition(":")[0])
-            if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
-                results[spec] = {"error": f"{module} is not installed"}
+            missing = _missing_engine(spec.partition(":")[0])
+            if missing:
+                results[spec] = {"error": missing}
                 continue
             log = tempfile.TemporaryFile(mode="w+")
             worker = subprocess.Popen(
@@ -585,12 +585,21 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_engine(engine: str) -> str | None:
+    """Why `engine` cannot run ("M is not installed": its module M does not import in a fresh
+    interpreter), or None."""
+    module = {"llama.cpp": "llama_cpp"}.get(engine, engine)
+    if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
+        return f"{module} is not installed"
+    return None
+
+
 def _in_subprocess(engine: str, arguments: list[str], label: str) -> dict:
     """One measurement of `engine` in a fresh interpreter (its own memory and threads); its JSON
     result or the error."""
-    module = {"llama.cpp": "llama_cpp"}.get(engine, engine)
-    if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode:
-        return {"error": f"{module} is not installed"}
+    missing = _missing_engine(engine)
+    if missing:
+        return {"error": missing}
     done = subprocess.run([sys.executable, "-m", "lamina.bench", *arguments], capture_output=True, text=True)
     if done.returncode:
         lines = done.stderr.strip().splitlines()

@@ -261,7 +261,9 @@ inline void int4_rows(const uint8_t* rows, int64_t width, const float* w_scale, 
 
 // `int4_rows` for two rows of activations at once (codes at x_codes and x_codes + width; the AVX2
 // layout, no quads): each weight block is unpacked once for both, where the single-row loop
-// unpacked it again for every row (a prompt's or a batch's rows are compute-bound).
+// unpacked it again for every row (a prompt's or a batch's rows are compute-bound). Kept apart from
+// `int4_rows`: one loop templated on 1 or 2 activation rows made GCC spill the one-row loop's
+// accumulators to the stack, and that loop is every decoding step's.
 template <int count>
 inline void int4_rows_pair(const uint8_t* rows, int64_t width, const float* w_scale, int64_t groups,
                            const int8_t* x_codes, const QuantizedActivations& act, int64_t m, float* out,
