@@ -95,34 +95,37 @@ def main() -> None:
             build_checkpoint(shape, Path(tmp))
             vocab = SHAPES[shape]["vocab_size"]
             rows = {}
+
+            def record(engine: str, model, settings: dict) -> None:
+                """Measure one row and print it at once, so that a run cut short keeps what it measured."""
+                row = rows[engine] = measure(model, vocab, args.new_tokens, settings)
+                base = rows["lamina eager"]
+                same = [bool(torch.equal(row[f"tokens_b{b}"], base[f"tokens_b{b}"])) for b in (1, 8)]
+                line = (f"| {shape} | {engine} | {row['prefill']:,.0f} | {row['decode_b1']:,.1f} "
+                        f"| {row['decode_b8']:,.1f} | {row['warmup_b1']:.1f} | {same} |")
+                lines.append(line)
+                print(line, flush=True)
+
             ours = lamina.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, device_map="cuda",
                                                                attn_implementation="sdpa")
-            rows["lamina eager"] = measure(ours, vocab, args.new_tokens, dict(disable_compile=True))
-            rows["lamina compiled (CUDA graphs)"] = measure(ours, vocab, args.new_tokens, dict(compile_config={}))
+            record("lamina eager", ours, dict(disable_compile=True))
+            record("lamina compiled (CUDA graphs)", ours, dict(compile_config={}))
             del ours
             torch.cuda.empty_cache()
             for method in filter(None, args.quantized.split(",")):
                 quantized = lamina.AutoModelForCausalLM.from_pretrained(
                     tmp, dtype=torch.bfloat16, device_map="cuda", attn_implementation="sdpa",
                     quantization_config=lamina.QuantizationConfig(method=method))
-                rows[f"lamina {method} compiled"] = measure(quantized, vocab, args.new_tokens, dict(compile_config={}))
+                record(f"lamina {method} compiled", quantized, dict(compile_config={}))
                 del quantized
                 torch.cuda.empty_cache()
             if not args.lamina_only:
                 theirs = transformers.AutoModelForCausalLM.from_pretrained(
                     tmp, dtype=torch.bfloat16, device_map="cuda", attn_implementation="sdpa")
-                rows["transformers dynamic cache"] = measure(theirs, vocab, args.new_tokens, {})
-                rows["transformers static cache (auto-compiled)"] = measure(theirs, vocab, args.new_tokens,
-                                                                            dict(cache_implementation="static"))
+                record("transformers dynamic cache", theirs, {})
+                record("transformers static cache (auto-compiled)", theirs, dict(cache_implementation="static"))
                 del theirs
                 torch.cuda.empty_cache()
-        base = rows["lamina eager"]
-        for engine, row in rows.items():
-            same = [bool(torch.equal(row[f"tokens_b{b}"], base[f"tokens_b{b}"])) for b in (1, 8)]
-            line = (f"| {shape} | {engine} | {row['prefill']:,.0f} | {row['decode_b1']:,.1f} | {row['decode_b8']:,.1f} "
-                    f"| {row['warmup_b1']:.1f} | {same} |")
-            lines.append(line)
-            print(line, flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

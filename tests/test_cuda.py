@@ -70,6 +70,19 @@ def test_cuda_graph_step_gives_the_eager_tokens(cpu_model, dtype, tmp_path):
                 break
 
 
+def test_int8_step_on_cuda_gives_the_eager_tokens(cpu_model, tmp_path):
+    """int8 layers on the GPU: the compiled step (coordinate descent tuning, the dequantization
+    fused into the one-row products) gives the eager step's tokens, in float32."""
+    cpu_model.save_pretrained(tmp_path)
+    gpu = lamina.AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cuda", dtype=torch.float32,
+                                                      quantization_config=lamina.QuantizationConfig(method="int8"))
+    batch = _batch("cuda")
+    eager = gpu.generate(**batch, max_new_tokens=12, disable_compile=True)
+    compiled = gpu.generate(**batch, max_new_tokens=12, compile_config={})
+    assert not getattr(gpu, "_compile_failed", False)
+    assert torch.equal(compiled, eager)
+
+
 def test_flash_attention_without_the_package_says_so(cpu_model, tmp_path):
     try:
         import flash_attn  # noqa: F401
@@ -84,6 +97,7 @@ def test_flash_attention_without_the_package_says_so(cpu_model, tmp_path):
 @pytest.mark.parametrize("method,group_size", [("int8", None), ("int4", 32), ("int4", 64), ("nf4", 64)])
 def test_quantized_layers_on_cuda(method, group_size):
     from lamina.quantization import Int4Linear, Int8Linear, NF4Linear
+    from lamina.quantization.linear import int8_fused_on_cuda
 
     torch.manual_seed(0)
     weight = torch.randn(96, 192) * 0.05
@@ -91,9 +105,10 @@ def test_quantized_layers_on_cuda(method, group_size):
     layer = layer_class(192, 96, **({} if group_size is None else {"group_size": group_size}))
     layer.set_weight(weight)
     gpu = layer.to("cuda")
-    if method != "nf4":
+    assert int8_fused_on_cuda(torch.nn.Sequential(gpu)) == (method == "int8")
+    if method == "int4":  # tinygemm; int8 and nf4 dequantize
         assert gpu._packed is not None and gpu._packed[1][0].device.type == "cuda"
-    for rows in (1, 4, 40):  # the packed kernel, then the dequantized product
+    for rows in (1, 4, 40):  # the packed kernel (int4), then the dequantized product
         x = torch.randn(rows, 192)
         exact = x @ layer.dequantize().cpu().T
         found = gpu(x.cuda()).float().cpu()

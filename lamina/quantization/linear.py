@@ -13,8 +13,10 @@ round them to int8 per block of 32 inputs (as llama.cpp's Q8 activations; a rela
 used); on an AVX-512 Xeon, lamina's own kernels (`lamina.kernels`) 4.3 ms for int8 and 3.6 ms for
 int4 (groups of 32).
 - A few rows (decoding): on the CPU lamina's kernels where they build (else PyTorch's packed
-  kernels, bf16 activations); on CUDA `_weight_int8pack_mm`, and tinygemm's `_weight_int4pack_mm`
-  on compute capability 8.0 and up.
+  kernels, bf16 activations); on CUDA tinygemm's `_weight_int4pack_mm` for int4 (compute capability
+  8.0 and up), while int8 takes the dequantized product there too: in the compiled step inductor
+  fuses the int8 → bf16 conversion into the one-row product (`int8_fused_on_cuda`), 751 tok/s
+  against 197 through `_weight_int8pack_mm` (SmolLM2-135M's shapes on an H200; bf16 787).
 - Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
   matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
@@ -166,7 +168,7 @@ class Int8Linear(QuantizedLinear):
         device = self.weight.device.type
         if device == "cpu" and self.in_features % 32 == 0 and (ops := kernels.ops()) is not None:
             return ops.int8_linear, (self.weight.contiguous(), self.weight_scale.float().contiguous())
-        if device not in ("cpu", "cuda"):
+        if device != "cpu":  # on CUDA the dequantized product, which the compiled step fuses
             return None
         return _int8pack_product, (self.weight, self.weight_scale.to(torch.bfloat16))
 
@@ -268,6 +270,13 @@ def uses_lamina_kernels(model: nn.Module) -> bool:
     ops = kernels.ops() if plain or quantized else None
     return ops is not None and (plain or any(
         m._packed is not None and m._packed[0] in (ops.int4_linear, ops.int8_linear) for m in quantized))
+
+
+def int8_fused_on_cuda(model: nn.Module) -> bool:
+    """Whether `model` has int8 layers on a GPU, whose one-row products inductor fuses with the
+    weight's dequantization when it decomposes them (coordinate descent tuning, which enables that
+    decomposition, is what `_compile_arguments` adds for them)."""
+    return any(isinstance(m, Int8Linear) and m.weight.is_cuda for m in model.modules())
 
 
 def _int8pack_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

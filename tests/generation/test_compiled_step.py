@@ -189,3 +189,28 @@ def test_module_state_describes_any_buffer():
     assert decoding.module_state(module) == state
     module.pattern = torch.eye(3).to_sparse_csr()
     assert decoding.module_state(module) != state
+
+
+def test_compile_arguments_for_each_device():
+    """CUDA graphs on a GPU, with coordinate descent tuning where int8 layers fuse their
+    dequantization into the one-row products; the CPU's guard and size-check settings; a caller's
+    mode or options replace lamina's (torch.compile takes one or the other)."""
+    from lamina.quantization import QuantizationConfig, quantize
+    from lamina.quantization.linear import int8_fused_on_cuda
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert decoding._compile_arguments({}, cuda) == dict(fullgraph=True, dynamic=False, mode="reduce-overhead")
+    fused = decoding._compile_arguments({}, cuda, fused_int8=True)
+    assert "mode" not in fused
+    assert fused["options"] == {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+    assert fused["options"]["triton.cudagraphs"] == torch._inductor.list_mode_options("reduce-overhead")["triton.cudagraphs"]
+    assert decoding._compile_arguments({}, cpu)["options"] == {
+        "guard_filter_fn": decoding.skip_module_guards, "size_asserts": False}
+    for device in (cuda, cpu):
+        for given in ({"mode": "max-autotune"}, {"options": {"trace.enabled": False}}):
+            settings = decoding._compile_arguments(given, device, True, True)
+            assert settings == dict(fullgraph=True, dynamic=False, **given)
+
+    model = lamina.MistralForCausalLM(lamina.MistralConfig(**TINY)).eval()
+    quantize(model, QuantizationConfig(method="int8"))
+    assert not int8_fused_on_cuda(model)  # on the CPU lamina's int8 kernel runs (tests/test_cuda.py: the GPU)
