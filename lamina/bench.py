@@ -234,14 +234,42 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
     return result
 
 
+# what the llama.cpp rows say when its batched evaluation crashed on the host (llama-cpp-python 0.3.36
+# built for an AMX Xeon: a segmentation fault in any evaluation of two tokens or more)
+ONE_TOKEN_AT_A_TIME = "tokens one at a time: its batched evaluation crashed on this CPU"
+
+
+def llama_cpp_batches_work(model_path: Path, threads: int) -> bool:
+    """Whether llama.cpp evaluates a batch of tokens without crashing, tried in a process of its own."""
+    probe = ("import sys, llama_cpp; llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), "
+             "verbose=False); llm.eval(list(range(100, 108)))")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, str(model_path), str(threads)],
+                              capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def llama_cpp_model(model_path: Path, threads: int, context: int, batch: int):
+    """llama.cpp's model, evaluating `batch` tokens at a time, or one at a time where its batched
+    evaluation crashes (`llama_cpp_batches_work`); with whether batches were possible."""
+    import llama_cpp
+
+    batches = llama_cpp_batches_work(model_path, threads)
+    batch = batch if batches else 1
+    llm = llama_cpp.Llama(str(model_path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                          n_batch=batch, n_ubatch=batch, verbose=False)
+    return llm, batches
+
+
 def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
     import llama_cpp
 
     before = rss_bytes()
     start = time.perf_counter()
     context = PROMPT_TOKENS + new_tokens + 16
-    llm = llama_cpp.Llama(str(model_path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-                          n_batch=PROMPT_TOKENS, verbose=False)
+    llm, batches = llama_cpp_model(model_path, threads, context, PROMPT_TOKENS)
     size = model_path.stat().st_size
     result = dict(load_s=time.perf_counter() - start, load_peak_rss=peak_rss_bytes() - before, weight_bytes=size,
                   model_bytes=size)
@@ -251,7 +279,8 @@ def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
         llm.reset()
         llm.eval(prompt)
 
-    result["prefill_tok_s"] = PROMPT_TOKENS / timed(prefill, PREFILL_REPEATS)
+    # a prompt one token at a time is no prefill figure
+    result["prefill_tok_s"] = PROMPT_TOKENS / timed(prefill, PREFILL_REPEATS) if batches else None
     result["decode_b1_tok_s"] = new_tokens / timed(llama_cpp_decode(llm, new_tokens), DECODE_REPEATS)
     n_layer, n_embd = llm.metadata.get("llama.block_count"), llm.metadata.get("llama.embedding_length")
     heads, kv_heads = llm.metadata.get("llama.attention.head_count"), llm.metadata.get("llama.attention.head_count_kv")
@@ -259,7 +288,7 @@ def llama_cpp_worker(model_path: Path, threads: int, new_tokens: int) -> dict:
         # f16 keys and values for every context slot, allocated up front
         result["kv_bytes"] = context * int(n_layer) * 2 * int(kv_heads) * (int(n_embd) // int(heads)) * 2
         result["kv_tokens"] = context
-    result["backend"] = "llama.cpp " + llama_cpp.__version__
+    result["backend"] = "llama.cpp " + llama_cpp.__version__ + ("" if batches else f" ({ONE_TOKEN_AT_A_TIME})")
     return result
 
 
@@ -280,14 +309,13 @@ def run_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> di
 
 
 def rounds_worker(spec: str, model_path: Path, threads: int, new_tokens: int) -> None:
-    """`--rounds-worker SPEC`: load, decode once (compiling lamina's step), write "ready", then
-    decode once for each line read from stdin and write its seconds; see `head_to_head`."""
+    """`--rounds-worker SPEC`: load, decode once (compiling lamina's step), write "ready" (followed by
+    a note on how it runs, if any), then decode once for each line read from stdin and write its
+    seconds; see `head_to_head`."""
     engine, _, mode = spec.partition(":")
     if engine == "llama.cpp":
-        import llama_cpp
-
-        llm = llama_cpp.Llama(str(model_path), n_ctx=16 + new_tokens + 16, n_threads=threads,
-                              n_threads_batch=threads, verbose=False)
+        llm, batches = llama_cpp_model(model_path, threads, 16 + new_tokens + 16, 512)
+        note = "" if batches else ONE_TOKEN_AT_A_TIME
         decode = llama_cpp_decode(llm, new_tokens)
     else:
         import torch
@@ -296,8 +324,9 @@ def rounds_worker(spec: str, model_path: Path, threads: int, new_tokens: int) ->
         torch.set_grad_enabled(False)
         model = measured_load(engine, mode, hf_safetensors_dir(model_path))[0]
         decode = torch_decode(model, 1, new_tokens, COMPILED if engine == "lamina" else {})
+        note = ""
     decode()
-    print("ready", flush=True)
+    print(f"ready {note}".strip(), flush=True)
     for _ in sys.stdin:
         print(f"seconds {timed(decode)!r}", flush=True)
 
@@ -319,9 +348,12 @@ def head_to_head(specs: list[str], model_path: Path, threads: int, new_tokens: i
                 [sys.executable, "-m", "lamina.bench", "--rounds-worker", spec, "--model", str(model_path),
                  "--threads", str(threads), "--new-tokens", str(new_tokens)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-            if _protocol_line(worker) == "ready":
+            line = _protocol_line(worker)
+            if line is not None and line.startswith("ready"):
                 workers[spec] = (worker, log)
                 results[spec] = {"tok_s": []}
+                if line != "ready":
+                    results[spec]["note"] = line.removeprefix("ready ")
             else:
                 results[spec] = {"error": _last_line(worker, log)}
         for _ in range(rounds):
@@ -349,7 +381,7 @@ def _protocol_line(worker: subprocess.Popen) -> str | None:
     output of the libraries it runs; None once it has ended."""
     for line in worker.stdout:
         line = line.strip()
-        if line == "ready" or line.startswith("seconds "):
+        if line == "ready" or line.startswith(("ready ", "seconds ")):
             return line
     return None
 
@@ -455,6 +487,7 @@ def head_to_head_lines(rounds: dict[str, dict], reference: str = "llama.cpp:gguf
             ratios = sorted(mine / theirs for mine, theirs in zip(speeds, base))
             versus = f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})"
         lines.append(f"| {spec} | {fmt(statistics.median(speeds))} | {fmt(max(speeds))} | {versus} |")
+    lines += [f"- {spec}: {row['note']}" for spec, row in rounds.items() if row.get("note")]
     return lines
 
 

@@ -3,6 +3,8 @@ replacement, the sliding-window KV measurement and the command on a tiny model."
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -114,8 +116,9 @@ def test_model_bytes_count_tied_weights_once():
 def test_head_to_head_table_pairs_each_round_with_the_reference():
     rounds = {"lamina:int8": {"tok_s": [90.0, 60.0, 110.0]},
               "lamina:int4": {"error": "worker died"},
-              "llama.cpp:gguf": {"tok_s": [100.0, 50.0, 100.0]}}
+              "llama.cpp:gguf": {"tok_s": [100.0, 50.0, 100.0], "note": bench.ONE_TOKEN_AT_A_TIME}}
     lines = bench.head_to_head_lines(rounds)
+    assert f"- llama.cpp:gguf: {bench.ONE_TOKEN_AT_A_TIME}" in lines
     assert "3 rounds" in lines[1]
     # rounds' ratios 0.90, 1.20, 1.10: the median and range of those, not the ratio of the medians (0.90)
     assert "| lamina:int8 | 90.0 | 110.0 | 1.10× (0.90–1.20) |" in lines
@@ -138,3 +141,53 @@ def test_head_to_head_runs_engines_in_turn_and_reports_a_failed_one(tmp_path):
     for spec in ("transformers:float32", "lamina:float32"):
         assert len(rounds[spec]["tok_s"]) == 2 and all(speed > 0 for speed in rounds[spec]["tok_s"])
     assert rounds["llama.cpp:gguf"]["error"]
+
+
+class FakeLlama:
+    """llama_cpp.Llama's surface the bench uses, recording its arguments."""
+
+    made: list[dict] = []
+
+    def __init__(self, path, **settings):
+        FakeLlama.made.append(settings)
+        self.metadata = {}
+
+    def n_vocab(self):
+        return 64
+
+    def reset(self):
+        pass
+
+    def eval(self, tokens):
+        pass
+
+    def generate(self, prompt, **settings):
+        while True:
+            yield 5
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_llama_cpp_evaluates_one_token_at_a_time_where_batches_crash(batches, tmp_path, monkeypatch):
+    """Where llama.cpp's batched evaluation crashes (its AMX build on a Xeon), its rows decode with
+    the prompt one token at a time, say so, and give no prefill figure."""
+    fake = types.SimpleNamespace(Llama=FakeLlama, __version__="0.0.test")
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    monkeypatch.setattr(bench, "llama_cpp_batches_work", lambda path, threads: batches)
+    monkeypatch.setattr(FakeLlama, "made", [])
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    row = bench.llama_cpp_worker(model, threads=1, new_tokens=3)
+    assert FakeLlama.made[0]["n_batch"] == FakeLlama.made[0]["n_ubatch"] == (bench.PROMPT_TOKENS if batches else 1)
+    assert (row["prefill_tok_s"] is not None) == batches
+    assert row["decode_b1_tok_s"] > 0
+    assert (bench.ONE_TOKEN_AT_A_TIME in row["backend"]) != batches
+    text = bench.report({"llama.cpp:gguf": row}, bandwidth=25e9, threads=1, model_path=model, new_tokens=3)
+    assert "| llama.cpp:gguf |" in text
+
+
+def test_llama_cpp_batch_probe_fails_on_what_it_cannot_evaluate(tmp_path):
+    """The probe runs in a process of its own: a file llama.cpp cannot load (or no llama_cpp at all)
+    is a failed probe, not a failed benchmark."""
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a model")
+    assert bench.llama_cpp_batches_work(bogus, threads=1) is False
