@@ -487,8 +487,8 @@ def head_to_head_lines(rounds: dict[str, dict], reference: str = "llama.cpp:gguf
             ratios = sorted(mine / theirs for mine, theirs in zip(speeds, base))
             versus = f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})"
         lines.append(f"| {spec} | {fmt(statistics.median(speeds))} | {fmt(max(speeds))} | {versus} |")
-    lines += [f"- {spec}: {row['note']}" for spec, row in rounds.items() if row.get("note")]
-    return lines
+    notes = [f"- {spec}: {row['note']}" for spec, row in rounds.items() if row.get("note")]
+    return lines + ([""] + notes if notes else [])
 
 
 def report(results: dict[str, dict], bandwidth: float, threads: int, model_path: Path, new_tokens: int,
