@@ -242,7 +242,7 @@ ONE_TOKEN_AT_A_TIME = "tokens one at a time: its batched evaluation crashed on t
 def llama_cpp_batches_work(model_path: Path, threads: int) -> bool:
     """Whether llama.cpp evaluates a batch of tokens without crashing, tried in a process of its own."""
     probe = ("import sys, llama_cpp; llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), "
-             "verbose=False); llm.eval(list(range(100, 108)))")
+             "verbose=False); llm.eval([i % llm.n_vocab() for i in range(8)])")
     try:
         done = subprocess.run([sys.executable, "-c", probe, str(model_path), str(threads)],
                               capture_output=True, timeout=300)
