@@ -15,8 +15,8 @@ int4 (groups of 32).
 - A few rows (decoding): on the CPU lamina's kernels where they build (else PyTorch's packed
   kernels, bf16 activations); on CUDA tinygemm's `_weight_int4pack_mm` for int4 (compute capability
   8.0 and up), while int8 takes the dequantized product there too: in the compiled step inductor
-  fuses the int8 → bf16 conversion into the one-row product (`int8_fused_on_cuda`), 751 tok/s
-  against 197 through `_weight_int8pack_mm` (SmolLM2-135M's shapes on an H200; bf16 787).
+  fuses the int8 → bf16 conversion into the one-row product (`int8_fused_on_cuda`), 612 tok/s
+  against 197 through `_weight_int8pack_mm` (SmolLM2-135M's shapes on an H200; bf16 733-787).
 - Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
   matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
