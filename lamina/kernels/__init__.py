@@ -34,8 +34,8 @@ HEADERS = [Path(__file__).with_name("lanes.h")]  # included by the sources: part
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
 # the library's operators (`torch.ops.lamina.*`); their shape functions are in `_register_fakes`
-OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "bf16_linear", "f32_linear",
-       "decode_attention")
+OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "int8_split_linear", "bf16_linear",
+       "f32_linear", "decode_attention")
 
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason": why not
 
@@ -80,6 +80,12 @@ def _unusable_reason() -> str | None:
     if _compiler() is None:
         return "no C++ compiler (set CXX or install g++)"
     return None
+
+
+def cpu_has(*flags: str) -> bool:
+    """Whether the CPU lists any of `flags` (as /proc/cpuinfo spells them: "avx512_vnni", "amx_int8")."""
+    listed = set(_cpu_features().split())
+    return any(flag in listed for flag in flags)
 
 
 def _compiler() -> str | None:

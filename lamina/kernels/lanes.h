@@ -33,6 +33,12 @@ struct FloatLanes {
   static Vector scale_by_power_of_two(Vector p, Vector n) { return _mm512_scalef_ps(p, n); }
   static float sum(Vector v) { return _mm512_reduce_add_ps(v); }
   static float largest(Vector v) { return _mm512_reduce_max_ps(v); }
+  static Vector abs(Vector v) { return _mm512_abs_ps(v); }
+  static Vector load_int32(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
+  // integral values in [-128, 127] as bytes
+  static void store_int8(int8_t* p, Vector v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
 #else
   using Vector = __m256;
   static constexpr int64_t kWidth = 8;
@@ -56,6 +62,16 @@ struct FloatLanes {
     __m128 half = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     half = _mm_max_ps(half, _mm_movehl_ps(half, half));
     return _mm_cvtss_f32(_mm_max_ss(half, _mm_movehdup_ps(half)));
+  }
+  static Vector abs(Vector v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
+  static Vector load_int32(const int32_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  // integral values in [-128, 127] as bytes
+  static void store_int8(int8_t* p, Vector v) {
+    const __m256i words = _mm256_cvtps_epi32(v);
+    const __m128i halves = _mm_packs_epi32(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(halves, halves));
   }
 #endif
 

@@ -1,6 +1,7 @@
 // Matrix products for a few rows (decoding) on x86-64 with AVX2 and FMA, and AVX-512 VNNI / BF16
 // where the compiler targets them (`-march=native` on a CPU that has them): weight-only int8 and
 // int4, bf16 and float32. Weight rows are streamed once a call, four at a time, prefetched ahead.
+// And one for many rows (a prompt): int8 weights by float32 activations through oneDNN's int8 GEMM.
 //
 // The quantized kernels quantize the activations first, per block of 32 inputs, to int8 with one float
 // scale a block (symmetric: scale = max|x| / 127, code = x * (1 / scale) rounded half to even),
@@ -37,10 +38,21 @@
 //   the weight as fast from memory, but under `torch.compile` inductor hands it one-row inputs
 //   with a zero stride, which it copies first (a clone before each of a decode step's matmuls).
 //
+// lamina::int8_split_linear(x (M, K) float32, weight (N, K) int8, weight_scale (N,) float32) -> (M, N) float32
+//   The float32 product x @ (weight * weight_scale)^T for many rows (a prompt), through an integer
+//   matrix product instead of a float one. Each row of x is written as three int8 pieces,
+//   x = s * (a1 + a2 / 254 + a3 / 254^2) + e with s = max|x| / 127, each piece the rounded rest of
+//   the one before (so |a_i| <= 127 and |e| <= s / (2 * 254^2), about max|x| * 6e-8: float32's own
+//   rounding of the row's largest value). The pieces' rows go through one `at::_int_mm` (oneDNN's
+//   AMX or VNNI int8 kernels) into exact int32 sums P_i, combined exactly in int64 as
+//   254^2 * P1 + 254 * P2 + P3 and rounded once: out = that * s / 254^2 * weight_scale. A row
+//   holding a non-finite value sends the call to the float product.
+//
 // Rows of the output are split across ATen's threads (torch.set_num_threads).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_int_mm.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -50,6 +62,7 @@
 #include "lanes.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -521,6 +534,112 @@ at::Tensor int8_expert_linear(const at::Tensor& x, const at::Tensor& weight, con
   return int8_product(x, weight, weight_scale, &experts, out_features, "int8_expert_linear");
 }
 
+// Pieces per activation row in `int8_split_linear` and the ratio between their scales.
+constexpr int kPieces = 3;
+constexpr float kPieceRatio = 254.f;
+// Rows of x a call of `at::_int_mm` takes at most: its int32 output (3 pieces a row) stays near 32 MB.
+constexpr int64_t kSplitOutputBytes = int64_t{32} << 20;
+
+at::Tensor int8_split_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale) {
+  const char* op = "int8_split_linear";
+  const int64_t out_features = weight.size(0), width = weight.size(1);
+  check_matrix(weight, at::kChar, out_features, op, "weight");
+  TORCH_CHECK(weight_scale.dim() == 1 && weight_scale.scalar_type() == at::kFloat && weight_scale.is_contiguous() &&
+                  weight_scale.size(0) == out_features,
+              op, ": weight_scale must be a contiguous float32 vector of ", out_features, " scales");
+  const at::Tensor input = activations_of(x, at::kFloat, "float32", width, op);
+  const int64_t rows = input.size(0);
+  const float* xs = input.data_ptr<float>();
+
+  // each row's unit s / 254^2, or NaN where the row is not finite
+  using L = lamina::FloatLanes;
+  std::vector<float> unit(rows);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float* row = xs + m * width;
+      L::Vector largest = L::zero(), poison = L::zero();  // poison: NaN once any value is not finite
+      int64_t k = 0;
+      for (; k + L::kWidth <= width; k += L::kWidth) {
+        const L::Vector v = L::load(row + k);
+        largest = L::max(largest, L::abs(v));
+        poison = L::add(poison, L::mul(v, L::zero()));
+      }
+      float top = L::largest(largest), bad = L::sum(poison);
+      for (; k < width; ++k) top = std::max(top, std::fabs(row[k])), bad += row[k] * 0.f;
+      unit[m] = std::isfinite(top) && !std::isnan(bad) ? top / float(127 * kPieceRatio * kPieceRatio) : NAN;
+    }
+  });
+  if (std::any_of(unit.begin(), unit.end(), [](float u) { return std::isnan(u); })) {
+    return input.mm(weight.to(at::kFloat).t()).mul_(weight_scale);
+  }
+
+  at::Tensor out = at::empty({rows, out_features}, input.options());
+  const int64_t block = std::max<int64_t>(16, kSplitOutputBytes / (kPieces * 4 * std::max<int64_t>(out_features, 1)));
+  const at::Tensor weight_t = weight.t();
+  const float* w_scale = weight_scale.data_ptr<float>();
+  const L::Vector ratio = L::fill(kPieceRatio);
+  for (int64_t first = 0; first < rows; first += block) {
+    const int64_t count = std::min(block, rows - first);
+    // pieces (3, count, K): piece i of row m at (i * count + m) * K
+    at::Tensor pieces = at::empty({kPieces * count, width}, weight.options());
+    int8_t* piece = pieces.data_ptr<int8_t>();
+    at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const float u = unit[first + m];
+        const float inverse = u > 0 ? 1.f / (u * float(kPieceRatio * kPieceRatio)) : 0.f;
+        const float* row = xs + (first + m) * width;
+        int8_t* a1 = piece + m * width;
+        int8_t* a2 = a1 + count * width;
+        int8_t* a3 = a2 + count * width;
+        // the rest after each piece is within half a unit of it, so the next piece is in [-127, 127]
+        int64_t k = 0;
+        for (; k + L::kWidth <= width; k += L::kWidth) {
+          const L::Vector v = L::mul(L::load(row + k), L::fill(inverse));
+          const L::Vector p1 = L::round(v);
+          const L::Vector r1 = L::mul(L::add(v, L::mul(p1, L::fill(-1.f))), ratio);
+          const L::Vector p2 = L::round(r1);
+          const L::Vector p3 = L::round(L::mul(L::add(r1, L::mul(p2, L::fill(-1.f))), ratio));
+          L::store_int8(a1 + k, p1);
+          L::store_int8(a2 + k, p2);
+          L::store_int8(a3 + k, p3);
+        }
+        for (; k < width; ++k) {
+          const float v = row[k] * inverse;
+          const float p1 = std::nearbyintf(v), r1 = (v - p1) * float(kPieceRatio), p2 = std::nearbyintf(r1);
+          a1[k] = static_cast<int8_t>(p1);
+          a2[k] = static_cast<int8_t>(p2);
+          a3[k] = static_cast<int8_t>(std::nearbyintf((r1 - p2) * float(kPieceRatio)));
+        }
+      }
+    });
+    const at::Tensor sums = at::_int_mm(pieces, weight_t);  // (3 * count, N) int32
+    const int32_t* total = sums.data_ptr<int32_t>();
+    float* result = out.data_ptr<float>() + first * out_features;
+    at::parallel_for(0, count, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const int32_t* p1 = total + m * out_features;
+        const int32_t* p2 = p1 + count * out_features;
+        const int32_t* p3 = p2 + count * out_features;
+        const float u = unit[first + m];
+        float* dst = result + m * out_features;
+        // 254^2 P1 + 254 P2 + P3 in float: one rounding of each term, far below the pieces' error
+        int64_t n = 0;
+        for (; n + L::kWidth <= out_features; n += L::kWidth) {
+          const L::Vector sum = L::fma(L::load_int32(p1 + n), L::fill(kPieceRatio * kPieceRatio),
+                                       L::fma(L::load_int32(p2 + n), ratio, L::load_int32(p3 + n)));
+          L::store(dst + n, L::mul(L::mul(sum, L::fill(u)), L::load(w_scale + n)));
+        }
+        for (; n < out_features; ++n) {
+          const float sum = std::fma(float(p1[n]), float(kPieceRatio * kPieceRatio),
+                                     std::fma(float(p2[n]), float(kPieceRatio), float(p3[n])));
+          dst[n] = sum * u * w_scale[n];
+        }
+      }
+    });
+  }
+  return out;
+}
+
 // One output of the bf16 product for `count` (≤ kRows) weight rows and one row of activations.
 template <int count>
 inline void bf16_rows(const uint16_t* rows, int64_t width, const uint16_t* x, const float* x_float,
@@ -617,6 +736,7 @@ TORCH_LIBRARY(lamina, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor weight_scale) -> Tensor");
   m.def("int4_expert_linear(Tensor x, Tensor weight, Tensor scale, Tensor minimum, Tensor experts, int out_features) -> Tensor");
   m.def("int8_expert_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor experts, int out_features) -> Tensor");
+  m.def("int8_split_linear(Tensor x, Tensor weight, Tensor weight_scale) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("f32_linear(Tensor x, Tensor weight) -> Tensor");
 }
@@ -626,6 +746,7 @@ TORCH_LIBRARY_IMPL(lamina, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_expert_linear", &int4_expert_linear);
   m.impl("int8_expert_linear", &int8_expert_linear);
+  m.impl("int8_split_linear", &int8_split_linear);
   m.impl("bf16_linear", &bf16_linear);
   m.impl("f32_linear", &f32_linear);
 }

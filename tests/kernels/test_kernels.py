@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from lamina import kernels
-from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles
+from lamina.quantization import linear as quantized_linear
+from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, exact_int8_matmul, pack_nibbles
 from tests.decoding import assert_compiled_matches_eager
 
 OPS = kernels.ops()
@@ -74,6 +75,95 @@ def test_int8_linear_matches_reference(rows, in_features, out_features):
     x = torch.randn(rows, in_features) * 3
     out = OPS.int8_linear(x, weight, weight_scale)
     assert_matches(out, quantized_activations(x) @ (weight.double() * weight_scale.double()[:, None]).T)
+
+
+needs_int8_matmul = pytest.mark.skipif(OPS is None or not exact_int8_matmul(),
+                                       reason="no exact, fast int8 matrix product here (AMX or AVX-512 VNNI)")
+
+
+def split_reference(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return x.double() @ (weight.double() * weight_scale.double()[:, None]).T
+
+
+# rows past the 16 of decoding; widths with and without a tail after the vector loop; outputs
+# with a tail; a 200,000-wide output, which the kernel takes 16 rows at a time (bounded int32 sums)
+@needs_int8_matmul
+@pytest.mark.parametrize("rows,in_features,out_features", [(17, 576, 1536), (40, 97, 33), (3, 1536, 5),
+                                                           (40, 8, 200_000)])
+def test_int8_split_linear_is_as_accurate_as_float32(rows, in_features, out_features):
+    """The three int8 pieces of each activation row leave an error of max|x| * 6e-8 a value, the
+    float32 product's own order: both within a few 1e-7 of the float64 product's largest output."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+    weight_scale = torch.rand(out_features, generator=generator) * 0.01
+    x = torch.randn(rows, in_features, generator=generator)
+    x[:, 0] *= 60  # an outlier channel, as in real activations
+    x[1] = 0  # a zero row (scale 0)
+    reference = split_reference(x, weight, weight_scale)
+    out = OPS.int8_split_linear(x, weight, weight_scale)
+    float32 = F.linear(x, weight.float()) * weight_scale
+    assert out.dtype == torch.float32 and out.shape == reference.shape and not out[1].any()
+    top = reference.abs().max().item()
+    error, float32_error = ((out.double() - reference).abs().max().item() / top,
+                            (float32.double() - reference).abs().max().item() / top)
+    assert error <= max(4 * float32_error, 1e-7), (error, float32_error)
+    # the rounding to int8 pieces is not lossless: a single piece (int8 per row) would be ~1e-3 off
+    assert error > 0
+
+
+@needs_int8_matmul
+def test_int8_split_linear_takes_non_finite_rows_to_the_float_product():
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randint(-127, 128, (24, 64), generator=generator, dtype=torch.int8)
+    weight_scale = torch.rand(24, generator=generator)
+    x = torch.randn(20, 64, generator=generator)
+    x[3, 5], x[7, 9] = float("inf"), float("nan")
+    out = OPS.int8_split_linear(x, weight, weight_scale)
+    torch.testing.assert_close(out, F.linear(x, weight.float()) * weight_scale, equal_nan=True)
+    assert out[7].isnan().all() and out[3].isinf().any()
+    with pytest.raises(RuntimeError, match="x has 32 columns, the weight expects 64"):
+        OPS.int8_split_linear(torch.randn(20, 32), weight, weight_scale)
+    with pytest.raises(RuntimeError, match="weight_scale must be a contiguous float32 vector of 24"):
+        OPS.int8_split_linear(x, weight, weight_scale[:5])
+
+
+@needs_int8_matmul
+def test_int8_layers_take_float32_prompts_through_the_split_product(monkeypatch):
+    torch.manual_seed(5)
+    layer = Int8Linear(128, 40)
+    layer.set_weight(torch.randn(40, 128) * 0.05)
+    assert layer._split_prompts
+    calls = []
+    real = OPS.int8_split_linear
+    monkeypatch.setattr(quantized_linear.kernels, "loaded", lambda: SimpleNamespace(
+        int8_split_linear=lambda *args: calls.append(1) or real(*args)))
+    x = torch.randn(2, 30, 128)
+    with torch.no_grad():
+        out = layer(x)
+    assert calls == [1]
+    reference = x.double() @ layer.dequantize(torch.float64).T
+    assert (out.double() - reference).abs().max() <= 1e-6 * reference.abs().max()
+    # a prompt that needs gradients (the kernel has none) and bf16 prompts keep F.linear
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert calls == [1] and x.grad is not None
+
+
+def test_int8_matmul_probe_refuses_saturating_sums(monkeypatch):
+    """oneDNN without VNNI multiplies unsigned bytes (a + 128) by signed ones in 16-bit pair sums,
+    which saturate: the probe must see it and say no."""
+    def saturating(a, b):
+        shifted = (a.int() + 128).view(a.shape[0], 1, -1, 2)
+        pairs = (shifted * b.t().int().reshape(1, b.shape[1], -1, 2)).sum(-1).clamp(-32768, 32767)
+        return pairs.sum(-1) - 128 * b.int().sum(0)
+
+    monkeypatch.setattr(kernels, "cpu_has", lambda *flags: True)
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert exact_int8_matmul.__wrapped__() is False
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.double() @ b.double()).int())
+    assert exact_int8_matmul.__wrapped__() is True
+    monkeypatch.setattr(kernels, "cpu_has", lambda *flags: False)
+    assert exact_int8_matmul.__wrapped__() is False
 
 
 @needs_kernels
