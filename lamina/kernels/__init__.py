@@ -34,8 +34,8 @@ HEADERS = [Path(__file__).with_name("lanes.h")]  # included by the sources: part
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
 # the library's operators (`torch.ops.lamina.*`); their shape functions are in `_register_fakes`
-OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "int8_split_linear", "bf16_linear",
-       "f32_linear", "decode_attention")
+OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "int8_split_linear",
+       "int4_split_linear", "bf16_linear", "f32_linear", "decode_attention")
 
 _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason": why not
 

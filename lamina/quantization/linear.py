@@ -20,9 +20,11 @@ int4 (groups of 32).
 - Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
   matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
-  Float32 int8 prompts on CPUs with AMX or AVX-512 VNNI take `lamina::int8_split_linear` instead:
-  the same product as exact integer sums over three int8 pieces of each activation row, as accurate
-  as float32's (`exact_int8_matmul`); a 512-token prefill of SmolLM2-135M went 1.45× faster.
+  Float32 prompts of int8 layers on CPUs with AMX or AVX-512 VNNI, and of int4 layers on CPUs with
+  AMX, take split products instead (`split_products_ready`): the same product as integer sums over
+  three int8 pieces of each activation row, as accurate as float32's. A 512-token prefill of
+  SmolLM2-135M on an AMX Xeon, paired runs: int8 956 → 999-1,125 tok/s, int4 913 → 1,121
+  (transformers float32: 853-872).
 - nf4 always dequantizes into its compute dtype, as bitsandbytes defines it: a memory format.
 """
 
@@ -79,6 +81,8 @@ class QuantizedLinear(nn.Module):
         self.bias = _frozen(torch.zeros(out_features, device=device)) if bias else None
         # the packed kernel and its operands, on the weight's device: kernel(rows, *operands) → (rows, out)
         self._packed: tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+        # the split product for float32 prompts taking the same operands (`split_products_ready`), or None
+        self._split: Callable[..., torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -116,6 +120,7 @@ class QuantizedLinear(nn.Module):
     def refresh_packed(self) -> None:
         """Derive the packed operands again (after the weight was set, loaded or moved)."""
         self._packed = None if self.weight.is_meta else self.pack()
+        self._split = None if self._packed is None else _split_product(self._packed[0])
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -134,7 +139,10 @@ class QuantizedLinear(nn.Module):
             out = kernel(rows.contiguous(), *operands)  # the CUDA kernels take no strided rows
         else:
             work = float32_if_slow(dtype, x.device)
-            out = self._dequantized_linear(rows.to(work), work)
+            if work == torch.float32 and self._split is not None and not (torch.is_grad_enabled() and x.requires_grad):
+                out = self._split(rows.float(), *self._packed[1])  # the float32 product (`split_products_ready`)
+            else:
+                out = self._dequantized_linear(rows.to(work), work)
         out = out.to(dtype).view(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(dtype)
@@ -150,7 +158,6 @@ class Int8Linear(QuantizedLinear):
     `weight_scale (out,) float32`."""
 
     method = "int8"
-    _split_prompts = False  # float32 prompts through `lamina::int8_split_linear` (`refresh_packed`)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, compute_dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
@@ -165,16 +172,7 @@ class Int8Linear(QuantizedLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
 
-    def refresh_packed(self) -> None:
-        super().refresh_packed()
-        ops = kernels.loaded()
-        self._split_prompts = (ops is not None and self._packed is not None and self._packed[0] is ops.int8_linear
-                               and exact_int8_matmul())
-
     def _dequantized_linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if dtype == torch.float32 and self._split_prompts and not (torch.is_grad_enabled() and x.requires_grad):
-            # the float32 product, computed as integer products (see `exact_int8_matmul`)
-            return kernels.loaded().int8_split_linear(x, *self._packed[1])
         # scaling the output rows is cheaper than scaling the weight when tokens < in_features
         return F.linear(x, self.weight.to(dtype)) * self.weight_scale.to(dtype)
 
@@ -294,20 +292,48 @@ def int8_fused_on_cuda(model: nn.Module) -> bool:
 
 
 @functools.cache
-def exact_int8_matmul() -> bool:
-    """Whether an int8 layer's float32 prompts (many rows) take `lamina::int8_split_linear` here: each
-    activation row as three int8 pieces through oneDNN's int8 matrix product (`torch._int_mm`), which
-    with AMX or AVX-512 VNNI is 1.7-2.4× faster than the float32 product on the same CPU (SmolLM2's
-    shapes, 512 rows, AMX Xeon; 1.1-1.2× with VNNI alone) and as accurate (bench/RESULTS.md). Without
-    VNNI oneDNN's int8 kernels saturate 16-bit pair sums (off by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2):
-    a probe of extreme values checks the sums are exact before any layer relies on them."""
-    if not kernels.cpu_has("avx512_vnni", "amx_int8"):
-        return False
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (32, 256), generator=generator, dtype=torch.int8)
-    b = torch.randint(-127, 128, (64, 256), generator=generator, dtype=torch.int8)
-    a[0], b[0] = 127, -127
-    return torch.equal(torch._int_mm(a, b.t()).double(), a.double() @ b.double().t())
+def split_products_ready(name: str) -> bool:
+    """Whether quantized layers' float32 prompts (many rows) take the split product `name` here: each
+    activation row as three int8 pieces (`lamina/kernels/linear_cpu.cpp`) in integer products, the
+    float32 product's result to its own rounding error, faster on CPUs with int8 matrix units.
+
+    - "int8_split_linear" (int8 layers) runs oneDNN's int8 GEMM (`torch._int_mm`): with AMX or
+      AVX-512 VNNI 1.7-2.4× faster than the float32 product (SmolLM2's shapes, 512 rows, AMX Xeon;
+      1.1-1.2× with VNNI alone). Without VNNI oneDNN's int8 kernels saturate 16-bit pair sums (off
+      by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2): a probe of extreme values checks the sums are exact.
+    - "int4_split_linear" (int4 layers) is lamina's own AMX kernel (per-group scales between tile
+      products): only on CPUs with AMX-INT8, where a probe checks that it runs and agrees."""
+    if name == "int8_split_linear":
+        if not kernels.cpu_has("avx512_vnni", "amx_int8"):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randint(-127, 128, (32, 256), generator=generator, dtype=torch.int8)
+        b = torch.randint(-127, 128, (64, 256), generator=generator, dtype=torch.int8)
+        a[0], b[0] = 127, -127
+        return torch.equal(torch._int_mm(a, b.t()).double(), a.double() @ b.double().t())
+    if name == "int4_split_linear" and kernels.cpu_has("amx_int8") and (ops := kernels.loaded()) is not None:
+        generator = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, 16, (16, 64), generator=generator)
+        scale, low = torch.rand(16, 2, generator=generator).half(), -torch.rand(16, 2, generator=generator).half()
+        x = torch.randn(20, 64, generator=generator)
+        try:
+            out = ops.int4_split_linear(x, pack_nibbles(codes), scale, low)
+        except RuntimeError:  # built without AMX, or the system refused its tile state
+            return False
+        weight = codes.view(16, 2, 32).double() * scale.double()[..., None] + low.double()[..., None]
+        expected = x.double() @ weight.view(16, 64).T
+        return bool((out.double() - expected).abs().max() <= 1e-5 * expected.abs().max())
+    return False
+
+
+def _split_product(kernel: Callable) -> Callable | None:
+    """The split product taking the packed CPU kernel `kernel`'s operands, where it runs here."""
+    ops = kernels.loaded()
+    if ops is not None:
+        for packed, split in ((ops.int8_linear, "int8_split_linear"), (ops.int4_linear, "int4_split_linear")):
+            if kernel is packed and split_products_ready(split):
+                return getattr(ops, split)
+    return None
 
 
 def _int8pack_product(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lamina import kernels
-from lamina.quantization import linear as quantized_linear
-from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, exact_int8_matmul, pack_nibbles
+from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles, split_products_ready
 from tests.decoding import assert_compiled_matches_eager
 
 OPS = kernels.ops()
@@ -77,8 +76,10 @@ def test_int8_linear_matches_reference(rows, in_features, out_features):
     assert_matches(out, quantized_activations(x) @ (weight.double() * weight_scale.double()[:, None]).T)
 
 
-needs_int8_matmul = pytest.mark.skipif(OPS is None or not exact_int8_matmul(),
+needs_int8_matmul = pytest.mark.skipif(OPS is None or not split_products_ready("int8_split_linear"),
                                        reason="no exact, fast int8 matrix product here (AMX or AVX-512 VNNI)")
+needs_amx = pytest.mark.skipif(OPS is None or not split_products_ready("int4_split_linear"),
+                               reason="no AMX-INT8 here")
 
 
 def split_reference(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
@@ -127,23 +128,69 @@ def test_int8_split_linear_takes_non_finite_rows_to_the_float_product():
         OPS.int8_split_linear(x, weight, weight_scale[:5])
 
 
-@needs_int8_matmul
-def test_int8_layers_take_float32_prompts_through_the_split_product(monkeypatch):
+# rows and outputs that fill no whole block of 16; groups of one, two and four 32-input chunks
+@needs_amx
+@pytest.mark.parametrize("rows,in_features,out_features,group_size", [(17, 576, 1536, 32), (40, 96, 33, 32),
+                                                                       (100, 256, 50, 64), (33, 512, 20, 128),
+                                                                       (2, 64, 16, 32)])
+def test_int4_split_linear_is_as_accurate_as_float32(rows, in_features, out_features, group_size):
+    packed, scale, minimum, weight = int4_operands(out_features, in_features, group_size, seed=6)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(rows, in_features, generator=generator)
+    x[:, 0] *= 60
+    x[1] = 0
+    reference = x.double() @ weight.T
+    out = OPS.int4_split_linear(x, packed, scale, minimum)
+    float32 = x @ weight.float().T
+    assert out.dtype == torch.float32 and out.shape == reference.shape and not out[1].any()
+    top = reference.abs().max().item()
+    error, float32_error = ((out.double() - reference).abs().max().item() / top,
+                            (float32.double() - reference).abs().max().item() / top)
+    assert 0 < error <= max(4 * float32_error, 1e-7), (error, float32_error)
+
+
+@needs_amx
+def test_int4_split_linear_takes_non_finite_rows_to_the_float_product():
+    packed, scale, minimum, weight = int4_operands(24, 64, 32, seed=8)
+    x = torch.randn(20, 64)
+    x[3, 5], x[7, 9] = float("inf"), float("nan")
+    out = OPS.int4_split_linear(x, packed, scale, minimum)
+    torch.testing.assert_close(out, x @ weight.float().T, equal_nan=True)
+    with pytest.raises(RuntimeError, match="3 groups do not split 64 inputs into multiples of 32"):
+        OPS.int4_split_linear(x, packed, torch.ones(24, 3).half(), torch.ones(24, 3).half())
+    with pytest.raises(RuntimeError, match="x must be a 2-D float32 CPU tensor"):
+        OPS.int4_split_linear(x.double(), packed, scale, minimum)
+
+
+def test_int4_probe_says_no_where_the_kernel_cannot_run(monkeypatch):
+    """A build without AMX (or a system refusing its tile state) raises: the probe must say no."""
+    def refusing(*args):
+        raise RuntimeError("int4_split_linear: this build has no AMX-INT8")
+
+    monkeypatch.setattr(kernels, "cpu_has", lambda *flags: True)
+    monkeypatch.setattr(kernels, "loaded", lambda: SimpleNamespace(int4_split_linear=refusing))
+    assert split_products_ready.__wrapped__("int4_split_linear") is False
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_layers_take_float32_prompts_through_the_split_products(method, monkeypatch):
+    ready = {"int8": needs_int8_matmul, "int4": needs_amx}[method]
+    if ready.args[0]:
+        pytest.skip(ready.kwargs["reason"])
     torch.manual_seed(5)
-    layer = Int8Linear(128, 40)
+    layer = Int8Linear(128, 40) if method == "int8" else Int4Linear(128, 40, group_size=32)
     layer.set_weight(torch.randn(40, 128) * 0.05)
-    assert layer._split_prompts
+    assert layer._split is getattr(OPS, f"{method}_split_linear")
     calls = []
-    real = OPS.int8_split_linear
-    monkeypatch.setattr(quantized_linear.kernels, "loaded", lambda: SimpleNamespace(
-        int8_split_linear=lambda *args: calls.append(1) or real(*args)))
+    real = layer._split
+    monkeypatch.setattr(layer, "_split", lambda *args: calls.append(1) or real(*args))
     x = torch.randn(2, 30, 128)
     with torch.no_grad():
         out = layer(x)
     assert calls == [1]
     reference = x.double() @ layer.dequantize(torch.float64).T
     assert (out.double() - reference).abs().max() <= 1e-6 * reference.abs().max()
-    # a prompt that needs gradients (the kernel has none) and bf16 prompts keep F.linear
+    # a prompt that needs gradients (the kernels have none) and bf16 prompts keep F.linear
     x.requires_grad_(True)
     layer(x).sum().backward()
     assert calls == [1] and x.grad is not None
@@ -157,13 +204,14 @@ def test_int8_matmul_probe_refuses_saturating_sums(monkeypatch):
         pairs = (shifted * b.t().int().reshape(1, b.shape[1], -1, 2)).sum(-1).clamp(-32768, 32767)
         return pairs.sum(-1) - 128 * b.int().sum(0)
 
+    probe = split_products_ready.__wrapped__
     monkeypatch.setattr(kernels, "cpu_has", lambda *flags: True)
     monkeypatch.setattr(torch, "_int_mm", saturating)
-    assert exact_int8_matmul.__wrapped__() is False
+    assert probe("int8_split_linear") is False
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.double() @ b.double()).int())
-    assert exact_int8_matmul.__wrapped__() is True
+    assert probe("int8_split_linear") is True
     monkeypatch.setattr(kernels, "cpu_has", lambda *flags: False)
-    assert exact_int8_matmul.__wrapped__() is False
+    assert probe("int8_split_linear") is False and probe("int4_split_linear") is False
 
 
 @needs_kernels
