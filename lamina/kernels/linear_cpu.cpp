@@ -45,8 +45,9 @@
 //   x = s * (a1 + a2 / 254 + a3 / 254^2) + e with s = max|x| / 127, each piece the rounded rest of
 //   the one before (so |a_i| <= 127 and |e| <= s / (2 * 254^2), about max|x| * 6e-8: float32's own
 //   rounding of the row's largest value). The pieces' rows go through one `at::_int_mm` (oneDNN's
-//   AMX or VNNI int8 kernels) into exact int32 sums P_i, combined exactly in int64 as
-//   254^2 * P1 + 254 * P2 + P3 and rounded once: out = that * s / 254^2 * weight_scale. A row
+//   AMX or VNNI int8 kernels) into exact int32 sums P_i, combined in float32 as
+//   (254 * P1 + P2) * 254 + P3 (two fused multiply-adds, roundings far below the pieces' error):
+//   out = that * s / 254^2 * weight_scale. A row
 //   holding a non-finite value sends the call to the float product. Callers check that oneDNN's int8
 //   GEMM is exact here (with VNNI or AMX; without, its 16-bit pair sums saturate).
 //
@@ -638,19 +639,19 @@ at::Tensor int8_split_linear(const at::Tensor& x, const at::Tensor& weight, cons
     int8_t* piece = pieces.data_ptr<int8_t>();
     at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
-        const L::Vector inverse = L::fill(piece_inverse(unit[first + m]));
+        const float inverse = piece_inverse(unit[first + m]);
         const float* row = xs + (first + m) * width;
         int8_t* a1 = piece + m * width;
         int8_t* a2 = a1 + count * width;
         int8_t* a3 = a2 + count * width;
         int64_t k = 0;
         for (; k + L::kWidth <= width; k += L::kWidth) {
-          const PieceLanes split = split_lanes(L::mul(L::load(row + k), inverse));
+          const PieceLanes split = split_lanes(L::mul(L::load(row + k), L::fill(inverse)));
           L::store_int8(a1 + k, split.p1);
           L::store_int8(a2 + k, split.p2);
           L::store_int8(a3 + k, split.p3);
         }
-        for (; k < width; ++k) split_value(row[k] * piece_inverse(unit[first + m]), a1 + k, a2 + k, a3 + k);
+        for (; k < width; ++k) split_value(row[k] * inverse, a1 + k, a2 + k, a3 + k);
       }
     });
     const at::Tensor sums = at::_int_mm(pieces, weight_t);  // (3 * count, N) int32
@@ -777,7 +778,7 @@ at::Tensor int4_split_linear(const at::Tensor& x, const at::Tensor& weight, cons
     for (int64_t nb = begin; nb < end; ++nb) {
       const int64_t n0 = nb * 16, n_count = std::min<int64_t>(16, out_features - n0);
       // the 16 outputs' codes one byte an input, in input order (rows past the last output: zeros)
-      std::fill(codes.begin(), codes.end(), 0);
+      std::fill(codes.begin() + n_count * width, codes.end(), 0);
       for (int64_t r = 0; r < n_count; ++r) {
         const uint8_t* src = packed + (n0 + r) * (width / 2);
         for (int64_t j = 0; j < width / 2; j += 16) {
