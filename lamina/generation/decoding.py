@@ -18,7 +18,10 @@ on a GPU). The compiled step is used when `compile_config` asks for it, or, unle
 `disable_compile`, once the model has been asked for `AUTO_COMPILE_TOKENS` tokens in this process:
 compiling costs seconds to a minute (SmolLM2-135M on 2 CPU cores: about 45 s, 13 s with inductor's
 disk cache warm) and saves a third of each step, so it pays only over many tokens
-(bench/RESULTS.md). Any failure to compile falls back to the eager step with a warning.
+(bench/RESULTS.md). Any failure to compile falls back to the eager step with a warning. On the
+CPU, a model that lamina's native step can run (`native_step`: a float32 Llama-architecture
+decoder on lamina's kernels) decodes through it instead, eager or compiled alike: it is faster than
+both and has nothing to compile.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..errors import InputError, UnsupportedError
 from ..outputs import ModelOutput
 from ..quantization.linear import int8_fused_on_cuda, uses_lamina_kernels
 from .config import GenerationConfig
+from .native_step import native_step
 from .processors import LogitsProcessorList, build_processors
 
 
@@ -121,7 +125,12 @@ class GenerationMixin:
         """The step after the prompt: the model's `decode_step` (compiled when `compiled`), or None
         for a model without one (its `forward` runs every step)."""
         step = getattr(self, "decode_step", None)
-        if step is None or not compiled:
+        if step is None:
+            return None
+        native = self._native_step()
+        if native is not None:
+            return native
+        if not compiled:
             return step
         settings = _compile_arguments(config.compile_settings(), self.device, uses_lamina_kernels(self),
                                       int8_fused_on_cuda(self))
@@ -131,6 +140,16 @@ class GenerationMixin:
         if key not in steps or steps[key][0] != state:
             steps[key] = (state, _with_eager_fallback(self, torch.compile(_own_code(step), **settings), step))
         return steps[key][1]
+
+    def _native_step(self) -> Callable[..., torch.Tensor] | None:
+        """lamina's native step for this model (`native_step`), built again when the model changed."""
+        if self.device.type != "cpu":
+            return None
+        state = module_state(self)
+        kept = self.__dict__.get("_native")
+        if kept is None or kept[0] != state:
+            kept = self.__dict__["_native"] = (state, native_step(self))
+        return kept[1]
 
     def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
         base = generation_config or getattr(self, "generation_config", None)
@@ -363,7 +382,7 @@ def _attributes(module: torch.nn.Module) -> tuple[Any, ...]:
 
 
 # what `generate` itself keeps on the model, which the step never reads
-_GENERATION_STATE = frozenset({"_compiled_steps", "_kept_caches", "_generated_tokens", "_compile_failed"})
+_GENERATION_STATE = frozenset({"_compiled_steps", "_kept_caches", "_generated_tokens", "_compile_failed", "_native"})
 
 
 _PLAIN = frozenset({type(None), bool, int, float, str, torch.dtype, torch.device})

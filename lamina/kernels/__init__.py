@@ -2,8 +2,10 @@
 
 `linear_cpu.cpp` holds the int8, int4, bf16 and float32 matrix products for decoding (AVX2, and
 AVX-512 VNNI / BF16 where the CPU has them; see its header), `attention_cpu.cpp` the attention of
-one query over a cache. `ops()` builds them into one library with `-march=native` once per source,
-torch version, compiler, flags and CPU, into a cache directory
+one query over a cache, `decode_cpu.cpp` the native decode step (`torch.classes.lamina.DecodeStep`,
+a whole token of a Llama-architecture decoder; `lamina.generation.native_step`), built from the
+same row kernels and attention (`rows.h`, `attention.h`). `ops()` builds them into one library with
+`-march=native` once per source, torch version, compiler, flags and CPU, into a cache directory
 (`$LAMINA_KERNEL_CACHE`, else `$XDG_CACHE_HOME/lamina/kernels`, else `~/.cache/lamina/kernels`),
 loads it into `torch.ops.lamina` and registers shape functions so `torch.compile` can trace the
 ops. Where the CPU lacks AVX2, no C++ compiler is found, the build fails or `LAMINA_KERNELS=0` is
@@ -28,8 +30,8 @@ from types import SimpleNamespace
 
 import torch
 
-SOURCES = [Path(__file__).with_name("linear_cpu.cpp"), Path(__file__).with_name("attention_cpu.cpp")]
-HEADERS = [Path(__file__).with_name("lanes.h")]  # included by the sources: part of the cache key
+SOURCES = [Path(__file__).with_name(name) for name in ("linear_cpu.cpp", "attention_cpu.cpp", "decode_cpu.cpp")]
+HEADERS = [Path(__file__).with_name(name) for name in ("lanes.h", "rows.h", "attention.h")]  # included by the sources: part of the cache key
 # -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
 FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
 
@@ -51,7 +53,8 @@ def ops() -> SimpleNamespace | None:
                 _register_fakes()
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-                reason = f"building {' and '.join(source.name for source in SOURCES)} failed: {last_line}"
+                names = [source.name for source in SOURCES]
+                reason = f"building {', '.join(names[:-1])} and {names[-1]} failed: {last_line}"
         if reason is None:
             _state["ops"] = SimpleNamespace(**{name: getattr(torch.ops.lamina, name) for name in OPS})
         else:

@@ -25,6 +25,7 @@ struct FloatLanes {
   static void store(float* p, Vector v) { _mm512_storeu_ps(p, v); }
   static Vector add(Vector a, Vector b) { return _mm512_add_ps(a, b); }
   static Vector mul(Vector a, Vector b) { return _mm512_mul_ps(a, b); }
+  static Vector div(Vector a, Vector b) { return _mm512_div_ps(a, b); }
   static Vector max(Vector a, Vector b) { return _mm512_max_ps(a, b); }
   static Vector min(Vector a, Vector b) { return _mm512_min_ps(a, b); }
   static Vector fma(Vector a, Vector b, Vector c) { return _mm512_fmadd_ps(a, b, c); }
@@ -48,6 +49,7 @@ struct FloatLanes {
   static void store(float* p, Vector v) { _mm256_storeu_ps(p, v); }
   static Vector add(Vector a, Vector b) { return _mm256_add_ps(a, b); }
   static Vector mul(Vector a, Vector b) { return _mm256_mul_ps(a, b); }
+  static Vector div(Vector a, Vector b) { return _mm256_div_ps(a, b); }
   static Vector max(Vector a, Vector b) { return _mm256_max_ps(a, b); }
   static Vector min(Vector a, Vector b) { return _mm256_min_ps(a, b); }
   static Vector fma(Vector a, Vector b, Vector c) { return _mm256_fmadd_ps(a, b, c); }

@@ -1,0 +1,142 @@
+"""lamina's native decode step on the CPU: a whole one-token step of a Llama-architecture decoder in
+one call into lamina's kernels (`lamina/kernels/decode_cpu.cpp`, `DecodeStep`).
+
+The compiled step (`torch.compile`) runs the same row kernels, but as ~150 separate calls a token,
+each through the dispatcher and its own parallel region, with inductor's kernels and Python between
+them; the native step keeps the threads in one region for the whole token. SmolLM2-135M int4 on
+2 cores: see bench/RESULTS.md for the figures.
+
+It serves `generate` in place of `decode_step` (eager or compiled) wherever it can run the model
+exactly as the layers do: a float32 causal LM of the shared decoder on the CPU (`DecoderForCausalLM`:
+Llama, Mistral, Ministral, SmolLM2 …) with RMSNorm, rotary attention over the whole head, a SiLU-gated
+MLP, no biases, no sliding windows or experts, every projection and the head either a float32
+`Linear` or an int8 / int4 layer on lamina's kernels, no hooks, in eval mode, with a static cache.
+Anything else keeps the step it had. `LAMINA_NATIVE_STEP=0` in the environment, or
+`model.native_decode = False`, turns it off.
+
+Numerics are the layers': the same row kernels (activations rounded to int8 per block of 32 in the
+quantized products), RMSNorm, rotary and SiLU in float32; outputs agree with the eager step to
+float32 summation order (tested, with the tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+
+from .. import kernels
+from ..cache import StaticLayerCache
+from ..layers.linear import Linear
+from ..layers.norms import RMSNorm
+from ..quantization.linear import Int4Linear, Int8Linear
+
+FLOAT32, INT8, INT4 = 0, 1, 2
+
+
+def native_step(model: Any) -> Callable[..., torch.Tensor] | None:
+    """A `decode_step`-compatible callable running `model` through lamina's native step, or None
+    where it cannot (module docstring). Holds the model's tensors: build it again after changing
+    the model (`generate` does, keyed on `module_state`)."""
+    if os.environ.get("LAMINA_NATIVE_STEP") == "0" or not getattr(model, "native_decode", True):
+        return None
+    operands = _operands(model)
+    if operands is None:
+        return None
+    tensors, kinds, sizes, scales, eps = operands
+    plan = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+    return _Step(model, plan)
+
+
+class _Step:
+    """`decode_step(input_ids, position_ids, cache_position, attention_mask, cache)` through the
+    native step; a cache that is not all static layers goes to the model's own `decode_step`."""
+
+    def __init__(self, model: Any, plan: Any) -> None:
+        self.model = model
+        self.plan = plan
+        self._cache: tuple[Any, list[torch.Tensor] | None] = (None, None)
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
+                 attention_mask: torch.Tensor | None, cache: Any) -> torch.Tensor:
+        buffers = self._buffers(cache)
+        if buffers is None or input_ids.shape[1] != 1:
+            return self.model.decode_step(input_ids, position_ids, cache_position, attention_mask, cache)
+        batch = input_ids.shape[0]
+        cos, sin = self.model.decoder.rotary_emb(position_ids, torch.float32)
+        padding = None if attention_mask is None else attention_mask.long().contiguous()
+        return self.plan.step(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
+                              sin.reshape(batch, -1).contiguous(), int(cache_position[0]), padding, buffers)
+
+    def _buffers(self, cache: Any) -> list[torch.Tensor] | None:
+        """The cache's key and value buffers, layer by layer, where every layer is static and
+        allocated (the prompt's forward allocates them); else None."""
+        held, buffers = self._cache
+        if held is not cache or buffers is None or any(layer.keys is None for layer in cache.layers):
+            layers = getattr(cache, "layers", None)
+            ready = layers is not None and all(isinstance(layer, StaticLayerCache) and layer.keys is not None
+                                               and layer.keys.dtype == torch.float32 for layer in layers)
+            buffers = [b for layer in layers for b in (layer.keys, layer.values)] if ready else None
+            self._cache = (cache, buffers)
+        return buffers
+
+
+def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], list[float], float] | None:
+    """`DecodeStep`'s arguments for `model`, or None where the native step cannot run it."""
+    decoder = getattr(model, "decoder", None)
+    spec = getattr(decoder, "decoder_spec", None)
+    if spec is None or model.training or model.device.type != "cpu" or model.dtype != torch.float32:
+        return None
+    if (spec.norm, spec.mlp, spec.position) != ("rms", "gated", "rope") or spec.activation not in ("silu", "swish") \
+            or spec.attention_bias or spec.output_bias or spec.mlp_bias or spec.qk_norm or spec.num_experts \
+            or spec.rotary_dim not in (None, spec.head_dim) or any(w is not None for w in spec.layer_windows):
+        return None
+    if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+        return None
+    if kernels.ops() is None or not hasattr(torch.classes.lamina, "DecodeStep"):
+        return None
+    embedding = decoder.embed_tokens.weight
+    norms = [decoder.norm] + [n for layer in decoder.layers for n in (layer.input_layernorm,
+                                                                        layer.post_attention_layernorm)]
+    if embedding.dtype != torch.float32 or not embedding.is_contiguous() \
+            or any(type(n) is not RMSNorm or n.eps != spec.norm_eps or n.weight.dtype != torch.float32 for n in norms):
+        return None
+    tensors: list[torch.Tensor] = [embedding, decoder.norm.weight]
+    kinds: list[int] = []
+    products = [model.lm_head]
+    for layer in decoder.layers:
+        products += [layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj]
+    for index, product in enumerate(products):
+        if index > 0 and (index - 1) % 4 == 0:  # a layer's norms come before its products
+            layer = decoder.layers[(index - 1) // 4]
+            tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        described = _product(product)
+        if described is None:
+            return None
+        kinds.append(described[0])
+        tensors += described[1]
+    sizes = [spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.intermediate_size,
+             spec.num_layers, spec.vocab_size]
+    scales = [float(layer.self_attn.scale) for layer in decoder.layers]
+    return [t.detach() for t in tensors], kinds, sizes, scales, float(spec.norm_eps)
+
+
+def _product(layer: Any) -> tuple[int, list[torch.Tensor]] | None:
+    """A projection's kind and kernel operands: a float32 `Linear` without bias, or an int8 / int4
+    layer whose packed operands are lamina's kernels' (computing in float32, without bias)."""
+    if type(layer) is Linear:
+        weight = layer.weight
+        if layer.bias is None and weight.dtype == torch.float32 and weight.is_contiguous():
+            return FLOAT32, [weight]
+        return None
+    if not isinstance(layer, (Int8Linear, Int4Linear)) or layer.bias is not None \
+            or layer.compute_dtype not in (None, torch.float32) or layer._packed is None:
+        return None
+    ops = kernels.loaded()
+    kernel, operands = layer._packed
+    if isinstance(layer, Int8Linear) and kernel is ops.int8_linear:
+        return INT8, list(operands)
+    if isinstance(layer, Int4Linear) and kernel is ops.int4_linear:
+        return INT4, list(operands)
+    return None

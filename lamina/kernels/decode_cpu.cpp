@@ -1,0 +1,341 @@
+// lamina's native decode step: one token of a Llama-architecture decoder (RMSNorm, rotary attention
+// over a static cache, SwiGLU MLP, no biases) in one call and one parallel region.
+//
+// A compiled step runs the same kernels, but each of its ~150 products and attentions is a call
+// through the dispatcher that opens and joins its own parallel region, with inductor's kernels,
+// the wrapper's bookkeeping and Python between them: SmolLM2-135M int4 on 2 cores spent ~1.8 of
+// its ~5 ms a token there, the second thread waiting. Here the threads stay in one region for the
+// whole step and meet at a barrier after each phase (five a layer); each computes the small
+// element-wise parts it needs itself (norms, rotary, SiLU, quantizing a product's input) instead of
+// waiting for one thread to.
+//
+// torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+//   sizes = [hidden, heads, kv_heads, head_dim, intermediate, layers, vocab];
+//   tensors = [embedding (vocab, hidden) float32, final norm (hidden), head product,
+//              then per layer: input norm, post-attention norm, qkv, o, gate_up and down products],
+//   a product being the tensors of its kind (kinds, one per product in that order):
+//   0 float32 [weight (N, K)], 1 int8 [weight (N, K) int8, scale (N,) float32] (`Int8Linear`),
+//   2 int4 [weight (N, K/2) uint8, scale, minimum (N, groups) float16] (`Int4Linear`).
+//   qkv's rows are the queries' then the keys' then the values' (`DecoderAttention.qkv_proj`),
+//   gate_up's the gate's then the up projection's. scales: each layer's attention scale.
+//   The step holds these tensors: changes made to them in place are seen.
+//
+// .step(input_ids (B,) int64, cos (B, D), sin (B, D) float32, slot, padding (B, >slot) int64 or
+//       None, caches [keys 0, values 0, keys 1, ...] (B, kv_heads, S, D) float32) -> logits (B, vocab)
+//   The token's keys and values are written at `slot` of every layer's cache; the query attends
+//   the slots up to `slot` that `padding` does not mark 0 (and its own). The maths and the row
+//   kernels are those of the layers' own path (rows.h, attention.h): outputs agree with it to
+//   float32 summation order.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "attention.h"
+#include "lanes.h"
+#include "rows.h"
+
+namespace {
+
+using namespace lamina;
+using L = FloatLanes;
+
+enum Kind : int64_t { kFloat32 = 0, kInt8 = 1, kInt4 = 2 };
+
+struct Product {
+  int64_t kind, rows, width;
+  const float* f32;
+  Int8Weights int8;
+  Int4Weights int4;
+};
+
+// One thread's working buffers.
+struct Scratch {
+  Int8Inputs int8;
+  Int4Inputs int4;
+  std::vector<float> normed, gated, keys, query, probs;
+  std::vector<const float*> key_rows, value_rows;
+};
+
+// Thread t's share [begin, end) of n items, in whole groups of `align`.
+inline std::pair<int64_t, int64_t> share(int64_t n, int t, int threads, int64_t align) {
+  const int64_t chunk = ((n + threads - 1) / threads + align - 1) / align * align;
+  const int64_t begin = std::min(n, t * chunk);
+  return {begin, std::min(n, begin + chunk)};
+}
+
+// Thread t's outputs of product `p` over `x (rows, p.width)`, each handed to store(m, n, value).
+template <typename Store>
+void product_share(const Product& p, const float* x, int64_t rows, Scratch& s, int t, int threads,
+                   const Store& store) {
+  const auto [begin, end] = share(p.rows, t, threads, kRows);
+  if (begin >= end) return;
+  const Routing all{nullptr, p.rows};
+  if (p.kind == kFloat32) {
+    f32_outputs(p.f32, p.width, x, rows, begin, end, store);
+  } else if (p.kind == kInt8) {
+    prepare_int8(p.int8, x, rows, s.int8);
+    int8_outputs(p.int8, s.int8, rows, all, begin, end, store);
+  } else {
+    prepare_int4(p.int4, x, rows, s.int4);
+    int4_outputs(p.int4, s.int4, rows, all, begin, end, store);
+  }
+}
+
+// out = weight * (x * rsqrt(mean(x^2) + eps)), rounded in that order (as `RMSNorm`).
+void rms_norm(const float* x, const float* weight, int64_t width, float eps, float* out) {
+  const float inverse = 1.f / std::sqrt(dot(x, x, width) / static_cast<float>(width) + eps);
+  for (int64_t i = 0; i < width; ++i) out[i] = weight[i] * (x[i] * inverse);
+}
+
+// out = x * cos + rotate_half(x) * sin over one head (`apply_rotary` with the whole head rotated).
+void rotate(const float* x, const float* cos, const float* sin, int64_t dim, float* out) {
+  const int64_t half = dim / 2;
+  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + -x[i + half] * sin[i];
+  for (int64_t i = half; i < dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up.
+void silu_times(const float* gate, const float* up, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + L::kWidth <= count; i += L::kWidth) {
+    const L::Vector g = L::load(gate + i);
+    const L::Vector silu = L::div(g, L::add(L::fill(1.f), L::exp(L::mul(g, L::fill(-1.f)))));
+    L::store(out + i, L::mul(silu, L::load(up + i)));
+  }
+  for (; i < count; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+}
+
+class DecodeStep : public torch::CustomClassHolder {
+ public:
+  DecodeStep(std::vector<at::Tensor> tensors, std::vector<int64_t> kinds, std::vector<int64_t> sizes,
+             std::vector<double> scales, double eps)
+      : tensors_(std::move(tensors)), eps_(static_cast<float>(eps)) {
+    TORCH_CHECK(sizes.size() == 7, "DecodeStep: sizes must be [hidden, heads, kv_heads, head_dim, intermediate, ",
+                "layers, vocab], got ", sizes.size(), " values");
+    hidden_ = sizes[0], heads_ = sizes[1], kv_heads_ = sizes[2], head_dim_ = sizes[3];
+    intermediate_ = sizes[4], layers_ = sizes[5], vocab_ = sizes[6];
+    TORCH_CHECK(hidden_ > 0 && kv_heads_ > 0 && heads_ % kv_heads_ == 0 && head_dim_ % 2 == 0 && layers_ > 0,
+                "DecodeStep: inconsistent sizes ", at::IntArrayRef(sizes));
+    TORCH_CHECK(static_cast<int64_t>(scales.size()) == layers_, "DecodeStep: ", layers_, " layers need as many ",
+                "attention scales, got ", scales.size());
+    TORCH_CHECK(static_cast<int64_t>(kinds.size()) == 1 + 4 * layers_, "DecodeStep: expected ", 1 + 4 * layers_,
+                " product kinds, got ", kinds.size());
+    scales_.assign(scales.begin(), scales.end());
+    size_t next = 0, kind = 0;
+    auto vector = [&](int64_t length, const char* name) {
+      TORCH_CHECK(next < tensors_.size(), "DecodeStep: too few tensors (", name, ")");
+      const at::Tensor& t = tensors_[next++];
+      TORCH_CHECK(t.dim() == 1 && t.size(0) == length && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                      t.device().is_cpu(),
+                  "DecodeStep: ", name, " must be a contiguous float32 CPU vector of ", length, ", got ", t.sizes(),
+                  " ", c10::toString(t.scalar_type()));
+      return t.data_ptr<float>();
+    };
+    auto product = [&](int64_t rows, int64_t width, const char* name) {
+      TORCH_CHECK(kind < kinds.size(), "DecodeStep: too few product kinds (", name, ")");
+      Product p{kinds[kind++], rows, width, nullptr, {}, {}};
+      auto matrix = [&](at::ScalarType dtype, int64_t columns, const char* part) {
+        TORCH_CHECK(next < tensors_.size(), "DecodeStep: too few tensors (", name, " ", part, ")");
+        const at::Tensor& t = tensors_[next++];
+        TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && (columns < 0 || t.size(1) == columns) &&
+                        t.scalar_type() == dtype && t.is_contiguous() && t.device().is_cpu(),
+                    "DecodeStep: ", name, " ", part, " must be a contiguous ", c10::toString(dtype), " (", rows, ", ",
+                    columns, ") CPU tensor, got ", t.sizes(), " ", c10::toString(t.scalar_type()));
+        return t;
+      };
+      if (p.kind == kFloat32) {
+        p.f32 = matrix(at::kFloat, width, "weight").data_ptr<float>();
+      } else if (p.kind == kInt8) {
+        TORCH_CHECK(width % kBlock == 0, "DecodeStep: ", name, ": int8 inputs must be a multiple of 32, got ", width);
+        const int8_t* codes = matrix(at::kChar, width, "weight").data_ptr<int8_t>();
+        p.int8 = Int8Weights{codes, vector(rows, name), width};
+      } else if (p.kind == kInt4) {
+        const uint8_t* codes = matrix(at::kByte, width / 2, "weight").data_ptr<uint8_t>();
+        const at::Tensor& scale = matrix(at::kHalf, -1, "scale");
+        const int64_t groups = scale.size(1);
+        TORCH_CHECK(groups > 0 && width % (groups * kBlock) == 0, "DecodeStep: ", name, ": ", groups,
+                    " groups do not split ", width, " inputs into multiples of 32");
+        const at::Tensor& minimum = matrix(at::kHalf, groups, "minimum");
+        p.int4 = Int4Weights{codes, scale.data_ptr<at::Half>(), minimum.data_ptr<at::Half>(), width, groups};
+      } else {
+        TORCH_CHECK(false, "DecodeStep: ", name, " has kind ", p.kind, ", expected 0 (float32), 1 (int8) or 2 (int4)");
+      }
+      return p;
+    };
+    TORCH_CHECK(!tensors_.empty(), "DecodeStep: no tensors");
+    const at::Tensor& embedding = tensors_[next++];
+    TORCH_CHECK(embedding.dim() == 2 && embedding.size(0) == vocab_ && embedding.size(1) == hidden_ &&
+                    embedding.scalar_type() == at::kFloat && embedding.is_contiguous() && embedding.device().is_cpu(),
+                "DecodeStep: the embedding must be a contiguous float32 (", vocab_, ", ", hidden_, ") CPU tensor, got ",
+                embedding.sizes(), " ", c10::toString(embedding.scalar_type()));
+    embedding_ = embedding.data_ptr<float>();
+    final_norm_ = vector(hidden_, "the final norm");
+    head_ = product(vocab_, hidden_, "the head");
+    const int64_t attention_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+    for (int64_t l = 0; l < layers_; ++l) {
+      Layer layer;
+      layer.input_norm = vector(hidden_, "an input norm");
+      layer.post_norm = vector(hidden_, "a post-attention norm");
+      layer.qkv = product(attention_width + 2 * kv_width, hidden_, "a qkv projection");
+      layer.o = product(hidden_, attention_width, "an output projection");
+      layer.gate_up = product(2 * intermediate_, hidden_, "a gate/up projection");
+      layer.down = product(hidden_, intermediate_, "a down projection");
+      layer_.push_back(layer);
+    }
+    TORCH_CHECK(next == tensors_.size(), "DecodeStep: ", tensors_.size() - next, " tensors left over");
+  }
+
+  at::Tensor step(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin, int64_t slot,
+                  const std::optional<at::Tensor>& padding, const std::vector<at::Tensor>& caches) {
+    TORCH_CHECK(input_ids.dim() == 1 && input_ids.scalar_type() == at::kLong && input_ids.is_contiguous() &&
+                    input_ids.device().is_cpu(),
+                "DecodeStep.step: input_ids must be a contiguous int64 CPU vector, got ", input_ids.sizes());
+    const int64_t batch = input_ids.size(0), dim = head_dim_;
+    for (const at::Tensor* t : {&cos, &sin}) {
+      TORCH_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == dim && t->scalar_type() == at::kFloat &&
+                      t->is_contiguous() && t->device().is_cpu(),
+                  "DecodeStep.step: cos and sin must be contiguous float32 (", batch, ", ", dim, ") CPU tensors, got ",
+                  t->sizes(), " ", c10::toString(t->scalar_type()));
+    }
+    TORCH_CHECK(static_cast<int64_t>(caches.size()) == 2 * layers_, "DecodeStep.step: expected ", 2 * layers_,
+                " cache tensors (keys and values a layer), got ", caches.size());
+    const int64_t slots = caches.empty() ? 0 : caches[0].size(2);
+    for (const at::Tensor& c : caches) {
+      TORCH_CHECK(c.dim() == 4 && c.size(0) == batch && c.size(1) == kv_heads_ && c.size(2) == slots &&
+                      c.size(3) == dim && c.scalar_type() == at::kFloat && c.is_contiguous() && c.device().is_cpu(),
+                  "DecodeStep.step: caches must be contiguous float32 (", batch, ", ", kv_heads_, ", slots, ", dim,
+                  ") CPU tensors of one size, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
+    }
+    TORCH_CHECK(slot >= 0 && slot < slots, "DecodeStep.step: slot ", slot, " is outside the cache's ", slots, " slots");
+    const int64_t* mask = nullptr;
+    int64_t mask_width = 0;
+    if (padding.has_value()) {
+      const at::Tensor& p = *padding;
+      TORCH_CHECK(p.dim() == 2 && p.size(0) == batch && p.size(1) > slot && p.scalar_type() == at::kLong &&
+                      p.is_contiguous() && p.device().is_cpu(),
+                  "DecodeStep.step: padding must be a contiguous int64 (", batch, ", > ", slot, ") CPU tensor, got ",
+                  p.sizes(), " ", c10::toString(p.scalar_type()));
+      mask = p.data_ptr<int64_t>();
+      mask_width = p.size(1);
+    }
+    const int64_t* ids = input_ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab_, "DecodeStep.step: token ", ids[b], " is outside the vocabulary of ",
+                  vocab_);
+    }
+
+    const int64_t hidden = hidden_, groups = heads_ / kv_heads_, qkv_width = (heads_ + 2 * kv_heads_) * dim;
+    const int64_t attention_width = heads_ * dim, intermediate = intermediate_;
+    std::vector<float> x(batch * hidden), qkv(batch * qkv_width), attention(batch * attention_width),
+        gate_up(batch * 2 * intermediate);
+    for (int64_t b = 0; b < batch; ++b) std::memcpy(&x[b * hidden], embedding_ + ids[b] * hidden, hidden * sizeof(float));
+    at::Tensor logits = at::empty({batch, vocab_}, input_ids.options().dtype(at::kFloat));
+    float* out = logits.data_ptr<float>();
+    const float* cos_rows = cos.data_ptr<float>();
+    const float* sin_rows = sin.data_ptr<float>();
+    auto add_into_x = [&](int64_t m, int64_t n, float value) { x[m * hidden + n] += value; };
+
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+      const int t = omp_get_thread_num(), threads = omp_get_num_threads();
+      Scratch s;
+      s.normed.resize(batch * hidden);
+      s.gated.resize(batch * intermediate);
+      s.keys.resize(batch * kv_heads_ * dim);
+      s.query.resize(dim);
+      for (int64_t l = 0; l < layers_; ++l) {
+        const Layer& layer = layer_[l];
+        float* keys = caches[2 * l].data_ptr<float>();
+        float* values = caches[2 * l + 1].data_ptr<float>();
+        for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], layer.input_norm, hidden, eps_, &s.normed[b * hidden]);
+        product_share(layer.qkv, s.normed.data(), batch, s, t, threads, into(qkv.data(), qkv_width));
+#pragma omp barrier
+        // the token's keys, rotated, by every thread (it reads them from here, not from the cache,
+        // which thread 0 writes meanwhile)
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t h = 0; h < kv_heads_; ++h) {
+            float* key = &s.keys[(b * kv_heads_ + h) * dim];
+            rotate(&qkv[b * qkv_width + (heads_ + h) * dim], cos_rows + b * dim, sin_rows + b * dim, dim, key);
+            if (t == 0) {
+              const int64_t at = ((b * kv_heads_ + h) * slots + slot) * dim;
+              std::memcpy(keys + at, key, dim * sizeof(float));
+              std::memcpy(values + at, &qkv[b * qkv_width + (heads_ + kv_heads_ + h) * dim], dim * sizeof(float));
+            }
+          }
+        }
+        const auto [first_task, last_task] = share(batch * heads_, t, threads, 1);
+        for (int64_t task = first_task; task < last_task; ++task) {
+          const int64_t b = task / heads_, h = task % heads_, kv = h / groups;
+          rotate(&qkv[b * qkv_width + h * dim], cos_rows + b * dim, sin_rows + b * dim, dim, s.query.data());
+          const float* own_value = &qkv[b * qkv_width + (heads_ + kv_heads_ + kv) * dim];
+          const int64_t base = (b * kv_heads_ + kv) * slots * dim;
+          s.key_rows.clear();
+          s.value_rows.clear();
+          for (int64_t i = 0; i < slot; ++i) {
+            if (mask != nullptr && mask[b * mask_width + i] == 0) continue;
+            s.key_rows.push_back(keys + base + i * dim);
+            s.value_rows.push_back(values + base + i * dim);
+          }
+          s.key_rows.push_back(&s.keys[(b * kv_heads_ + kv) * dim]);
+          s.value_rows.push_back(own_value);
+          const int64_t count = static_cast<int64_t>(s.key_rows.size());
+          s.probs.resize(count);
+          for (int64_t i = 0; i < count; ++i) s.probs[i] = dot(s.query.data(), s.key_rows[i], dim) * scales_[l];
+          softmax(s.probs.data(), count);
+          weighted_sum(s.probs.data(), s.value_rows.data(), count, dim, &attention[b * attention_width + h * dim]);
+        }
+#pragma omp barrier
+        product_share(layer.o, attention.data(), batch, s, t, threads, add_into_x);
+#pragma omp barrier
+        for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], layer.post_norm, hidden, eps_, &s.normed[b * hidden]);
+        product_share(layer.gate_up, s.normed.data(), batch, s, t, threads, into(gate_up.data(), 2 * intermediate));
+#pragma omp barrier
+        for (int64_t b = 0; b < batch; ++b) {
+          const float* row = &gate_up[b * 2 * intermediate];
+          silu_times(row, row + intermediate, intermediate, &s.gated[b * intermediate]);
+        }
+        product_share(layer.down, s.gated.data(), batch, s, t, threads, add_into_x);
+#pragma omp barrier
+      }
+      for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], final_norm_, hidden, eps_, &s.normed[b * hidden]);
+      product_share(head_, s.normed.data(), batch, s, t, threads, into(out, vocab_));
+    }
+    return logits;
+  }
+
+ private:
+  struct Layer {
+    const float* input_norm;
+    const float* post_norm;
+    Product qkv, o, gate_up, down;
+  };
+
+  std::vector<at::Tensor> tensors_;  // held: the pointers below are theirs
+  float eps_;
+  int64_t hidden_, heads_, kv_heads_, head_dim_, intermediate_, layers_, vocab_;
+  std::vector<float> scales_;
+  const float* embedding_;
+  const float* final_norm_;
+  Product head_;
+  std::vector<Layer> layer_;
+};
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lamina, m) {
+  m.class_<DecodeStep>("DecodeStep")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
+                       double>())
+      .def("step", &DecodeStep::step);
+}

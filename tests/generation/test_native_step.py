@@ -1,0 +1,147 @@
+"""lamina's native decode step (`generation.native_step`, `kernels/decode_cpu.cpp`): the eager step's
+tokens and logits for float32, int8 and int4 models (left padding, batches), transformers' tokens,
+which models it serves, that it follows changes to the model, and its checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lamina
+from lamina import kernels
+from lamina.generation import native_step
+from lamina.quantization import QuantizationConfig, quantize
+from tests.decoding import assert_native_matches_eager
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.skipif(kernels.ops() is None, reason="lamina's kernels do not build here")
+
+TINY = dict(
+    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+    pad_token_id=0, sliding_window=None,
+)
+QUANTIZED = {"int8": QuantizationConfig(method="int8"), "int4": QuantizationConfig(method="int4", group_size=32)}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    torch.manual_seed(0)
+    reference = transformers.MistralForCausalLM(transformers.MistralConfig(**TINY)).eval()
+    path = tmp_path_factory.mktemp("mistral")
+    reference.save_pretrained(path)
+    return reference, path
+
+
+def _batch(rows=2):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, TINY["vocab_size"], (rows, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    ids[0, :3] = 0
+    return dict(input_ids=ids, attention_mask=mask, eos_token_id=None, pad_token_id=0)
+
+
+def _model(path, method=None):
+    model = lamina.AutoModelForCausalLM.from_pretrained(path)
+    if method is not None:
+        quantize(model, QUANTIZED[method])
+    return model
+
+
+def test_float32_native_step_gives_the_reference_tokens(pair):
+    reference, path = pair
+    batch = _batch()
+    expected = reference.generate(**batch, max_new_tokens=16, do_sample=False)
+    ours = _model(path)
+    assert torch.equal(ours.generate(**batch, max_new_tokens=16, do_sample=False), expected)
+    assert ours.__dict__["_native"][1] is not None
+
+
+@pytest.mark.parametrize("method", [None, "int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_native_step_matches_the_eager_step(pair, method, rows):
+    """Padded batches, and a single row; 20 tokens, so that the steps attend over 9-28 slots."""
+    assert_native_matches_eager(_model(pair[1], method), **_batch(rows), max_new_tokens=20)
+
+
+def test_native_step_serves_only_what_it_computes_exactly(pair, tmp_path, monkeypatch):
+    """Sliding windows, experts, bf16, biases, hooks, a dynamic cache or the switches keep the
+    model's own step (and its tokens)."""
+    _, path = pair
+    assert native_step.native_step(_model(path)) is not None
+    windowed = transformers.MistralForCausalLM(transformers.MistralConfig(**{**TINY, "sliding_window": 4})).eval()
+    windowed.save_pretrained(tmp_path / "windowed")
+    assert native_step.native_step(lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "windowed")) is None
+    assert native_step.native_step(_model(path).to(torch.bfloat16)) is None
+    assert native_step.native_step(_model(path).train()) is None
+    hooked = _model(path)
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert native_step.native_step(hooked) is None
+    nf4 = _model(path)
+    quantize(nf4, QuantizationConfig(method="nf4", group_size=32))
+    assert native_step.native_step(nf4) is None
+    off = _model(path)
+    off.native_decode = False
+    assert native_step.native_step(off) is None
+    monkeypatch.setenv("LAMINA_NATIVE_STEP", "0")
+    assert native_step.native_step(_model(path)) is None
+    monkeypatch.delenv("LAMINA_NATIVE_STEP")
+
+    # a dynamic cache: the native step hands the call to the model's own step
+    model, batch = _model(path, "int4"), _batch()
+    dynamic = model.generate(**batch, max_new_tokens=8, do_sample=False, cache_implementation="dynamic")
+    model.native_decode = False
+    assert torch.equal(dynamic, model.generate(**batch, max_new_tokens=8, do_sample=False))
+
+
+def test_native_step_follows_changes_to_the_model(pair):
+    """Weights changed in place are the tensors it holds; a layer swapped for another kind builds
+    it again (or drops it, for a layer it cannot run)."""
+    _, path = pair
+    model, batch = _model(path, "int4"), _batch()
+
+    def both():
+        """The tokens of the default step, whether it was the native one, and the eager step's tokens."""
+        default = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        ran = model.__dict__["_native"][1] is not None
+        model.native_decode = False
+        eager = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        model.native_decode = True
+        assert torch.equal(default, eager)
+        return default, ran
+
+    before, ran = both()
+    assert ran
+    with torch.no_grad():
+        model.model.norm.weight.mul_(-3.0)
+    after, ran = both()
+    assert ran and not torch.equal(after, before)
+    model.model.layers[1].mlp.down_proj = lamina.layers.linear.Linear(TINY["intermediate_size"], TINY["hidden_size"],
+                                                                     bias=False)
+    assert both()[1]
+    model.model.layers[1].mlp.down_proj = torch.nn.Linear(TINY["intermediate_size"], TINY["hidden_size"])
+    assert not both()[1]
+
+
+def test_decode_step_checks_its_arguments(pair):
+    model = _model(pair[1], "int8")
+    tensors, kinds, sizes, scales, eps = native_step._operands(model)
+    with pytest.raises(RuntimeError, match="expected 13 product kinds, got 12"):
+        torch.classes.lamina.DecodeStep(tensors, kinds[:-1], sizes, scales, eps)
+    first_int8 = next(i for i, t in enumerate(tensors) if t.dtype == torch.int8)  # the head's weight
+    wrong = tensors[:first_int8] + [tensors[first_int8].float()] + tensors[first_int8 + 1:]
+    with pytest.raises(RuntimeError, match=r"the head weight must be a contiguous Char \(97, 64\) CPU tensor, got "
+                                           r"\[97, 64\] Float"):
+        torch.classes.lamina.DecodeStep(wrong, kinds, sizes, scales, eps)
+    step = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+    cache = [torch.zeros(1, 2, 8, 16) for _ in range(6)]
+    angles = torch.zeros(1, 16)
+    with pytest.raises(RuntimeError, match="token 97 is outside the vocabulary of 97"):
+        step.step(torch.tensor([97]), angles, angles, 0, None, cache)
+    with pytest.raises(RuntimeError, match="slot 8 is outside the cache's 8 slots"):
+        step.step(torch.tensor([5]), angles, angles, 8, None, cache)
+    with pytest.raises(RuntimeError, match="expected 6 cache tensors"):
+        step.step(torch.tensor([5]), angles, angles, 0, None, cache[:4])
+    logits = step.step(torch.tensor([5]), angles + 1, angles, 0, None, cache)
+    assert logits.shape == (1, 97) and torch.isfinite(logits).all()
