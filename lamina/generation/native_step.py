@@ -9,8 +9,9 @@ them; the native step keeps the threads in one region for the whole token. SmolL
 It serves `generate` in place of `decode_step` (eager or compiled) wherever it can run the model
 exactly as the layers do: a float32 causal LM of the shared decoder on the CPU (`DecoderForCausalLM`:
 Llama, Mistral, Ministral, SmolLM2 …) with RMSNorm, rotary attention over the whole head, a SiLU-gated
-MLP, no biases, no sliding windows or experts, every projection and the head either a float32
-`Linear` or an int8 / int4 layer on lamina's kernels, no hooks, in eval mode, with a static cache.
+MLP, no biases or experts, every projection and the head either a float32 `Linear` or an int8 / int4
+layer on lamina's kernels, no hooks, in eval mode, with generate's cache (static for full-attention
+layers, a ring of the window's slots for sliding ones).
 Anything else keeps the step it had. `LAMINA_NATIVE_STEP=0` in the environment, or
 `model.native_decode = False`, turns it off.
 
@@ -22,12 +23,13 @@ float32 summation order (tested, with the tokens).
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable
 
 import torch
 
 from .. import kernels
-from ..cache import StaticLayerCache
+from ..cache import RollingLayerCache, StaticLayerCache
 from ..layers.linear import Linear
 from ..layers.norms import RMSNorm
 from ..quantization.linear import Int4Linear, Int8Linear
@@ -44,45 +46,55 @@ def native_step(model: Any) -> Callable[..., torch.Tensor] | None:
     operands = _operands(model)
     if operands is None:
         return None
-    tensors, kinds, sizes, scales, eps = operands
-    plan = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+    tensors, kinds, sizes, scales, windows, eps = operands
+    plan = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows, eps)
     return _Step(model, plan)
 
 
 class _Step:
     """`decode_step(input_ids, position_ids, cache_position, attention_mask, cache)` through the
-    native step; a cache that is not all static layers goes to the model's own `decode_step`."""
+    native step; a cache other than `generate`'s (see `_buffers`) goes to the model's own step."""
 
     def __init__(self, model: Any, plan: Any) -> None:
         self.model = model
         self.plan = plan
-        self._cache: tuple[Any, list[torch.Tensor] | None] = (None, None)
+        # the cache last seen (not kept alive), whether its layers are what the step writes, which are rings
+        self._cache: tuple[Callable[[], Any], bool, list[int]] = (lambda: None, False, [])
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
                  attention_mask: torch.Tensor | None, cache: Any) -> torch.Tensor:
         buffers = self._buffers(cache)
         if buffers is None or input_ids.shape[1] != 1:
             return self.model.decode_step(input_ids, position_ids, cache_position, attention_mask, cache)
-        batch = input_ids.shape[0]
+        batch, slot = input_ids.shape[0], int(cache_position[0])
         cos, sin = self.model.decoder.rotary_emb(position_ids, torch.float32)
         padding = None if attention_mask is None else attention_mask.long().contiguous()
-        return self.plan.step(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
-                              sin.reshape(batch, -1).contiguous(), int(cache_position[0]), padding, buffers)
+        logits = self.plan.step(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
+                                sin.reshape(batch, -1).contiguous(), slot, padding, buffers)
+        for index in self._cache[2]:  # what `RollingLayerCache.update` records besides keys and values
+            ring = cache.layers[index]
+            ring.positions[slot % ring.window] = slot
+            ring.written = True
+        return logits
 
     def _buffers(self, cache: Any) -> list[torch.Tensor] | None:
-        """The cache's key and value buffers, layer by layer, where every layer is static and
-        allocated (the prompt's forward allocates them); else None."""
-        held, buffers = self._cache
-        if held is not cache or buffers is None or any(layer.keys is None for layer in cache.layers):
+        """The cache's key and value buffers, layer by layer, where each full-attention layer's cache
+        is static and each sliding layer's a ring of its window, all allocated (the prompt's forward
+        allocates them) and float32; else None."""
+        if self._cache[0]() is not cache:
             layers = getattr(cache, "layers", None)
-            ready = layers is not None and all(isinstance(layer, StaticLayerCache) and layer.keys is not None
-                                               and layer.keys.dtype == torch.float32 for layer in layers)
-            buffers = [b for layer in layers for b in (layer.keys, layer.values)] if ready else None
-            self._cache = (cache, buffers)
-        return buffers
+            windows = self.model.decoder.decoder_spec.layer_windows
+            kinds = layers is not None and len(layers) == len(windows) and all(
+                isinstance(layer, RollingLayerCache if window else StaticLayerCache)
+                and (not window or layer.window == window) for layer, window in zip(layers, windows))
+            rings = [i for i, layer in enumerate(layers) if isinstance(layer, RollingLayerCache)] if kinds else []
+            self._cache = (weakref.ref(cache), kinds, rings)
+        if not self._cache[1] or any(layer.keys is None or layer.keys.dtype != torch.float32 for layer in cache.layers):
+            return None
+        return [buffer for layer in cache.layers for buffer in (layer.keys, layer.values)]
 
 
-def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], list[float], float] | None:
+def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], list[float], list[int], float] | None:
     """`DecodeStep`'s arguments for `model`, or None where the native step cannot run it."""
     decoder = getattr(model, "decoder", None)
     spec = getattr(decoder, "decoder_spec", None)
@@ -90,7 +102,7 @@ def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], lis
         return None
     if (spec.norm, spec.mlp, spec.position) != ("rms", "gated", "rope") or spec.activation not in ("silu", "swish") \
             or spec.attention_bias or spec.output_bias or spec.mlp_bias or spec.qk_norm or spec.num_experts \
-            or spec.rotary_dim not in (None, spec.head_dim) or any(w is not None for w in spec.layer_windows):
+            or spec.rotary_dim not in (None, spec.head_dim):
         return None
     if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
         return None
@@ -119,7 +131,8 @@ def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], lis
     sizes = [spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.intermediate_size,
              spec.num_layers, spec.vocab_size]
     scales = [float(layer.self_attn.scale) for layer in decoder.layers]
-    return [t.detach() for t in tensors], kinds, sizes, scales, float(spec.norm_eps)
+    windows = [window or 0 for window in spec.layer_windows]
+    return [t.detach() for t in tensors], kinds, sizes, scales, windows, float(spec.norm_eps)
 
 
 def _product(layer: Any) -> tuple[int, list[torch.Tensor]] | None:

@@ -9,7 +9,7 @@
 // element-wise parts it needs itself (norms, rotary, SiLU, quantizing a product's input) instead of
 // waiting for one thread to.
 //
-// torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+// torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows, eps)
 //   sizes = [hidden, heads, kv_heads, head_dim, intermediate, layers, vocab];
 //   tensors = [embedding (vocab, hidden) float32, final norm (hidden), head product,
 //              then per layer: input norm, post-attention norm, qkv, o, gate_up and down products],
@@ -17,13 +17,17 @@
 //   0 float32 [weight (N, K)], 1 int8 [weight (N, K) int8, scale (N,) float32] (`Int8Linear`),
 //   2 int4 [weight (N, K/2) uint8, scale, minimum (N, groups) float16] (`Int4Linear`).
 //   qkv's rows are the queries' then the keys' then the values' (`DecoderAttention.qkv_proj`),
-//   gate_up's the gate's then the up projection's. scales: each layer's attention scale.
-//   The step holds these tensors: changes made to them in place are seen.
+//   gate_up's the gate's then the up projection's. scales: each layer's attention scale; windows:
+//   each layer's sliding window, 0 for none. The step holds these tensors: changes made to them in
+//   place are seen.
 //
 // .step(input_ids (B,) int64, cos (B, D), sin (B, D) float32, slot, padding (B, >slot) int64 or
-//       None, caches [keys 0, values 0, keys 1, ...] (B, kv_heads, S, D) float32) -> logits (B, vocab)
-//   The token's keys and values are written at `slot` of every layer's cache; the query attends
-//   the slots up to `slot` that `padding` does not mark 0 (and its own). The maths and the row
+//       None, caches [keys 0, values 0, keys 1, ...] float32) -> logits (B, vocab)
+//   A full-attention layer's cache is static, (B, kv_heads, S, D) with S > slot: the token's keys
+//   and values go to `slot`, and the query attends the slots up to it that `padding` does not
+//   mark 0 (and its own). A sliding layer's is a ring of its window's W slots, (B, kv_heads, W, D)
+//   (`RollingLayerCache`): the token goes to slot % W, over the key of position slot - W, and the
+//   query attends the positions in (slot - W, slot] that are not padding. The maths and the row
 //   kernels are those of the layers' own path (rows.h, attention.h): outputs agree with it to
 //   float32 summation order.
 
@@ -119,7 +123,7 @@ void silu_times(const float* gate, const float* up, int64_t count, float* out) {
 class DecodeStep : public torch::CustomClassHolder {
  public:
   DecodeStep(std::vector<at::Tensor> tensors, std::vector<int64_t> kinds, std::vector<int64_t> sizes,
-             std::vector<double> scales, double eps)
+             std::vector<double> scales, std::vector<int64_t> windows, double eps)
       : tensors_(std::move(tensors)), eps_(static_cast<float>(eps)) {
     TORCH_CHECK(sizes.size() == 7, "DecodeStep: sizes must be [hidden, heads, kv_heads, head_dim, intermediate, ",
                 "layers, vocab], got ", sizes.size(), " values");
@@ -131,6 +135,9 @@ class DecodeStep : public torch::CustomClassHolder {
                 "attention scales, got ", scales.size());
     TORCH_CHECK(static_cast<int64_t>(kinds.size()) == 1 + 4 * layers_, "DecodeStep: expected ", 1 + 4 * layers_,
                 " product kinds, got ", kinds.size());
+    TORCH_CHECK(static_cast<int64_t>(windows.size()) == layers_, "DecodeStep: ", layers_, " layers need as many ",
+                "windows, got ", windows.size());
+    for (int64_t window : windows) TORCH_CHECK(window >= 0, "DecodeStep: a window of ", window, " slots");
     scales_.assign(scales.begin(), scales.end());
     size_t next = 0, kind = 0;
     auto vector = [&](int64_t length, const char* name) {
@@ -185,6 +192,7 @@ class DecodeStep : public torch::CustomClassHolder {
     const int64_t attention_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
     for (int64_t l = 0; l < layers_; ++l) {
       Layer layer;
+      layer.window = windows[l];
       layer.input_norm = vector(hidden_, "an input norm");
       layer.post_norm = vector(hidden_, "a post-attention norm");
       layer.qkv = product(attention_width + 2 * kv_width, hidden_, "a qkv projection");
@@ -210,14 +218,23 @@ class DecodeStep : public torch::CustomClassHolder {
     }
     TORCH_CHECK(static_cast<int64_t>(caches.size()) == 2 * layers_, "DecodeStep.step: expected ", 2 * layers_,
                 " cache tensors (keys and values a layer), got ", caches.size());
-    const int64_t slots = caches.empty() ? 0 : caches[0].size(2);
-    for (const at::Tensor& c : caches) {
-      TORCH_CHECK(c.dim() == 4 && c.size(0) == batch && c.size(1) == kv_heads_ && c.size(2) == slots &&
-                      c.size(3) == dim && c.scalar_type() == at::kFloat && c.is_contiguous() && c.device().is_cpu(),
-                  "DecodeStep.step: caches must be contiguous float32 (", batch, ", ", kv_heads_, ", slots, ", dim,
-                  ") CPU tensors of one size, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
+    TORCH_CHECK(slot >= 0, "DecodeStep.step: slot ", slot, " is negative");
+    for (int64_t l = 0; l < layers_; ++l) {
+      const int64_t window = layer_[l].window;
+      for (const at::Tensor& c : {caches[2 * l], caches[2 * l + 1]}) {
+        TORCH_CHECK(c.dim() == 4 && c.size(0) == batch && c.size(1) == kv_heads_ && c.size(3) == dim &&
+                        c.scalar_type() == at::kFloat && c.is_contiguous() && c.device().is_cpu(),
+                    "DecodeStep.step: layer ", l, "'s cache must be a contiguous float32 (", batch, ", ", kv_heads_,
+                    ", slots, ", dim, ") CPU tensor, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
+        if (window > 0) {
+          TORCH_CHECK(c.size(2) == window, "DecodeStep.step: layer ", l, "'s cache has ", c.size(2),
+                      " slots, expected its window of ", window);
+        } else {
+          TORCH_CHECK(c.size(2) > slot, "DecodeStep.step: slot ", slot, " is outside layer ", l, "'s cache of ",
+                      c.size(2), " slots");
+        }
+      }
     }
-    TORCH_CHECK(slot >= 0 && slot < slots, "DecodeStep.step: slot ", slot, " is outside the cache's ", slots, " slots");
     const int64_t* mask = nullptr;
     int64_t mask_width = 0;
     if (padding.has_value()) {
@@ -258,6 +275,8 @@ class DecodeStep : public torch::CustomClassHolder {
         const Layer& layer = layer_[l];
         float* keys = caches[2 * l].data_ptr<float>();
         float* values = caches[2 * l + 1].data_ptr<float>();
+        // the cache's slots, and the token's: `slot` in a static cache, slot % window in a ring
+        const int64_t slots = caches[2 * l].size(2), own = layer.window > 0 ? slot % layer.window : slot;
         for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], layer.input_norm, hidden, eps_, &s.normed[b * hidden]);
         product_share(layer.qkv, s.normed.data(), batch, s, t, threads, into(qkv.data(), qkv_width));
 #pragma omp barrier
@@ -268,7 +287,7 @@ class DecodeStep : public torch::CustomClassHolder {
             float* key = &s.keys[(b * kv_heads_ + h) * dim];
             rotate(&qkv[b * qkv_width + (heads_ + h) * dim], cos_rows + b * dim, sin_rows + b * dim, dim, key);
             if (t == 0) {
-              const int64_t at = ((b * kv_heads_ + h) * slots + slot) * dim;
+              const int64_t at = ((b * kv_heads_ + h) * slots + own) * dim;
               std::memcpy(keys + at, key, dim * sizeof(float));
               std::memcpy(values + at, &qkv[b * qkv_width + (heads_ + kv_heads_ + h) * dim], dim * sizeof(float));
             }
@@ -282,13 +301,19 @@ class DecodeStep : public torch::CustomClassHolder {
           const int64_t base = (b * kv_heads_ + kv) * slots * dim;
           s.key_rows.clear();
           s.value_rows.clear();
-          for (int64_t i = 0; i < slot; ++i) {
-            if (mask != nullptr && mask[b * mask_width + i] == 0) continue;
+          // in slot order, as the layers' own step sums them
+          for (int64_t i = 0; i < (layer.window > 0 ? slots : slot + 1); ++i) {
+            if (i == own) {
+              s.key_rows.push_back(&s.keys[(b * kv_heads_ + kv) * dim]);
+              s.value_rows.push_back(own_value);
+              continue;
+            }
+            // the position in slot i: i itself, or in a ring the last position before `slot` landing on i
+            const int64_t position = layer.window > 0 ? slot - (own - i + slots) % slots : i;
+            if (position < 0 || (mask != nullptr && mask[b * mask_width + position] == 0)) continue;
             s.key_rows.push_back(keys + base + i * dim);
             s.value_rows.push_back(values + base + i * dim);
           }
-          s.key_rows.push_back(&s.keys[(b * kv_heads_ + kv) * dim]);
-          s.value_rows.push_back(own_value);
           const int64_t count = static_cast<int64_t>(s.key_rows.size());
           s.probs.resize(count);
           for (int64_t i = 0; i < count; ++i) s.probs[i] = dot(s.query.data(), s.key_rows[i], dim) * scales_[l];
@@ -316,6 +341,7 @@ class DecodeStep : public torch::CustomClassHolder {
 
  private:
   struct Layer {
+    int64_t window;  // 0: full attention over a static cache
     const float* input_norm;
     const float* post_norm;
     Product qkv, o, gate_up, down;
@@ -336,6 +362,6 @@ class DecodeStep : public torch::CustomClassHolder {
 TORCH_LIBRARY_FRAGMENT(lamina, m) {
   m.class_<DecodeStep>("DecodeStep")
       .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
-                       double>())
+                       std::vector<int64_t>, double>())
       .def("step", &DecodeStep::step);
 }

@@ -1,6 +1,6 @@
 """lamina's native decode step (`generation.native_step`, `kernels/decode_cpu.cpp`): the eager step's
-tokens and logits for float32, int8 and int4 models (left padding, batches), transformers' tokens,
-which models it serves, that it follows changes to the model, and its checks."""
+tokens and logits for float32, int8 and int4 models (left padding, batches, sliding windows),
+transformers' tokens, which models it serves, that it follows changes to the model, and its checks."""
 
 from __future__ import annotations
 
@@ -49,30 +49,57 @@ def _model(path, method=None):
     return model
 
 
-def test_float32_native_step_gives_the_reference_tokens(pair):
-    reference, path = pair
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    """Ministral with sliding (window 5) and full-attention layers."""
+    torch.manual_seed(0)
+    config = transformers.MinistralConfig(**{**TINY, "sliding_window": 5}, layer_types=[
+        "sliding_attention", "full_attention", "sliding_attention"])
+    reference = transformers.MinistralForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("ministral")
+    reference.save_pretrained(path)
+    return reference, path
+
+
+@pytest.mark.parametrize("name", ["pair", "windowed"])
+def test_float32_native_step_gives_the_reference_tokens(name, request):
+    """20 new tokens take the window-5 layers round their ring four times."""
+    reference, path = request.getfixturevalue(name)
     batch = _batch()
-    expected = reference.generate(**batch, max_new_tokens=16, do_sample=False)
+    expected = reference.generate(**batch, max_new_tokens=20, do_sample=False)
     ours = _model(path)
-    assert torch.equal(ours.generate(**batch, max_new_tokens=16, do_sample=False), expected)
+    assert torch.equal(ours.generate(**batch, max_new_tokens=20, do_sample=False), expected)
     assert ours.__dict__["_native"][1] is not None
 
 
 @pytest.mark.parametrize("method", [None, "int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 2, 5])
-def test_native_step_matches_the_eager_step(pair, method, rows):
-    """Padded batches, and a single row; 20 tokens, so that the steps attend over 9-28 slots."""
+def test_native_step_matches_the_eager_step(pair, windowed, method, rows):
+    """Padded batches, and a single row; 20 tokens, so that the steps attend over 9-28 slots (or a
+    ring of 5)."""
     assert_native_matches_eager(_model(pair[1], method), **_batch(rows), max_new_tokens=20)
+    model = _model(windowed[1], method)
+    assert_native_matches_eager(model, **_batch(rows), max_new_tokens=20)
+    # the rings' positions are recorded as the layers' own step records them (slots 10-14, the last
+    # five written), so a cache handed back continues the same in either step
+    def ring_positions():
+        cache = model.generate(**_batch(rows), max_new_tokens=7, do_sample=False,
+                               return_dict_in_generate=True).past_key_values
+        return [layer.positions.tolist() for layer in cache.layers if hasattr(layer, "window")]
+
+    assert ring_positions() == [[10, 11, 12, 13, 14]] * 2
+    model.native_decode = False
+    assert ring_positions() == [[10, 11, 12, 13, 14]] * 2
 
 
 def test_native_step_serves_only_what_it_computes_exactly(pair, tmp_path, monkeypatch):
-    """Sliding windows, experts, bf16, biases, hooks, a dynamic cache or the switches keep the
-    model's own step (and its tokens)."""
+    """Experts, bf16, nf4, training, hooks, a dynamic cache or the switches keep the model's own step
+    (and its tokens)."""
     _, path = pair
     assert native_step.native_step(_model(path)) is not None
-    windowed = transformers.MistralForCausalLM(transformers.MistralConfig(**{**TINY, "sliding_window": 4})).eval()
-    windowed.save_pretrained(tmp_path / "windowed")
-    assert native_step.native_step(lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "windowed")) is None
+    mixtral = transformers.MixtralForCausalLM(transformers.MixtralConfig(**TINY, num_local_experts=4)).eval()
+    mixtral.save_pretrained(tmp_path / "mixtral")
+    assert native_step.native_step(lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "mixtral")) is None
     assert native_step.native_step(_model(path).to(torch.bfloat16)) is None
     assert native_step.native_step(_model(path).train()) is None
     hooked = _model(path)
@@ -126,22 +153,27 @@ def test_native_step_follows_changes_to_the_model(pair):
 
 def test_decode_step_checks_its_arguments(pair):
     model = _model(pair[1], "int8")
-    tensors, kinds, sizes, scales, eps = native_step._operands(model)
+    tensors, kinds, sizes, scales, windows, eps = native_step._operands(model)
     with pytest.raises(RuntimeError, match="expected 13 product kinds, got 12"):
-        torch.classes.lamina.DecodeStep(tensors, kinds[:-1], sizes, scales, eps)
+        torch.classes.lamina.DecodeStep(tensors, kinds[:-1], sizes, scales, windows, eps)
+    with pytest.raises(RuntimeError, match="3 layers need as many windows, got 2"):
+        torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows[:2], eps)
     first_int8 = next(i for i, t in enumerate(tensors) if t.dtype == torch.int8)  # the head's weight
     wrong = tensors[:first_int8] + [tensors[first_int8].float()] + tensors[first_int8 + 1:]
     with pytest.raises(RuntimeError, match=r"the head weight must be a contiguous Char \(97, 64\) CPU tensor, got "
                                            r"\[97, 64\] Float"):
-        torch.classes.lamina.DecodeStep(wrong, kinds, sizes, scales, eps)
-    step = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, eps)
+        torch.classes.lamina.DecodeStep(wrong, kinds, sizes, scales, windows, eps)
+    step = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows, eps)
     cache = [torch.zeros(1, 2, 8, 16) for _ in range(6)]
     angles = torch.zeros(1, 16)
     with pytest.raises(RuntimeError, match="token 97 is outside the vocabulary of 97"):
         step.step(torch.tensor([97]), angles, angles, 0, None, cache)
-    with pytest.raises(RuntimeError, match="slot 8 is outside the cache's 8 slots"):
+    with pytest.raises(RuntimeError, match="slot 8 is outside layer 0's cache of 8 slots"):
         step.step(torch.tensor([5]), angles, angles, 8, None, cache)
     with pytest.raises(RuntimeError, match="expected 6 cache tensors"):
         step.step(torch.tensor([5]), angles, angles, 0, None, cache[:4])
     logits = step.step(torch.tensor([5]), angles + 1, angles, 0, None, cache)
     assert logits.shape == (1, 97) and torch.isfinite(logits).all()
+    ringed = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, [4, 0, 4], eps)
+    with pytest.raises(RuntimeError, match="layer 0's cache has 8 slots, expected its window of 4"):
+        ringed.step(torch.tensor([5]), angles, angles, 0, None, cache)
