@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lamina import kernels
 from lamina.quantization.linear import Int4Linear, Int8Linear, _int4pack_product, pack_nibbles, split_products_ready
-from tests.decoding import assert_compiled_matches_eager
+from tests.decoding import assert_compiled_matches_eager, assert_native_matches_eager
 
 OPS = kernels.ops()
 needs_kernels = pytest.mark.skipif(OPS is None, reason=f"lamina kernels unavailable: {kernels.unavailable_reason()}")
@@ -299,11 +299,31 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no partial library left behind
 
 
+def native_step_matches_eager(method):
+    """lamina's native decode step (decode_cpu.cpp, through this build's row kernels) gives the eager
+    step's tokens and logits on a random Mistral with sliding windows, float32 or quantized."""
+    from lamina.models.mistral import MistralConfig, MistralForCausalLM
+    from lamina.quantization import QuantizationConfig, quantize
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6)
+    model = MistralForCausalLM(config).eval()
+    if method is not None:
+        quantize(model, QuantizationConfig(method=method, group_size=32))
+    ids = torch.randint(1, 128, (3, 5))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    assert_native_matches_eager(model, input_ids=ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0,
+                                eos_token_id=None)
+
+
 @pytest.mark.slow
 @needs_kernels
 def test_avx2_paths_in_a_separate_build(tmp_path):
     """On an AVX-512 CPU the default build takes the VNNI and BF16 paths; build without AVX-512 and
-    VNNI and check the AVX2 ones against the same reference, then that the cached library is reused."""
+    VNNI and check the AVX2 ones against the same reference (the native decode step included), then
+    that the cached library is reused."""
     check = f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -320,6 +340,8 @@ def test_avx2_paths_in_a_separate_build(tmp_path):
         t.test_f32_linear_sums_in_float32(3, 40, 5)
         for dtype in (torch.float32, torch.bfloat16):
             t.test_decode_attention_matches_softmax_attention(dtype, 6, 2, 40)
+        for method in (None, "int8", "int4"):
+            t.native_step_matches_eager(method)
         print("ok")
     """
     flags = "-mno-avx512f -mno-avxvnni"
