@@ -511,10 +511,10 @@ def report(results: dict[str, dict], bandwidth: float, threads: int, model_path:
         "",
         "Ratios in parentheses are to transformers in the same dtype (int8/int4/llama.cpp: to transformers float32). "
         "lamina's decode b1 and b8 run `generate` with `compile_config={}`: its native step where it serves the "
-        "model (\"native step\" in the last column), else the compiled step (the first run, which compiles or builds, "
-        "is timed apart); \"eager b1\" is its plain eager step. matmul ceiling = 1 ÷ the time of all the model's linear "
-        "layers for one token with the mode's kernels, and \"% of matmul\" is decode b1 as a share of it; "
-        "bandwidth ceiling = bandwidth ÷ weight bytes read per token.",
+        "model (\"native step\" in the last column), else the compiled step (the first run, which compiles or "
+        "builds, is timed apart); \"eager b1\" is its plain eager step. matmul ceiling = 1 ÷ the time of all the "
+        "model's linear layers for one token with the mode's kernels, and \"% of matmul\" is decode b1 as a share "
+        "of it; bandwidth ceiling = bandwidth ÷ weight bytes read per token.",
         "",
         "| engine:mode | load s | load peak RSS MB (÷ model bytes) | prefill tok/s | eager b1 tok/s | decode b1 tok/s "
         "| % of matmul | matmul ceiling | bandwidth ceiling | decode b8 tok/s | first run s | KV bytes (tokens) | backend |",

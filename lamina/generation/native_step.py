@@ -109,8 +109,9 @@ def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], lis
     if kernels.ops() is None or not hasattr(torch.classes.lamina, "DecodeStep"):
         return None
     embedding = decoder.embed_tokens.weight
-    norms = [decoder.norm] + [n for layer in decoder.layers for n in (layer.input_layernorm,
-                                                                        layer.post_attention_layernorm)]
+    norms = [decoder.norm]
+    for layer in decoder.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
     if embedding.dtype != torch.float32 or not embedding.is_contiguous() \
             or any(type(n) is not RMSNorm or n.eps != spec.norm_eps or n.weight.dtype != torch.float32 for n in norms):
         return None

@@ -80,6 +80,7 @@ def test_native_step_matches_the_eager_step(pair, windowed, method, rows):
     assert_native_matches_eager(_model(pair[1], method), **_batch(rows), max_new_tokens=20)
     model = _model(windowed[1], method)
     assert_native_matches_eager(model, **_batch(rows), max_new_tokens=20)
+
     # the rings' positions are recorded as the layers' own step records them (slots 10-14, the last
     # five written), so a cache handed back continues the same in either step
     def ring_positions():
