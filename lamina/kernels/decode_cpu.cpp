@@ -43,6 +43,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "attention.h"
@@ -140,7 +141,7 @@ class DecodeStep : public torch::CustomClassHolder {
     for (int64_t window : windows) TORCH_CHECK(window >= 0, "DecodeStep: a window of ", window, " slots");
     scales_.assign(scales.begin(), scales.end());
     size_t next = 0, kind = 0;
-    auto vector = [&](int64_t length, const char* name) {
+    auto vector = [&](int64_t length, const std::string& name) {
       TORCH_CHECK(next < tensors_.size(), "DecodeStep: too few tensors (", name, ")");
       const at::Tensor& t = tensors_[next++];
       TORCH_CHECK(t.dim() == 1 && t.size(0) == length && t.scalar_type() == at::kFloat && t.is_contiguous() &&
@@ -158,7 +159,8 @@ class DecodeStep : public torch::CustomClassHolder {
         TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && (columns < 0 || t.size(1) == columns) &&
                         t.scalar_type() == dtype && t.is_contiguous() && t.device().is_cpu(),
                     "DecodeStep: ", name, " ", part, " must be a contiguous ", c10::toString(dtype), " (", rows, ", ",
-                    columns, ") CPU tensor, got ", t.sizes(), " ", c10::toString(t.scalar_type()));
+                    columns < 0 ? std::string("groups") : std::to_string(columns), ") CPU tensor, got ", t.sizes(), " ",
+                    c10::toString(t.scalar_type()));
         return t;
       };
       if (p.kind == kFloat32) {
@@ -166,7 +168,7 @@ class DecodeStep : public torch::CustomClassHolder {
       } else if (p.kind == kInt8) {
         TORCH_CHECK(width % kBlock == 0, "DecodeStep: ", name, ": int8 inputs must be a multiple of 32, got ", width);
         const int8_t* codes = matrix(at::kChar, width, "weight").data_ptr<int8_t>();
-        p.int8 = Int8Weights{codes, vector(rows, name), width};
+        p.int8 = Int8Weights{codes, vector(rows, std::string(name) + " scale"), width};
       } else if (p.kind == kInt4) {
         const uint8_t* codes = matrix(at::kByte, width / 2, "weight").data_ptr<uint8_t>();
         const at::Tensor& scale = matrix(at::kHalf, -1, "scale");
