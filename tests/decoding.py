@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lamina.quantization.linear import Int4Linear, Int8Linear
+
 
 def assert_compiled_matches_eager(model, ids: torch.Tensor, max_new_tokens: int) -> None:
     """The compiled decode step (no fallback to eager) gives the eager step's tokens, and its logits
@@ -23,7 +25,9 @@ def assert_compiled_matches_eager(model, ids: torch.Tensor, max_new_tokens: int)
 
 def assert_native_matches_eager(model, **inputs) -> None:
     """lamina's native step runs (`generation.native_step`) and gives the eager step's tokens, and its
-    logits to float32 summation order."""
+    logits to float32 summation order: 1e-4 for float32 models. Quantized layers round their
+    activations to int8 per block of 32, so a last-bit difference upstream (the norm's sum taken in
+    another order) can move one code by 1 and a logit by ~1e-3 a few steps on: 2e-2 for them."""
     settings = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **inputs)
     native = model.generate(**settings)
     assert model.__dict__["_native"][1] is not None
@@ -34,4 +38,6 @@ def assert_native_matches_eager(model, **inputs) -> None:
     finally:
         model.native_decode = True
     assert torch.equal(native.sequences, eager.sequences)
-    torch.testing.assert_close(torch.stack(native.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
+    quantized = any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+    tolerance = 2e-2 if quantized else 1e-4
+    torch.testing.assert_close(torch.stack(native.logits), torch.stack(eager.logits), rtol=1e-4, atol=tolerance)

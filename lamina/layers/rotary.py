@@ -121,8 +121,13 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         freqs = position_ids[..., None].float() * self.inv_freq.float()
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return (angles.cos() * self.attention_scaling).to(dtype), (angles.sin() * self.attention_scaling).to(dtype)
+        # the float32 angles' cos and sin taken in float64, then rounded: float32's correctly rounded
+        # values, where PyTorch's float32 kernels are within an ulp or two of them. On an AMX Xeon VM
+        # the first float32 `cos` of a process now and then returned values off by 1.5e-4 (bench/RESULTS.md),
+        # which made a first prompt's outputs differ from later ones.
+        angles = torch.cat((freqs, freqs), dim=-1).double()
+        cos, sin = angles.cos().float(), angles.sin().float()
+        return (cos * self.attention_scaling).to(dtype), (sin * self.attention_scaling).to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
