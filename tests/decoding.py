@@ -31,12 +31,13 @@ def assert_native_matches_eager(model, **inputs) -> None:
     settings = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **inputs)
     native = model.generate(**settings)
     assert model.__dict__["_native"][1] is not None
+    switch = model.__dict__.get("native_decode", True)
     model.native_decode = False
     try:
         eager = model.generate(disable_compile=True, **settings)
         assert model.__dict__["_native"][1] is None
     finally:
-        model.native_decode = True
+        model.native_decode = switch
     assert torch.equal(native.sequences, eager.sequences)
     quantized = any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
     tolerance = 2e-2 if quantized else 1e-4

@@ -117,18 +117,22 @@ def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], lis
         return None
     tensors: list[torch.Tensor] = [embedding, decoder.norm.weight]
     kinds: list[int] = []
-    products = [model.lm_head]
-    for layer in decoder.layers:
-        products += [layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj]
-    for index, product in enumerate(products):
-        if index > 0 and (index - 1) % 4 == 0:  # a layer's norms come before its products
-            layer = decoder.layers[(index - 1) // 4]
-            tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-        described = _product(product)
-        if described is None:
+
+    def add(*products: Any) -> bool:
+        described = [_product(product) for product in products]
+        if None in described:
+            return False
+        for kind, operands in described:
+            kinds.append(kind)
+            tensors.extend(operands)
+        return True
+
+    if not add(model.lm_head):
+        return None
+    for layer in decoder.layers:  # each layer's norms, then its four products
+        tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        if not add(layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
             return None
-        kinds.append(described[0])
-        tensors += described[1]
     sizes = [spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.intermediate_size,
              spec.num_layers, spec.vocab_size]
     scales = [float(layer.self_attn.scale) for layer in decoder.layers]

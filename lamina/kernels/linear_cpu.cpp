@@ -117,16 +117,16 @@ void check_matrix(const at::Tensor& t, at::ScalarType dtype, int64_t rows, const
   TORCH_CHECK(t.size(0) == rows, op, ": ", name, " has ", t.size(0), " rows, expected ", rows);
 }
 
-// The (rows, out_features) float32 product whose outputs n..n+count-1 of activation row m
-// `row_kernel(n, count, m, outputs)` computes (`count` a `std::integral_constant`), kRows weight
-// rows at a time; the weight's rows are split across ATen's threads.
-template <typename RowKernel>
-at::Tensor row_products(int64_t rows, int64_t out_features, const at::TensorOptions& options,
-                        const RowKernel& row_kernel) {
+// The (rows, out_features) float32 product whose outputs [begin, end) of every activation row
+// `outputs(begin, end, store)` computes (rows.h's `*_outputs`); the outputs are split across ATen's
+// threads.
+template <typename Outputs>
+at::Tensor threaded_products(int64_t rows, int64_t out_features, const at::TensorOptions& options,
+                             const Outputs& outputs) {
   at::Tensor out = at::empty({rows, out_features}, options.dtype(at::kFloat));
   float* result = out.data_ptr<float>();
   at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    row_range(rows, begin, end, row_kernel, into(result, out_features));
+    outputs(begin, end, into(result, out_features));
   });
   return out;
 }
@@ -167,12 +167,9 @@ at::Tensor int4_product(const at::Tensor& x, const at::Tensor& weight, const at:
                       groups};
   Int4Inputs in;
   prepare_int4(w, input.data_ptr<float>(), rows, in);
-  at::Tensor out = at::empty({rows, out_features}, input.options());
-  float* result = out.data_ptr<float>();
-  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    int4_outputs(w, in, rows, route, begin, end, into(result, out_features));
+  return threaded_products(rows, out_features, input.options(), [&](int64_t begin, int64_t end, const auto& store) {
+    int4_outputs(w, in, rows, route, begin, end, store);
   });
-  return out;
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
@@ -198,12 +195,9 @@ at::Tensor int8_product(const at::Tensor& x, const at::Tensor& weight, const at:
   const Int8Weights w{weight.data_ptr<int8_t>(), weight_scale.data_ptr<float>(), width};
   Int8Inputs in;
   prepare_int8(w, input.data_ptr<float>(), rows, in);
-  at::Tensor out = at::empty({rows, out_features}, input.options());
-  float* result = out.data_ptr<float>();
-  at::parallel_for(0, out_features, 16, [&](int64_t begin, int64_t end) {
-    int8_outputs(w, in, rows, route, begin, end, into(result, out_features));
+  return threaded_products(rows, out_features, input.options(), [&](int64_t begin, int64_t end, const auto& store) {
+    int8_outputs(w, in, rows, route, begin, end, store);
   });
-  return out;
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale) {
@@ -550,8 +544,10 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
   const auto* xs = reinterpret_cast<const uint16_t*>(input.data_ptr<at::BFloat16>());
   const float* xs_float = input_float.data_ptr<float>();
   const int64_t rows = input.size(0);
-  return row_products(rows, out_features, input.options(), [&](int64_t n, auto count, int64_t m, float* sums) {
-    bf16_rows<count>(w + n * width, width, xs + m * width, xs_float + m * width, sums);
+  return threaded_products(rows, out_features, input.options(), [&](int64_t begin, int64_t end, const auto& store) {
+    row_range(rows, begin, end, [&](int64_t n, auto count, int64_t m, float* sums) {
+      bf16_rows<count>(w + n * width, width, xs + m * width, xs_float + m * width, sums);
+    }, store);
   });
 }
 
@@ -563,8 +559,8 @@ at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& weight) {
   const float* w = weight.data_ptr<float>();
   const float* xs = input.data_ptr<float>();
   const int64_t rows = input.size(0);
-  return row_products(rows, out_features, input.options(), [&](int64_t n, auto count, int64_t m, float* sums) {
-    f32_rows<count>(w + n * width, width, xs + m * width, sums);
+  return threaded_products(rows, out_features, input.options(), [&](int64_t begin, int64_t end, const auto& store) {
+    f32_outputs(w, width, xs, rows, begin, end, store);
   });
 }
 
