@@ -207,6 +207,8 @@ COMPILED = dict(compile_config={})
 def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_tokens: int) -> dict:
     import torch
 
+    from .generation.step import decode_steps
+
     torch.set_num_threads(threads)
     model, result = measured_load(engine, mode, model_dir)
     vocab = model.config.vocab_size
@@ -233,7 +235,7 @@ def torch_worker(engine: str, mode: str, model_dir: Path, threads: int, new_toke
                 result["first_run_s"] = warm_up
                 result["kv_bytes"] = cache_bytes(holder["out"].past_key_values)
                 result["kv_tokens"] = holder["out"].sequences.shape[1]
-    steps = ["native step"] if model.__dict__.get("_native", (None, None))[1] is not None else []
+    steps = ["native step"] if decode_steps(model).last_kind == "native" else []
     result["backend"] = ", ".join([getattr(model, "quantization_backend", None) or "", *steps]).strip(", ") or None
     return result
 

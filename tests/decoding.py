@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lamina.generation.step import decode_steps
 from lamina.quantization.linear import Int4Linear, Int8Linear
 
 
@@ -18,7 +19,7 @@ def assert_compiled_matches_eager(model, ids: torch.Tensor, max_new_tokens: int)
         compiled = model.generate(ids, compile_config={}, **settings)
     finally:
         model.native_decode = native
-    assert not getattr(model, "_compile_failed", False)
+    assert not decode_steps(model).compile_failed
     assert torch.equal(compiled.sequences, eager.sequences)
     torch.testing.assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-4)
 
@@ -30,12 +31,12 @@ def assert_native_matches_eager(model, **inputs) -> None:
     another order) can move one code by 1 and a logit by ~1e-3 a few steps on: 2e-2 for them."""
     settings = dict(do_sample=False, output_logits=True, return_dict_in_generate=True, **inputs)
     native = model.generate(**settings)
-    assert model.__dict__["_native"][1] is not None
+    assert decode_steps(model).last_kind == "native"
     switch = model.__dict__.get("native_decode", True)
     model.native_decode = False
     try:
         eager = model.generate(disable_compile=True, **settings)
-        assert model.__dict__["_native"][1] is None
+        assert decode_steps(model).last_kind == "eager"
     finally:
         model.native_decode = switch
     assert torch.equal(native.sequences, eager.sequences)

@@ -8,7 +8,8 @@ import torch
 
 import lamina
 from lamina import kernels
-from lamina.generation import decoding
+from lamina.generation import step as decoding
+from lamina.generation.step import decode_steps
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,12 +57,12 @@ def test_compiled_step_gives_the_reference_tokens(name, tmp_path):
     expected = reference.generate(**batch, max_new_tokens=20)
     compiled = ours.generate(**batch, max_new_tokens=20, compile_config={})
     assert torch.equal(compiled, expected)
-    assert not getattr(ours, "_compile_failed", False)
+    assert not decode_steps(ours).compile_failed
     assert torch.equal(ours.generate(**batch, max_new_tokens=20, disable_compile=True), expected)
     # a second run of another length reuses the graph and the cache (emptied first)
     shorter = ours.generate(**batch, max_new_tokens=7, compile_config={})
     assert torch.equal(shorter, expected[:, :16])
-    assert len(ours.__dict__["_compiled_steps"]) == 1
+    assert len(decode_steps(ours)._compiled) == 1
 
 
 @pytest.fixture()
@@ -84,8 +85,7 @@ def tiny(tmp_path_factory):
 
 def test_compiling_starts_once_enough_tokens_were_asked_for(tiny, monkeypatch, counted_compile):
     monkeypatch.setattr(decoding, "AUTO_COMPILE_TOKENS", 30)
-    tiny.__dict__.pop("_compiled_steps", None)
-    tiny._generated_tokens = 0
+    decode_steps(tiny).forget()
     batch = _batch()
     tiny.generate(**batch, max_new_tokens=10)  # 2 × 10 tokens: under the threshold
     assert counted_compile == []
@@ -110,14 +110,13 @@ def test_a_failed_compile_falls_back_to_eager_with_a_warning(tiny, monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    tiny.__dict__.pop("_compiled_steps", None)
-    tiny._compile_failed = False
+    decode_steps(tiny).forget()
     batch = _batch()
     expected = tiny.generate(**batch, max_new_tokens=6, disable_compile=True)
     with pytest.warns(RuntimeWarning, match="compiling the decode step failed .*no compiler here"):
         found = tiny.generate(**batch, max_new_tokens=6, compile_config={})
     assert torch.equal(found, expected)
-    assert tiny._compile_failed
+    assert decode_steps(tiny).compile_failed
 
 
 def test_compile_config_is_checked(tiny):
@@ -127,7 +126,7 @@ def test_compile_config_is_checked(tiny):
 
 def _compiled_tokens(model, batch, new_tokens):
     compiled = model.generate(**batch, max_new_tokens=new_tokens, compile_config={})
-    assert not getattr(model, "_compile_failed", False)
+    assert not decode_steps(model).compile_failed
     return compiled
 
 

@@ -10,6 +10,7 @@ import torch
 import lamina
 from lamina import kernels
 from lamina.generation import native_step
+from lamina.generation.step import decode_steps
 from lamina.quantization import QuantizationConfig, quantize
 from tests.decoding import assert_native_matches_eager
 
@@ -69,7 +70,7 @@ def test_float32_native_step_gives_the_reference_tokens(name, request):
     expected = reference.generate(**batch, max_new_tokens=20, do_sample=False)
     ours = _model(path)
     assert torch.equal(ours.generate(**batch, max_new_tokens=20, do_sample=False), expected)
-    assert ours.__dict__["_native"][1] is not None
+    assert decode_steps(ours).last_kind == "native"
 
 
 @pytest.mark.parametrize("method", [None, "int8", "int4"])
@@ -132,7 +133,7 @@ def test_native_step_follows_changes_to_the_model(pair):
     def both():
         """The tokens of the default step, whether it was the native one, and the eager step's tokens."""
         default = model.generate(**batch, max_new_tokens=8, do_sample=False)
-        ran = model.__dict__["_native"][1] is not None
+        ran = decode_steps(model).last_kind == "native"
         model.native_decode = False
         eager = model.generate(**batch, max_new_tokens=8, do_sample=False)
         model.native_decode = True

@@ -358,7 +358,7 @@ def test_avx2_paths_in_a_separate_build(tmp_path):
 def test_compiled_decoding_through_the_kernels_matches_eager():
     """The compiled decode step (inductor's C++ wrapper around lamina's ops) gives the eager
     step's tokens and logits."""
-    from lamina.generation.decoding import _compile_arguments
+    from lamina.generation.step import _compile_arguments
     from lamina.models.mistral import MistralConfig, MistralForCausalLM
     from lamina.quantization import QuantizationConfig, quantize
     from lamina.quantization.linear import uses_lamina_kernels
