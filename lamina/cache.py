@@ -108,8 +108,7 @@ class RollingLayerCache(LayerCache):
             slot = cache_position % self.window
             self.keys.index_copy_(2, slot, key)
             self.values.index_copy_(2, slot, value)
-            self.positions.index_copy_(0, slot, cache_position)
-            self.written = True
+            self.record_positions(cache_position)
             return self.keys, self.values, self.positions
         # several new tokens: attend over what is stored plus all of them, then keep the last window
         if self.written:
@@ -122,9 +121,15 @@ class RollingLayerCache(LayerCache):
         slot = cache_position[kept] % self.window
         self.keys.index_copy_(2, slot, key[:, :, kept])
         self.values.index_copy_(2, slot, value[:, :, kept])
-        self.positions.index_copy_(0, slot, cache_position[kept])
-        self.written = True
+        self.record_positions(cache_position[kept])
         return keys, values, positions
+
+    def record_positions(self, cache_position: torch.Tensor) -> None:
+        """Note that slots `cache_position % window` now hold positions `cache_position (new ≤ window,)`:
+        what `update` records besides the keys and values, for a step that wrote those itself
+        (lamina's native step writes the buffers directly)."""
+        self.positions.index_copy_(0, cache_position % self.window, cache_position)
+        self.written = True
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         if self.keys is not None:

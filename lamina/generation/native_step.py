@@ -1,23 +1,21 @@
 """lamina's native decode step on the CPU: a whole one-token step of a Llama-architecture decoder in
 one call into lamina's kernels (`lamina/kernels/decode_cpu.cpp`, `DecodeStep`).
 
-The compiled step (`torch.compile`) runs the same row kernels, but as ~150 separate calls a token,
-each through the dispatcher and its own parallel region, with inductor's kernels and Python between
-them; the native step keeps the threads in one region for the whole token. SmolLM2-135M int4 on
-2 cores: see bench/RESULTS.md for the figures.
+The compiled step (`torch.compile`) runs the same row kernels, but as separate calls a token, each
+through the dispatcher and its own parallel region, with inductor's kernels and Python between them;
+the native step keeps the threads in one region for the whole token (bench/RESULTS.md).
 
 It serves `generate` in place of `decode_step` (eager or compiled) wherever it can run the model
-exactly as the layers do: a float32 causal LM of the shared decoder on the CPU (`DecoderForCausalLM`:
-Llama, Mistral, Ministral, SmolLM2 …) with RMSNorm, rotary attention over the whole head, a SiLU-gated
-MLP, no biases or experts, every projection and the head either a float32 `Linear` or an int8 / int4
-layer on lamina's kernels, no hooks, in eval mode, with generate's cache (static for full-attention
-layers, a ring of the window's slots for sliding ones).
-Anything else keeps the step it had. `LAMINA_NATIVE_STEP=0` in the environment, or
-`model.native_decode = False`, turns it off.
+exactly as the layers do. What it implements is an allow-list, `IMPLEMENTS`, checked against the
+maths the decoder's spec says it needs (`DecoderSpec.step_maths`): any switch or value it does not
+declare, a new one included, leaves the model to its own step. Beyond the spec it needs a float32
+model on the CPU in eval mode, without hooks, whose norms are `RMSNorm`s and whose projections and
+head are float32 `Linear`s or int8 / int4 layers on lamina's kernels, and generate's cache (static
+for full-attention layers, a ring of the window's slots for sliding ones). `LAMINA_NATIVE_STEP=0` in
+the environment, or `model.native_decode = False`, turns it off.
 
 Numerics are the layers': the same row kernels (activations rounded to int8 per block of 32 in the
-quantized products), RMSNorm, rotary and SiLU in float32; outputs agree with the eager step to
-float32 summation order (tested, with the tokens).
+quantized products), RMSNorm, rotary and SiLU in float32, summed in the eager step's order.
 """
 
 from __future__ import annotations
@@ -34,21 +32,49 @@ from ..layers.linear import Linear
 from ..layers.norms import RMSNorm
 from ..quantization.linear import Int4Linear, Int8Linear
 
-FLOAT32, INT8, INT4 = 0, 1, 2
+# any value of a switch: the step never reads it (rotary angles are the model's own, computed
+# before the call; dropout only trains; the rest matter only under a switch excluded above them)
+ANY = object()
+# what the native step implements: each switch of `DecoderSpec.step_maths` and the values it runs
+IMPLEMENTS: dict[str, Any] = {
+    "norm": ("rms",),
+    "activation": ("silu", "swish"),
+    "mlp": ("gated",),
+    "position": ("rope",),
+    "rotary": ("full",),
+    "attention_bias": (False,),
+    "output_bias": (False,),
+    "mlp_bias": (False,),
+    "qk_norm": (False,),
+    "num_experts": (0,),
+    "rope_parameters": ANY,
+    "norm_bias": ANY,  # LayerNorm's
+    "experts_per_token": ANY,
+    "router_jitter": ANY,
+    "upcast_attention": ANY,  # a float32 model's attention is float32 either way
+    "attention_dropout": ANY,
+    "residual_dropout": ANY,
+    "dropout_after_attention": ANY,
+    "embedding_dropout": ANY,
+}
+
+
+def implements(maths: dict[str, Any]) -> bool:
+    """Whether the native step implements every switch value in `maths` (`DecoderSpec.step_maths`)."""
+    return all(name in IMPLEMENTS and (IMPLEMENTS[name] is ANY or value in IMPLEMENTS[name])
+               for name, value in maths.items())
 
 
 def native_step(model: Any) -> Callable[..., torch.Tensor] | None:
     """A `decode_step`-compatible callable running `model` through lamina's native step, or None
     where it cannot (module docstring). Holds the model's tensors: build it again after changing
-    the model (`generate` does, keyed on `module_state`)."""
+    the model (`DecodeSteps` does, keyed on `module_state`)."""
     if os.environ.get("LAMINA_NATIVE_STEP") == "0" or not getattr(model, "native_decode", True):
         return None
-    operands = _operands(model)
-    if operands is None:
+    arguments = _operands(model)
+    if arguments is None:
         return None
-    tensors, kinds, sizes, scales, windows, eps = operands
-    plan = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows, eps)
-    return _Step(model, plan)
+    return _Step(model, torch.classes.lamina.DecodeStep(*arguments))
 
 
 class _Step:
@@ -71,10 +97,8 @@ class _Step:
         padding = None if attention_mask is None else attention_mask.long().contiguous()
         logits = self.plan.step(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
                                 sin.reshape(batch, -1).contiguous(), slot, padding, buffers)
-        for index in self._cache[2]:  # what `RollingLayerCache.update` records besides keys and values
-            ring = cache.layers[index]
-            ring.positions[slot % ring.window] = slot
-            ring.written = True
+        for index in self._cache[2]:
+            cache.layers[index].record_positions(cache_position)
         return logits
 
     def _buffers(self, cache: Any) -> list[torch.Tensor] | None:
@@ -95,58 +119,63 @@ class _Step:
 
 
 def _operands(model: Any) -> tuple[list[torch.Tensor], list[int], list[int], list[float], list[int], float] | None:
-    """`DecodeStep`'s arguments for `model`, or None where the native step cannot run it."""
+    """`DecodeStep`'s arguments for `model` (in the order `DecodeStep.layout()` declares), or None
+    where the native step cannot run it."""
     decoder = getattr(model, "decoder", None)
     spec = getattr(decoder, "decoder_spec", None)
     if spec is None or model.training or model.device.type != "cpu" or model.dtype != torch.float32:
         return None
-    if (spec.norm, spec.mlp, spec.position) != ("rms", "gated", "rope") or spec.activation not in ("silu", "swish") \
-            or spec.attention_bias or spec.output_bias or spec.mlp_bias or spec.qk_norm or spec.num_experts \
-            or spec.rotary_dim not in (None, spec.head_dim):
+    if not implements(spec.step_maths()):
         return None
     if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
         return None
     if kernels.ops() is None or not hasattr(torch.classes.lamina, "DecodeStep"):
         return None
-    embedding = decoder.embed_tokens.weight
+    layout = torch.classes.lamina.DecodeStep.layout()
     norms = [decoder.norm]
     for layer in decoder.layers:
         norms += [layer.input_layernorm, layer.post_attention_layernorm]
+    embedding = decoder.embed_tokens.weight
     if embedding.dtype != torch.float32 or not embedding.is_contiguous() \
             or any(type(n) is not RMSNorm or n.eps != spec.norm_eps or n.weight.dtype != torch.float32 for n in norms):
         return None
-    tensors: list[torch.Tensor] = [embedding, decoder.norm.weight]
+    groups = [(layout["model"], dict(embedding=embedding, final_norm=decoder.norm.weight, head=model.lm_head))]
+    groups += [(layout["layer"], _layer_operands(layer)) for layer in decoder.layers]
+    tensors: list[torch.Tensor] = []
     kinds: list[int] = []
-
-    def add(*products: Any) -> bool:
-        described = [_product(product) for product in products]
-        if None in described:
-            return False
-        for kind, operands in described:
-            kinds.append(kind)
-            tensors.extend(operands)
-        return True
-
-    if not add(model.lm_head):
-        return None
-    for layer in decoder.layers:  # each layer's norms, then its four products
-        tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-        if not add(layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-            return None
-    sizes = [spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.intermediate_size,
-             spec.num_layers, spec.vocab_size]
+    for names, operands in groups:
+        for name in names:
+            operand = operands[name]
+            if isinstance(operand, torch.Tensor):
+                tensors.append(operand.detach())
+                continue
+            product = _product(operand)
+            if product is None:
+                return None
+            kinds.append(layout["kinds"].index(product[0]))
+            tensors.extend(t.detach() for t in product[1])
+    sizes = dict(hidden=spec.hidden_size, heads=spec.num_heads, kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+                 intermediate=spec.intermediate_size, layers=spec.num_layers, vocab=spec.vocab_size)
     scales = [float(layer.self_attn.scale) for layer in decoder.layers]
     windows = [window or 0 for window in spec.layer_windows]
-    return [t.detach() for t in tensors], kinds, sizes, scales, windows, float(spec.norm_eps)
+    return tensors, kinds, [sizes[name] for name in layout["sizes"]], scales, windows, float(spec.norm_eps)
 
 
-def _product(layer: Any) -> tuple[int, list[torch.Tensor]] | None:
-    """A projection's kind and kernel operands: a float32 `Linear` without bias, or an int8 / int4
-    layer whose packed operands are lamina's kernels' (computing in float32, without bias)."""
+def _layer_operands(layer: Any) -> dict[str, Any]:
+    """A decoder layer's operands by `DecodeStep.layout()`'s names: norm weights, and projections."""
+    return dict(input_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
+                qkv=layer.self_attn.qkv_proj, o=layer.self_attn.o_proj, gate_up=layer.mlp.gate_up_proj,
+                down=layer.mlp.down_proj)
+
+
+def _product(layer: Any) -> tuple[str, list[torch.Tensor]] | None:
+    """A projection's kind (a name in `DecodeStep.layout()`'s kinds) and kernel operands: a float32
+    `Linear` without bias, or an int8 / int4 layer whose packed operands are lamina's kernels'
+    (computing in float32, without bias)."""
     if type(layer) is Linear:
         weight = layer.weight
         if layer.bias is None and weight.dtype == torch.float32 and weight.is_contiguous():
-            return FLOAT32, [weight]
+            return "float32", [weight]
         return None
     if not isinstance(layer, (Int8Linear, Int4Linear)) or layer.bias is not None \
             or layer.compute_dtype not in (None, torch.float32) or layer._packed is None:
@@ -154,7 +183,7 @@ def _product(layer: Any) -> tuple[int, list[torch.Tensor]] | None:
     ops = kernels.loaded()
     kernel, operands = layer._packed
     if isinstance(layer, Int8Linear) and kernel is ops.int8_linear:
-        return INT8, list(operands)
+        return "int8", list(operands)
     if isinstance(layer, Int4Linear) and kernel is ops.int4_linear:
-        return INT4, list(operands)
+        return "int4", list(operands)
     return None

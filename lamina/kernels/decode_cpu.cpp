@@ -1,21 +1,20 @@
 // lamina's native decode step: one token of a Llama-architecture decoder (RMSNorm, rotary attention
 // over a static cache, SwiGLU MLP, no biases) in one call and one parallel region.
 //
-// A compiled step runs the same kernels, but each of its ~150 products and attentions is a call
-// through the dispatcher that opens and joins its own parallel region, with inductor's kernels,
-// the wrapper's bookkeeping and Python between them: SmolLM2-135M int4 on 2 cores spent ~1.8 of
-// its ~5 ms a token there, the second thread waiting. Here the threads stay in one region for the
-// whole step and meet at a barrier after each phase (five a layer); each computes the small
-// element-wise parts it needs itself (norms, rotary, SiLU, quantizing a product's input) instead of
-// waiting for one thread to.
+// A compiled step runs the same kernels, but each of its products and attentions is a call through
+// the dispatcher that opens and joins its own parallel region, with inductor's kernels, the
+// wrapper's bookkeeping and Python between them, the second thread waiting. Here the threads stay
+// in one region for the whole step and meet at a barrier after each phase (five a layer); each
+// computes the small element-wise parts it needs itself (norms, rotary, SiLU, quantizing a
+// product's input) instead of waiting for one thread to.
 //
 // torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, windows, eps)
-//   sizes = [hidden, heads, kv_heads, head_dim, intermediate, layers, vocab];
-//   tensors = [embedding (vocab, hidden) float32, final norm (hidden), head product,
-//              then per layer: input norm, post-attention norm, qkv, o, gate_up and down products],
-//   a product being the tensors of its kind (kinds, one per product in that order):
-//   0 float32 [weight (N, K)], 1 int8 [weight (N, K) int8, scale (N,) float32] (`Int8Linear`),
-//   2 int4 [weight (N, K/2) uint8, scale, minimum (N, groups) float16] (`Int4Linear`).
+//   The order of `tensors` and `sizes` and the numbering of `kinds` are declared once, in `Layout`
+//   below; `DecodeStep.layout()` hands that declaration to Python (`native_step.py`), which builds
+//   its arguments from it, and the constructor reads them in the same order. A product is the
+//   tensors of its kind (`kinds`, one per product in order):
+//   float32 [weight (N, K)], int8 [weight (N, K) int8, scale (N,) float32] (`Int8Linear`),
+//   int4 [weight (N, K/2) uint8, scale, minimum (N, groups) float16] (`Int4Linear`).
 //   qkv's rows are the queries' then the keys' then the values' (`DecoderAttention.qkv_proj`),
 //   gate_up's the gate's then the up projection's. scales: each layer's attention scale; windows:
 //   each layer's sliding window, 0 for none. The step holds these tensors: changes made to them in
@@ -28,10 +27,10 @@
 //   mark 0 (and its own). A sliding layer's is a ring of its window's W slots, (B, kv_heads, W, D)
 //   (`RollingLayerCache`): the token goes to slot % W, over the key of position slot - W, and the
 //   query attends the positions in (slot - W, slot] that are not padding. The maths and the row
-//   kernels are those of the layers' own path (rows.h, attention.h): outputs agree with it to
-//   float32 summation order.
+//   kernels are those of the layers' own path (rows.h, attention.h).
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Dict.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -42,8 +41,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <array>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "attention.h"
@@ -55,7 +56,29 @@ namespace {
 using namespace lamina;
 using L = FloatLanes;
 
+// The one declaration of the constructor's arguments: a product's kind is its index in `kinds`;
+// `tensors` holds the model's operands in `model` order, then each layer's in `layer` order;
+// `sizes` holds the sizes in `sizes` order.
+namespace Layout {
+constexpr std::array<std::string_view, 3> kinds{"float32", "int8", "int4"};
+constexpr std::array<std::string_view, 3> model{"embedding", "final_norm", "head"};
+constexpr std::array<std::string_view, 6> layer{"input_norm", "post_norm", "qkv", "o", "gate_up", "down"};
+constexpr std::array<std::string_view, 7> sizes{"hidden", "heads", "kv_heads", "head_dim", "intermediate", "layers",
+                                                "vocab"};
+}  // namespace Layout
+
 enum Kind : int64_t { kFloat32 = 0, kInt8 = 1, kInt4 = 2 };
+static_assert(Layout::kinds[kFloat32] == "float32" && Layout::kinds[kInt8] == "int8" && Layout::kinds[kInt4] == "int4",
+              "Kind must number the products as Layout::kinds lists them");
+
+// Where `name` stands in `names` (a name not declared there fails the build where it is a constant).
+template <size_t N>
+consteval size_t index_of(const std::array<std::string_view, N>& names, std::string_view name) {
+  for (size_t i = 0; i < N; ++i) {
+    if (names[i] == name) return i;
+  }
+  throw "not in the layout";
+}
 
 struct Product {
   int64_t kind, rows, width;
@@ -126,10 +149,12 @@ class DecodeStep : public torch::CustomClassHolder {
   DecodeStep(std::vector<at::Tensor> tensors, std::vector<int64_t> kinds, std::vector<int64_t> sizes,
              std::vector<double> scales, std::vector<int64_t> windows, double eps)
       : tensors_(std::move(tensors)), eps_(static_cast<float>(eps)) {
-    TORCH_CHECK(sizes.size() == 7, "DecodeStep: sizes must be [hidden, heads, kv_heads, head_dim, intermediate, ",
-                "layers, vocab], got ", sizes.size(), " values");
-    hidden_ = sizes[0], heads_ = sizes[1], kv_heads_ = sizes[2], head_dim_ = sizes[3];
-    intermediate_ = sizes[4], layers_ = sizes[5], vocab_ = sizes[6];
+    TORCH_CHECK(sizes.size() == Layout::sizes.size(), "DecodeStep: sizes must be ", Layout::sizes.size(),
+                " values (DecodeStep.layout()), got ", sizes.size());
+    hidden_ = sizes[index_of(Layout::sizes, "hidden")], heads_ = sizes[index_of(Layout::sizes, "heads")];
+    kv_heads_ = sizes[index_of(Layout::sizes, "kv_heads")], head_dim_ = sizes[index_of(Layout::sizes, "head_dim")];
+    intermediate_ = sizes[index_of(Layout::sizes, "intermediate")], layers_ = sizes[index_of(Layout::sizes, "layers")];
+    vocab_ = sizes[index_of(Layout::sizes, "vocab")];
     TORCH_CHECK(hidden_ > 0 && kv_heads_ > 0 && heads_ % kv_heads_ == 0 && head_dim_ % 2 == 0 && layers_ > 0,
                 "DecodeStep: inconsistent sizes ", at::IntArrayRef(sizes));
     TORCH_CHECK(static_cast<int64_t>(scales.size()) == layers_, "DecodeStep: ", layers_, " layers need as many ",
@@ -178,32 +203,63 @@ class DecodeStep : public torch::CustomClassHolder {
         const at::Tensor& minimum = matrix(at::kHalf, groups, "minimum");
         p.int4 = Int4Weights{codes, scale.data_ptr<at::Half>(), minimum.data_ptr<at::Half>(), width, groups};
       } else {
-        TORCH_CHECK(false, "DecodeStep: ", name, " has kind ", p.kind, ", expected 0 (float32), 1 (int8) or 2 (int4)");
+        TORCH_CHECK(false, "DecodeStep: ", name, " has kind ", p.kind, ", expected 0 (float32), 1 (int8) or 2 (int4), "
+                    "the index of its name in DecodeStep.layout()'s kinds");
       }
       return p;
     };
-    TORCH_CHECK(!tensors_.empty(), "DecodeStep: no tensors");
-    const at::Tensor& embedding = tensors_[next++];
-    TORCH_CHECK(embedding.dim() == 2 && embedding.size(0) == vocab_ && embedding.size(1) == hidden_ &&
-                    embedding.scalar_type() == at::kFloat && embedding.is_contiguous() && embedding.device().is_cpu(),
-                "DecodeStep: the embedding must be a contiguous float32 (", vocab_, ", ", hidden_, ") CPU tensor, got ",
-                embedding.sizes(), " ", c10::toString(embedding.scalar_type()));
-    embedding_ = embedding.data_ptr<float>();
-    final_norm_ = vector(hidden_, "the final norm");
-    head_ = product(vocab_, hidden_, "the head");
     const int64_t attention_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+    for (std::string_view name : Layout::model) {
+      if (name == "embedding") {
+        TORCH_CHECK(next < tensors_.size(), "DecodeStep: too few tensors (the embedding)");
+        const at::Tensor& embedding = tensors_[next++];
+        TORCH_CHECK(embedding.dim() == 2 && embedding.size(0) == vocab_ && embedding.size(1) == hidden_ &&
+                        embedding.scalar_type() == at::kFloat && embedding.is_contiguous() && embedding.device().is_cpu(),
+                    "DecodeStep: the embedding must be a contiguous float32 (", vocab_, ", ", hidden_,
+                    ") CPU tensor, got ", embedding.sizes(), " ", c10::toString(embedding.scalar_type()));
+        embedding_ = embedding.data_ptr<float>();
+      } else if (name == "final_norm") {
+        final_norm_ = vector(hidden_, "the final norm");
+      } else {
+        TORCH_CHECK(name == "head", "DecodeStep: the layout's model operand ", std::string(name), " has no reader");
+        head_ = product(vocab_, hidden_, "the head");
+      }
+    }
     for (int64_t l = 0; l < layers_; ++l) {
       Layer layer;
       layer.window = windows[l];
-      layer.input_norm = vector(hidden_, "an input norm");
-      layer.post_norm = vector(hidden_, "a post-attention norm");
-      layer.qkv = product(attention_width + 2 * kv_width, hidden_, "a qkv projection");
-      layer.o = product(hidden_, attention_width, "an output projection");
-      layer.gate_up = product(2 * intermediate_, hidden_, "a gate/up projection");
-      layer.down = product(hidden_, intermediate_, "a down projection");
+      for (std::string_view name : Layout::layer) {
+        if (name == "input_norm") {
+          layer.input_norm = vector(hidden_, "an input norm");
+        } else if (name == "post_norm") {
+          layer.post_norm = vector(hidden_, "a post-attention norm");
+        } else if (name == "qkv") {
+          layer.qkv = product(attention_width + 2 * kv_width, hidden_, "a qkv projection");
+        } else if (name == "o") {
+          layer.o = product(hidden_, attention_width, "an output projection");
+        } else if (name == "gate_up") {
+          layer.gate_up = product(2 * intermediate_, hidden_, "a gate/up projection");
+        } else {
+          TORCH_CHECK(name == "down", "DecodeStep: the layout's layer operand ", std::string(name), " has no reader");
+          layer.down = product(hidden_, intermediate_, "a down projection");
+        }
+      }
       layer_.push_back(layer);
     }
     TORCH_CHECK(next == tensors_.size(), "DecodeStep: ", tensors_.size() - next, " tensors left over");
+  }
+
+  // `Layout` for Python: {"kinds": [...], "model": [...], "layer": [...], "sizes": [...]}.
+  static c10::Dict<std::string, std::vector<std::string>> layout() {
+    c10::Dict<std::string, std::vector<std::string>> out;
+    auto add = [&](const char* key, const auto& names) {
+      out.insert(key, std::vector<std::string>(names.begin(), names.end()));
+    };
+    add("kinds", Layout::kinds);
+    add("model", Layout::model);
+    add("layer", Layout::layer);
+    add("sizes", Layout::sizes);
+    return out;
   }
 
   at::Tensor step(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin, int64_t slot,
@@ -365,5 +421,6 @@ TORCH_LIBRARY_FRAGMENT(lamina, m) {
   m.class_<DecodeStep>("DecodeStep")
       .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
                        std::vector<int64_t>, double>())
+      .def_static("layout", &DecodeStep::layout)
       .def("step", &DecodeStep::step);
 }

@@ -8,7 +8,7 @@ so most checkpoint names load unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -82,9 +82,29 @@ class DecoderSpec:
     embedding_dropout: float = 0.0
     padding_idx: int | None = None
 
+    # fields that size the decoder or number its layers: every step takes them as arguments, so
+    # they say nothing about which maths a step must implement
+    SIZES: ClassVar[frozenset[str]] = frozenset({
+        "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+        "norm_eps", "max_position_embeddings", "layer_windows", "attention_scales", "padding_idx",
+    })
+
     def __post_init__(self) -> None:
         if not self.layer_windows:
             self.layer_windows = [None] * self.num_layers
+
+    def step_maths(self) -> dict[str, Any]:
+        """The maths a decode step must implement to run this decoder, by name: every switch and its
+        value (the `SIZES` aside), with `rotary_dim` read as `rotary` ("full", "partial" or None).
+        A switch added to the spec appears here by construction, so a faster step that does not
+        declare it (`generation.native_step.IMPLEMENTS`) leaves the decoder to the eager step."""
+        maths = {item.name: getattr(self, item.name) for item in fields(self)
+                 if item.name not in self.SIZES and item.name != "rotary_dim"}
+        if self.position != "rope":
+            maths["rotary"] = None
+        else:
+            maths["rotary"] = "full" if self.rotary_dim in (None, self.head_dim) else "partial"
+        return maths
 
 
 class DecoderAttention(nn.Module):
