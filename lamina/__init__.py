@@ -12,16 +12,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+from .models.registry import AUTO_CLASSES, FAMILIES
+
+
 def _family(module: str, *names: str) -> dict[str, str]:
     return dict.fromkeys(names, module)
 
 
-def _decoder_family(module: str, prefix: str) -> dict[str, str]:
-    suffixes = ("Config", "Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
-    return _family(module, *(prefix + s for s in suffixes))
-
-
-# public name → module that defines it
+# public name → module that defines it; the model families' names come from their registry
 _EXPORTS: dict[str, str] = {
     **_family("lamina.errors", "LaminaError", "ConfigError", "CheckpointError", "TokenizerError", "InputError",
               "SecurityError", "UnsupportedError"),
@@ -30,22 +28,9 @@ _EXPORTS: dict[str, str] = {
     **_family("lamina.cache", "Cache", "make_cache"),
     **_family("lamina.generation", "GenerationConfig", "GenerationMixin", "LogitsProcessorList"),
     **_family("lamina.generation.streamers", "TextStreamer", "TextIteratorStreamer"),
-    **_family("lamina.models.auto", "AutoConfig", "AutoModel", "AutoModelForCausalLM",
-              "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoModelForQuestionAnswering",
-              "AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForNextSentencePrediction",
-              "AutoModelForMultipleChoice"),
-    **_decoder_family("lamina.models.mistral", "Mistral"),
-    **_decoder_family("lamina.models.ministral", "Ministral"),
-    **_decoder_family("lamina.models.mixtral", "Mixtral"),
-    **_decoder_family("lamina.models.llama", "Llama"),
-    **_decoder_family("lamina.models.llama", "Qwen2"),
+    **_family("lamina.models.auto", "AutoConfig", *AUTO_CLASSES.values()),
+    **{name: module for family in FAMILIES.values() for name, module in family.exports().items()},
     **_family("lamina.quantization", "quantize", "QuantizationConfig", "BitsAndBytesConfig"),
-    **_family("lamina.models.mega", "MegaConfig", "MegaModel", "MegaForCausalLM", "MegaForMaskedLM", "MegaForSequenceClassification", "MegaForMultipleChoice", "MegaForTokenClassification", "MegaForQuestionAnswering"),
-    **_family("lamina.models.gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"),
-    **_family("lamina.models.persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM", "PersimmonForSequenceClassification", "PersimmonForTokenClassification"),
-    **_family("lamina.models.megatron_bert", *("MegatronBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForCausalLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
-    **_family("lamina.models.mobilebert", *("MobileBert" + s for s in ("Config", "Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
-    **_family("lamina.tf.mobilebert", *("TFMobileBert" + s for s in ("Model", "ForMaskedLM", "ForNextSentencePrediction", "ForPreTraining", "ForSequenceClassification", "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"))),
     **_family("lamina.pipelines.fill_mask", "fill_mask"),
     **_family("lamina.tokenizers.mluke", "MLukeTokenizer"),
     **_family("lamina.tokenizers", "AutoTokenizer", "BatchEncoding", "PreTrainedTokenizer", "PreTrainedTokenizerFast",

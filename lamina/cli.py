@@ -30,6 +30,7 @@ from typing import Any
 
 from lamina.bench import bench_arguments, run_bench
 from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
+from lamina.models.registry import FAMILIES
 from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
 from lamina.tf import cli as tf_cli
 
@@ -262,9 +263,9 @@ def _model_class(source: str) -> Any:
 
     config = auto.AutoConfig.from_pretrained(source)
     for architecture in config.architectures or []:
-        for module, _, tasks in auto.REGISTRY.values():
-            if architecture in tasks.values():
-                return getattr(importlib.import_module(module), architecture)
+        for family in FAMILIES.values():
+            if architecture in family.model_classes():
+                return getattr(importlib.import_module(family.module), architecture)
     return auto.AutoModelForCausalLM
 
 

@@ -110,6 +110,16 @@ class PreTrainedModel(nn.Module):
     tied_weights: ClassVar[dict[str, str]] = {}
     supports_gradient_checkpointing: ClassVar[bool] = True
 
+    def __init_subclass__(cls, base: type[PreTrainedModel] | None = None, prefix: str | None = None,
+                          **kwargs: Any) -> None:
+        """`class MistralForCausalLM(DecoderForCausalLM, base=MistralModel)`: a task class over
+        `base`, with its config class, holding it under `prefix` (default: the base's own)."""
+        if base is not None:
+            cls.base_model_class = base
+            cls.config_class = base.config_class
+            cls.base_model_prefix = prefix or base.base_model_prefix
+        super().__init_subclass__(**kwargs)
+
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.config = config

@@ -1,7 +1,7 @@
 """Auto classes: pick the family class from a config's `model_type` (or `architectures`).
 
-Each family registers one row: its module, config class and the class of each task it offers.
-Modules are imported only when a class of theirs is asked for.
+The families and the task each Auto class dispatches come from `registry.FAMILIES`. Modules are
+imported only when a class of theirs is asked for.
 """
 
 from __future__ import annotations
@@ -15,49 +15,23 @@ from ..config import CONFIG_NAME, PretrainedConfig, read_config_json
 from ..errors import ConfigError, UnsupportedError
 from ..hub import resolve_model_dir
 from ..modeling import FORMAT_LOADERS, PreTrainedModel
-
-DECODER_TASKS = {
-    "base": "Model",
-    "causal_lm": "ForCausalLM",
-    "sequence_classification": "ForSequenceClassification",
-    "token_classification": "ForTokenClassification",
-    "question_answering": "ForQuestionAnswering",
-}
-
-
-def family(module: str, prefix: str, tasks: dict[str, str] = DECODER_TASKS, **extra: str) -> tuple[str, str, dict[str, str]]:
-    """A registry row: `module`, `{prefix}Config`, and `{prefix}{suffix}` per task (+ explicit extras)."""
-    return module, f"{prefix}Config", {**{task: prefix + suffix for task, suffix in tasks.items()}, **extra}
-
-
-# model_type → (module, config class, {task: class name})
-REGISTRY: dict[str, tuple[str, str, dict[str, str]]] = {
-    "mistral": family("lamina.models.mistral", "Mistral"),
-    "ministral": family("lamina.models.ministral", "Ministral"),
-    "mixtral": family("lamina.models.mixtral", "Mixtral"),
-    "llama": family("lamina.models.llama", "Llama"),
-    "qwen2": family("lamina.models.llama", "Qwen2"),
-    "mega": family("lamina.models.mega", "Mega", {"base": "Model", "causal_lm": "ForCausalLM", "masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification", "multiple_choice": "ForMultipleChoice", "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering"}),
-    "gpt2": family("lamina.models.gpt2", "GPT2", {"base": "Model", "causal_lm": "LMHeadModel", "sequence_classification": "ForSequenceClassification", "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering"}),
-    "persimmon": family("lamina.models.persimmon", "Persimmon", {k: v for k, v in DECODER_TASKS.items() if k != "question_answering"}),
-    "megatron-bert": family("lamina.models.megatron_bert", "MegatronBert", {**DECODER_TASKS, "masked_lm": "ForMaskedLM", "pretraining": "ForPreTraining", "next_sentence_prediction": "ForNextSentencePrediction", "multiple_choice": "ForMultipleChoice"}),
-    "mobilebert": family("lamina.models.mobilebert", "MobileBert", {**{k: v for k, v in DECODER_TASKS.items() if k != "causal_lm"}, "masked_lm": "ForMaskedLM", "pretraining": "ForPreTraining", "next_sentence_prediction": "ForNextSentencePrediction", "multiple_choice": "ForMultipleChoice"}),
-}
+from .registry import FAMILIES, Family
 
 
 def _import(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _row(model_type: str | None, architectures: list[str] | None, where: str) -> tuple[str, str, dict[str, str]]:
-    if model_type in REGISTRY:
-        return REGISTRY[model_type]
+def family_of(model_type: str | None, architectures: list[str] | None, where: str) -> Family:
+    """The family of `model_type`, else of the first of `architectures` one of its classes is named."""
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
     for arch in architectures or []:
-        for row in REGISTRY.values():
-            if arch in row[2].values():
-                return row
+        for family in FAMILIES.values():
+            if arch in family.model_classes():
+                return family
     raise ConfigError(
-        f"{where}: unknown model_type {model_type!r} (architectures {architectures}); lamina supports {sorted(REGISTRY)}"
+        f"{where}: unknown model_type {model_type!r} (architectures {architectures}); lamina supports {sorted(FAMILIES)}"
     )
 
 
@@ -73,18 +47,20 @@ def _config_dict(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
 class AutoConfig:
     @staticmethod
     def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
-        module, config_name, _ = _row(model_type, None, "AutoConfig.for_model")
-        return _import(module, config_name)(**kwargs)
+        family = family_of(model_type, None, "AutoConfig.for_model")
+        return _import(family.module, family.config_class)(**kwargs)
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
         data, where = _config_dict(path)
-        module, config_name, _ = _row(data.get("model_type"), data.get("architectures"), where)
-        return _import(module, config_name).from_dict(data, **overrides)
+        family = family_of(data.get("model_type"), data.get("architectures"), where)
+        return _import(family.module, family.config_class).from_dict(data, **overrides)
 
 
 class _AutoModel:
-    task = "base"
+    """Dispatches `from_pretrained` / `from_config` to the family's class for `task`."""
+
+    task: str
 
     @classmethod
     def _class_for(cls, config: PretrainedConfig | dict[str, Any], where: str) -> type[PreTrainedModel]:
@@ -92,10 +68,10 @@ class _AutoModel:
             model_type, architectures = config.model_type, config.architectures
         else:
             model_type, architectures = config.get("model_type"), config.get("architectures")
-        module, _, tasks = _row(model_type, architectures, where)
-        if cls.task not in tasks:
-            raise UnsupportedError(f"{where}: {model_type!r} has no {cls.__name__} class (it offers {sorted(tasks)})")
-        return _import(module, tasks[cls.task])
+        family = family_of(model_type, architectures, where)
+        if cls.task not in family.tasks:
+            raise UnsupportedError(f"{where}: {model_type!r} has no {cls.__name__} class (it offers {sorted(family.tasks)})")
+        return _import(family.module, family.class_name(cls.task))
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
@@ -112,16 +88,37 @@ class _AutoModel:
         return cls._class_for(config, str(path)).from_pretrained(path, *args, **kwargs)
 
 
-def _auto(name: str, task: str) -> type[_AutoModel]:
-    return type(name, (_AutoModel,), {"task": task, "__doc__": f"Dispatches to the family's {task} class."})
+class AutoModel(_AutoModel):
+    task = "base"
 
 
-AutoModel = _auto("AutoModel", "base")
-AutoModelForCausalLM = _auto("AutoModelForCausalLM", "causal_lm")
-AutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification", "sequence_classification")
-AutoModelForTokenClassification = _auto("AutoModelForTokenClassification", "token_classification")
-AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering", "question_answering")
-AutoModelForMaskedLM = _auto("AutoModelForMaskedLM", "masked_lm")
-AutoModelForPreTraining = _auto("AutoModelForPreTraining", "pretraining")
-AutoModelForNextSentencePrediction = _auto("AutoModelForNextSentencePrediction", "next_sentence_prediction")
-AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice", "multiple_choice")
+class AutoModelForCausalLM(_AutoModel):
+    task = "causal_lm"
+
+
+class AutoModelForSequenceClassification(_AutoModel):
+    task = "sequence_classification"
+
+
+class AutoModelForTokenClassification(_AutoModel):
+    task = "token_classification"
+
+
+class AutoModelForQuestionAnswering(_AutoModel):
+    task = "question_answering"
+
+
+class AutoModelForMaskedLM(_AutoModel):
+    task = "masked_lm"
+
+
+class AutoModelForPreTraining(_AutoModel):
+    task = "pretraining"
+
+
+class AutoModelForNextSentencePrediction(_AutoModel):
+    task = "next_sentence_prediction"
+
+
+class AutoModelForMultipleChoice(_AutoModel):
+    task = "multiple_choice"

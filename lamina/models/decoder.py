@@ -567,30 +567,3 @@ class DecoderForQuestionAnswering(_DecoderTask):
         )
         return self._finish(output, return_dict, self.config)
 
-
-def decoder_heads(model_class: type[DecoderModel], qa_prefix: str = "model") -> tuple[type, type, type, type]:
-    """A family's four task classes over its base model: `{Family}ForCausalLM`,
-    `…ForSequenceClassification`, `…ForTokenClassification`, `…ForQuestionAnswering`.
-
-    `qa_prefix` is the attribute the reference keeps the base model under in its QA class
-    (older families used "transformer"), so checkpoint names line up.
-    """
-    family = model_class.__name__.removesuffix("Model")
-    heads = []
-    for base, suffix in (
-        (DecoderForCausalLM, "ForCausalLM"),
-        (DecoderForSequenceClassification, "ForSequenceClassification"),
-        (DecoderForTokenClassification, "ForTokenClassification"),
-        (DecoderForQuestionAnswering, "ForQuestionAnswering"),
-    ):
-        attrs = {
-            "config_class": model_class.config_class,
-            "base_model_class": model_class,
-            "__module__": model_class.__module__,
-            "__qualname__": family + suffix,
-            "__doc__": f"{family}: {base.__doc__}",
-        }
-        if base is DecoderForQuestionAnswering and qa_prefix != "model":
-            attrs["base_model_prefix"] = qa_prefix
-        heads.append(type(family + suffix, (base,), attrs))
-    return tuple(heads)

@@ -2,8 +2,8 @@
 and every task head.
 
 A family provides its base model (a subclass of `EncoderModel` built with `add_pooling_layer`)
-and declares its task classes as `class XForMaskedLM(XTask, EncoderForMaskedLM)`, where `XTask`
-sets `config_class`, `base_model_prefix` ("bert", "mobilebert") and `base_model_class`. Heads are
+and declares its task classes as `class XForMaskedLM(EncoderForMaskedLM, base=XModel)`, which
+takes the config class and `base_model_prefix` ("bert", "mobilebert") from `XModel`. Heads are
 named as in the reference checkpoints (`cls.predictions`, `cls.seq_relationship`, `classifier`,
 `qa_outputs`), so no name map is needed for them.
 """

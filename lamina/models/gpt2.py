@@ -222,36 +222,25 @@ class _GPT2ArgumentOrder:
         )
 
 
-class GPT2LMHeadModel(_GPT2, _GPT2ArgumentOrder, DecoderForCausalLM):
-    config_class = GPT2Config
-    base_model_class = GPT2Model
-    base_model_prefix = "transformer"
+class GPT2LMHeadModel(_GPT2, _GPT2ArgumentOrder, DecoderForCausalLM, base=GPT2Model):
     tied_weights = {"lm_head.weight": "transformer.embed_tokens.weight"}
 
 
-class GPT2ForSequenceClassification(_GPT2, _GPT2ArgumentOrder, DecoderForSequenceClassification):
-    config_class = GPT2Config
-    base_model_class = GPT2Model
-    base_model_prefix = "transformer"
+class GPT2ForSequenceClassification(_GPT2, _GPT2ArgumentOrder, DecoderForSequenceClassification, base=GPT2Model):
+    pass
 
 
-class GPT2ForTokenClassification(_GPT2, _GPT2ArgumentOrder, DecoderForTokenClassification):
+class GPT2ForTokenClassification(_GPT2, _GPT2ArgumentOrder, DecoderForTokenClassification, base=GPT2Model):
     """GPT-2 names the head `classifier`; its dropout follows `classifier_dropout`, then
     `hidden_dropout`, then 0.1, like the decoder's."""
-
-    config_class = GPT2Config
-    base_model_class = GPT2Model
-    base_model_prefix = "transformer"
 
     @classmethod
     def name_map(cls, config: GPT2Config) -> list[Rule]:
         return [*super().name_map(config), *_renames("score", "classifier")]
 
 
-class GPT2ForQuestionAnswering(_GPT2, DecoderForQuestionAnswering):
-    config_class = GPT2Config
-    base_model_class = GPT2Model
-    base_model_prefix = "transformer"
+class GPT2ForQuestionAnswering(_GPT2, DecoderForQuestionAnswering, base=GPT2Model):
+    pass
 
 
 class SequenceSummary(nn.Module):

@@ -3,7 +3,14 @@ Llama is Mistral without a window (plus optional biases); Qwen2 adds q/k/v biase
 
 from __future__ import annotations
 
-from .decoder import DecoderModel, DecoderSpec, decoder_heads
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
@@ -83,11 +90,33 @@ class Qwen2Model(DecoderModel):
         return llama_like_spec(config, attention_bias=True)
 
 
-LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification, LlamaForQuestionAnswering = (
-    decoder_heads(LlamaModel, qa_prefix="transformer")
-)
+class LlamaForCausalLM(DecoderForCausalLM, base=LlamaModel):
+    pass
 
 
-Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2ForTokenClassification, Qwen2ForQuestionAnswering = (
-    decoder_heads(Qwen2Model, qa_prefix="transformer")
-)
+class LlamaForSequenceClassification(DecoderForSequenceClassification, base=LlamaModel):
+    pass
+
+
+class LlamaForTokenClassification(DecoderForTokenClassification, base=LlamaModel):
+    pass
+
+
+class LlamaForQuestionAnswering(DecoderForQuestionAnswering, base=LlamaModel, prefix="transformer"):
+    pass
+
+
+class Qwen2ForCausalLM(DecoderForCausalLM, base=Qwen2Model):
+    pass
+
+
+class Qwen2ForSequenceClassification(DecoderForSequenceClassification, base=Qwen2Model):
+    pass
+
+
+class Qwen2ForTokenClassification(DecoderForTokenClassification, base=Qwen2Model):
+    pass
+
+
+class Qwen2ForQuestionAnswering(DecoderForQuestionAnswering, base=Qwen2Model, prefix="transformer"):
+    pass

@@ -481,10 +481,8 @@ def _new_tokens_mask(attention_mask: torch.Tensor | None, start: int, length: in
     return attention_mask[:, -length:].bool()
 
 
-class _MegaTask(MegaPreTrainedModel):
+class _MegaTask(MegaPreTrainedModel, base=MegaModel):
     """A head over `MegaModel` (without its pooler), held under `mega` as in the reference checkpoints."""
-
-    base_model_class = MegaModel
 
     def __init__(self, config: MegaConfig) -> None:
         super().__init__(config)
@@ -636,25 +634,19 @@ class MegaForSequenceClassification(_MegaTask):
         return finish(out, return_dict, self.config)
 
 
-class MegaForMultipleChoice(MegaPreTrainedModel, EncoderForMultipleChoice):
+class MegaForMultipleChoice(MegaPreTrainedModel, EncoderForMultipleChoice, base=MegaModel):
     """`forward(input_ids (batch, choices, seq), labels (batch,))` → logits `(batch, choices)`
     from the pooled first token of each choice (the encoders' head)."""
-
-    base_model_class = MegaModel
 
     def __init__(self, config: MegaConfig) -> None:
         super().__init__(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)  # the reference ignores classifier_dropout here
 
 
-class MegaForTokenClassification(MegaPreTrainedModel, EncoderForTokenClassification):
+class MegaForTokenClassification(MegaPreTrainedModel, EncoderForTokenClassification, base=MegaModel):
     """`forward(input_ids, labels=…)` → logits `(batch, seq, num_labels)` (the encoders' head)."""
 
-    base_model_class = MegaModel
 
-
-class MegaForQuestionAnswering(MegaPreTrainedModel, EncoderForQuestionAnswering):
+class MegaForQuestionAnswering(MegaPreTrainedModel, EncoderForQuestionAnswering, base=MegaModel):
     """`forward(input_ids, start_positions=…, end_positions=…)` → start / end logits `(batch, seq)`
     (the encoders' head)."""
-
-    base_model_class = MegaModel

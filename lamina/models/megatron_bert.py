@@ -256,41 +256,35 @@ class MegatronBertModel(EncoderModel):
         return output
 
 
-class _MegatronBertTask:
-    config_class = MegatronBertConfig
-    base_model_prefix = "bert"
-    base_model_class = MegatronBertModel
-
-
-class MegatronBertForMaskedLM(_MegatronBertTask, EncoderForMaskedLM):
+class MegatronBertForMaskedLM(EncoderForMaskedLM, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForPreTraining(_MegatronBertTask, EncoderForPreTraining):
+class MegatronBertForPreTraining(EncoderForPreTraining, base=MegatronBertModel):
     output_class = MegatronBertForPreTrainingOutput
 
 
-class MegatronBertForNextSentencePrediction(_MegatronBertTask, EncoderForNextSentencePrediction):
+class MegatronBertForNextSentencePrediction(EncoderForNextSentencePrediction, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForSequenceClassification(_MegatronBertTask, EncoderForSequenceClassification):
+class MegatronBertForSequenceClassification(EncoderForSequenceClassification, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForMultipleChoice(_MegatronBertTask, EncoderForMultipleChoice):
+class MegatronBertForMultipleChoice(EncoderForMultipleChoice, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForTokenClassification(_MegatronBertTask, EncoderForTokenClassification):
+class MegatronBertForTokenClassification(EncoderForTokenClassification, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForQuestionAnswering(_MegatronBertTask, EncoderForQuestionAnswering):
+class MegatronBertForQuestionAnswering(EncoderForQuestionAnswering, base=MegatronBertModel):
     pass
 
 
-class MegatronBertForCausalLM(_MegatronBertTask, _LanguageModelTask, GenerationMixin):
+class MegatronBertForCausalLM(_LanguageModelTask, GenerationMixin, base=MegatronBertModel):
     """Left-to-right LM (set `is_decoder=True`): logits `(batch, seq, vocab)`, the shifted loss, a
     key/value cache for incremental decoding, and `generate`."""
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .decoder import DecoderModel, DecoderSpec, decoder_heads
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
 from .decoder_config import llama_like_spec
 from .mistral import MistralConfig
 
@@ -27,6 +34,17 @@ class MinistralModel(DecoderModel):
         return llama_like_spec(config)
 
 
-MinistralForCausalLM, MinistralForSequenceClassification, MinistralForTokenClassification, MinistralForQuestionAnswering = (
-    decoder_heads(MinistralModel, qa_prefix="transformer")
-)
+class MinistralForCausalLM(DecoderForCausalLM, base=MinistralModel):
+    pass
+
+
+class MinistralForSequenceClassification(DecoderForSequenceClassification, base=MinistralModel):
+    pass
+
+
+class MinistralForTokenClassification(DecoderForTokenClassification, base=MinistralModel):
+    pass
+
+
+class MinistralForQuestionAnswering(DecoderForQuestionAnswering, base=MinistralModel, prefix="transformer"):
+    pass

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .decoder import DecoderModel, DecoderSpec, decoder_heads
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
@@ -43,6 +50,17 @@ class MistralModel(DecoderModel):
         return llama_like_spec(config)
 
 
-MistralForCausalLM, MistralForSequenceClassification, MistralForTokenClassification, MistralForQuestionAnswering = (
-    decoder_heads(MistralModel)
-)
+class MistralForCausalLM(DecoderForCausalLM, base=MistralModel):
+    pass
+
+
+class MistralForSequenceClassification(DecoderForSequenceClassification, base=MistralModel):
+    pass
+
+
+class MistralForTokenClassification(DecoderForTokenClassification, base=MistralModel):
+    pass
+
+
+class MistralForQuestionAnswering(DecoderForQuestionAnswering, base=MistralModel):
+    pass

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .decoder import DecoderModel, DecoderSpec, decoder_heads
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
 from .decoder_config import llama_like_spec
 from .mistral import MistralConfig
 from ..config import require
@@ -46,6 +53,17 @@ class MixtralModel(DecoderModel):
         )
 
 
-MixtralForCausalLM, MixtralForSequenceClassification, MixtralForTokenClassification, MixtralForQuestionAnswering = (
-    decoder_heads(MixtralModel)
-)
+class MixtralForCausalLM(DecoderForCausalLM, base=MixtralModel):
+    pass
+
+
+class MixtralForSequenceClassification(DecoderForSequenceClassification, base=MixtralModel):
+    pass
+
+
+class MixtralForTokenClassification(DecoderForTokenClassification, base=MixtralModel):
+    pass
+
+
+class MixtralForQuestionAnswering(DecoderForQuestionAnswering, base=MixtralModel):
+    pass

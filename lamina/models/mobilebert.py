@@ -304,35 +304,29 @@ class MobileBertModel(EncoderModel):
         return finish(output, return_dict, config)
 
 
-class _MobileBertTask:
-    config_class = MobileBertConfig
-    base_model_prefix = "mobilebert"
-    base_model_class = MobileBertModel
-
-
-class MobileBertForMaskedLM(_MobileBertTask, EncoderForMaskedLM):
+class MobileBertForMaskedLM(EncoderForMaskedLM, base=MobileBertModel):
     pass
 
 
-class MobileBertForPreTraining(_MobileBertTask, EncoderForPreTraining):
+class MobileBertForPreTraining(EncoderForPreTraining, base=MobileBertModel):
     output_class = MobileBertForPreTrainingOutput
 
 
-class MobileBertForNextSentencePrediction(_MobileBertTask, EncoderForNextSentencePrediction):
+class MobileBertForNextSentencePrediction(EncoderForNextSentencePrediction, base=MobileBertModel):
     pass
 
 
-class MobileBertForSequenceClassification(_MobileBertTask, EncoderForSequenceClassification):
+class MobileBertForSequenceClassification(EncoderForSequenceClassification, base=MobileBertModel):
     pass
 
 
-class MobileBertForMultipleChoice(_MobileBertTask, EncoderForMultipleChoice):
+class MobileBertForMultipleChoice(EncoderForMultipleChoice, base=MobileBertModel):
     pass
 
 
-class MobileBertForTokenClassification(_MobileBertTask, EncoderForTokenClassification):
+class MobileBertForTokenClassification(EncoderForTokenClassification, base=MobileBertModel):
     pass
 
 
-class MobileBertForQuestionAnswering(_MobileBertTask, EncoderForQuestionAnswering):
+class MobileBertForQuestionAnswering(EncoderForQuestionAnswering, base=MobileBertModel):
     pass

@@ -4,7 +4,7 @@ LayerNorm everywhere, per-head LayerNorm of queries and keys, rotary on the firs
 `partial_rotary_factor` of each head (channel i pairs with i + rotary_dim/2), a plain relu² MLP,
 biases on every projection, and `hidden_dropout` after the MLP only. Checkpoints fuse q/k/v in
 `query_key_value` with rows interleaved per head, `(heads, 3, head_dim)`; the name map reorders
-them into lamina's [q; k; v] and back.
+them into lamina's [q; k; v] and back. Like the reference, Persimmon has no question-answering head.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from ..checkpoints.megatron import qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
 from ..config import require
 from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE  # noqa: F401  (the converter writes it)
-from .decoder import DecoderModel, DecoderSpec, decoder_heads
+from .decoder import (
+    DecoderForCausalLM,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+    DecoderModel,
+    DecoderSpec,
+)
 from .decoder_config import DecoderConfig
 
 # Megatron's own row order for interleaved heads (see lamina.checkpoints.megatron)
@@ -126,5 +132,13 @@ class PersimmonModel(DecoderModel):
         return rules
 
 
-# transformers has no Persimmon question-answering head
-PersimmonForCausalLM, PersimmonForSequenceClassification, PersimmonForTokenClassification = decoder_heads(PersimmonModel)[:3]
+class PersimmonForCausalLM(DecoderForCausalLM, base=PersimmonModel):
+    pass
+
+
+class PersimmonForSequenceClassification(DecoderForSequenceClassification, base=PersimmonModel):
+    pass
+
+
+class PersimmonForTokenClassification(DecoderForTokenClassification, base=PersimmonModel):
+    pass
