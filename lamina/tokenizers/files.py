@@ -150,7 +150,7 @@ def _engine_for(
             do_lower_case=bool(settings["do_lower_case"]),
             strip_accents=settings.get("strip_accents"),
             tokenize_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
-            unk_token=_content(settings["unk_token"]),
+            unk_token=_content(settings["unk_token"], "unk_token"),
         )
         return RustEngine(document, str(candidates["vocab.txt"])), None, BertTokenizer
     where = path if path.is_dir() else path.name
@@ -167,13 +167,12 @@ class _TekkenTokenizer(PreTrainedTokenizerFast):
     class_defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
 
 
-def _content(value: Any) -> str | None:
+def _content(value: Any, key: str) -> str | None:
     """A special token as tokenizer_config.json spells it: a string, or an AddedToken dict."""
-    if value is None or isinstance(value, str):
-        return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value["content"]
-    raise TokenizerError(f"expected a special token as a string or {{'content': ...}}, found {value!r:.80}")
+    _require(value is None or isinstance(value, str), key, "a special token as a string or {'content': ...}", value)
+    return value
 
 
 def _require(valid: bool, key: str, expected: str, found: Any) -> None:
@@ -212,7 +211,7 @@ def build_tokenizer(
                 f"but the vocabulary has {engine.id_to_token(token_id)!r} there (next free id {len(engine)})"
             )
         engine.add_tokens([entry["content"]], special=bool(entry.get("special", True)))
-    specials = {name: _content(settings[name]) for name in SPECIAL_TOKEN_NAMES if name in settings}
+    specials = {name: _content(settings[name], name) for name in SPECIAL_TOKEN_NAMES if name in settings}
     unknown = [key for key in config if key.endswith("_token") and key not in SPECIAL_TOKEN_NAMES
                and key not in ("add_bos_token", "add_eos_token") and isinstance(config[key], (str, dict))]  # fmt: skip
     if unknown:
@@ -254,7 +253,7 @@ def build_tokenizer(
         chat_template=chat_template,
         clean_up_tokenization_spaces=bool(settings.get("clean_up_tokenization_spaces", False)),
         model_input_names=settings.get("model_input_names"),
-        additional_special_tokens=[_content(t) for t in extra],
+        additional_special_tokens=[_content(t, "additional_special_tokens") for t in extra],
         extra_config={k: v for k, v in config.items() if k not in _HANDLED_KEYS},
         **specials,
     )
