@@ -77,6 +77,7 @@ def load_tokenizer(
         return from_gguf(path, cls=cls, **overrides)
     directory = path if path.is_dir() else path.parent
     config: dict[str, Any] = {}
+    template_file = None
     if path.is_dir():
         for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
             if (directory / name).is_file():
@@ -84,7 +85,9 @@ def load_tokenizer(
                 if not isinstance(found, dict):
                     raise TokenizerError(f"{directory / name}: expected a JSON object, found {type(found).__name__}")
                 config.update(found)
+                template_file = directory / name if "chat_template" in found else template_file
         if (directory / CHAT_TEMPLATE_FILE).is_file():
+            template_file = directory / CHAT_TEMPLATE_FILE
             try:
                 config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
             except UnicodeDecodeError as err:
@@ -99,7 +102,10 @@ def load_tokenizer(
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
     engine, template, default_cls = _engine_for(path, config, cls, use_fast)
     cls = cls or default_cls
-    return build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
+    tokenizer = build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
+    if template_file is not None and "chat_template" not in overrides:
+        tokenizer.chat_template_file = str(template_file)
+    return tokenizer
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:
