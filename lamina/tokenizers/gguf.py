@@ -105,7 +105,9 @@ def from_gguf(
         config["chat_template"] = metadata["tokenizer.chat_template"]
     config.update(overrides)
     engine = RustEngine(document, name)
-    return build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+    tokenizer = build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+    tokenizer.chat_template_file = name
+    return tokenizer
 
 
 _TOKEN_ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}

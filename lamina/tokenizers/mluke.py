@@ -943,8 +943,9 @@ def _read_json(path: Path, default: Any = None) -> Any:
         raise TokenizerError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"{path}: not valid JSON ({err})") from None
+    # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as err:
+        raise TokenizerError(f"{path}: not valid JSON ({type(err).__name__}: {err})") from None
 
 
 def _unique_tokens(tokens: list[SpecialToken]) -> list[SpecialToken]:

@@ -112,3 +112,27 @@ def test_deep_or_huge_json_in_a_tokenizer_file_is_a_tokenizer_error(tmp_path, te
     (tmp_path / "vocab.json").write_text(text)
     with pytest.raises(TokenizerError, match="vocab.json: cannot read the vocabulary"):
         read_json(tmp_path / "vocab.json", "vocabulary")
+
+
+def _word_level_dir(tmp_path: Path) -> Path:
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_tokenizer_files_are_a_tokenizer_error(tmp_path, name, depth):
+    directory = _word_level_dir(tmp_path)
+    (directory / name).write_text('{"model": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(TokenizerError, match=rf"{name}: cannot read the .*RecursionError"):
+        lamina.AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json"])
+def test_nested_special_token_names_the_key(tmp_path, name):
+    directory = _word_level_dir(tmp_path)
+    (directory / name).write_text('{"bos_token": ' + "[" * 900 + "]" * 900 + "}")
+    with pytest.raises(TokenizerError, match=r"bos_token: expected a special token as a string or \{'content': ...\}"):
+        lamina.AutoTokenizer.from_pretrained(directory)
