@@ -25,20 +25,23 @@ def build_attention_mask(
 ) -> torch.Tensor:
     """Additive mask `(batch or 1, 1, queries, keys)`.
 
-    `query_positions (q,)` and `key_positions (k,)` are absolute sequence indices (-1: empty slot);
-    `padding_mask (batch, length)` is 1 for real tokens, indexed by key position.
+    `query_positions (q,)` and `key_positions (k,)` are absolute sequence indices (-1: empty slot),
+    shared by every row; or `(batch, q)` and `(batch, k)`, each row's own (rows of a continuous
+    batch sit at different positions); `padding_mask (batch, length)` is 1 for real tokens, indexed
+    by key position.
     """
-    q = query_positions[:, None]
-    k = key_positions[None, :]
+    q = query_positions.unsqueeze(-1)
+    k = key_positions.unsqueeze(-2)
     allowed = k >= 0
     if causal:
         allowed = allowed & (k <= q)
     if window is not None:
         allowed = allowed & (k > q - window)
-    allowed = allowed[None]
+    if allowed.dim() == 2:
+        allowed = allowed[None]
     if padding_mask is not None:
-        index = key_positions.clamp(0, padding_mask.shape[1] - 1)
-        allowed = allowed & padding_mask[:, index].bool()[:, None, :]
+        index = key_positions.clamp(0, padding_mask.shape[1] - 1).expand(padding_mask.shape[0], -1)
+        allowed = allowed & padding_mask.gather(1, index).bool()[:, None, :]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 

@@ -172,7 +172,7 @@ class MaskBuilder:
 
     def get(self, window: int | None, key_positions: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
         if window not in self._built:
-            seq = self.query_positions.shape[0]
+            seq = self.query_positions.shape[-1]
             own_keys = self.fresh and key_positions.shape[0] == seq  # not a preallocated buffer
             if own_keys and self.padding_mask is None and (window is None or window >= seq):
                 self._built[window] = (None, True)  # plain causal: the kernels' own fast path
