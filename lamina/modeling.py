@@ -403,10 +403,9 @@ class PreTrainedModel(nn.Module):
             want = expected.get(target)
             want = dtype if want is not None and want.is_floating_point() else None
             sources = [_read(tensors, renamed.pop(name), want) for name in names]
-            merged = merge(sources)
             placement = self.__dict__.get("_placement")
-            if placement is not None:  # this rank's or this device's part (lamina.distributed)
-                merged = placement.local(target, merged)
+            # with a placement, this rank's part only, read from the sources (lamina.distributed)
+            merged = merge(sources) if placement is None else placement.merge(target, merge, sources)
             for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
                 if source.data_ptr() != merged.data_ptr():
                     release_mapped_pages(source)

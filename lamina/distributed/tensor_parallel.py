@@ -16,18 +16,22 @@ device before its checkpoint is read, so each rank only ever holds its own part.
 - Embedding and LM head: the vocabulary split over `tp` (padded to a multiple of N).
 - Norms, positions, task heads: whole on every rank.
 
-`TensorParallel.local(name, tensor)` cuts a checkpoint tensor (under lamina's name) to this rank's
-part as the load maps it; only those rows and columns of the memory-mapped file are read.
+`TensorParallel.merge(name, merge, sources)` builds this rank's part of a parameter from the
+checkpoint tensors a name-map rule joins, as the load maps them: a concatenation (fused q/k/v,
+gate/up) or a stack of experts is cut in its sources, so only this rank's rows, columns and
+experts of the memory-mapped files are read (other rules are cut after they are applied).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoints.namemap import Concatenated, Stacked
 from ..errors import ConfigError
 from ..layers.mlp import GatedMLP, PlainMLP
 from ..layers.moe import Experts, SparseMoE
@@ -46,14 +50,57 @@ class Shard:
     padded: int | None = None
 
     def take(self, full: torch.Tensor) -> torch.Tensor:
-        part = full
-        for dim, ranges in self.cuts:
-            pieces = [part.narrow(dim, start, length) for start, length in ranges]
-            part = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
+        return self._own(_cut(full, self.cuts))
+
+    def take_merged(self, merge: Callable[[list[torch.Tensor]], torch.Tensor], sources: list[torch.Tensor]) -> torch.Tensor:
+        """The same part of `merge(sources)`, cut from the sources before they are joined where the
+        merge is a concatenation or a stack of experts: only those rows of the (memory-mapped)
+        sources are read."""
+        return self._own(_cut_merge(self.cuts, merge, sources))
+
+    def _own(self, part: torch.Tensor) -> torch.Tensor:
         if self.padded is not None and part.shape[0] < self.padded:
             part = torch.cat([part, part.new_zeros(self.padded - part.shape[0], *part.shape[1:])])
         # its own storage: the file's pages behind the whole tensor can be released
         return part.clone(memory_format=torch.contiguous_format)
+
+
+def _cut(tensor: torch.Tensor, cuts: tuple[tuple[int, Ranges], ...]) -> torch.Tensor:
+    for dim, ranges in cuts:
+        pieces = [tensor.narrow(dim, start, length) for start, length in ranges]
+        tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
+    return tensor
+
+
+def _cut_merge(cuts: tuple[tuple[int, Ranges], ...], merge: Callable[[list[torch.Tensor]], torch.Tensor],
+               sources: list[torch.Tensor]) -> torch.Tensor:
+    if isinstance(merge, Concatenated):
+        along = dict(cuts).get(merge.dim)
+        rest = tuple((dim, ranges) for dim, ranges in cuts if dim != merge.dim)
+        pieces = sources if along is None else _pieces(sources, merge.dim, along)
+        return torch.cat([_cut(piece, rest) for piece in pieces], merge.dim)
+    if isinstance(merge, Stacked):
+        experts = merge.group(sources)
+        chosen = dict(cuts).get(0, ((0, len(experts)),))
+        inner_cuts = tuple((dim - 1, ranges) for dim, ranges in cuts if dim != 0)
+        inner = merge.inner.merge if merge.inner is not None else (lambda parts: parts[0])
+        return torch.stack([_cut_merge(inner_cuts, inner, experts[expert])
+                            for start, length in chosen for expert in range(start, start + length)])
+    return _cut(merge(sources), cuts)
+
+
+def _pieces(sources: list[torch.Tensor], dim: int, ranges: Ranges) -> list[torch.Tensor]:
+    """The pieces of `sources` that `ranges` of their concatenation along `dim` cover, in order."""
+    pieces = []
+    for start, length in ranges:
+        offset = 0
+        for source in sources:
+            size = source.shape[dim]
+            low, high = max(start, offset), min(start + length, offset + size)
+            if low < high:
+                pieces.append(source.narrow(dim, low - offset, high - low))
+            offset += size
+    return pieces
 
 
 def head_split(heads: int, kv_heads: int, ranks: int, rank: int) -> tuple[int, int, int, int]:
@@ -106,9 +153,15 @@ class TensorParallel:
     _kv_groups: dict[int, dist.ProcessGroup] | None = None
 
     def local(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's part of `tensor` (the checkpoint's, under lamina's `name`)."""
+        """This rank's part of a whole `tensor` of parameter `name` (a weight, a gradient)."""
         shard = self.shards.get(name)
         return tensor if shard is None else shard.take(tensor)
+
+    def merge(self, name: str, merge: Callable[[list[torch.Tensor]], torch.Tensor],
+              sources: list[torch.Tensor]) -> torch.Tensor:
+        """This rank's part of parameter `name`, built by a name-map rule's `merge` from checkpoint `sources`."""
+        shard = self.shards.get(name)
+        return merge(sources) if shard is None else shard.take_merged(merge, sources)
 
     def apply(self, model: nn.Module) -> None:
         """Swap every splittable layer of `model` (on the meta device) for its parallel form."""
