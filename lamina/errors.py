@@ -28,3 +28,7 @@ class SecurityError(LaminaError):
 
 class UnsupportedError(LaminaError):
     """A feature was asked for that cannot run here (missing package, device, or format)."""
+
+
+class DistributedError(LaminaError):
+    """The ranks of a parallel run could not agree: one failed, timed out, or was never started."""

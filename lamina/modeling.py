@@ -247,10 +247,16 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         quantization_config: Any = None,
+        tp_plan: str | None = None,
+        tp_size: int | None = None,
+        ep_size: int | None = None,
+        device_mesh: Any = None,
         **config_overrides: Any,
     ) -> PreTrainedModel:
         """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
-        registered loader recognises (GGUF, Mistral's original layout, …)."""
+        registered loader recognises (GGUF, Mistral's original layout, …). `tp_plan="auto"`,
+        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch
+        (`lamina.distributed`)."""
         config_overrides.pop("trust_remote_code", None)
         config_overrides.pop("low_cpu_mem_usage", None)
         config_overrides.pop("from_tf", None)  # the file found decides the format
@@ -301,8 +307,16 @@ class PreTrainedModel(nn.Module):
             if not isinstance(quantization_config, BitsAndBytesConfig):  # bitsandbytes quantizes its own way
                 # each linear layer's weight is quantized as soon as it is mapped (see _map_checkpoint)
                 model._quantize_while_mapping = (as_quantization_config(quantization_config), {}, {})
+        from .distributed import place
+
+        placement = model.__dict__["_placement"] = place(
+            model, tensors, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
-        model.to(_resolve_device(device_map))
+        del model.__dict__["_placement"]
+        if placement is None:
+            model.to(_resolve_device(device_map))
+        else:
+            placement.finish(model)
         if quantization_config is not None:
             from .quantization import quantize
 
@@ -399,7 +413,9 @@ class PreTrainedModel(nn.Module):
             want = expected.get(target)
             want = dtype if want is not None and want.is_floating_point() else None
             sources = [_read(tensors, renamed.pop(name), want) for name in names]
-            merged = merge(sources)
+            placement = self.__dict__.get("_placement")
+            # with a placement, this rank's part only, read from the sources (lamina.distributed)
+            merged = merge(sources) if placement is None else placement.merge(target, merge, sources)
             for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
                 if source.data_ptr() != merged.data_ptr():
                     release_mapped_pages(source)

@@ -1,0 +1,48 @@
+"""Beyond one device: tensor and expert parallelism over `torch.distributed`, and device maps.
+
+`from_pretrained` hands its placement arguments to `place`, which returns None (the whole model on
+one device, as before) or a plan with two steps around the load: `local(name, tensor)` cuts each
+checkpoint tensor as it is mapped, and `finish(model)` puts the loaded model where it belongs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, UnsupportedError
+from .runtime import agree, fingerprint, make_groups
+from .tensor_parallel import TensorParallel
+
+__all__ = ["TensorParallel", "place"]
+
+
+def place(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    tp_plan: str | None = None,
+    tp_size: int | None = None,
+    ep_size: int | None = None,
+    device_mesh: Any = None,
+) -> TensorParallel | None:
+    """The plan for loading `model` (built on the meta device) from `tensors`, or None for one device.
+
+    `tp_plan="auto"` (or a `tp_size`, `ep_size` or `device_mesh`) splits the model over the ranks of
+    the process group (`torchrun --nproc-per-node N`): see `tensor_parallel`. Every rank checks that
+    the others load the same config and checkpoint before reading any weight.
+    """
+    if tp_plan is None and tp_size is None and ep_size is None and device_mesh is None:
+        return None
+    if tp_plan not in (None, "auto"):
+        raise ConfigError(f"tp_plan: expected 'auto' (lamina's plan for every family), found {tp_plan!r}")
+    if "_quantize_while_mapping" in model.__dict__ or getattr(model.config, "quantization_config", None) is not None:
+        raise UnsupportedError("tp_plan: quantized models cannot be split over ranks yet; load them on one device")
+    groups = make_groups(tp_size, ep_size, device_mesh)
+    agree(f"{type(model).__name__}.from_pretrained", fingerprint(model.config, tensors))
+    plan = TensorParallel(groups)
+    plan.apply(model)
+    return plan
