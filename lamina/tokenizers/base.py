@@ -106,14 +106,8 @@ class BatchEncoding(dict):
         """The first token of sequence `sequence_index` whose span holds the character; None if none does."""
         batch, char = self._indices(batch_or_char_index, char_index)
         row = self._row(batch)
-        return next(
-            (
-                token
-                for token, ((start, end), sequence) in enumerate(zip(row.offsets, row.sequences))
-                if sequence == sequence_index and start <= char < end
-            ),
-            None,
-        )
+        tokens = _tokens_of(row, sequence_index)
+        return next((token for token in tokens if row.offsets[token][0] <= char < row.offsets[token][1]), None)
 
     def word_to_tokens(
         self, batch_or_word_index: int, word_index: int | None = None, sequence_index: int = 0
@@ -121,9 +115,7 @@ class BatchEncoding(dict):
         """The tokens `[start, end)` of a word of sequence `sequence_index`; None if it has none."""
         batch, word = self._indices(batch_or_word_index, word_index)
         row = self._row(batch)
-        tokens = [
-            token for token, (w, s) in enumerate(zip(row.words, row.sequences)) if w == word and s == sequence_index
-        ]
+        tokens = [token for token in _tokens_of(row, sequence_index) if row.words[token] == word]
         return TokenSpan(tokens[0], tokens[-1] + 1) if tokens else None
 
     def word_to_chars(
@@ -204,6 +196,13 @@ class TokenSpans:
     offsets: list[tuple[int, int]] = field(default_factory=list)
     words: list[int | None] = field(default_factory=list)
     sequences: list[int | None] = field(default_factory=list)
+
+
+def _tokens_of(row: TokenSpans, sequence_index: int) -> list[int]:
+    """The tokens of sequence `sequence_index` in a row; every token when the row has no such
+    sequence (as the Rust engine answers for a single sequence asked about the second)."""
+    tokens = [token for token, sequence in enumerate(row.sequences) if sequence == sequence_index]
+    return tokens or list(range(len(row.sequences)))
 
 
 def to_tensor(value: Any, tensor_type: str, name: str = "value") -> Any:

@@ -346,7 +346,7 @@ def _spanned(model: sentencepiece.SentencePieceProcessor, text: str, start: int,
 
     sentencepiece reports byte spans; the bytes of one character split over byte-fallback pieces
     are given whole to the last of them, and lamina, like transformers, gives that character to
-    every one of them.
+    every one of them (and the first character to a lone dummy-prefix piece).
     """
     char_at = {}  # byte offset -> character offset
     position = 0
@@ -361,6 +361,9 @@ def _spanned(model: sentencepiece.SentencePieceProcessor, text: str, start: int,
         span = (char_at[piece.begin], char_at[piece.end])
         if piece.begin == piece.end and model.is_byte(piece.id):
             span = following
+        elif piece.begin == piece.end:
+            # a lone dummy-prefix "▁" stands for no character; it is given the first one
+            span = (span[0], min(span[0] + 1, len(text)))
         following = span
         ids.append(piece.id)
         offsets.append((span[0] + start, span[1] + start))
