@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import InputError, TokenizerError, UnsupportedError
 
 # what `pad_batch` fills each padded field with, besides `input_ids` (which takes the pad id)
-PAD_FILL = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "position_ids": 0, "offset_mapping": (0, 0)}
+PAD_FILL = {
+    "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "position_ids": 0, "offset_mapping": (0, 0),
+    "word_ids": None, "sequence_ids": None,
+}  # fmt: skip
 PADDING_SIDES = ("left", "right")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+# what a row of a tokenizer call holds per token before padding (see `_template_row`)
+ROW_FIELDS = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping", "word_ids", "sequence_ids")
 
 
 class BatchEncoding(dict):
@@ -29,8 +35,12 @@ class BatchEncoding(dict):
     shape `(batch, seq)` after `convert_to_tensors("pt")`.
     """
 
-    def __init__(self, data: dict[str, Any] | None = None, tensor_type: str | None = None) -> None:
+    def __init__(
+        self, data: dict[str, Any] | None = None, tensor_type: str | None = None, spans: list[TokenSpans] | None = None
+    ) -> None:
         super().__init__(data or {})
+        # per row, where each token comes from (what transformers keeps in `encodings`)
+        self._spans = spans
         if tensor_type is not None:
             self.convert_to_tensors(tensor_type)
 
@@ -41,10 +51,90 @@ class BatchEncoding(dict):
             raise AttributeError(f"BatchEncoding has no field {name!r}; it has {sorted(self)}") from None
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self)
+        return {"data": dict(self), "spans": self._spans}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.update(state)
+        self.update(state["data"])
+        self._spans = state["spans"]
+
+    # ---- where tokens come from: transformers' BatchEncoding methods ----------------------
+    @property
+    def encodings(self) -> list[TokenSpans] | None:
+        """Per row, each token's characters, word and sequence; None for inputs not made by a
+        tokenizer call (`pad` of plain ids)."""
+        return self._spans
+
+    def _row(self, batch_index: int) -> TokenSpans:
+        if self._spans is None:
+            raise InputError(
+                "BatchEncoding: no token spans; only the encodings of a tokenizer call on text know "
+                "where their tokens come from"
+            )
+        if not -len(self._spans) <= batch_index < len(self._spans):
+            raise InputError(f"batch_index: expected one of the {len(self._spans)} rows, found {batch_index}")
+        return self._spans[batch_index]
+
+    def _indices(self, batch_or_index: int, index: int | None) -> tuple[int, int]:
+        # transformers' convention: one argument is an index in row 0, two are (row, index)
+        return (0, batch_or_index) if index is None else (batch_or_index, index)
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """The word index of each token of row `batch_index` (None for special and pad tokens)."""
+        return list(self._row(batch_index).words)
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """0 / 1 for the tokens of the first / second sequence of row `batch_index`, None for others."""
+        return list(self._row(batch_index).sequences)
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        batch, token = self._indices(batch_or_token_index, token_index)
+        return self._row(batch).sequences[token]
+
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        batch, token = self._indices(batch_or_token_index, token_index)
+        return self._row(batch).words[token]
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None) -> CharSpan | None:
+        """The (start, end) characters of a token in its own sequence's text; None for special tokens."""
+        batch, token = self._indices(batch_or_token_index, token_index)
+        row = self._row(batch)
+        return None if row.sequences[token] is None else CharSpan(*row.offsets[token])
+
+    def char_to_token(
+        self, batch_or_char_index: int, char_index: int | None = None, sequence_index: int = 0
+    ) -> int | None:
+        """The first token of sequence `sequence_index` whose span holds the character; None if none does."""
+        batch, char = self._indices(batch_or_char_index, char_index)
+        row = self._row(batch)
+        tokens = _tokens_of(row, sequence_index)
+        return next((token for token in tokens if row.offsets[token][0] <= char < row.offsets[token][1]), None)
+
+    def word_to_tokens(
+        self, batch_or_word_index: int, word_index: int | None = None, sequence_index: int = 0
+    ) -> TokenSpan | None:
+        """The tokens `[start, end)` of a word of sequence `sequence_index`; None if it has none."""
+        batch, word = self._indices(batch_or_word_index, word_index)
+        row = self._row(batch)
+        tokens = [token for token in _tokens_of(row, sequence_index) if row.words[token] == word]
+        return TokenSpan(tokens[0], tokens[-1] + 1) if tokens else None
+
+    def word_to_chars(
+        self, batch_or_word_index: int, word_index: int | None = None, sequence_index: int = 0
+    ) -> CharSpan | None:
+        """The characters a word of sequence `sequence_index` covers; None if it has no tokens."""
+        batch, word = self._indices(batch_or_word_index, word_index)
+        tokens = self.word_to_tokens(batch, word, sequence_index)
+        if tokens is None:
+            return None
+        offsets = self._row(batch).offsets
+        return CharSpan(offsets[tokens.start][0], offsets[tokens.end - 1][1])
+
+    def char_to_word(
+        self, batch_or_char_index: int, char_index: int | None = None, sequence_index: int = 0
+    ) -> int | None:
+        batch, char = self._indices(batch_or_char_index, char_index)
+        token = self.char_to_token(batch, char, sequence_index)
+        return None if token is None else self._row(batch).words[token]
 
     def convert_to_tensors(self, tensor_type: str | None = "pt") -> BatchEncoding:
         """Turn every list value into a `torch.long` tensor (`"pt"`); `None` leaves them as lists."""
@@ -60,6 +150,59 @@ class BatchEncoding(dict):
             if isinstance(value, torch.Tensor):
                 self[key] = value.to(device)
         return self
+
+
+class CharSpan(NamedTuple):
+    """Characters `[start, end)` of a text."""
+
+    start: int
+    end: int
+
+
+class TokenSpan(NamedTuple):
+    """Tokens `[start, end)` of an encoding."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class EncodedText:
+    """One text's ids as an engine gives them: per id, its `(start, end)` characters in the text
+    (None when the engine does not know them) and the index of its word."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]] | None = None
+    words: list[int | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, part: slice) -> EncodedText:
+        offsets = None if self.offsets is None else self.offsets[part]
+        return EncodedText(self.ids[part], offsets, None if self.words is None else self.words[part])
+
+    def extend(self, other: EncodedText) -> None:
+        self.ids += other.ids
+        self.offsets += other.offsets
+        self.words += other.words
+
+
+@dataclass
+class TokenSpans:
+    """Where each token of one encoded row comes from: its characters in its sequence's text,
+    its word, and its sequence (0 / 1; None for special and pad tokens)."""
+
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    words: list[int | None] = field(default_factory=list)
+    sequences: list[int | None] = field(default_factory=list)
+
+
+def _tokens_of(row: TokenSpans, sequence_index: int) -> list[int]:
+    """The tokens of sequence `sequence_index` in a row; every token when the row has no such
+    sequence (as the Rust engine answers for a single sequence asked about the second)."""
+    tokens = [token for token, sequence in enumerate(row.sequences) if sequence == sequence_index]
+    return tokens or list(range(len(row.sequences)))
 
 
 def to_tensor(value: Any, tensor_type: str, name: str = "value") -> Any:
@@ -122,49 +265,80 @@ def pad_sequence(ids: Sequence[int], fill: int, length: int, side: str = "right"
 
 
 def truncate_pair(
-    ids: list[int],
-    pair_ids: list[int] | None,
+    ids: Sequence[Any],
+    pair_ids: Sequence[Any] | None,
     num_tokens_to_remove: int,
     strategy: str = "longest_first",
     side: str = "right",
-) -> tuple[list[int], list[int] | None]:
+) -> tuple[Sequence[Any], Sequence[Any] | None]:
     """Remove `num_tokens_to_remove` ids from one sequence or a pair, as transformers does.
 
     `longest_first` cuts the longer sequence down to what the shorter leaves, or both to about half
     of `max_length` (as transformers' Rust engine does); `only_first` / `only_second` cut only that one and raise if it is too short.
     `side` is the end ids are removed from.
     """
+    keep, pair_keep = truncation_lengths(len(ids), None if pair_ids is None else len(pair_ids), num_tokens_to_remove, strategy)
+    return _cut(ids, len(ids) - keep, side), None if pair_ids is None else _cut(pair_ids, len(pair_ids) - pair_keep, side)
+
+
+def truncation_lengths(first: int, second: int | None, num_tokens_to_remove: int, strategy: str) -> tuple[int, int | None]:
+    """How many tokens of a sequence (of `first` tokens) or pair stay when `num_tokens_to_remove`
+    must go under `strategy`; see `truncate_pair`."""
     if strategy not in TRUNCATION_STRATEGIES:
         raise InputError(f"truncation: expected True, False or one of {TRUNCATION_STRATEGIES}, found {strategy!r}")
     if num_tokens_to_remove <= 0 or strategy == "do_not_truncate":
-        return ids, pair_ids
+        return first, second
     if strategy == "longest_first":
-        if pair_ids is None:
-            return _cut(ids, num_tokens_to_remove, side), None
+        if second is None:
+            return first - num_tokens_to_remove, None
         # budgets as the Rust engine sets them: the shorter sequence keeps its length when the
         # longer can absorb the cut; otherwise each gets half, the odd one going to the longer
         # (to the second when they are equally long)
-        budget = len(ids) + len(pair_ids) - num_tokens_to_remove
-        shorter, longer = sorted((len(ids), len(pair_ids)))
+        budget = first + second - num_tokens_to_remove
+        shorter = min(first, second)
         keep_shorter, keep_longer = shorter, max(shorter, budget - shorter)
         if keep_shorter + keep_longer > budget:
             keep_shorter, keep_longer = budget // 2, budget - budget // 2
-        keep_first, keep_second = (keep_longer, keep_shorter) if len(ids) > len(pair_ids) else (keep_shorter, keep_longer)
-        return _cut(ids, len(ids) - keep_first, side), _cut(pair_ids, len(pair_ids) - keep_second, side)
-    if strategy == "only_second" and pair_ids is None:
+        return (keep_longer, keep_shorter) if first > second else (keep_shorter, keep_longer)
+    if strategy == "only_second" and second is None:
         raise InputError("truncation='only_second' needs a pair of sequences, found a single one")
-    target_is_first = strategy == "only_first"
-    target = ids if target_is_first else pair_ids
-    if len(target) < num_tokens_to_remove:
+    target = first if strategy == "only_first" else second
+    if target < num_tokens_to_remove:
         raise InputError(
-            f"truncation={strategy!r}: the sequence has {len(target)} tokens, fewer than the "
+            f"truncation={strategy!r}: the sequence has {target} tokens, fewer than the "
             f"{num_tokens_to_remove} that must go to reach max_length; use truncation='longest_first'"
         )
-    cut = _cut(target, num_tokens_to_remove, side)
-    return (cut, pair_ids) if target_is_first else (ids, cut)
+    if strategy == "only_first":
+        return first - num_tokens_to_remove, second
+    return first, second - num_tokens_to_remove
 
 
-def _cut(ids: list[int], count: int, side: str) -> list[int]:
+def overflow_windows(sequence: Sequence[Any], keep: int, stride: int = 0, side: str = "right") -> list[Sequence[Any]]:
+    """`sequence` cut to its first `keep` items (its last with `side="left"`), then what was cut
+    as further windows of `keep` items, each repeating the last `stride` items of the one before:
+    the overflowing parts of transformers' Rust engine, in its order."""
+    if len(sequence) <= keep:
+        return [sequence]
+    if keep == 0:
+        return [sequence[:0], sequence]
+    if stride >= keep:
+        raise InputError(f"stride: expected fewer than the {keep} tokens each window keeps, found {stride}")
+    step = keep - stride
+    windows = []
+    if side == "right":
+        for start in range(0, len(sequence), step):
+            windows.append(sequence[start : start + keep])
+            if start + keep >= len(sequence):
+                break
+    else:
+        for stop in range(len(sequence), 0, -step):
+            windows.append(sequence[max(0, stop - keep) : stop])
+            if stop <= keep:
+                break
+    return windows
+
+
+def _cut(ids: Sequence[Any], count: int, side: str) -> Sequence[Any]:
     if count <= 0:
         return ids
     return ids[:-count] if side == "right" else ids[count:]
@@ -448,143 +622,167 @@ class PreTrainedTokenizer:
         """1 where the template puts a special token around `ids` (and `pair_ids`), 0 on their ids."""
         return self._apply_template(ids, pair_ids)[2]
 
-    def _apply_template(
-        self, ids: list[int], pair_ids: list[int] | None, offsets: tuple[list, list | None] = ([], None)
-    ) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
-        """(input_ids, token_type_ids, special_tokens_mask, offset_mapping) of one sequence or
-        pair; special tokens get the offsets (0, 0), as in transformers."""
-        sequences = (ids, pair_ids)
-        out_ids: list[int] = []
-        type_ids: list[int] = []
-        mask: list[int] = []
-        out_offsets: list[tuple[int, int]] = []
-        for piece, type_id in self.template.single if pair_ids is None else self.template.pair:
+    def _apply_template(self, ids: list[int], pair_ids: list[int] | None) -> tuple[list[int], list[int], list[int]]:
+        """(input_ids, token_type_ids, special_tokens_mask) of one sequence or pair with the template's tokens."""
+        row = self._template_row(_encoded(ids), None if pair_ids is None else _encoded(pair_ids), True)
+        return row["input_ids"], row["token_type_ids"], row["special_tokens_mask"]
+
+    def _template_row(self, first: EncodedText, second: EncodedText | None, add_special_tokens: bool) -> dict[str, list[Any]]:
+        """One row's `ROW_FIELDS`: the sequence (or pair) laid out by the template (without special
+        tokens, one after the other); special tokens get the offsets (0, 0), as in transformers."""
+        template = self.template if add_special_tokens else Template.plain()
+        row: dict[str, list[Any]] = {key: [] for key in ROW_FIELDS}
+        for piece, type_id in template.single if second is None else template.pair:
             if isinstance(piece, str):
-                out_ids.append(self._token_to_id(piece))
-                type_ids.append(type_id)
-                mask.append(1)
-                out_offsets.append((0, 0))
+                part, sequence = EncodedText([self._token_to_id(piece)], [(0, 0)], [None]), None
             else:
-                part = sequences[piece]
-                out_ids.extend(part)
-                type_ids.extend([type_id] * len(part))
-                mask.extend([0] * len(part))
-                out_offsets.extend(offsets[piece] or ())
-        return out_ids, type_ids, mask, out_offsets
+                part, sequence = (first, second)[piece], piece
+            count = len(part)
+            row["input_ids"] += part.ids
+            row["token_type_ids"] += [type_id] * count
+            row["special_tokens_mask"] += [int(sequence is None)] * count
+            row["offset_mapping"] += part.offsets if part.offsets is not None else [(0, 0)] * count
+            row["word_ids"] += part.words if part.words is not None else [None] * count
+            row["sequence_ids"] += [sequence] * count
+        return row
 
     def __call__(
         self,
-        text: str | list[str] | list[tuple[str, str]] | None = None,
-        text_pair: str | list[str] | None = None,
+        text: str | list[str] | list[tuple[str, str]] | list[list[str]] | None = None,
+        text_pair: str | list[str] | list[list[str]] | None = None,
         *,
         split_special_tokens: bool = False,
+        is_split_into_words: bool = False,
         **options: Any,
     ) -> BatchEncoding:
         """Encode one text, a batch, or pairs (`text_pair`, or a list of 2-tuples) into model inputs.
 
-        `options` are `prepare_batch`'s: add_special_tokens, padding, truncation, max_length,
-        pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
-        return_attention_mask, return_special_tokens_mask, return_length. With
-        `split_special_tokens=True` special-token text ("</s>") is encoded as plain text.
+        With `is_split_into_words=True` a text is a list of words (a batch, a list of such lists);
+        each word is encoded on its own and `word_ids()` gives each token's word. `options` are
+        `prepare_batch`'s. With `split_special_tokens=True` special-token text ("</s>") is encoded
+        as plain text. The result knows where each token comes from (`word_ids`, `token_to_chars`,
+        `char_to_token`, … as on transformers' BatchEncoding).
         """
-        if text is None:
-            raise InputError("tokenizer call: expected text (a string or a list of strings), found None")
-        batched = isinstance(text, (list, tuple))
-        texts = list(text) if batched else [text]
-        if text_pair is not None:
-            pairs = list(text_pair) if isinstance(text_pair, (list, tuple)) else [text_pair]
-            if len(pairs) != len(texts):
-                raise InputError(f"text_pair: expected {len(texts)} texts to pair with text, found {len(pairs)}")
-        elif texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
-            texts, pairs = [t[0] for t in texts], [t[1] for t in texts]
-        else:
-            pairs = None
-        for t in [*texts, *(pairs or [])]:
-            if not isinstance(t, str):
-                raise InputError(f"tokenizer call: expected strings, found {type(t).__name__} {t!r:.60}")
-        if options.pop("return_offsets_mapping", False):
-            if not hasattr(self.engine, "encode_batch_with_offsets"):
-                raise UnsupportedError(
-                    f"return_offsets_mapping: the {self.engine.kind} engine gives no character offsets; "
-                    "load a tokenizer.json to get them"
-                )
-            encoded, offsets = self.engine.encode_batch_with_offsets(texts + (pairs or []), split_special_tokens)
-            options["offsets"] = _split_pairs(offsets, len(texts))
-        else:
-            encoded = self.engine.encode_batch(texts + (pairs or []), split_special_tokens)
+        texts, pairs, batched = _batch_inputs(text, text_pair, is_split_into_words)
+        encoded = self.engine.encode_texts(texts + (pairs or []), split_special_tokens, is_split_into_words)
         return self.prepare_batch(_split_pairs(encoded, len(texts)), batched=batched, **options)
 
     def prepare_batch(
         self,
-        sequences: list[tuple[list[int], list[int] | None]],
+        sequences: list[tuple[list[int] | EncodedText, list[int] | EncodedText | None]],
         *,
         batched: bool = True,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
         return_tensors: str | None = None,
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
         return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_overflowing_tokens: bool = False,
         return_length: bool = False,
-        offsets: list[tuple[list[tuple[int, int]], list[tuple[int, int]] | None]] | None = None,
         **unsupported: Any,
     ) -> BatchEncoding:
-        """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences;
-        with `offsets` (the character spans of those ids) the result has an `offset_mapping`."""
+        """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences.
+
+        Padding and truncation follow transformers: `max_length` alone truncates, with `padding` it
+        truncates only when `truncation` says so. With `return_overflowing_tokens` the tokens cut
+        off come back as further rows (windows overlapping by `stride` tokens), and
+        `overflow_to_sample_mapping` gives each row's sequence. Sequences given as `EncodedText`
+        with offsets can return `offset_mapping` and give the result its token spans.
+        """
         if unsupported:
             raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
-        padding_strategy = _padding_strategy(padding)
-        truncation_strategy = _truncation_strategy(truncation, max_length)
-        if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
-            max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
-        features: dict[str, list[list[Any]]] = {
-            "input_ids": [], "token_type_ids": [], "special_tokens_mask": [], "offset_mapping": []
-        }  # fmt: skip
-        for index, (ids, pair_ids) in enumerate(sequences):
-            spans = offsets[index] if offsets is not None else ([], None)
-            if max_length is not None and truncation_strategy != "do_not_truncate":
-                specials = self.template.count(pair_ids is not None) if add_special_tokens else 0
-                excess = len(ids) + len(pair_ids or ()) + specials - max_length
-                cut = (excess, truncation_strategy, self.truncation_side)
-                ids, pair_ids = truncate_pair(ids, pair_ids, *cut)
-                if offsets is not None:
-                    spans = truncate_pair(*spans, *cut)  # the same cut: it depends on lengths only
-            if add_special_tokens:
-                row, types, mask, row_offsets = self._apply_template(ids, pair_ids, spans)
-            else:
-                row = ids + (pair_ids or [])
-                types = [0] * len(ids) + [1] * len(pair_ids or ())
-                mask = [0] * len(row)
-                row_offsets = spans[0] + (spans[1] or [])
-            features["input_ids"].append(row)
-            features["token_type_ids"].append(types)
-            features["special_tokens_mask"].append(mask)
-            features["offset_mapping"].append(row_offsets)
-        if offsets is None:
-            del features["offset_mapping"]
+        padding_strategy, truncation_strategy, max_length = self._strategies(padding, truncation, max_length, pad_to_multiple_of)
+        encoded = [(_encoded(first), None if second is None else _encoded(second)) for first, second in sequences]
+        spanned = all(first.offsets is not None and (second is None or second.offsets is not None) for first, second in encoded)
+        if return_offsets_mapping and not spanned:
+            raise UnsupportedError(f"return_offsets_mapping: the {self.engine.kind} engine gives no character offsets")
+        rows, samples = [], []
+        for index, (first, second) in enumerate(encoded):
+            windows = self._windows(first, second, add_special_tokens, truncation_strategy, max_length, stride)
+            for window in windows if return_overflowing_tokens else windows[:1]:
+                rows.append(self._template_row(*window, add_special_tokens))
+                samples.append(index)
+        features: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in ROW_FIELDS}
         features["attention_mask"] = [[1] * len(row) for row in features["input_ids"]]
         if padding_strategy != "do_not_pad":
             length = max_length if padding_strategy == "max_length" else None
             features = pad_batch(
                 features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of
             )
+        spans = [TokenSpans(*row) for row in zip(features["offset_mapping"], features.pop("word_ids"), features.pop("sequence_ids"))]
+        if not return_offsets_mapping:
+            del features["offset_mapping"]
         if not return_special_tokens_mask:
             del features["special_tokens_mask"]
         if not (return_token_type_ids if return_token_type_ids is not None else "token_type_ids" in self.model_input_names):
             del features["token_type_ids"]
         if return_attention_mask is False:
             del features["attention_mask"]
+        if return_overflowing_tokens:
+            features["overflow_to_sample_mapping"] = samples
         if return_length:
             # padded lengths, as transformers reports them
             features["length"] = [len(row) for row in features["input_ids"]]
-        if not batched and not return_tensors:
+        if not batched and not return_tensors and not return_overflowing_tokens:
             # one text: flat lists (transformers keeps `length` a one-element list)
             features = {key: value if key == "length" else value[0] for key, value in features.items()}
-        return BatchEncoding(features, tensor_type=return_tensors)
+        return BatchEncoding(features, tensor_type=return_tensors, spans=spans if spanned else None)
+
+    def _strategies(
+        self, padding: bool | str, truncation: bool | str | None, max_length: int | None, pad_to_multiple_of: int | None
+    ) -> tuple[str, str, int | None]:
+        """(padding strategy, truncation strategy, max_length) as transformers settles them."""
+        if max_length is not None and padding is False and truncation is None:
+            truncation = True  # max_length alone truncates
+        padding_strategy = _padding_strategy(padding)
+        truncation_strategy = _truncation_strategy(truncation)
+        if max_length is None:
+            known = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
+            if padding_strategy == "max_length" and known is None:
+                padding_strategy = "do_not_pad"
+            if truncation_strategy != "do_not_truncate" and known is None:
+                truncation_strategy = "do_not_truncate"
+            max_length = known
+        truncating = truncation_strategy != "do_not_truncate"
+        if truncating and padding_strategy != "do_not_pad" and pad_to_multiple_of and max_length and max_length % pad_to_multiple_of:
+            raise InputError(
+                f"pad_to_multiple_of: truncating to max_length {max_length} and padding to a multiple of "
+                f"{pad_to_multiple_of} contradict each other; make max_length a multiple of it"
+            )
+        return padding_strategy, truncation_strategy, max_length
+
+    def _windows(
+        self,
+        first: EncodedText,
+        second: EncodedText | None,
+        add_special_tokens: bool,
+        strategy: str,
+        max_length: int | None,
+        stride: int,
+    ) -> list[tuple[EncodedText, EncodedText | None]]:
+        """The truncated sequence (or pair) first, then the overflowing windows, in the Rust engine's order."""
+        if max_length is None or strategy == "do_not_truncate":
+            return [(first, second)]
+        specials = self.template.count(second is not None) if add_special_tokens else 0
+        excess = len(first) + len(second or ()) + specials - max_length
+        keep, pair_keep = truncation_lengths(len(first), None if second is None else len(second), excess, strategy)
+        firsts = overflow_windows(first, keep, stride, self.truncation_side)
+        if second is None:
+            return [(window, None) for window in firsts]
+        seconds = overflow_windows(second, pair_keep, stride, self.truncation_side)
+        # each overflowing first window with every second window, then the first window with the
+        # overflowing second ones
+        windows = [(firsts[0], seconds[0])]
+        for window in firsts[1:]:
+            windows += [(window, pair_window) for pair_window in seconds]
+        return windows + [(firsts[0], pair_window) for pair_window in seconds[1:]]
 
     def encode(
         self,
@@ -684,6 +882,39 @@ class PreTrainedTokenizer:
         )
 
 
+def _batch_inputs(
+    text: Any, text_pair: Any, is_split_into_words: bool
+) -> tuple[list[Any], list[Any] | None, bool]:
+    """(texts, second texts or None, whether the input was a batch) of a tokenizer call's
+    arguments; with `is_split_into_words` each text is a list of words."""
+    if text is None:
+        raise InputError("tokenizer call: expected text (a string or a list of strings), found None")
+    if is_split_into_words:
+        batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+        texts = [list(t) for t in text] if batched else [list(text)]
+        pairs = None if text_pair is None else [list(t) for t in text_pair] if batched else [list(text_pair)]
+        expected = "lists of words (strings)"
+        items = [word for words in [*texts, *(pairs or [])] for word in words]
+    else:
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        pairs = None if text_pair is None else list(text_pair) if isinstance(text_pair, (list, tuple)) else [text_pair]
+        if pairs is None and texts and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in texts):
+            texts, pairs = [t[0] for t in texts], [t[1] for t in texts]
+        expected = "strings"
+        items = [*texts, *(pairs or [])]
+    if pairs is not None and len(pairs) != len(texts):
+        raise InputError(f"text_pair: expected {len(texts)} texts to pair with text, found {len(pairs)}")
+    for item in items:
+        if not isinstance(item, str):
+            raise InputError(f"tokenizer call: expected {expected}, found {type(item).__name__} {item!r:.60}")
+    return texts, pairs, batched
+
+
+def _encoded(sequence: list[int] | EncodedText) -> EncodedText:
+    return sequence if isinstance(sequence, EncodedText) else EncodedText(flatten_ids(sequence))
+
+
 def _split_pairs(rows: list[Any], count: int) -> list[tuple[Any, Any]]:
     """Rows of `count` first sequences then (maybe) as many second ones, as (first, second) pairs."""
     seconds = rows[count:] or [None] * count
@@ -700,13 +931,10 @@ def _padding_strategy(padding: bool | str) -> str:
     raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', found {padding!r}")
 
 
-def _truncation_strategy(truncation: bool | str | None, max_length: int | None) -> str:
-    if truncation is None:
-        # transformers truncates to max_length when one is given and truncation is left unset
-        return "longest_first" if max_length is not None else "do_not_truncate"
+def _truncation_strategy(truncation: bool | str | None) -> str:
     if truncation is True:
         return "longest_first"
-    if truncation is False:
+    if truncation is False or truncation is None:
         return "do_not_truncate"
     if truncation in TRUNCATION_STRATEGIES:
         return truncation

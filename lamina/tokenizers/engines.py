@@ -20,6 +20,7 @@ import sentencepiece
 import tokenizers
 
 from ..errors import TokenizerError
+from .base import EncodedText
 from .formats import added_token, metaspace_document, read_json
 
 
@@ -52,22 +53,25 @@ class RustEngine:
     def document(self) -> dict[str, Any]:
         return json.loads(self.backend.to_str())
 
-    def _encodings(self, texts: list[str], split_special_tokens: bool) -> list[tokenizers.Encoding]:
+    def _encodings(
+        self, texts: list[str] | list[list[str]], split_special_tokens: bool, pretokenized: bool = False
+    ) -> list[tokenizers.Encoding]:
         self.backend.encode_special_tokens = split_special_tokens
         try:
-            return self.backend.encode_batch(texts, add_special_tokens=False)
+            return self.backend.encode_batch(texts, is_pretokenized=pretokenized, add_special_tokens=False)
         finally:
             self.backend.encode_special_tokens = False
 
     def encode_batch(self, texts: list[str], split_special_tokens: bool = False) -> list[list[int]]:
         return [encoding.ids for encoding in self._encodings(texts, split_special_tokens)]
 
-    def encode_batch_with_offsets(
-        self, texts: list[str], split_special_tokens: bool = False
-    ) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        """The ids and, per id, the (start, end) character span of the text it came from."""
-        encodings = self._encodings(texts, split_special_tokens)
-        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    def encode_texts(
+        self, texts: list[str] | list[list[str]], split_special_tokens: bool = False, pretokenized: bool = False
+    ) -> list[EncodedText]:
+        """Each text's ids with their character spans and word indices (`pretokenized`: each text
+        is a list of words, and spans are within each word)."""
+        encodings = self._encodings(texts, split_special_tokens, pretokenized)
+        return [EncodedText(e.ids, e.offsets, e.word_ids) for e in encodings]
 
     def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
         self.backend.encode_special_tokens = split_special_tokens
@@ -209,6 +213,37 @@ class SentencePieceEngine:
             batch.append(ids)
         return batch
 
+    def encode_texts(
+        self, texts: list[str] | list[list[str]], split_special_tokens: bool = False, pretokenized: bool = False
+    ) -> list[EncodedText]:
+        """Each text's ids with their character spans and word indices, as transformers' converted
+        (Rust) Llama tokenizer gives them: a text's words are the runs between added tokens, each
+        added token is a word; `pretokenized` texts are lists of words, each encoded with the dummy
+        prefix and spanned within itself."""
+        if pretokenized:
+            return [self._encode_words(words, split_special_tokens) for words in texts]
+        results = []
+        for text in texts:
+            pieces = [(text, None)] if split_special_tokens else self._split(text)
+            encoded = EncodedText([], [], [])
+            start = 0
+            for word, (piece, token_id) in enumerate(pieces):
+                if token_id is not None:
+                    encoded.extend(EncodedText([token_id], [(start, start + len(piece))], [word]))
+                else:
+                    model = self.model if word == 0 else self.model_no_prefix
+                    encoded.extend(_spanned(model, piece, start, word))
+                start += len(piece)
+            results.append(encoded)
+        return results
+
+    def _encode_words(self, words: list[str], split_special_tokens: bool) -> EncodedText:
+        encoded = EncodedText([], [], [])
+        for word, text in enumerate(words):
+            part = self.encode_texts([text], split_special_tokens)[0]
+            encoded.extend(EncodedText(part.ids, part.offsets, [word] * len(part.ids)))
+        return encoded
+
     def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
         return [self.id_to_token(i) for i in self.encode_batch([text], split_special_tokens)[0]]
 
@@ -301,6 +336,35 @@ class SentencePieceEngine:
         document["post_processor"] = post_processor
         (directory / "tokenizer.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         return ["tokenizer.model", "tokenizer.json"]
+
+
+def _spanned(model: sentencepiece.SentencePieceProcessor, text: str, start: int, word: int) -> EncodedText:
+    """`text` encoded by `model`, with each piece's characters (shifted by `start`).
+
+    sentencepiece reports byte spans; the bytes of one character split over byte-fallback pieces
+    are given whole to the last of them, and lamina, like transformers, gives that character to
+    every one of them (and the first character to a lone dummy-prefix piece).
+    """
+    char_at = {}  # byte offset -> character offset
+    position = 0
+    for index, char in enumerate(text):
+        char_at[position] = index
+        position += len(char.encode("utf-8"))
+    char_at[position] = len(text)
+    proto = model.encode(text, out_type="proto")
+    ids, offsets = [], []
+    following = (len(text), len(text))
+    for piece in reversed(proto.pieces):
+        span = (char_at[piece.begin], char_at[piece.end])
+        if piece.begin == piece.end and model.is_byte(piece.id):
+            span = following
+        elif piece.begin == piece.end:
+            # a lone dummy-prefix "▁" stands for no character; it is given the first one
+            span = (span[0], min(span[0] + 1, len(text)))
+        following = span
+        ids.append(piece.id)
+        offsets.append((span[0] + start, span[1] + start))
+    return EncodedText(ids[::-1], offsets[::-1], [word] * len(ids))
 
 
 def _read_varint(data: bytes, position: int, path: Path) -> tuple[int, int]:

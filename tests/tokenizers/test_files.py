@@ -203,15 +203,6 @@ def test_sentencepiece_gguf_equals_transformers(mistral_dirs, tmp_path):
     assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
 
 
-def test_offsets_need_the_rust_engine(lamina_mistral):
-    from lamina.errors import UnsupportedError
-
-    with pytest.raises(UnsupportedError, match="sentencepiece engine gives no character offsets"):
-        lamina_mistral["v3"]("hello", return_offsets_mapping=True)
-    spans = lamina_mistral["tekken"]("Hello world", return_offsets_mapping=True)["offset_mapping"]
-    assert spans == [(0, 0), (0, 5), (5, 11)]
-
-
 def test_auto_tokenizer_opens_an_mluke_directory():
     from pathlib import Path
 
