@@ -85,7 +85,8 @@ def convert_adept_persimmon(
     training args nor the qk-layernorm size tell it. `dtype`: the output dtype (default: the
     checkpoint's). Returns `dst`.
     """
-    from ..models.persimmon import PERSIMMON_CHAT_TEMPLATE, PersimmonConfig, PersimmonForCausalLM
+    from ..models.persimmon import PersimmonConfig, PersimmonForCausalLM
+    from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE
 
     src = Path(src)
     checkpoint = load_megatron_checkpoint(src)

@@ -14,7 +14,6 @@ from typing import ClassVar
 from ..checkpoints.megatron import qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
 from ..config import require
-from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE  # noqa: F401  (the converter writes it)
 from .decoder import (
     DecoderForCausalLM,
     DecoderForSequenceClassification,
