@@ -27,9 +27,11 @@ from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
+from .generation.config import GenerationConfig
 from .hub import resolve_model_dir
 from .quantization import quantize
 from .quantization.apply import quantize_on_load
+from .tf.h5 import load_tf_checkpoint
 
 logger = logging.getLogger("lamina")
 
@@ -61,8 +63,6 @@ def _load_tf_h5(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
     only when such a file is there."""
     if not (path / "tf_model.h5").is_file():
         return None
-    from .tf.h5 import load_tf_checkpoint
-
     return load_tf_checkpoint(path)
 
 
@@ -87,7 +87,7 @@ def check_attn_implementation(name: str | None) -> str:
 
 class skip_init_on_meta(TorchFunctionMode):
     """Within it, initialisers leave meta tensors as they are instead of "filling" them: that does
-    nothing but cost time, and torch's meta `normal_` imports torch._dynamo (about 80 MB
+    nothing but cost time, and torch's meta `normal_` imports torch._dynamo (tens of MB
     resident) the first time it runs. Models built on the meta device for loading use it."""
 
     _INITIALISERS = frozenset(
@@ -316,8 +316,6 @@ class PreTrainedModel(nn.Module):
         model.eval()
         model.loading_info = info
         if directory is not None and hasattr(model, "generate") and (directory / "generation_config.json").is_file():
-            from .generation import GenerationConfig
-
             model.generation_config = GenerationConfig.from_pretrained(directory)
         return (model, info) if output_loading_info else model
 

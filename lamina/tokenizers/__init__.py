@@ -22,6 +22,5 @@ from .classes import (
     PersimmonTokenizer,
     PreTrainedTokenizerFast,
 )
-from .files import AutoTokenizer
-from .gguf import from_gguf
+from .files import AutoTokenizer, from_gguf
 from .streaming import IncrementalDetokenizer
