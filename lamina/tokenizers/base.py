@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError, TokenizerError, UnsupportedError
+from .chat import apply_chat_template
+from .mistral import encode_instruct
 
 # what `pad_batch` fills each padded field with, besides `input_ids` (which takes the pad id)
 PAD_FILL = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "position_ids": 0, "offset_mapping": (0, 0)}
@@ -535,10 +537,9 @@ class PreTrainedTokenizer:
         with `offsets` (the character spans of those ids) the result has an `offset_mapping`."""
         if unsupported:
             raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
-        padding_strategy = _padding_strategy(padding)
-        truncation_strategy = _truncation_strategy(truncation, max_length)
-        if max_length is None and (truncation_strategy != "do_not_truncate" or padding_strategy == "max_length"):
-            max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, self.model_max_length
+        )
         features: dict[str, list[list[Any]]] = {
             "input_ids": [], "token_type_ids": [], "special_tokens_mask": [], "offset_mapping": []
         }  # fmt: skip
@@ -610,7 +611,7 @@ class PreTrainedTokenizer:
         if isinstance(encoded_inputs, (list, tuple)):
             encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0]}
         features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()}
-        strategy = _padding_strategy(padding)
+        strategy, _, max_length = resolve_strategies(padding, False, max_length, self.model_max_length)
         if strategy != "do_not_pad":
             length = max_length if strategy == "max_length" else None
             features = pad_batch(features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of)
@@ -651,14 +652,10 @@ class PreTrainedTokenizer:
     def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]], **kwargs: Any) -> Any:
         """Render `conversation` with the tokenizer's Jinja chat template in a sandbox; see
         `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
-        from .chat import apply_chat_template
-
         return apply_chat_template(self, conversation, **kwargs)
 
     def encode_instruct(self, messages: list[dict[str, Any]], version: str | None = None) -> list[int]:
         """Mistral's instruct format (v1 / v3 / v7), the ids mistral_common gives; see `tokenizers.mistral`."""
-        from .mistral import encode_instruct
-
         return encode_instruct(self, messages, version)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
@@ -698,13 +695,31 @@ def _padding_strategy(padding: bool | str) -> str:
     raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', found {padding!r}")
 
 
-def _truncation_strategy(truncation: bool | str | None, max_length: int | None) -> str:
-    if truncation is None:
-        # transformers truncates to max_length when one is given and truncation is left unset
-        return "longest_first" if max_length is not None else "do_not_truncate"
+def resolve_strategies(
+    padding: bool | str | None, truncation: bool | str | None, max_length: int | None, model_max_length: int
+) -> tuple[str, str, int | None]:
+    """transformers' padding and truncation strategies, and the `max_length` they work to.
+
+    A `max_length` given alone turns truncation on only while `padding` is left False (as
+    transformers 4.x and 5.x do); without `max_length`, padding to a length and truncation use
+    `model_max_length`, and do neither when the tokenizer sets none.
+    """
+    if max_length is not None and padding is False and truncation is None:
+        truncation = True
+    padding_strategy, truncation_strategy = _padding_strategy(padding), _truncation_strategy(truncation)
+    if max_length is None and (padding_strategy == "max_length" or truncation_strategy != "do_not_truncate"):
+        if model_max_length < VERY_LARGE_INTEGER:
+            max_length = model_max_length
+        else:
+            padding_strategy = "do_not_pad" if padding_strategy == "max_length" else padding_strategy
+            truncation_strategy = "do_not_truncate"
+    return padding_strategy, truncation_strategy, max_length
+
+
+def _truncation_strategy(truncation: bool | str | None) -> str:
     if truncation is True:
         return "longest_first"
-    if truncation is False:
+    if truncation is None or truncation is False:
         return "do_not_truncate"
     if truncation in TRUNCATION_STRATEGIES:
         return truncation
