@@ -9,7 +9,7 @@ decoding, sandboxed chat templates (`apply_chat_template`), Mistral's instruct f
 (`encode_instruct`), streaming detokenization (`IncrementalDetokenizer`) and `save_pretrained`.
 """
 
-from .base import BatchEncoding, PreTrainedTokenizer, pad_batch, pad_sequence, to_tensor, truncate_pair
+from .base import BatchEncoding, PreTrainedTokenizer
 from .classes import (
     BertTokenizer,
     BertTokenizerFast,
