@@ -102,7 +102,8 @@ def convert_adept_persimmon(
         raise CheckpointError(
             f"{checkpoint.source}: the head count is not in the checkpoint (no training args, no qk layernorm); pass num_heads"
         )
-    tensors = adept_to_persimmon_tensors(checkpoint.merged_tensors(heads, qkv_version=INTERLEAVED_QKV), heads, checkpoint.source)
+    merged = checkpoint.merged_tensors(heads, qkv_version=INTERLEAVED_QKV)
+    tensors = adept_to_persimmon_tensors(merged, heads, checkpoint.source)
     layers = {int(k.split(".")[2]) for k in tensors if k.startswith("model.layers.")}
     vocab = tensors["model.embed_tokens.weight"].shape[0]
     endoftext = ENDOFTEXT_ID if vocab > ENDOFTEXT_ID else None

@@ -120,8 +120,8 @@ def _single_query_attention(
     lamina's kernel (`lamina.kernels`' `decode_attention`) reads only the slots the mask lets
     through, the tokens so far rather than the cache's capacity. Without it, under `torch.compile`,
     two float32 matmuls with the softmax fused between them by inductor (on a CPU without AVX-512
-    the fused SDPA kernel and bf16 batched matmuls are slower; bench/RESULTS.md). `query (batch, heads, 1, dim)`, `key/value (batch, kv_heads, slots, dim)`,
-    `mask (batch or 1, 1, 1, slots)`.
+    the fused SDPA kernel and bf16 batched matmuls are slower; bench/RESULTS.md).
+    `query (batch, heads, 1, dim)`, `key/value (batch, kv_heads, slots, dim)`, `mask (batch or 1, 1, 1, slots)`.
     """
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]

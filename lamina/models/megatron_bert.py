@@ -224,7 +224,8 @@ class MegatronBertModel(EncoderModel):
             cache_position=cache_position, position_ids=position_ids,
         )
         if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=inputs.cache_position.device)
+            device = inputs.cache_position.device
+            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=device)
 
         hidden = self.embeddings(input_ids, token_type_ids, inputs.position_ids, inputs_embeds)
         masks = EncoderMask(attention_mask, inputs.cache_position, hidden.dtype, causal=config.is_decoder)

@@ -284,7 +284,8 @@ class MobileBertModel(EncoderModel):
             output_hidden_states=output_hidden_states, return_dict=return_dict, position_ids=position_ids,
         )
         if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=inputs.cache_position.device)
+            device = inputs.cache_position.device
+            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=device)
 
         masks = EncoderMask(attention_mask, inputs.cache_position, self.embeddings.position_embeddings.weight.dtype,
                             causal=False)

@@ -292,8 +292,9 @@ def split_products_ready(name: str) -> bool:
     float32 product's result to its own rounding error, faster on CPUs with int8 matrix units.
 
     - "int8_split_linear" (int8 layers) runs oneDNN's int8 GEMM (`torch._int_mm`): with AMX or
-      AVX-512 VNNI faster than the float32 product (bench/RESULTS.md). Without VNNI oneDNN's int8 kernels saturate 16-bit pair sums (off
-      by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2): a probe of extreme values checks the sums are exact.
+      AVX-512 VNNI faster than the float32 product (bench/RESULTS.md). Without VNNI oneDNN's int8
+      kernels saturate 16-bit pair sums (off by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2): a probe of
+      extreme values checks the sums are exact.
     - "int4_split_linear" (int4 layers) is lamina's own AMX kernel (per-group scales between tile
       products): only on CPUs with AMX-INT8, where a probe checks that it runs and agrees."""
     if name == "int8_split_linear":
