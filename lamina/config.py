@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from .errors import ConfigError
+from .hub import resolve_model_dir
 
 CONFIG_NAME = "config.json"
 # labels a config may name: `num_labels` builds its id2label map eagerly, so a file asking for 10**12
@@ -220,8 +221,6 @@ class PretrainedConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
-        from .hub import resolve_model_dir
-
         directory = resolve_model_dir(path)
         data = read_config_json(directory / CONFIG_NAME)
         if cls.model_type and data.get("model_type") not in (None, cls.model_type):

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -27,11 +27,24 @@ from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
+from .generation.config import GenerationConfig
 from .hub import resolve_model_dir
+from .quantization import quantize
+from .quantization.apply import quantize_on_load
+from .tf.h5 import load_tf_checkpoint
 
 logger = logging.getLogger("lamina")
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2")
+
+
+class LoadHook(Protocol):
+    """Sees each tensor as a load maps it onto the model's parameter `name` and returns what to
+    assign; `finish()` runs after the assignment."""
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def finish(self) -> None: ...
 
 
 @dataclass
@@ -50,8 +63,6 @@ def _load_tf_h5(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
     only when such a file is there."""
     if not (path / "tf_model.h5").is_file():
         return None
-    from .tf.h5 import load_tf_checkpoint
-
     return load_tf_checkpoint(path)
 
 
@@ -76,7 +87,7 @@ def check_attn_implementation(name: str | None) -> str:
 
 class skip_init_on_meta(TorchFunctionMode):
     """Within it, initialisers leave meta tensors as they are instead of "filling" them: that does
-    nothing but cost time, and torch's meta `normal_` imports torch._dynamo (about 80 MB
+    nothing but cost time, and torch's meta `normal_` imports torch._dynamo (tens of MB
     resident) the first time it runs. Models built on the meta device for loading use it."""
 
     _INITIALISERS = frozenset(
@@ -298,36 +309,27 @@ class PreTrainedModel(nn.Module):
                               f"cannot be built ({reason})") from None
         saved_quantization = getattr(config, "quantization_config", None)
         if saved_quantization is not None:  # a quantized checkpoint: empty quantized layers receive it
-            from .quantization import quantize
-
             quantize(model, saved_quantization)
+        on_tensor = None
         if quantization_config is not None and saved_quantization is None:
-            from .quantization.config import BitsAndBytesConfig, as_quantization_config
-
-            if not isinstance(quantization_config, BitsAndBytesConfig):  # bitsandbytes quantizes its own way
-                # each linear layer's weight is quantized as soon as it is mapped (see _map_checkpoint)
-                model._quantize_while_mapping = (as_quantization_config(quantization_config), {}, {})
+            on_tensor = quantize_on_load(model, quantization_config)
         from .distributed import place
 
         placement = model.__dict__["_placement"] = place(
             model, tensors, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
-        info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
+        info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes, on_tensor)
         del model.__dict__["_placement"]
         if placement is None:
             model.to(_resolve_device(device_map))
         else:
             placement.finish(model)
         if quantization_config is not None:
-            from .quantization import quantize
-
             # what mapping did not quantize (a tied output layer); the weights were just mapped and
             # nothing has written them: their pages can go
             quantize(model, quantization_config, release_sources=True)
         model.eval()
         model.loading_info = info
         if directory is not None and hasattr(model, "generate") and (directory / "generation_config.json").is_file():
-            from .generation import GenerationConfig
-
             model.generation_config = GenerationConfig.from_pretrained(directory)
         return (model, info) if output_loading_info else model
 
@@ -336,11 +338,15 @@ class PreTrainedModel(nn.Module):
         tensors: Mapping[str, torch.Tensor],
         dtype: torch.dtype = torch.float32,
         ignore_mismatched_sizes: bool = False,
+        on_tensor: LoadHook | None = None,
     ) -> LoadingInfo:
-        """Map, check and assign a checkpoint's tensors (HF names) onto this model in place."""
+        """Map, check and assign a checkpoint's tensors (HF names) onto this model in place.
+
+        `on_tensor` sees each tensor as it is mapped and gives what is assigned instead (quantizing
+        while loading: `quantization.QuantizeOnLoad`); its `finish()` runs once all are assigned."""
         info = LoadingInfo()
         expected = {k: v for k, v in self.state_dict(keep_vars=True).items()}
-        state = self._map_checkpoint(tensors, info, expected, dtype)
+        state = self._map_checkpoint(tensors, info, expected, dtype, on_tensor)
         for tied in self._active_ties():
             expected.pop(tied, None)
             state.pop(tied, None)
@@ -369,7 +375,8 @@ class PreTrainedModel(nn.Module):
             raise CheckpointError(f"{where}: missing key {key!r} needed by {type(self).__name__}")
 
         self.load_state_dict(state, strict=False, assign=True)
-        self._put_quantized_layers()
+        if on_tensor is not None:
+            on_tensor.finish()
         self._materialize_rest(dtype)
         if info.missing_keys:
             logger.warning("%s: newly initialised (not in the checkpoint): %s", type(self).__name__, info.missing_keys)
@@ -379,7 +386,7 @@ class PreTrainedModel(nn.Module):
 
     def _map_checkpoint(
         self, tensors: Mapping[str, torch.Tensor], info: LoadingInfo, expected: dict[str, torch.Tensor],
-        dtype: torch.dtype,
+        dtype: torch.dtype, on_tensor: LoadHook | None = None,
     ) -> dict[str, torch.Tensor]:
         """Checkpoint names → this model's names: prefix reconciliation, then the name map.
 
@@ -419,63 +426,8 @@ class PreTrainedModel(nn.Module):
             for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
                 if source.data_ptr() != merged.data_ptr():
                     release_mapped_pages(source)
-            state[target] = self._quantized_on_mapping(target, merged)
+            state[target] = merged if on_tensor is None else on_tensor(target, merged)
         return state
-
-    def _quantized_on_mapping(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """With a quantization planned at load (`from_pretrained(quantization_config=)`), quantize a
-        linear layer's weight (or a stack of experts' projection) the moment it is mapped, keep the
-        quantized layer aside and hand the load a meta placeholder of the weight's shape: the float
-        weights are never all in memory at once, only one layer's (its file pages released as it
-        is quantized)."""
-        plan = self.__dict__.get("_quantize_while_mapping")
-        if plan is None:
-            return tensor
-        from .checkpoints.io import release_loaded
-        from .layers.moe import Experts
-        from .quantization.apply import experts_method, quantized_layer
-        from .quantization.experts import quantized_rows
-
-        config, layers, expert_layers = plan
-        module_name, _, attr = name.rpartition(".")
-        try:
-            module = self.get_submodule(module_name)
-        except AttributeError:
-            return tensor
-        if isinstance(module, Experts) and attr in ("gate_up_proj", "down_proj"):
-            # Mixtral's stacked experts: each projection quantized over all experts' rows
-            method = experts_method(module_name, module, config)
-            if method is None or tuple(tensor.shape) != tuple(getattr(module, attr).shape):
-                return tensor
-            expert_layers.setdefault(module_name, {})[attr] = quantized_rows(
-                tensor, method, config.compute_dtype, config.group_size, release_loaded)
-        elif attr == "weight" and isinstance(module, nn.Linear) and tuple(tensor.shape) == tuple(module.weight.shape):
-            layer = quantized_layer(module_name, module, config, tensor, release_loaded)
-            if layer is None:
-                return tensor
-            layers[module_name] = layer
-        else:
-            return tensor
-        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-
-    def _put_quantized_layers(self) -> None:
-        """Swap in the layers `_quantized_on_mapping` quantized, with the biases the load gave."""
-        plan = self.__dict__.pop("_quantize_while_mapping", None)
-        if plan is None:
-            return
-        from .quantization.apply import set_submodule
-        from .quantization.experts import QuantizedExperts
-
-        _, layers, expert_layers = plan
-        for name, layer in layers.items():
-            bias = self.get_submodule(name).bias
-            if bias is not None and not bias.is_meta:
-                layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-            set_submodule(self, name, layer)
-        for name, parts in expert_layers.items():
-            experts = self.get_submodule(name)
-            set_submodule(self, name, QuantizedExperts(experts.gate_up_proj.shape[0], parts["gate_up_proj"],
-                                                       parts["down_proj"], experts.act_name))
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:
         """Give real storage to whatever the checkpoint did not fill: new heads, computed buffers."""

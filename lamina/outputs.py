@@ -57,6 +57,13 @@ class ModelOutput:
         return getattr(self, key, default) if key in self.keys() else default
 
 
+def finish(output: ModelOutput, return_dict: bool | None, config: Any) -> ModelOutput | tuple[Any, ...]:
+    """What a forward returns: the dataclass, or its tuple when `return_dict` (None: the config's
+    `return_dict`) is off."""
+    return_dict = config.return_dict if return_dict is None else return_dict
+    return output if return_dict else output.to_tuple()
+
+
 Tensors = tuple[torch.Tensor, ...] | None
 
 

@@ -27,7 +27,9 @@ import torch
 
 from ..config import resolve_dtype
 from ..errors import CheckpointError
-from .megatron import add_converter_arguments, load_megatron_checkpoint, qkv_from_standard, save_converted
+from .megatron import (
+    INTERLEAVED_QKV, add_converter_arguments, load_megatron_checkpoint, qkv_from_standard, save_converted,
+)
 
 logger = logging.getLogger("lamina")
 
@@ -35,7 +37,6 @@ TOKENIZER_FILE = "adept_vocab.model"
 # |ENDOFTEXT| in Adept's vocabulary: the model's bos and eos
 ENDOFTEXT_ID = 71013
 ENDOFTEXT = "|ENDOFTEXT|"
-_INTERLEAVED = 2.0  # Megatron's name for the (heads, 3, head_dim) row order
 
 
 def adept_to_persimmon_tensors(tensors: dict[str, torch.Tensor], num_heads: int, source: str) -> dict[str, torch.Tensor]:
@@ -51,7 +52,7 @@ def adept_to_persimmon_tensors(tensors: dict[str, torch.Tensor], num_heads: int,
         elif name.startswith("language_model.encoder."):
             local = name.removeprefix("language_model.encoder.").replace(".self_attention.", ".self_attn.")
             if "query_key_value" in local:
-                tensor = qkv_from_standard(tensor, _INTERLEAVED, num_heads)
+                tensor = qkv_from_standard(tensor, INTERLEAVED_QKV, num_heads)
             out["model." + local] = tensor
         else:
             raise CheckpointError(f"{source}: key {name!r} is not part of a Persimmon model")
@@ -85,7 +86,8 @@ def convert_adept_persimmon(
     training args nor the qk-layernorm size tell it. `dtype`: the output dtype (default: the
     checkpoint's). Returns `dst`.
     """
-    from ..models.persimmon import PERSIMMON_CHAT_TEMPLATE, PersimmonConfig, PersimmonForCausalLM
+    from ..models.persimmon import PersimmonConfig, PersimmonForCausalLM
+    from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE
 
     src = Path(src)
     checkpoint = load_megatron_checkpoint(src)
@@ -100,7 +102,8 @@ def convert_adept_persimmon(
         raise CheckpointError(
             f"{checkpoint.source}: the head count is not in the checkpoint (no training args, no qk layernorm); pass num_heads"
         )
-    tensors = adept_to_persimmon_tensors(checkpoint.merged_tensors(heads, qkv_version=_INTERLEAVED), heads, checkpoint.source)
+    merged = checkpoint.merged_tensors(heads, qkv_version=INTERLEAVED_QKV)
+    tensors = adept_to_persimmon_tensors(merged, heads, checkpoint.source)
     layers = {int(k.split(".")[2]) for k in tensors if k.startswith("model.layers.")}
     vocab = tensors["model.embed_tokens.weight"].shape[0]
     endoftext = ENDOFTEXT_ID if vocab > ENDOFTEXT_ID else None

@@ -34,7 +34,7 @@ from .io import trim_allocator
 GGUF_MAGIC = b"GGUF"
 # type id → (name, values a block, bytes a block) for the types lamina reads: ggml's table, as the
 # gguf package has it (tested against it); the package is imported only for other types and for
-# the k-quant dequantizers, as importing it costs ~35 MB of resident memory
+# the k-quant dequantizers, as importing it costs tens of MB of resident memory
 _TYPES = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2), 8: ("Q8_0", 32, 34), 2: ("Q4_0", 32, 18),
     3: ("Q4_1", 32, 20), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),

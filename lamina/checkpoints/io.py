@@ -95,8 +95,8 @@ def converted(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def release_loaded(tensor: torch.Tensor) -> None:
     """A loader is done with `tensor` (quantized from it, say): drop its mapped pages
     (`release_mapped_pages`) and hand the allocator's freed blocks back to the system. glibc keeps
-    large freed blocks once it has raised its mmap threshold; quantizing the 49152 × 576 output
-    layer of SmolLM2 in blocks left ~150 MB so kept without the trim."""
+    large freed blocks once it has raised its mmap threshold, so a large layer quantized in blocks
+    would otherwise leave its temporaries resident."""
     release_mapped_pages(tensor)
     trim_allocator()
 
@@ -208,9 +208,6 @@ class SafetensorsFile(Mapping[str, torch.Tensor]):
         flat = torch.frombuffer(self._map, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=self._data_start + begin)
         return flat.view(shape)
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._entries[key][1]
-
     def release(self, key: str) -> None:
         """Drop the memory pages that reading `key` brought in, once a copy of it is all that is
         kept (converted or merged): they count in the process's RSS while mapped. The mapping is
@@ -250,16 +247,6 @@ class CheckpointReader(Mapping[str, torch.Tensor]):
 
     def source(self, key: str) -> str:
         return self._key_to_file.get(key, "<checkpoint>")
-
-    def release(self, key: str) -> None:
-        """See `SafetensorsFile.release` (other formats hold no mapped pages to drop)."""
-        handle = self._files[self._key_to_file[key]]
-        if isinstance(handle, SafetensorsFile):
-            handle.release(key)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        handle = self._files[self._key_to_file[key]]
-        return handle.shape(key) if isinstance(handle, SafetensorsFile) else tuple(handle[key].shape)
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:

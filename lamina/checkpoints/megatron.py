@@ -196,6 +196,10 @@ def flatten_tensors(
 
 # -- the fused query/key/value rows ------------------------------------------------------------
 
+# the checkpoint version whose fused rows are interleaved per head, (heads, 3, head_dim): Adept's
+# Persimmon stores its query_key_value this way whatever version its file records
+INTERLEAVED_QKV = 2.0
+
 
 def _qkv_view(version: float, num_heads: int, head_dim: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(the row shape a version stores, the permutation that takes it to [3, heads, head_dim])."""

@@ -121,12 +121,10 @@ def _single_query_attention(
     caller's SDPA does better (eager, without lamina's kernel).
 
     lamina's kernel (`lamina.kernels`' `decode_attention`) reads only the slots the mask lets
-    through, the tokens so far rather than the cache's capacity: SmolLM2-135M's 30 layers cost
-    ~1.5 ms a step as two batched matmuls over 256 slots, ~1.5 ms as SDPA calls (eager). Without it,
-    under `torch.compile`, two float32 matmuls with the softmax fused between them by inductor (the
-    fused SDPA kernel and bf16 batched matmuls cost 50-120 µs a call on a CPU without AVX-512, about
-    twice theirs). `query (batch, heads, 1, dim)`, `key/value (batch, kv_heads, slots, dim)`,
-    `mask (batch or 1, 1, 1, slots)`.
+    through, the tokens so far rather than the cache's capacity. Without it, under `torch.compile`,
+    two float32 matmuls with the softmax fused between them by inductor (on a CPU without AVX-512
+    the fused SDPA kernel and bf16 batched matmuls are slower; bench/RESULTS.md).
+    `query (batch, heads, 1, dim)`, `key/value (batch, kv_heads, slots, dim)`, `mask (batch or 1, 1, 1, slots)`.
     """
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]

@@ -1,14 +1,19 @@
 """Task heads' losses and pooling, shared by every family, with transformers' rules:
 `-100` ignored, labels shifted inside the causal-LM loss, `problem_type` chosen from the labels
-when the config leaves it unset, QA positions clamped to the sequence and ignored past it."""
+when the config leaves it unset, QA positions clamped to the sequence and ignored past it; and the
+one extractive question-answering head of every family."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..config import PretrainedConfig
 from ..errors import InputError
+from ..outputs import QuestionAnsweringModelOutput, finish
+from .linear import Linear
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -83,3 +88,41 @@ def last_token_index(input_ids: torch.Tensor | None, pad_token_id: int | None, b
         return -1
     non_pad = (input_ids != pad_token_id).to(torch.int32)
     return (torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32) * non_pad).argmax(-1)
+
+
+class QuestionAnsweringHead:
+    """Extractive QA over a task model's base model: `qa_outputs` turns the last hidden state into
+    start and end logits `(batch, seq)`; the loss is `question_answering_loss`.
+
+    Mixed into a task class that provides `run_base(**inputs)` (the base model's output with
+    `return_dict=True`); the arguments are in transformers' order for GPT-2 and the encoders.
+    """
+
+    # outputs of `qa_outputs`: the decoders' reference has 2; the encoders' sizes it by num_labels
+    # (2 for QA) and splits it into start/end all the same
+    answer_width: ClassVar[int | None] = 2
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)  # type: ignore[call-arg]
+        self.qa_outputs = Linear(config.hidden_size, self.answer_width or config.num_labels)
+        self.post_init()  # type: ignore[attr-defined]
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, use_cache=None, **inputs: Any):
+        # extractive QA reads one whole pass: nothing to cache, whatever `use_cache` says
+        outputs = self.run_base(  # type: ignore[attr-defined]
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, use_cache=False, **inputs,
+        )
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return finish(output, return_dict, self.config)  # type: ignore[attr-defined]

@@ -1,18 +1,17 @@
 """`Linear`: `nn.Linear` that runs many-row bf16/fp16 products in float32 on CPUs without native
 half-precision matrix units.
 
-Without AVX-512 (BF16) a bf16 matmul on the CPU falls back to slow reference kernels: SmolLM2-135M's
-512-token prefill ran at 67 tokens/s in bf16 against 365 with each weight upcast to float32 for the
-product (bench/RESULTS.md). The upcast costs one pass over the weight per call, which a prompt's
+Without AVX-512 (BF16) a bf16 matmul on the CPU falls back to slow reference kernels, several
+times slower on a prompt than the same product with each weight upcast to float32 (bench/RESULTS.md).
+The upcast costs one pass over the weight per call, which a prompt's
 hundreds of rows amortise; the rounding is the half kernel's own (float32 accumulation, the result
 rounded once to the input's dtype). Fewer rows (decoding one or a few sequences) keep the
 half-precision kernel: there the product is memory-bound and reading half the bytes wins.
 
 On the CPU, products of a few bf16 or float32 rows (`kernel_max_rows`) run lamina's own kernels
 (`lamina.kernels`, float32 sums of bf16 products like PyTorch's, then one rounding). The bf16 one
-streams the weight at ~2× the speed of PyTorch's bf16 matrix-vector product here (SmolLM2-135M's
-layer shapes on 2 cores: 22 vs 58 µs for 1536 × 576, 1.04 vs 1.88 ms for the 49152 × 576 head);
-the float32 one as fast as PyTorch's (~27 GB/s), but it takes the zero-stride one-row inputs
+streams the weight faster than PyTorch's bf16 matrix-vector product; the float32 one as fast as
+PyTorch's, but it takes the zero-stride one-row inputs
 inductor passes under `torch.compile` as they are, where `mm` copies each first.
 """
 
@@ -24,19 +23,15 @@ from torch import nn
 
 from .. import kernels
 
-# rows per call from which a half-precision product on such a CPU runs in float32: measured over
-# 32 of SmolLM2's layer shapes (2 cores, AVX2), bf16 against upcast took 5.7 vs 13.7 ms at 1 row,
-# 18.0 vs 22.5 at 4, 37.2 vs 25.5 at 8 and 71.2 vs 29.7 at 16
+# rows per call from which a half-precision product on such a CPU runs in float32: where the
+# upcast overtook bf16 over SmolLM2's layer shapes (bench/RESULTS.md)
 UPCAST_MIN_ROWS = 6
 # rows per call up to which bf16 and float32 products on the CPU run lamina's kernels, which read
 # each weight row once for all the activation rows: one or two rows are memory-bound; float32 up
-# to a batch of 8 (all of SmolLM2-135M's matmuls on 2 AVX2 EPYC cores, lamina's kernel against
-# PyTorch's: 34-40 vs 87 ms at 4 rows, 45-54 vs 70-96 at 8, 70-84 vs 80-113 at 16)
+# to a batch of 8, where lamina's kernel still beat PyTorch's (bench/RESULTS.md)
 KERNEL_MAX_ROWS = {torch.float32: 8, torch.bfloat16: 2}
 # the same for bf16 on CPUs without bf16 units, where the alternatives are PyTorch's slow reference
-# kernel or an upcast weight: all of SmolLM2-135M's matmuls on 2 cores (AVX2 EPYC) at 4 rows took
-# 32 ms in lamina's kernel, 68-73 in PyTorch's, 140 upcast; at 8 rows 52-54, 129-137 and 163-207;
-# at 16 rows 84-95, 244-257 and 170-221
+# kernel or an upcast weight, both slower than lamina's kernel up to 16 rows (bench/RESULTS.md)
 SLOW_HALF_KERNEL_MAX_ROWS = 16
 KERNELS = {torch.bfloat16: "bf16_linear", torch.float32: "f32_linear"}
 _SLOW_HALF = {

@@ -98,7 +98,7 @@ class RotaryEmbedding(nn.Module):
 
     def reset_buffers(self) -> None:
         # computed on the CPU even while a model is built on the meta device: the loader calls this
-        # again once the model is real, and meta arithmetic would import torch._dynamo (80 MB)
+        # again once the model is real, and meta arithmetic would import torch._dynamo (tens of MB)
         with torch.device("cpu"):
             inv_freq, self.attention_scaling = rope_frequencies(self.params, self.dim, self.max_position_embeddings)
         device = None if self.inv_freq.is_meta else self.inv_freq.device

@@ -31,7 +31,8 @@ def family_of(model_type: str | None, architectures: list[str] | None, where: st
             if arch in family.model_classes():
                 return family
     raise ConfigError(
-        f"{where}: unknown model_type {model_type!r} (architectures {architectures}); lamina supports {sorted(FAMILIES)}"
+        f"{where}: unknown model_type {model_type!r} (architectures {architectures}); "
+        f"lamina supports {sorted(FAMILIES)}"
     )
 
 
@@ -70,7 +71,9 @@ class _AutoModel:
             model_type, architectures = config.get("model_type"), config.get("architectures")
         family = family_of(model_type, architectures, where)
         if cls.task not in family.tasks:
-            raise UnsupportedError(f"{where}: {model_type!r} has no {cls.__name__} class (it offers {sorted(family.tasks)})")
+            raise UnsupportedError(
+                f"{where}: {model_type!r} has no {cls.__name__} class (it offers {sorted(family.tasks)})"
+            )
         return _import(family.module, family.class_name(cls.task))
 
     @classmethod

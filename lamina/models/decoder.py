@@ -14,18 +14,16 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..cache import Cache, make_cache
 from ..checkpoints.namemap import Rule, concat, rename, stack
 from ..config import PretrainedConfig
-from ..errors import InputError
 from ..generation import GenerationConfig, GenerationMixin
 from ..layers.attention import attend, build_attention_mask
 from ..layers.heads import (
+    QuestionAnsweringHead,
     causal_lm_loss,
     last_token_index,
-    question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
 )
@@ -40,10 +38,11 @@ from ..outputs import (
     CausalLMOutputWithPast,
     MoeCausalLMOutputWithPast,
     MoeModelOutputWithPast,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
+    finish,
 )
+from .forward import prepare_inputs, run_layer_stack
 
 
 @dataclass
@@ -217,8 +216,6 @@ class DecoderModel(PreTrainedModel):
     A family subclass sets `config_class` and implements `spec(config)`.
     """
 
-    moe_output: ClassVar[bool] = False
-
     @classmethod
     def spec(cls, config: PretrainedConfig) -> DecoderSpec:
         raise NotImplementedError(f"{cls.__name__} must read its config into a DecoderSpec")
@@ -294,18 +291,9 @@ class DecoderModel(PreTrainedModel):
         hidden = F.dropout(hidden, self.decoder_spec.embedding_dropout, self.training)
         masks = MaskBuilder(cache_position, attention_mask, hidden.dtype, fresh=fresh)
 
-        all_hidden, all_attentions, all_router = [], [], []
-        for index, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            layer_cache = cache[index] if cache is not None else None
-            if self.gradient_checkpointing and self.training:
-                hidden, weights, router = checkpoint(layer, hidden, rotary, masks, layer_cache, output_attentions,
-                                                     use_reentrant=False)
-            else:
-                hidden, weights, router = layer(hidden, rotary, masks, layer_cache, output_attentions)
-            all_attentions.append(weights)
-            all_router.append(router)
+        hidden, all_hidden, (all_attentions, all_router) = run_layer_stack(
+            self, self.layers, hidden, (rotary, masks), cache, output_attentions, output_hidden_states
+        )
         hidden = self.norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
@@ -335,48 +323,42 @@ class DecoderModel(PreTrainedModel):
         output_router_logits: bool | None = None,
         **_: Any,
     ):
+        """`input_ids (batch, seq)` (or `inputs_embeds (batch, seq, hidden)`) after the tokens in
+        `past_key_values`; `attention_mask (batch, past + seq)` is 1 for real tokens."""
         config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids and inputs_embeds")
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_router_logits = getattr(config, "output_router_logits", False) if output_router_logits is None else output_router_logits
-        use_cache = getattr(config, "use_cache", True) if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        if inputs_embeds is None:
-            self.check_token_ids(input_ids, self.decoder_spec.vocab_size)
-            inputs_embeds = self.embed_tokens(input_ids)
-        batch, seq = inputs_embeds.shape[:2]
-        if use_cache and past_key_values is None:
-            past_key_values = self.make_cache()
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(past_len, past_len + seq, device=inputs_embeds.device)
-        if position_ids is None:
-            position_ids = cache_position[None].expand(batch, -1)
-        hidden, all_hidden, all_attentions, all_router = self.run_layers(
-            inputs_embeds, position_ids, cache_position, attention_mask, past_key_values, fresh=past_len == 0,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        inputs = prepare_inputs(
+            self, input_ids, inputs_embeds, self.decoder_spec.vocab_size,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
+            use_cache=use_cache, can_cache=True, past_key_values=past_key_values, cache_position=cache_position,
+            position_ids=position_ids,
         )
-        if past_key_values is not None:
-            past_key_values.advance(seq)
+        if output_router_logits is None:
+            output_router_logits = getattr(config, "output_router_logits", False)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        cache = inputs.past_key_values
+        hidden, all_hidden, all_attentions, all_router = self.run_layers(
+            inputs_embeds, inputs.position_ids, inputs.cache_position, attention_mask, cache,
+            fresh=inputs.past_length == 0, output_attentions=inputs.output_attentions,
+            output_hidden_states=inputs.output_hidden_states,
+        )
+        if cache is not None:
+            cache.advance(inputs.seq)
 
         fields = dict(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            past_key_values=cache if inputs.use_cache else None,
+            hidden_states=tuple(all_hidden) if inputs.output_hidden_states else None,
+            attentions=tuple(all_attentions) if inputs.output_attentions else None,
         )
         if self.decoder_spec.num_experts:
             out = MoeModelOutputWithPast(**fields, router_logits=tuple(all_router) if output_router_logits else None)
         else:
             out = BaseModelOutputWithPast(**fields)
-        return_dict = config.return_dict if return_dict is None else return_dict
-        return out if return_dict else out.to_tuple()
+        return finish(out, inputs.return_dict, config)
 
 
-class _DecoderTask(PreTrainedModel):
+class DecoderTask(PreTrainedModel):
     """A head over the decoder, stored under `model` like the reference so checkpoint names match."""
 
     def __init__(self, config: PretrainedConfig) -> None:
@@ -387,17 +369,12 @@ class _DecoderTask(PreTrainedModel):
     def decoder(self) -> DecoderModel:
         return getattr(self, self.base_model_prefix)
 
-    def _run_decoder(self, kwargs: dict[str, Any]):
-        kwargs["return_dict"] = True
-        return self.decoder(**kwargs)
-
-    @staticmethod
-    def _finish(output, return_dict: bool | None, config: PretrainedConfig):
-        return_dict = config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
+    def run_base(self, **inputs: Any):
+        """The decoder's output (a dataclass) for `inputs`."""
+        return self.decoder(**inputs, return_dict=True)
 
 
-class DecoderForCausalLM(_DecoderTask, GenerationMixin):
+class DecoderForCausalLM(DecoderTask, GenerationMixin):
     """`forward(input_ids, labels=…)` → logits `(batch, seq, vocab)` and the shifted LM loss."""
 
     tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -458,12 +435,12 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
         moe = self.decoder.decoder_spec.num_experts > 0
         if moe:
             output_router_logits = config.output_router_logits if output_router_logits is None else output_router_logits
-        outputs = self._run_decoder(dict(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             cache_position=cache_position, output_router_logits=output_router_logits, **kwargs,
-        ))
+        )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -473,7 +450,7 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
         if not moe:
-            return self._finish(CausalLMOutputWithPast(**fields), return_dict, config)
+            return finish(CausalLMOutputWithPast(**fields), return_dict, config)
         aux_loss = None
         if output_router_logits:
             spec = self.decoder.decoder_spec
@@ -481,10 +458,10 @@ class DecoderForCausalLM(_DecoderTask, GenerationMixin):
             if labels is not None:
                 fields["loss"] = loss + config.router_aux_loss_coef * aux_loss.to(loss.device)
         output = MoeCausalLMOutputWithPast(**fields, aux_loss=aux_loss, router_logits=outputs.router_logits)
-        return self._finish(output, return_dict, config)
+        return finish(output, return_dict, config)
 
 
-class DecoderForSequenceClassification(_DecoderTask):
+class DecoderForSequenceClassification(DecoderTask):
     """Logits `(batch, num_labels)` pooled at each row's last non-pad token."""
 
     def __init__(self, config: PretrainedConfig) -> None:
@@ -495,11 +472,11 @@ class DecoderForSequenceClassification(_DecoderTask):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs: Any):
-        outputs = self._run_decoder(dict(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
-        ))
+        )
         logits = self.score(outputs.last_hidden_state)
         batch = logits.shape[0]
         last = last_token_index(input_ids, self.config.pad_token_id, batch)
@@ -509,10 +486,10 @@ class DecoderForSequenceClassification(_DecoderTask):
             loss=loss, logits=pooled, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
-        return self._finish(output, return_dict, self.config)
+        return finish(output, return_dict, self.config)
 
 
-class DecoderForTokenClassification(_DecoderTask):
+class DecoderForTokenClassification(DecoderTask):
     """Logits `(batch, seq, num_labels)`."""
 
     def __init__(self, config: PretrainedConfig) -> None:
@@ -527,43 +504,27 @@ class DecoderForTokenClassification(_DecoderTask):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs: Any):
-        outputs = self._run_decoder(dict(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
-        ))
+        )
         logits = self.score(self.dropout(outputs.last_hidden_state))
         loss = token_classification_loss(logits, labels) if labels is not None else None
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return self._finish(output, return_dict, self.config)
+        return finish(output, return_dict, self.config)
 
 
-class DecoderForQuestionAnswering(_DecoderTask):
-    """Start and end logits `(batch, seq)` for extractive QA."""
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__(config)
-        self.qa_outputs = Linear(self.decoder.decoder_spec.hidden_size, 2)
-        self.post_init()
+class DecoderForQuestionAnswering(QuestionAnsweringHead, DecoderTask):
+    """Start and end logits `(batch, seq)` for extractive QA: the one QA head, taking its arguments
+    in the order of transformers' decoders (`position_ids` third, `past_key_values` fourth)."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, use_cache=None, **kwargs: Any):
-        outputs = self._run_decoder(dict(  # extractive QA reads one whole pass: nothing to cache
+                inputs_embeds=None, start_positions=None, end_positions=None, **inputs: Any):
+        return super().forward(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs,
-        ))
-        logits = self.qa_outputs(outputs.last_hidden_state)
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, start_positions=start_positions,
+            end_positions=end_positions, **inputs,
         )
-        return self._finish(output, return_dict, self.config)
-

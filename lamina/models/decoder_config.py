@@ -3,13 +3,11 @@ the consistency checks of heads, windows and experts."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..config import PretrainedConfig, require
 from ..layers.rotary import ROPE_TYPES
-
-if TYPE_CHECKING:
-    from .decoder import DecoderSpec
+from .decoder import DecoderSpec
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -109,8 +107,6 @@ class DecoderConfig(PretrainedConfig):
 
 def llama_like_spec(config: DecoderConfig, **switches: Any) -> DecoderSpec:
     """The decoder switches every Llama-shaped family shares; `switches` override them."""
-    from .decoder import DecoderSpec
-
     fields = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,

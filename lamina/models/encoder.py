@@ -15,14 +15,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import PretrainedConfig, require
 from ..errors import InputError
 from ..layers.encoder import EncoderHeads, MaskedLMPredictions
 from ..layers.heads import (
+    QuestionAnsweringHead,
     masked_lm_loss,
-    question_answering_loss,
     sequence_classification_loss,
     token_classification_loss,
 )
@@ -30,12 +29,11 @@ from ..modeling import PreTrainedModel
 from ..outputs import (
     BertForPreTrainingOutput,
     MaskedLMOutput,
-    ModelOutput,
     MultipleChoiceModelOutput,
     NextSentencePredictorOutput,
-    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    finish,
 )
 
 
@@ -44,12 +42,6 @@ def require_positive(config: PretrainedConfig, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
         require(isinstance(value, int) and value > 0, name, "a positive integer", value)
-
-
-def finish(output: ModelOutput, return_dict: bool | None, config: PretrainedConfig):
-    """The dataclass, or its tuple (None fields skipped) when `return_dict` is off."""
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
 
 
 class EncoderPreTrainedModel(PreTrainedModel):
@@ -65,7 +57,7 @@ class EncoderPreTrainedModel(PreTrainedModel):
 
 
 class EncoderModel(EncoderPreTrainedModel):
-    """Base of the encoders' bare models; holds `embeddings` (with `word_embeddings`) and runs layers."""
+    """Base of the encoders' bare models, which hold `embeddings` (with `word_embeddings`)."""
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.word_embeddings
@@ -78,35 +70,6 @@ class EncoderModel(EncoderPreTrainedModel):
     @classmethod
     def classifier_dropout(cls, config: PretrainedConfig) -> float:
         return config.hidden_dropout_prob
-
-    @staticmethod
-    def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, vocab_size: int) -> None:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids and inputs_embeds")
-        PreTrainedModel.check_token_ids(input_ids, vocab_size)
-
-    def run_layers(
-        self,
-        layers: nn.ModuleList,
-        hidden: torch.Tensor,
-        layer_args: tuple[Any, ...],
-        caches: Any,
-        output_attentions: bool,
-        output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Run `layer(hidden, *layer_args, cache, output_attentions) -> (hidden, weights)` over the
-        layers; returns the last state, each layer's input (when asked) and attention weights."""
-        all_hidden, all_attentions = [], []
-        for index, layer in enumerate(layers):
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            cache = caches[index] if caches is not None else None
-            if self.gradient_checkpointing and self.training:
-                hidden, weights = checkpoint(layer, hidden, *layer_args, cache, output_attentions, use_reentrant=False)
-            else:
-                hidden, weights = layer(hidden, *layer_args, cache, output_attentions)
-            all_attentions.append(weights)
-        return hidden, all_hidden, all_attentions
 
 
 class EncoderTask(EncoderPreTrainedModel):
@@ -121,12 +84,16 @@ class EncoderTask(EncoderPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.get_input_embeddings()
 
+    def run_base(self, **inputs: Any):
+        """The base model's output (a dataclass) for `inputs`."""
+        return self.base_model(**inputs, return_dict=True)
+
     def encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                output_attentions, output_hidden_states, **extra: Any):
-        return self.base_model(
+        return self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True, **extra,
+            output_hidden_states=output_hidden_states, **extra,
         )
 
 
@@ -143,8 +110,8 @@ class _LanguageModelTask(EncoderTask):
     def get_output_embeddings(self) -> nn.Module:
         return self.cls.predictions.decoder
 
-    def _map_checkpoint(self, tensors, info, expected, dtype):
-        state = super()._map_checkpoint(tensors, info, expected, dtype)
+    def _map_checkpoint(self, tensors, info, expected, dtype, on_tensor=None):
+        state = super()._map_checkpoint(tensors, info, expected, dtype, on_tensor)
         # transformers 4.x made the decoder's bias the very tensor `cls.predictions.bias`, so its
         # files hold that one only; untied, lamina (like transformers 5) keeps both
         decoder_bias, bias = "cls.predictions.decoder.bias", "cls.predictions.bias"
@@ -292,29 +259,8 @@ class EncoderForTokenClassification(_ClassifierTask):
         return finish(output, return_dict, self.config)
 
 
-class EncoderForQuestionAnswering(EncoderTask):
-    """Start and end logits `(batch, seq)` for extractive QA."""
+class EncoderForQuestionAnswering(QuestionAnsweringHead, EncoderTask):
+    """Start and end logits `(batch, seq)` for extractive QA (the one QA head)."""
 
     with_pooler = False
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__(config)
-        # the reference sizes this layer by num_labels (2 for QA) and splits it into start/end
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, **_: Any):
-        outputs = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                              output_attentions, output_hidden_states)
-        logits = self.qa_outputs(outputs.last_hidden_state)
-        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
-        output = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )
-        return finish(output, return_dict, self.config)
+    answer_width = None

@@ -18,18 +18,19 @@ from torch import nn
 
 from ..checkpoints.namemap import Rule, rename, transpose
 from ..config import PretrainedConfig, require
-from ..errors import InputError, UnsupportedError
-from ..layers.heads import causal_lm_loss
+from ..errors import UnsupportedError
+from ..layers.heads import QuestionAnsweringHead, causal_lm_loss
 from ..layers.mlp import activation
-from ..outputs import ModelOutput
+from ..outputs import ModelOutput, finish
 from .decoder import (
     DecoderForCausalLM,
-    DecoderForQuestionAnswering,
     DecoderForSequenceClassification,
     DecoderForTokenClassification,
     DecoderModel,
     DecoderSpec,
+    DecoderTask,
 )
+from .forward import given_input
 
 
 class GPT2Config(PretrainedConfig):
@@ -172,9 +173,8 @@ class GPT2Model(_GPT2, DecoderModel):
         **kwargs: Any,
     ):
         """`token_type_ids` index the token embedding table too (GPT-2 has no separate one)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids and inputs_embeds")
-        *lead, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        given = given_input(input_ids, inputs_embeds)
+        *lead, seq = given.shape if input_ids is not None else given.shape[:-1]
 
         def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.reshape(-1, tensor.shape[-1])
@@ -198,8 +198,7 @@ class GPT2Model(_GPT2, DecoderModel):
         out.last_hidden_state = out.last_hidden_state.reshape(*lead, seq, -1)
         if out.hidden_states is not None:
             out.hidden_states = (*out.hidden_states[:-1], out.last_hidden_state)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return out if return_dict else out.to_tuple()
+        return finish(out, return_dict, self.config)
 
 
 class _GPT2ArgumentOrder:
@@ -239,8 +238,8 @@ class GPT2ForTokenClassification(_GPT2, _GPT2ArgumentOrder, DecoderForTokenClass
         return [*super().name_map(config), *_renames("score", "classifier")]
 
 
-class GPT2ForQuestionAnswering(_GPT2, DecoderForQuestionAnswering, base=GPT2Model):
-    pass
+class GPT2ForQuestionAnswering(_GPT2, QuestionAnsweringHead, DecoderTask, base=GPT2Model):
+    """The one QA head in transformers' GPT-2 argument order (`token_type_ids` third)."""
 
 
 class SequenceSummary(nn.Module):
@@ -318,12 +317,12 @@ class GPT2DoubleHeadsModel(GPT2LMHeadModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ):
-        outputs = self._run_decoder(dict(
+        outputs = self.run_base(
             input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
             token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
             use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             **kwargs,
-        ))
+        )
         hidden = outputs.last_hidden_state
         logits = self.lm_head(hidden)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)
@@ -336,5 +335,5 @@ class GPT2DoubleHeadsModel(GPT2LMHeadModel):
             past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return self._finish(output, return_dict, self.config)
+        return finish(output, return_dict, self.config)
 

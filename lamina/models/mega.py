@@ -46,13 +46,15 @@ from ..layers.heads import causal_lm_loss, masked_lm_loss, sequence_classificati
 from ..layers.mlp import activation
 from ..layers.sequence_norm import NORMALIZATION_TYPES, MegaRMSNorm, ScaleNorm, SequenceNorm
 from ..modeling import PreTrainedModel
-from .encoder import EncoderForMultipleChoice, EncoderForQuestionAnswering, EncoderForTokenClassification, finish
 from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
     SequenceClassifierOutput,
+    finish,
 )
+from .encoder import EncoderForMultipleChoice, EncoderForQuestionAnswering, EncoderForTokenClassification
+from .forward import prepare_inputs, run_layer_stack
 
 
 class MegaConfig(PretrainedConfig):
@@ -327,8 +329,10 @@ class MegaBlock(nn.Module):
         self.nffn = MegaNormalizedFeedForwardNetwork(config) if config.use_normalized_ffn else None
 
     def forward(
-        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, cache: MegaLayerCache | None, start: int
+        self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None, start: int, cache: MegaLayerCache | None,
+        need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`need_weights` is there for the shared layer loop: MEGA's attention always has its weights."""
         hidden_states, weights = self.mega_layer(hidden_states, padding_mask, cache, start)
         if self.nffn is not None:
             hidden_states = self.nffn(hidden_states)
@@ -435,38 +439,28 @@ class MegaModel(MegaPreTrainedModel):
             raise InputError("MEGA takes no position_ids: positions are relative and counted by the cache")
         if encoder_hidden_states is not None or encoder_attention_mask is not None:
             raise UnsupportedError("MEGA cross-attention (encoder_hidden_states) is not supported by lamina")
-        if (input_ids is None) == (inputs_embeds is None):
-            raise InputError("pass exactly one of input_ids and inputs_embeds")
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        if use_cache is None:
-            use_cache = config.use_cache and config.can_cache
-        if use_cache and past_key_values is None:
-            past_key_values = self.make_cache()
-        self.check_token_ids(input_ids, config.vocab_size)
+        inputs = prepare_inputs(
+            self, input_ids, inputs_embeds, config.vocab_size,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
+            use_cache=use_cache, can_cache=config.can_cache, past_key_values=past_key_values,
+        )
         hidden = self.embedding_layer(input_ids, token_type_ids, inputs_embeds)
-        start = past_key_values.get_seq_length() if past_key_values is not None else 0
-        padding_mask = _new_tokens_mask(attention_mask, start, hidden.shape[1])
-
-        all_hidden = [hidden] if output_hidden_states else None
-        all_weights = [] if output_attentions else None
-        for index, layer in enumerate(self.layers):
-            cache = past_key_values[index] if past_key_values is not None else None
-            hidden, weights = layer(hidden, padding_mask, cache, start)
-            if output_hidden_states:
-                all_hidden.append(hidden)
-            if output_attentions:
-                all_weights.append(weights)
-        if past_key_values is not None:
-            past_key_values.advance(hidden.shape[1])
+        padding_mask = _new_tokens_mask(attention_mask, inputs.past_length, inputs.seq)
+        cache = inputs.past_key_values
+        hidden, all_hidden, (all_weights,) = run_layer_stack(
+            self, self.layers, hidden, (padding_mask, inputs.past_length), cache,
+            inputs.output_attentions, inputs.output_hidden_states,
+        )
+        if cache is not None:
+            cache.advance(inputs.seq)
         out = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden,
             pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            past_key_values=past_key_values if use_cache else None,
-            attentions=tuple(all_weights) if output_attentions else None,
+            hidden_states=(*all_hidden, hidden) if inputs.output_hidden_states else None,
+            past_key_values=cache if inputs.use_cache else None,
+            attentions=tuple(all_weights) if inputs.output_attentions else None,
         )
-        return finish(out, return_dict, config)
+        return finish(out, inputs.return_dict, config)
 
 
 def _new_tokens_mask(attention_mask: torch.Tensor | None, start: int, length: int) -> torch.Tensor | None:
@@ -488,8 +482,8 @@ class _MegaTask(MegaPreTrainedModel, base=MegaModel):
         super().__init__(config)
         self.mega = MegaModel(config, add_pooling_layer=False)
 
-    def _run_base(self, **kwargs: Any) -> BaseModelOutputWithPoolingAndCrossAttentions:
-        return self.mega(**kwargs, return_dict=True)
+    def run_base(self, **inputs: Any) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        return self.mega(**inputs, return_dict=True)
 
 
 class _MegaLMHead(_MegaTask):
@@ -540,7 +534,7 @@ class MegaForCausalLM(_MegaLMHead, GenerationMixin):
     ):
         if labels is not None:
             use_cache = False
-        outputs = self._run_base(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
@@ -582,7 +576,7 @@ class MegaForMaskedLM(_MegaLMHead):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
-        outputs = self._run_base(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, use_cache=False,
@@ -621,7 +615,7 @@ class MegaForSequenceClassification(_MegaTask):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
-        outputs = self._run_base(
+        outputs = self.run_base(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds, use_cache=False,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,

@@ -34,6 +34,7 @@ from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MegatronBertForPreTrainingOutput,
+    finish,
 )
 from .encoder import (
     EncoderForMaskedLM,
@@ -45,9 +46,9 @@ from .encoder import (
     EncoderForTokenClassification,
     EncoderModel,
     _LanguageModelTask,
-    finish,
     require_positive,
 )
+from .forward import prepare_inputs, run_layer_stack
 
 
 class MegatronBertConfig(PretrainedConfig):
@@ -214,42 +215,35 @@ class MegatronBertModel(EncoderModel):
         """`attention_mask (batch, past + seq)` is 1 for real tokens; as a decoder, `past_key_values`
         holds earlier tokens and is returned updated when `use_cache`."""
         config = self.config
-        self.check_inputs(input_ids, inputs_embeds, config.vocab_size)
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        use_cache = config.is_decoder and (config.use_cache if use_cache is None else use_cache)
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if use_cache and past_key_values is None:
-            past_key_values = self.make_cache()
-        if not config.is_decoder:
-            past_key_values = None
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(past_len, past_len + shape[1], device=device)
-        if position_ids is None:
-            position_ids = cache_position[None]
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
-
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        masks = EncoderMask(attention_mask, cache_position, hidden.dtype, causal=config.is_decoder)
-        hidden, all_hidden, all_attentions = self.run_layers(
-            self.encoder.layer, hidden, (masks,), past_key_values, output_attentions, output_hidden_states
+        if not config.is_decoder:  # an encoder attends both ways: there is nothing to cache
+            use_cache, past_key_values = False, None
+        inputs = prepare_inputs(
+            self, input_ids, inputs_embeds, config.vocab_size,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
+            use_cache=use_cache, can_cache=config.is_decoder, past_key_values=past_key_values,
+            cache_position=cache_position, position_ids=position_ids,
         )
-        if past_key_values is not None:
-            past_key_values.advance(shape[1])
+        if token_type_ids is None:
+            device = inputs.cache_position.device
+            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=device)
+
+        hidden = self.embeddings(input_ids, token_type_ids, inputs.position_ids, inputs_embeds)
+        masks = EncoderMask(attention_mask, inputs.cache_position, hidden.dtype, causal=config.is_decoder)
+        cache = inputs.past_key_values
+        hidden, all_hidden, (all_attentions,) = run_layer_stack(
+            self, self.encoder.layer, hidden, (masks,), cache, inputs.output_attentions, inputs.output_hidden_states
+        )
+        if cache is not None:
+            cache.advance(inputs.seq)
         hidden = self.encoder.ln(hidden)
         output = BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden,
             pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=(*all_hidden, hidden) if output_hidden_states else None,
-            past_key_values=past_key_values if use_cache else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            hidden_states=(*all_hidden, hidden) if inputs.output_hidden_states else None,
+            past_key_values=cache if inputs.use_cache else None,
+            attentions=tuple(all_attentions) if inputs.output_attentions else None,
         )
-        if not (config.return_dict if return_dict is None else return_dict):
+        if not inputs.return_dict:
             # the reference's tuple puts the cache before the hidden states, unlike its dataclass
             fields = ("last_hidden_state", "pooler_output", "past_key_values", "hidden_states", "attentions")
             return tuple(getattr(output, f) for f in fields if getattr(output, f) is not None)

@@ -21,7 +21,7 @@ from torch import nn
 from ..config import PretrainedConfig, require
 from ..layers.encoder import EncoderMask, EncoderSelfAttention, MaskedLMPredictions, Pooler, make_encoder_norm
 from ..layers.mlp import activation
-from ..outputs import BaseModelOutputWithPooling, MobileBertForPreTrainingOutput
+from ..outputs import BaseModelOutputWithPooling, MobileBertForPreTrainingOutput, finish
 from .encoder import (
     EncoderForMaskedLM,
     EncoderForMultipleChoice,
@@ -31,9 +31,9 @@ from .encoder import (
     EncoderForSequenceClassification,
     EncoderForTokenClassification,
     EncoderModel,
-    finish,
     require_positive,
 )
+from .forward import prepare_inputs, run_layer_stack
 
 NORMALIZATION_TYPES = ("no_norm", "layer_norm")
 # the reference builds some of its LayerNorms without passing layer_norm_eps
@@ -279,29 +279,27 @@ class MobileBertModel(EncoderModel):
     ):
         """`attention_mask (batch, seq)` is 1 for real tokens."""
         config = self.config
-        self.check_inputs(input_ids, inputs_embeds, config.vocab_size)
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        positions = torch.arange(shape[1], device=device)
-        if position_ids is None:
-            position_ids = positions[None]
+        inputs = prepare_inputs(
+            self, input_ids, inputs_embeds, config.vocab_size, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=return_dict, position_ids=position_ids,
+        )
         if token_type_ids is None:
-            token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
+            device = inputs.cache_position.device
+            token_type_ids = torch.zeros(inputs.batch, inputs.seq, dtype=torch.long, device=device)
 
-        masks = EncoderMask(attention_mask, positions, self.embeddings.position_embeddings.weight.dtype, causal=False)
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask)
-        hidden, all_hidden, all_attentions = self.run_layers(
-            self.encoder.layer, hidden, (masks,), None, output_attentions, output_hidden_states
+        masks = EncoderMask(attention_mask, inputs.cache_position, self.embeddings.position_embeddings.weight.dtype,
+                            causal=False)
+        hidden = self.embeddings(input_ids, token_type_ids, inputs.position_ids, inputs_embeds, attention_mask)
+        hidden, all_hidden, (all_attentions,) = run_layer_stack(
+            self, self.encoder.layer, hidden, (masks,), None, inputs.output_attentions, inputs.output_hidden_states
         )
         output = BaseModelOutputWithPooling(
             last_hidden_state=hidden,
             pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=(*all_hidden, hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+            hidden_states=(*all_hidden, hidden) if inputs.output_hidden_states else None,
+            attentions=tuple(all_attentions) if inputs.output_attentions else None,
         )
-        return finish(output, return_dict, config)
+        return finish(output, inputs.return_dict, config)
 
 
 class MobileBertForMaskedLM(EncoderForMaskedLM, base=MobileBertModel):

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..checkpoints.megatron import qkv_from_standard, qkv_to_standard
+from ..checkpoints.megatron import INTERLEAVED_QKV, qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
 from ..config import require
-from ..tokenizers.classes import PERSIMMON_CHAT_TEMPLATE  # noqa: F401  (the converter writes it)
 from .decoder import (
     DecoderForCausalLM,
     DecoderForSequenceClassification,
@@ -23,9 +22,6 @@ from .decoder import (
     DecoderSpec,
 )
 from .decoder_config import DecoderConfig
-
-# Megatron's own row order for interleaved heads (see lamina.checkpoints.megatron)
-_INTERLEAVED = 2.0
 
 
 class PersimmonConfig(DecoderConfig):
@@ -74,8 +70,8 @@ def _interleaved_qkv(target: str, source: str, num_heads: int) -> Rule:
     return Rule(
         target,
         (source,),
-        lambda ts: qkv_to_standard(ts[0], _INTERLEAVED, num_heads),
-        lambda t: [qkv_from_standard(t, _INTERLEAVED, num_heads)],
+        lambda ts: qkv_to_standard(ts[0], INTERLEAVED_QKV, num_heads),
+        lambda t: [qkv_from_standard(t, INTERLEAVED_QKV, num_heads)],
     )
 
 

@@ -91,6 +91,7 @@ FAMILIES: dict[str, Family] = {
                    extra=("GPT2DoubleHeadsModel",)),
     "mega": Family("lamina.models.mega", "Mega",
                    {**_without(ENCODER_TASKS, "pretraining", "next_sentence_prediction"), "causal_lm": "ForCausalLM"}),
-    "megatron-bert": Family("lamina.models.megatron_bert", "MegatronBert", {**ENCODER_TASKS, "causal_lm": "ForCausalLM"}),
+    "megatron-bert": Family("lamina.models.megatron_bert", "MegatronBert",
+                            {**ENCODER_TASKS, "causal_lm": "ForCausalLM"}),
     "mobilebert": Family("lamina.models.mobilebert", "MobileBert", ENCODER_TASKS, tf_module="lamina.tf.mobilebert"),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..console import load_tokenizer, progress
 from ..errors import InputError, TokenizerError
 
 
@@ -68,7 +69,6 @@ def fill_mask_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_fill_mask(args: argparse.Namespace) -> int:
     """Print each mask's fillers, one per line: probability, token, the filled text."""
-    from ..cli import load_tokenizer, progress
     from ..models.auto import AutoModelForMaskedLM
 
     with progress(f"Loading {args.model}"):

@@ -3,6 +3,7 @@
 On a model with real weights the layers are quantized from them. On a model built on the meta
 device (`from_pretrained` of a checkpoint whose config.json carries a `quantization_config`) empty
 quantized layers are put in place for the checkpoint's quantized tensors to fill.
+`QuantizeOnLoad` is the load's per-tensor hook that quantizes float weights as they are mapped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..checkpoints.io import release_loaded
 from ..errors import UnsupportedError
 from ..layers.moe import Experts
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
-from .experts import QuantizedExperts
+from .experts import QuantizedExperts, quantized_rows
 from .linear import QuantizedLinear, new_layer
 
 
@@ -112,6 +113,63 @@ def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, we
     if module.bias is not None and not module.bias.is_meta:
         layer.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
     return layer
+
+
+class QuantizeOnLoad:
+    """`from_pretrained(quantization_config=)`'s hook on the load (see `PreTrainedModel.load_checkpoint`).
+
+    Called with each tensor as the load maps it, it quantizes a linear layer's weight (or a stack
+    of experts' projection) at once, keeps the quantized layer aside and hands the load a meta
+    placeholder of the weight's shape: the float weights are never all in memory, only one
+    layer's (its file pages released as it is quantized). `finish()`, after the load, swaps the
+    quantized layers in with the biases the load gave.
+    """
+
+    def __init__(self, model: nn.Module, config: Any) -> None:
+        self.model = model
+        self.config = as_quantization_config(config)
+        self.layers: dict[str, QuantizedLinear] = {}
+        self.expert_parts: dict[str, dict[str, QuantizedLinear]] = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`, mapped to the model's parameter `name`, or the placeholder of its quantized copy."""
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = self.model.get_submodule(module_name)
+        except AttributeError:
+            return tensor
+        if isinstance(module, Experts) and attr in ("gate_up_proj", "down_proj"):
+            # Mixtral's stacked experts: each projection quantized over all experts' rows
+            method = experts_method(module_name, module, self.config)
+            if method is None or tuple(tensor.shape) != tuple(getattr(module, attr).shape):
+                return tensor
+            self.expert_parts.setdefault(module_name, {})[attr] = quantized_rows(
+                tensor, method, self.config.compute_dtype, self.config.group_size, release_loaded)
+        elif attr == "weight" and isinstance(module, nn.Linear) and tuple(tensor.shape) == tuple(module.weight.shape):
+            layer = quantized_layer(module_name, module, self.config, tensor, release_loaded)
+            if layer is None:
+                return tensor
+            self.layers[module_name] = layer
+        else:
+            return tensor
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+
+    def finish(self) -> None:
+        for name, layer in self.layers.items():
+            bias = self.model.get_submodule(name).bias
+            if bias is not None and not bias.is_meta:
+                layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            set_submodule(self.model, name, layer)
+        for name, parts in self.expert_parts.items():
+            experts = self.model.get_submodule(name)
+            set_submodule(self.model, name, QuantizedExperts(experts.gate_up_proj.shape[0], parts["gate_up_proj"],
+                                                             parts["down_proj"], experts.act_name))
+
+
+def quantize_on_load(model: nn.Module, config: Any) -> QuantizeOnLoad | None:
+    """The load hook that quantizes `model`'s weights to `config` as they are mapped; None for a
+    `BitsAndBytesConfig`, which quantizes its own way once the weights are in."""
+    return None if isinstance(config, BitsAndBytesConfig) else QuantizeOnLoad(model, config)
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -6,25 +6,19 @@ and derives what a packed kernel needs from them when the weight is set, loaded 
 
 Weights are quantized; activations keep their precision except inside lamina's CPU kernels, which
 round them to int8 per block of 32 inputs (as llama.cpp's Q8 activations; a relative error near
-0.4%, below the weights'). Kernels for all 121 of SmolLM2-135M's matmuls for one token on 2 cores
-(bench/RESULTS.md): on an AVX2 EPYC, bf16 `F.linear` 15.9 ms, fp32 41.5 ms, PyTorch's
-`_weight_int8pack_mm` 12.9 ms and `_weight_int4pack_mm_for_cpu` 11.2 ms, fbgemm's dynamic int8
-10.5 ms (which rounds activations to 7 bits per token: +4.6% perplexity, over the 2% bound, so not
-used); on an AVX-512 Xeon, lamina's own kernels (`lamina.kernels`) 4.3 ms for int8 and 3.6 ms for
-int4 (groups of 32).
+0.4%, below the weights'). lamina's own kernels (`lamina.kernels`) beat PyTorch's packed int8 and
+int4 products and its bf16 / fp32 `F.linear` on one token (bench/RESULTS.md); fbgemm's dynamic
+int8 is not used, as it rounds activations to 7 bits per token (perplexity over the 2% bound).
 - A few rows (decoding): on the CPU lamina's kernels where they build (else PyTorch's packed
   kernels, bf16 activations); on CUDA tinygemm's `_weight_int4pack_mm` for int4 (compute capability
   8.0 and up), while int8 takes the dequantized product there too: in the compiled step inductor
-  fuses the int8 → bf16 conversion into the one-row product (`int8_fused_on_cuda`), 612 tok/s
-  against 197 through `_weight_int8pack_mm` (SmolLM2-135M's shapes on an H200; bf16 733-787).
-- Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there (16 layers'
-  matmuls over 512 rows: fp32 dequantized 107-114 ms, int8pack 187 ms, int4pack 211 ms). Half
+  fuses the int8 → bf16 conversion into the one-row product (`int8_fused_on_cuda`), several times
+  faster than `_weight_int8pack_mm` there (bench/RESULTS.md).
+- Many rows (a prompt): dequantize and `F.linear`, which beat the packed kernels there. Half
   precision computes in float32 on CPUs without half-precision units (as `layers.linear.Linear`).
   Float32 prompts of int8 layers on CPUs with AMX or AVX-512 VNNI, and of int4 layers on CPUs with
   AMX, take split products instead (`split_products_ready`): the same product as integer sums over
-  three int8 pieces of each activation row, as accurate as float32's. A 512-token prefill of
-  SmolLM2-135M on an AMX Xeon, paired runs: int8 956 → 999-1,125 tok/s, int4 913 → 1,121
-  (transformers float32: 853-872).
+  three int8 pieces of each activation row, as accurate as float32's and faster on those CPUs.
 - nf4 always dequantizes into its compute dtype, as bitsandbytes defines it: a memory format.
 """
 
@@ -41,7 +35,7 @@ from .. import kernels
 from ..layers.linear import Linear, float32_if_slow, kernel_weight
 
 FP16_MAX, FP16_TINY = 65504.0, 2.0**-24  # float16's largest finite and smallest positive values
-# weights are quantized in blocks of rows of about this many elements (4 MB of float32 temporaries)
+# weights are quantized in blocks of rows of about this many elements (bounds the float32 temporaries)
 QUANTIZE_BLOCK_ELEMENTS = 1 << 20
 
 # up to this many rows a call (decoding a batch) the packed kernels run
@@ -212,8 +206,8 @@ class Int4Linear(QuantizedLinear):
         return {"weight": pack_nibbles(codes.view(rows.shape)), "weight_scale": scale, "weight_min": low}
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        # written in place, nibbles straight into the output: a prompt's every layer dequantizes
-        # (SmolLM2-135M: 160 of 640 ms a 512-token prefill, then 1.5× faster this way)
+        # written in place, nibbles straight into the output: a prompt's every layer dequantizes,
+        # so this is a sizeable share of a prefill
         weight = torch.empty(self.out_features, self.in_features // 2, 2, dtype=dtype, device=self.weight.device)
         weight[..., 0].copy_(self.weight & 15)
         weight[..., 1].copy_(self.weight >> 4)
@@ -298,9 +292,9 @@ def split_products_ready(name: str) -> bool:
     float32 product's result to its own rounding error, faster on CPUs with int8 matrix units.
 
     - "int8_split_linear" (int8 layers) runs oneDNN's int8 GEMM (`torch._int_mm`): with AMX or
-      AVX-512 VNNI 1.7-2.4× faster than the float32 product (SmolLM2's shapes, 512 rows, AMX Xeon;
-      1.1-1.2× with VNNI alone). Without VNNI oneDNN's int8 kernels saturate 16-bit pair sums (off
-      by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2): a probe of extreme values checks the sums are exact.
+      AVX-512 VNNI faster than the float32 product (bench/RESULTS.md). Without VNNI oneDNN's int8
+      kernels saturate 16-bit pair sums (off by 10^5 under ONEDNN_MAX_CPU_ISA=AVX2): a probe of
+      extreme values checks the sums are exact.
     - "int4_split_linear" (int4 layers) is lamina's own AMX kernel (per-group scales between tile
       products): only on CPUs with AMX-INT8, where a probe checks that it runs and agrees."""
     if name == "int8_split_linear":

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 from ..errors import InputError
 from ..models import mobilebert as torch_mobilebert
-from ..models.encoder import finish
 from ..models.mobilebert import TORCH_DEFAULT_EPS, MobileBertConfig
 from ..outputs import (
     BaseModelOutputWithPooling,
@@ -28,6 +27,7 @@ from ..outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+    finish,
 )
 from .layers import (
     Block,

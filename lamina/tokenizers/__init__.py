@@ -9,7 +9,7 @@ decoding, sandboxed chat templates (`apply_chat_template`), Mistral's instruct f
 (`encode_instruct`), streaming detokenization (`IncrementalDetokenizer`) and `save_pretrained`.
 """
 
-from .base import BatchEncoding, PreTrainedTokenizer, pad_batch, pad_sequence, to_tensor, truncate_pair
+from .base import BatchEncoding, PreTrainedTokenizer
 from .classes import (
     BertTokenizer,
     BertTokenizerFast,
@@ -22,6 +22,5 @@ from .classes import (
     PersimmonTokenizer,
     PreTrainedTokenizerFast,
 )
-from .files import AutoTokenizer
-from .gguf import from_gguf
+from .files import AutoTokenizer, from_gguf
 from .streaming import IncrementalDetokenizer

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import InputError, TokenizerError, UnsupportedError
+from .chat import apply_chat_template
+from .mistral import encode_instruct
 
 # what `pad_batch` fills each padded field with, besides `input_ids` (which takes the pad id)
 PAD_FILL = {
@@ -738,18 +740,11 @@ class PreTrainedTokenizer:
     def _strategies(
         self, padding: bool | str, truncation: bool | str | None, max_length: int | None, pad_to_multiple_of: int | None
     ) -> tuple[str, str, int | None]:
-        """(padding strategy, truncation strategy, max_length) as transformers settles them."""
-        if max_length is not None and padding is False and truncation is None:
-            truncation = True  # max_length alone truncates
-        padding_strategy = _padding_strategy(padding)
-        truncation_strategy = _truncation_strategy(truncation)
-        if max_length is None:
-            known = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
-            if padding_strategy == "max_length" and known is None:
-                padding_strategy = "do_not_pad"
-            if truncation_strategy != "do_not_truncate" and known is None:
-                truncation_strategy = "do_not_truncate"
-            max_length = known
+        """(padding strategy, truncation strategy, max_length) as transformers settles them, and a
+        `pad_to_multiple_of` that cannot agree with the length truncated to refused."""
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, self.model_max_length
+        )
         truncating = truncation_strategy != "do_not_truncate"
         if truncating and padding_strategy != "do_not_pad" and pad_to_multiple_of and max_length and max_length % pad_to_multiple_of:
             raise InputError(
@@ -810,7 +805,7 @@ class PreTrainedTokenizer:
         if isinstance(encoded_inputs, (list, tuple)):
             encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0]}
         features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()}
-        strategy = _padding_strategy(padding)
+        strategy, _, max_length = resolve_strategies(padding, False, max_length, self.model_max_length)
         if strategy != "do_not_pad":
             length = max_length if strategy == "max_length" else None
             features = pad_batch(features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of)
@@ -851,14 +846,10 @@ class PreTrainedTokenizer:
     def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]], **kwargs: Any) -> Any:
         """Render `conversation` with the tokenizer's Jinja chat template in a sandbox; see
         `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
-        from .chat import apply_chat_template
-
         return apply_chat_template(self, conversation, **kwargs)
 
     def encode_instruct(self, messages: list[dict[str, Any]], version: str | None = None) -> list[int]:
         """Mistral's instruct format (v1 / v3 / v7), the ids mistral_common gives; see `tokenizers.mistral`."""
-        from .mistral import encode_instruct
-
         return encode_instruct(self, messages, version)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
@@ -931,10 +922,31 @@ def _padding_strategy(padding: bool | str) -> str:
     raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', found {padding!r}")
 
 
+def resolve_strategies(
+    padding: bool | str | None, truncation: bool | str | None, max_length: int | None, model_max_length: int
+) -> tuple[str, str, int | None]:
+    """transformers' padding and truncation strategies, and the `max_length` they work to.
+
+    A `max_length` given alone turns truncation on only while `padding` is left False (as
+    transformers 4.x and 5.x do); without `max_length`, padding to a length and truncation use
+    `model_max_length`, and do neither when the tokenizer sets none.
+    """
+    if max_length is not None and padding is False and truncation is None:
+        truncation = True
+    padding_strategy, truncation_strategy = _padding_strategy(padding), _truncation_strategy(truncation)
+    if max_length is None and (padding_strategy == "max_length" or truncation_strategy != "do_not_truncate"):
+        if model_max_length < VERY_LARGE_INTEGER:
+            max_length = model_max_length
+        else:
+            padding_strategy = "do_not_pad" if padding_strategy == "max_length" else padding_strategy
+            truncation_strategy = "do_not_truncate"
+    return padding_strategy, truncation_strategy, max_length
+
+
 def _truncation_strategy(truncation: bool | str | None) -> str:
     if truncation is True:
         return "longest_first"
-    if truncation is False or truncation is None:
+    if truncation is None or truncation is False:
         return "do_not_truncate"
     if truncation in TRUNCATION_STRATEGIES:
         return truncation

@@ -21,6 +21,8 @@ from .base import SPECIAL_TOKEN_NAMES, VERY_LARGE_INTEGER, PreTrainedTokenizer, 
 from .classes import TOKENIZER_CLASSES, BertTokenizer, GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizerFast
 from .engines import RustEngine, SentencePieceEngine
 from .formats import gpt2_document, read_json, tekken_document, wordpiece_document
+from .gguf import gguf_tokenizer_parts
+from .mluke import MLukeTokenizer
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -72,8 +74,6 @@ def load_tokenizer(
     if gguf_file is not None:
         path = path / gguf_file if path.is_dir() else path
     if path.suffix == ".gguf":
-        from .gguf import from_gguf
-
         return from_gguf(path, cls=cls, **overrides)
     directory = path if path.is_dir() else path.parent
     config: dict[str, Any] = {}
@@ -94,9 +94,7 @@ def load_tokenizer(
                 raise TokenizerError(f"{directory / CHAT_TEMPLATE_FILE}: not UTF-8 text ({err})") from None
     config.update(overrides)
     if cls is None and config.get("tokenizer_class") == "MLukeTokenizer":
-        from .mluke import MLukeTokenizer  # entity-aware: its own files and call surface
-
-        return MLukeTokenizer.from_pretrained(directory, **overrides)
+        return MLukeTokenizer.from_pretrained(directory, **overrides)  # entity-aware: its own files
     if cls is None:
         named = str(config.get("tokenizer_class", ""))
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
@@ -197,6 +195,15 @@ def _added_tokens(config: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
         _require(isinstance(entry, dict) and isinstance(entry.get("content"), str), f"added_tokens_decoder[{key!r}]",
                  "an object with a string 'content'", entry)
     return sorted((int(i), e) for i, e in entries.items())
+
+
+def from_gguf(
+    source: str | os.PathLike | Any, cls: type[PreTrainedTokenizer] | None = None, **overrides: Any
+) -> PreTrainedTokenizer:
+    """The tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds; keyword arguments
+    override what the file says (as tokenizer_config.json entries would)."""
+    default_cls, engine, config, name = gguf_tokenizer_parts(source, overrides)
+    return build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
 
 
 def build_tokenizer(

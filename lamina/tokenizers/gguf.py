@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints.gguf import read_gguf  # one bounds-checked header reader for models and tokenizers
 from ..config import is_integer
 from ..errors import CheckpointError, TokenizerError, UnsupportedError
 from .base import PreTrainedTokenizer
@@ -52,8 +53,6 @@ def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any]
     path = Path(source)
     if not path.is_file():
         raise TokenizerError(f"{path}: no such GGUF file")
-    from ..checkpoints.gguf import read_gguf  # one bounds-checked header reader for models and tokenizers
-
     try:
         return read_gguf(path).metadata, str(path)
     except CheckpointError as err:
@@ -62,13 +61,12 @@ def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any]
         raise TokenizerError(f"{path}: cannot read the GGUF file ({err.strerror})") from None
 
 
-def from_gguf(
-    source: str | os.PathLike | Any, cls: type[PreTrainedTokenizer] | None = None, **overrides: Any
-) -> PreTrainedTokenizer:
-    """The tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds; keyword arguments
-    override what the file says (as tokenizer_config.json entries would)."""
-    from .files import build_tokenizer
-
+def gguf_tokenizer_parts(
+    source: str | os.PathLike | Any, overrides: dict[str, Any]
+) -> tuple[type[PreTrainedTokenizer], RustEngine, dict[str, Any], str]:
+    """What the tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds is built from:
+    its default class, the engine, tokenizer_config.json-style settings (`overrides` on top of what
+    the file says) and a name for messages. `files.from_gguf` builds it."""
     metadata, name = read_gguf_tokenizer(source)
     kind = _field(metadata, "tokenizer.ggml.model", name, "a string", _is_str)
     tokens = _field(metadata, "tokenizer.ggml.tokens", name, "a list of strings", _is_strings)
@@ -104,10 +102,14 @@ def from_gguf(
     if metadata.get("tokenizer.chat_template") is not None:
         config["chat_template"] = metadata["tokenizer.chat_template"]
     config.update(overrides)
+<<<<<<< HEAD
     engine = RustEngine(document, name)
     tokenizer = build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
     tokenizer.chat_template_file = name
     return tokenizer
+=======
+    return default_cls, RustEngine(document, name), config, name
+>>>>>>> archmodels
 
 
 _TOKEN_ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}

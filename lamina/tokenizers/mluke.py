@@ -22,6 +22,11 @@ pair's entities when the first text has none). It also fixes three of its bugs: 
 `padding="max_length"` pads entities to the `max_entity_length` of the call (not the
 constructor's), `truncation_side="left"` keeps entity positions pointing at their words, and
 `additional_special_tokens` never replace the `<ent>` / `<ent2>` markers.
+
+The tokenizer is `base.PreTrainedTokenizer` over `XLMRobertaPieces` (the word vocabulary as an
+engine): special tokens, id conversion, the `<s> A </s></s> B </s>` template, truncation and
+padding rules and decoding are the base's; this module adds the entity sequence, its padding and
+mLUKE's own files.
 """
 
 from __future__ import annotations
@@ -41,15 +46,16 @@ import sentencepiece as spm
 from ..errors import InputError, TokenizerError, UnsupportedError
 from ..hub import resolve_model_dir
 from .base import (
-    PAD_FILL,
-    PADDING_SIDES,
     SPECIAL_TOKEN_NAMES,
-    TRUNCATION_STRATEGIES,
     VERY_LARGE_INTEGER,
     BatchEncoding,
+    PreTrainedTokenizer,
+    Template,
     clean_up_tokenization,
     flatten_ids,
+    pad_batch,
     pad_sequence,
+    resolve_strategies,
     truncate_pair,
 )
 
@@ -65,6 +71,9 @@ SPIECE_UNDERLINE = "▁"
 FAIRSEQ_SPECIAL_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 # sentencepiece ids 0-2 (<unk> <s> </s>) become fairseq ids 1-3; real pieces move up by one
 FAIRSEQ_OFFSET = 1
+# what the entity fields are padded with
+ENTITY_PAD_FILL = {"entity_attention_mask": 0, "entity_token_type_ids": 0, "entity_start_positions": 0,
+                   "entity_end_positions": 0}
 
 Span = tuple[int, int]
 
@@ -113,7 +122,146 @@ class _Example:
     pair_spans: list[Span] | None = None
 
 
-class MLukeTokenizer:
+class XLMRobertaPieces:
+    """mLUKE's word vocabulary as the engine `PreTrainedTokenizer` drives: sentencepiece pieces in
+    XLM-R's id layout (see the module docstring), plus added tokens matched whole in the text,
+    each swallowing the whitespace on the side its `SpecialToken` says."""
+
+    kind = "sentencepiece (XLM-R ids)"
+
+    def __init__(self, vocab_file: str, sp_model_kwargs: dict[str, Any], saved: Mapping[int | str, Any],
+                 flags: Mapping[str, SpecialToken]) -> None:
+        self.vocab_file = vocab_file
+        self.sp_model_kwargs = sp_model_kwargs
+        self.sp_model = _load_sentencepiece(vocab_file, sp_model_kwargs)
+        self.fairseq_tokens_to_ids = {**FAIRSEQ_SPECIAL_IDS, "<mask>": len(self.sp_model) + FAIRSEQ_OFFSET}
+        self.fairseq_ids_to_tokens = {index: token for token, index in self.fairseq_tokens_to_ids.items()}
+        self.flags = dict(flags)  # how tokens not saved with their own flags are matched
+        self.added: dict[int, SpecialToken] = {}
+        for key, value in saved.items():
+            self.added[int(key)] = SpecialToken.parse(value, f"added_tokens_decoder[{key}]")
+        self._index_added()
+
+    def _index_added(self) -> None:
+        self.added_ids = {token.content: index for index, token in self.added.items()}
+        self._by_content = {token.content: token for token in self.added.values()}
+        # longest first, so `<ent2>` is not read as `<ent>` followed by "2"
+        alternatives = "|".join(map(re.escape, sorted(self.added_ids, key=len, reverse=True)))
+        self._pattern = re.compile(f"({alternatives})") if alternatives else None
+
+    def _piece_id(self, token: str) -> int | None:
+        """The id of `token` in the fairseq / sentencepiece vocabulary, None when it has none."""
+        if token in self.fairseq_tokens_to_ids:
+            return self.fairseq_tokens_to_ids[token]
+        piece_id = self.sp_model.piece_to_id(token)
+        return piece_id + FAIRSEQ_OFFSET if piece_id else None
+
+    @property
+    def base_vocab_size(self) -> int:
+        """Sentencepiece pieces, the fairseq offset and `<mask>` (added tokens not counted)."""
+        return len(self.sp_model) + FAIRSEQ_OFFSET + 1
+
+    def __len__(self) -> int:
+        return self.base_vocab_size + sum(index >= self.base_vocab_size for index in self.added)
+
+    def add_tokens(self, tokens: list[str], special: bool) -> int:
+        """Give each token its vocabulary id, or the next free one; returns how many ids are new."""
+        before = len(self)
+        for content in tokens:
+            if content in self.added_ids:
+                continue
+            index = self._piece_id(content)
+            if index is None:
+                index = max(self.base_vocab_size, max(self.added, default=-1) + 1)
+            self.added[index] = self.flags.get(content, SpecialToken(content))
+            self._index_added()
+        return len(self) - before
+
+    def added_tokens(self) -> dict[int, tuple[str, bool]]:
+        return {index: (token.content, True) for index, token in self.added.items()}
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.added_ids[token] if token in self.added_ids else self._piece_id(token)
+
+    def id_to_token(self, index: int) -> str | None:
+        if index in self.added:
+            return self.added[index].content
+        if index in self.fairseq_ids_to_tokens:
+            return self.fairseq_ids_to_tokens[index]
+        return self.sp_model.id_to_piece(index - FAIRSEQ_OFFSET) if 0 <= index < self.base_vocab_size else None
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {self.id_to_token(index): index for index in range(self.base_vocab_size)}
+        vocab.update(self.added_ids)
+        return vocab
+
+    def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
+        """Sentencepiece pieces of `text`, with added tokens (`<mask>`, `<ent>`, …) kept whole."""
+        if split_special_tokens or self._pattern is None:
+            return self.sp_model.encode(text, out_type=str)
+        chunks = self._pattern.split(text)  # text, token, text, …, text
+        for index in range(1, len(chunks), 2):
+            token = self._by_content[chunks[index]]
+            if token.rstrip and index + 1 < len(chunks):
+                chunks[index + 1] = chunks[index + 1].lstrip()
+            if token.lstrip and index > 0:
+                chunks[index - 1] = chunks[index - 1].rstrip()
+        pieces: list[str] = []
+        for index, chunk in enumerate(chunks):
+            if index % 2:
+                pieces.append(chunk)
+            elif chunk:
+                pieces.extend(self.sp_model.encode(chunk, out_type=str))
+        return pieces
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Join sentencepiece pieces, turning the word-start marker back into spaces."""
+        return "".join(tokens).replace(SPIECE_UNDERLINE, " ").strip()
+
+    def decode(self, ids: list[int], skip: set[int], spaces_between_special_tokens: bool = True) -> str:
+        """The text of `ids` without those in `skip`. Added tokens past the vocabulary (`<ent>`,
+        `<ent2>`, …) stand apart, joined to the text around them with a space unless
+        `spaces_between_special_tokens=False`."""
+        parts: list[str] = []
+        words: list[str] = []
+        for index in ids:
+            if index in skip:
+                continue
+            token = self.id_to_token(index)
+            if token is None:
+                raise TokenizerError(
+                    f"token id {index} is out of range: the vocabulary has ids 0..{self.base_vocab_size - 1} and "
+                    f"added tokens {sorted(self.added)}"
+                )
+            if index < self.base_vocab_size:
+                words.append(token)
+                continue
+            if words and (text := self.convert_tokens_to_string(words)):
+                parts.append(text)
+            words = []
+            parts.append(token)
+        if words:
+            parts.append(self.convert_tokens_to_string(words))
+        return (" " if spaces_between_special_tokens else "").join(parts)
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        skip = {index for index, token in self.added.items()} if skip_special_tokens else set()
+        return [self.decode(ids, skip) for ids in batch]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the sentencepiece processor is rebuilt from its serialised model (DataLoader workers)
+        state = self.__dict__.copy()
+        state["sp_model"] = self.sp_model.serialized_model_proto()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        proto = state.pop("sp_model")
+        self.__dict__.update(state)
+        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
+        self.sp_model.LoadFromSerializedProto(proto)
+
+
+class MLukeTokenizer(PreTrainedTokenizer):
     """mLUKE tokenizer (sentencepiece words with the XLM-R id layout, and entities).
 
     Args:
@@ -169,17 +317,10 @@ class MLukeTokenizer:
         if task is not None and task not in TASKS:
             raise TokenizerError(f"task: expected None or one of {TASKS}, found {task!r}")
         for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in PADDING_SIDES:
+            if side not in ("left", "right"):
                 raise TokenizerError(f"{name}: expected 'left' or 'right', found {side!r}")
-        self.vocab_file = str(vocab_file)
         self.entity_vocab_file = str(entity_vocab_file)
-        self.sp_model_kwargs = dict(sp_model_kwargs or {})
-        self.sp_model = _load_sentencepiece(self.vocab_file, self.sp_model_kwargs)
         self.entity_vocab = _load_entity_vocab(self.entity_vocab_file)
-        self.fairseq_offset = FAIRSEQ_OFFSET
-        self.fairseq_tokens_to_ids = {**FAIRSEQ_SPECIAL_IDS, "<mask>": len(self.sp_model) + FAIRSEQ_OFFSET}
-        self.fairseq_ids_to_tokens = {index: token for token, index in self.fairseq_tokens_to_ids.items()}
-
         entity_special = {"entity_unk_token": entity_unk_token, "entity_pad_token": entity_pad_token,
                           "entity_mask_token": entity_mask_token, "entity_mask2_token": entity_mask2_token}
         for name, title in entity_special.items():
@@ -189,199 +330,72 @@ class MLukeTokenizer:
                     f"(it has {len(self.entity_vocab)} entries); is this mLUKE's entity_vocab.json?"
                 )
             setattr(self, name, title)
-        self.entity_unk_token_id = self.entity_vocab[entity_unk_token]
-        self.entity_pad_token_id = self.entity_vocab[entity_pad_token]
-        self.entity_mask_token_id = self.entity_vocab[entity_mask_token]
-        self.entity_mask2_token_id = self.entity_vocab[entity_mask2_token]
-
+            setattr(self, name + "_id", self.entity_vocab[title])
         self.task = task
         self._max_entity_length_arg = max_entity_length
         self.max_entity_length = TASK_ENTITY_LENGTH.get(task, max_entity_length)
         self.max_mention_length = max_mention_length
-        self.model_max_length = model_max_length
-        self.padding_side = padding_side
-        self.truncation_side = truncation_side
-        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
-        self.name_or_path = ""
 
         # `<mask>` acts as a word: it takes the space before it, as in XLM-R
         if isinstance(mask_token, str):
             mask_token = SpecialToken(mask_token, lstrip=True)
         given = {"bos_token": bos_token, "eos_token": eos_token, "sep_token": sep_token, "cls_token": cls_token,
                  "unk_token": unk_token, "pad_token": pad_token, "mask_token": mask_token}
-        self._special = {name: SpecialToken.parse(value, name) for name, value in given.items()}
+        special = {name: SpecialToken.parse(value, name) for name, value in given.items()}
         self.entity_token_1 = SpecialToken.parse(entity_token_1, "entity_token_1")
         self.entity_token_2 = SpecialToken.parse(entity_token_2, "entity_token_2")
         extra = [SpecialToken.parse(token, "additional_special_tokens") for token in additional_special_tokens or ()]
-        self._additional = _unique_tokens([*extra, self.entity_token_1, self.entity_token_2])
-        self._register_added_tokens(added_tokens_decoder or {})
+        additional = [*extra, self.entity_token_1, self.entity_token_2]
+        flags: dict[str, SpecialToken] = {}
+        for token in [*special.values(), *additional]:
+            flags.setdefault(token.content, token)
+        engine = XLMRobertaPieces(str(vocab_file), dict(sp_model_kwargs or {}), added_tokens_decoder or {}, flags)
+        cls, sep = special["cls_token"].content, special["sep_token"].content
+        # `<s> A </s>` and `<s> A </s></s> B </s>`, all of segment 0: XLM-R has no segment embeddings
+        template = Template([(cls, 0), (0, 0), (sep, 0)], [(cls, 0), (0, 0), (sep, 0), (sep, 0), (1, 0), (sep, 0)])
+        super().__init__(
+            engine, template, model_max_length=model_max_length, padding_side=padding_side,
+            truncation_side=truncation_side, clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            additional_special_tokens=list(dict.fromkeys(token.content for token in additional)),
+            **{name: token.content for name, token in special.items()},
+        )
 
     # ---------------------------------------------------------------- vocabulary
 
-    def _register_added_tokens(self, saved: Mapping[int | str, Any]) -> None:
-        """Give every special token an id: its vocabulary id, a saved one, or the next free id."""
-        self.added_tokens_decoder: dict[int, SpecialToken] = {}
-        for key, value in saved.items():
-            token = SpecialToken.parse(value, f"added_tokens_decoder[{key}]")
-            self.added_tokens_decoder[int(key)] = token
-        known = {token.content: index for index, token in self.added_tokens_decoder.items()}
-        next_id = self.vocab_size
-        for token in [*self._special.values(), *self._additional]:
-            if token.content in known:
-                continue
-            index = self._base_vocab_id(token.content)
-            if index is None:
-                next_id = max(next_id, max(self.added_tokens_decoder, default=-1) + 1)
-                index, next_id = next_id, next_id + 1
-            self.added_tokens_decoder[index] = token
-            known[token.content] = index
-        self.added_tokens_encoder = known
-        self._added_by_content = {token.content: token for token in self.added_tokens_decoder.values()}
-        # longest first, so `<ent2>` is not read as `<ent>` followed by "2"
-        alternatives = "|".join(map(re.escape, sorted(known, key=len, reverse=True)))
-        self._added_pattern = re.compile(f"({alternatives})")
+    @property
+    def vocab_file(self) -> str:
+        return self.engine.vocab_file
 
-    def _base_vocab_id(self, token: str) -> int | None:
-        """The id of `token` in the fairseq / sentencepiece vocabulary, None when it has none."""
-        if token in self.fairseq_tokens_to_ids:
-            return self.fairseq_tokens_to_ids[token]
-        piece_id = self.sp_model.piece_to_id(token)
-        return piece_id + FAIRSEQ_OFFSET if piece_id else None
+    @vocab_file.setter
+    def vocab_file(self, path: str) -> None:
+        self.engine.vocab_file = path
 
     @property
-    def vocab_size(self) -> int:
-        """Sentencepiece pieces, the fairseq offset and `<mask>` (added tokens not counted)."""
-        return len(self.sp_model) + FAIRSEQ_OFFSET + 1
+    def sp_model(self) -> spm.SentencePieceProcessor:
+        return self.engine.sp_model
 
-    def __len__(self) -> int:
-        return self.vocab_size + sum(index >= self.vocab_size for index in self.added_tokens_decoder)
-
-    def get_vocab(self) -> dict[str, int]:
-        """Token → id for the whole vocabulary, added tokens included."""
-        vocab = {self._id_to_token(index): index for index in range(self.vocab_size)}
-        vocab.update(self.added_tokens_encoder)
-        return vocab
-
-    def _token_to_id(self, token: str) -> int:
-        if token in self.added_tokens_encoder:
-            return self.added_tokens_encoder[token]
-        index = self._base_vocab_id(token)
-        return self.unk_token_id if index is None else index
-
-    def _id_to_token(self, index: int) -> str:
-        if index in self.added_tokens_decoder:
-            return self.added_tokens_decoder[index].content
-        if index in self.fairseq_ids_to_tokens:
-            return self.fairseq_ids_to_tokens[index]
-        if not 0 <= index < self.vocab_size:
-            raise TokenizerError(
-                f"token id {index} is out of range: the vocabulary has ids 0..{self.vocab_size - 1} and added "
-                f"tokens {sorted(self.added_tokens_decoder)}"
-            )
-        return self.sp_model.id_to_piece(index - FAIRSEQ_OFFSET)
-
-    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """Ids of `tokens` (one string gives one id); tokens outside the vocabulary give `<unk>`."""
-        if isinstance(tokens, str):
-            return self._token_to_id(tokens)
-        return [self._token_to_id(token) for token in tokens]
-
-    def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> str | list[str]:
-        """Tokens of `ids` (one int gives one token), without special tokens when asked."""
-        if isinstance(ids, int):
-            return self._id_to_token(ids)
-        special = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._id_to_token(index) for index in flatten_ids(ids) if index not in special]
-
-    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
-        """Join sentencepiece pieces, turning the word-start marker back into spaces."""
-        return "".join(tokens).replace(SPIECE_UNDERLINE, " ").strip()
-
-    # ---------------------------------------------------------------- special tokens
-
-    def _special_content(self, name: str) -> str:
-        return self._special[name].content
-
-    bos_token = property(lambda self: self._special_content("bos_token"))
-    eos_token = property(lambda self: self._special_content("eos_token"))
-    unk_token = property(lambda self: self._special_content("unk_token"))
-    sep_token = property(lambda self: self._special_content("sep_token"))
-    pad_token = property(lambda self: self._special_content("pad_token"))
-    cls_token = property(lambda self: self._special_content("cls_token"))
-    mask_token = property(lambda self: self._special_content("mask_token"))
-    bos_token_id = property(lambda self: self._token_to_id(self.bos_token))
-    eos_token_id = property(lambda self: self._token_to_id(self.eos_token))
-    unk_token_id = property(lambda self: self.added_tokens_encoder[self.unk_token])
-    sep_token_id = property(lambda self: self._token_to_id(self.sep_token))
-    pad_token_id = property(lambda self: self._token_to_id(self.pad_token))
-    cls_token_id = property(lambda self: self._token_to_id(self.cls_token))
-    mask_token_id = property(lambda self: self._token_to_id(self.mask_token))
+    @property
+    def sp_model_kwargs(self) -> dict[str, Any]:
+        return self.engine.sp_model_kwargs
 
     @property
     def entity_token_1_id(self) -> int:
         """Id of `<ent>`, the marker around the (head) entity under the classification tasks."""
-        return self.added_tokens_encoder[self.entity_token_1.content]
+        return self.convert_tokens_to_ids(self.entity_token_1.content)
 
     @property
     def entity_token_2_id(self) -> int:
         """Id of `<ent2>`, the marker around the tail entity under `entity_pair_classification`."""
-        return self.added_tokens_encoder[self.entity_token_2.content]
-
-    @property
-    def additional_special_tokens(self) -> list[str]:
-        return [token.content for token in self._additional]
+        return self.convert_tokens_to_ids(self.entity_token_2.content)
 
     @property
     def additional_special_tokens_ids(self) -> list[int]:
-        return [self.added_tokens_encoder[token] for token in self.additional_special_tokens]
-
-    @property
-    def all_special_tokens(self) -> list[str]:
-        """Every special token once: `<s> </s> <unk> <pad> <mask>`, then the additional ones."""
-        contents = [self._special[name].content for name in SPECIAL_TOKEN_NAMES]
-        return list(dict.fromkeys([*contents, *self.additional_special_tokens]))
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return [self.added_tokens_encoder[token] for token in self.all_special_tokens]
-
-    def build_inputs_with_special_tokens(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        """`<s> A </s>` or `<s> A </s></s> B </s>`."""
-        if pair_ids is None:
-            return [self.cls_token_id, *ids, self.sep_token_id]
-        return [self.cls_token_id, *ids, self.sep_token_id, self.sep_token_id, *pair_ids, self.sep_token_id]
-
-    def get_special_tokens_mask(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        """1 where `build_inputs_with_special_tokens` put a special token, 0 on the words."""
-        if pair_ids is None:
-            return [1, *[0] * len(ids), 1]
-        return [1, *[0] * len(ids), 1, 1, *[0] * len(pair_ids), 1]
-
-    def create_token_type_ids_from_sequences(self, ids: list[int], pair_ids: list[int] | None = None) -> list[int]:
-        """All zeros: XLM-R has no segment embeddings."""
-        return [0] * len(self.build_inputs_with_special_tokens(ids, pair_ids))
+        return self.convert_tokens_to_ids(self.additional_special_tokens)
 
     # ---------------------------------------------------------------- words
 
-    def tokenize(self, text: str) -> list[str]:
-        """Sentencepiece pieces of `text`, with special tokens (`<mask>`, `<ent>`, …) kept whole."""
-        chunks = self._added_pattern.split(text)  # text, token, text, …, text
-        for index in range(1, len(chunks), 2):
-            token = self._added_by_content[chunks[index]]
-            if token.rstrip and index + 1 < len(chunks):
-                chunks[index + 1] = chunks[index + 1].lstrip()
-            if token.lstrip and index > 0:
-                chunks[index - 1] = chunks[index - 1].rstrip()
-        pieces: list[str] = []
-        for index, chunk in enumerate(chunks):
-            if index % 2:
-                pieces.append(chunk)
-            elif chunk:
-                pieces.extend(self.sp_model.encode(chunk, out_type=str))
-        return pieces
-
     def _word_ids(self, text: str) -> list[int]:
-        return [self._token_to_id(token) for token in self.tokenize(text)]
+        return self.convert_tokens_to_ids(self.tokenize(text))
 
     def _word_ids_and_token_spans(self, text: str, spans: list[Span]) -> tuple[list[int], list[Span]]:
         """Tokenize `text` cut at every span boundary; each character span becomes a token span.
@@ -558,10 +572,6 @@ class MLukeTokenizer:
             examples.append(self._example(text, text_pair, spans, spans_pair, titles, titles_pair))
         return self._encode(examples, batched=True, **kwargs)
 
-    def encode(self, text: str, text_pair: str | None = None, **kwargs: Any) -> list[int]:
-        """`input_ids` of `encode_plus(text, text_pair, **kwargs)`."""
-        return self.encode_plus(text, text_pair, **kwargs)["input_ids"]
-
     def _encode(
         self,
         examples: list[_Example],
@@ -581,7 +591,9 @@ class MLukeTokenizer:
         **unsupported: Any,
     ) -> BatchEncoding:
         _reject_unsupported(unsupported)
-        padding_strategy, truncation_strategy, max_length = self._strategies(padding, truncation, max_length)
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, self.model_max_length
+        )
         max_entity_length = max_entity_length or self.max_entity_length
         encoded = [self._prepare(example, add_special_tokens, truncation_strategy, max_length, max_entity_length,
                                  return_token_type_ids, return_special_tokens_mask) for example in examples]
@@ -604,33 +616,6 @@ class MLukeTokenizer:
         if not batched and return_tensors is None:
             columns = {key: rows[0] for key, rows in columns.items()}
         return BatchEncoding(columns, tensor_type=return_tensors)
-
-    def _strategies(self, padding: bool | str, truncation: bool | str | None,
-                    max_length: int | None) -> tuple[str, str, int | None]:
-        """transformers' padding / truncation strategy names and the `max_length` they use.
-
-        `max_length` alone turns truncation on; `max_length` left out means `model_max_length`
-        (or nothing, when the checkpoint sets none).
-        """
-        if max_length is not None and padding is False and truncation is None:
-            truncation = "longest_first"
-        padding_strategy = {True: "longest", False: "do_not_pad", None: "do_not_pad"}.get(padding, padding)
-        if padding_strategy not in ("longest", "max_length", "do_not_pad"):
-            raise InputError(f"padding: expected True, False, 'longest', 'max_length' or 'do_not_pad', "
-                             f"found {padding!r}")
-        if truncation is None or truncation is False:
-            truncation_strategy = "do_not_truncate"
-        else:
-            truncation_strategy = "longest_first" if truncation is True else truncation
-        if truncation_strategy not in TRUNCATION_STRATEGIES:
-            raise InputError(f"truncation: expected True, False or one of {TRUNCATION_STRATEGIES}, found {truncation!r}")
-        if max_length is None and (padding_strategy == "max_length" or truncation_strategy != "do_not_truncate"):
-            if self.model_max_length < VERY_LARGE_INTEGER:
-                max_length = self.model_max_length
-            else:  # no length to pad or cut to: transformers then neither pads to one nor truncates
-                padding_strategy = "do_not_pad" if padding_strategy == "max_length" else padding_strategy
-                truncation_strategy = "do_not_truncate"
-        return padding_strategy, truncation_strategy, max_length
 
     def _prepare(
         self,
@@ -708,35 +693,34 @@ class MLukeTokenizer:
         padding_side: str | None,
         return_attention_mask: bool,
     ) -> list[dict[str, Any]]:
-        """Pad words and entities of every example to one length each (or only add masks)."""
-        side = padding_side or self.padding_side
-        if side not in PADDING_SIDES:
-            raise InputError(f"padding_side: expected 'left' or 'right', found {side!r}")
-        if strategy == "longest":
-            max_length = max((len(item["input_ids"]) for item in encoded), default=0)
-            max_entity_length = max((len(item.get("entity_ids", ())) for item in encoded), default=0)
-        if pad_to_multiple_of:
-            max_length = _round_up(max_length, pad_to_multiple_of)
-            max_entity_length = _round_up(max_entity_length, pad_to_multiple_of)
-        entity_fill = {"entity_ids": self.entity_pad_token_id, "entity_position_ids": [-1] * self.max_mention_length,
-                       "entity_attention_mask": 0, "entity_token_type_ids": 0, "entity_start_positions": 0,
-                       "entity_end_positions": 0}
-        padded = []
-        for item in encoded:
-            item = dict(item)
-            if return_attention_mask:
+        """Pad words (as every tokenizer does) and entities of every example to one length each, or
+        only add the masks."""
+        encoded = [dict(item) for item in encoded]
+        if return_attention_mask:
+            for item in encoded:
                 item.setdefault("attention_mask", [1] * len(item["input_ids"]))
                 if "entity_ids" in item:
                     item.setdefault("entity_attention_mask", [1] * len(item["entity_ids"]))
-            if strategy != "do_not_pad":
-                for key, value in item.items():
-                    if key in entity_fill:
-                        item[key] = pad_sequence(value, entity_fill[key], max_entity_length or 0, side)
-                    elif isinstance(value, list):
-                        fill = self.pad_token_id if key == "input_ids" else PAD_FILL.get(key, 0)
-                        item[key] = pad_sequence(value, fill, max_length or 0, side)
-            padded.append(item)
-        return padded
+        if strategy == "do_not_pad" or not encoded:
+            return encoded
+        side = padding_side or self.padding_side
+        columns = {key: [item[key] for item in encoded] for key in encoded[0] if isinstance(encoded[0][key], list)}
+        words = {key: rows for key, rows in columns.items() if not key.startswith("entity_")}
+        had_mask = "attention_mask" in words
+        words = pad_batch(words, self.pad_token_id, side, max_length if strategy == "max_length" else None,
+                          pad_to_multiple_of)
+        if not had_mask:
+            del words["attention_mask"]
+        if strategy == "longest":
+            max_entity_length = max((len(item.get("entity_ids", ())) for item in encoded), default=0)
+        if pad_to_multiple_of:
+            max_entity_length = _round_up(max_entity_length, pad_to_multiple_of)
+        fill = {**ENTITY_PAD_FILL, "entity_ids": self.entity_pad_token_id,
+                "entity_position_ids": [-1] * self.max_mention_length}
+        for key, rows in columns.items():
+            if key.startswith("entity_"):
+                words[key] = [pad_sequence(row, fill[key], max_entity_length or 0, side) for row in rows]
+        return [{**item, **{key: rows[index] for key, rows in words.items()}} for index, item in enumerate(encoded)]
 
     def pad(
         self,
@@ -749,7 +733,7 @@ class MLukeTokenizer:
         return_attention_mask: bool | None = None,
         return_tensors: str | None = None,
     ) -> BatchEncoding:
-        """Pad encodings made without padding, e.g. in a DataLoader `collate_fn`.
+        """Pad encodings made without padding, e.g. in a DataLoader `collate_fn`, entities included.
 
         `encoded_inputs` is a list of single-example encodings or one dict of per-example lists
         (tensors are turned into lists first).
@@ -761,7 +745,7 @@ class MLukeTokenizer:
             examples = [dict(zip(columns, row)) for row in zip(*columns.values())]
         else:
             examples = [{key: _as_list(value) for key, value in item.items()} for item in encoded_inputs]
-        strategy, _, max_length = self._strategies(padding, False, max_length)
+        strategy, _, max_length = resolve_strategies(padding, False, max_length, self.model_max_length)
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
         examples = self._pad_examples(examples, strategy, max_length, max_entity_length or self.max_entity_length,
@@ -778,34 +762,13 @@ class MLukeTokenizer:
         clean_up_tokenization_spaces: bool | None = None,
         spaces_between_special_tokens: bool = True,
     ) -> str:
-        """Text of `token_ids` (a list, or a 1-d tensor).
-
-        `<ent>` / `<ent2>` (and other additional tokens past the vocabulary) stand apart, joined
-        to the text around them with a space unless `spaces_between_special_tokens=False`.
-        """
-        tokens = self.convert_ids_to_tokens(flatten_ids(token_ids), skip_special_tokens=skip_special_tokens)
-        standalone = {token for token, index in zip(self.additional_special_tokens, self.additional_special_tokens_ids)
-                      if index >= self.vocab_size}
-        parts: list[str] = []
-        words: list[str] = []
-        for token in tokens:
-            if token not in standalone:
-                words.append(token)
-                continue
-            if words and (text := self.convert_tokens_to_string(words)):
-                parts.append(text)
-            words = []
-            parts.append(token)
-        if words:
-            parts.append(self.convert_tokens_to_string(words))
-        text = (" " if spaces_between_special_tokens else "").join(parts)
+        """Text of `token_ids` (a list, or a 1-d tensor); `<ent>` / `<ent2>` stand apart (see
+        `XLMRobertaPieces.decode`)."""
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        text = self.engine.decode(flatten_ids(token_ids), skip, spaces_between_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
-
-    def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
-        """`decode` of each sequence of a batch (a list of lists or a 2-d tensor)."""
-        return [self.decode(sequence, **kwargs) for sequence in sequences]
 
     # ---------------------------------------------------------------- files
 
@@ -837,9 +800,9 @@ class MLukeTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "added_tokens_decoder": {str(index): token.to_json()
-                                     for index, token in sorted(self.added_tokens_decoder.items())},
+                                     for index, token in sorted(self.engine.added.items())},
             "additional_special_tokens": self.additional_special_tokens,
-            **{name: self._special[name].content for name in SPECIAL_TOKEN_NAMES},
+            **{name: self._special[name] for name in SPECIAL_TOKEN_NAMES},
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "entity_token_1": self.entity_token_1.content,
             "entity_token_2": self.entity_token_2.content,
@@ -856,9 +819,9 @@ class MLukeTokenizer:
             "task": self.task,
             "tokenizer_class": type(self).__name__,
         }
-        special_map = {name: self._special[name].content for name in SPECIAL_TOKEN_NAMES}
+        special_map = {name: self._special[name] for name in SPECIAL_TOKEN_NAMES}
         special_map["additional_special_tokens"] = self.additional_special_tokens
-        added = {token.content: index for index, token in self.added_tokens_decoder.items()
+        added = {token.content: index for index, token in self.engine.added.items()
                  if index >= self.vocab_size}
         written = []
         for file_name, content in ((TOKENIZER_CONFIG_FILE, config), (SPECIAL_TOKENS_MAP_FILE, special_map),
@@ -884,18 +847,6 @@ class MLukeTokenizer:
         entity_path.write_text(json.dumps(self.entity_vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                encoding="utf-8")
         return str(sp_path), str(entity_path)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # the sentencepiece processor is rebuilt from its serialised model (DataLoader workers)
-        state = self.__dict__.copy()
-        state["sp_model"] = self.sp_model.serialized_model_proto()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        proto = state.pop("sp_model")
-        self.__dict__.update(state)
-        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
-        self.sp_model.LoadFromSerializedProto(proto)
 
     def __repr__(self) -> str:
         return (f"MLukeTokenizer(vocab_size={self.vocab_size}, entities={len(self.entity_vocab)}, task={self.task!r}, "
@@ -946,13 +897,6 @@ def _read_json(path: Path, default: Any = None) -> Any:
     # ValueError: bad JSON, bad UTF-8, integers of thousands of digits; RecursionError: deep nesting
     except (ValueError, RecursionError) as err:
         raise TokenizerError(f"{path}: not valid JSON ({type(err).__name__}: {err})") from None
-
-
-def _unique_tokens(tokens: list[SpecialToken]) -> list[SpecialToken]:
-    seen: dict[str, SpecialToken] = {}
-    for token in tokens:
-        seen.setdefault(token.content, token)
-    return list(seen.values())
 
 
 def _entities_name(spans_name: str) -> str:

@@ -87,6 +87,20 @@ def test_every_class_matches_with_padding(tmp_path, name, attn):
     assert torch.equal(positional[0], found[0])
 
 
+def test_question_answering_takes_its_arguments_in_the_reference_order(tmp_path):
+    """transformers' GPT2ForQuestionAnswering takes `token_type_ids` third and `position_ids` fourth
+    (its other heads take `past_key_values` second)."""
+    reference, model = pair("GPT2ForQuestionAnswering", tmp_path)
+    ids, mask = inputs()
+    types = torch.randint(0, VOCAB, ids.shape)
+    positions = torch.arange(ids.shape[1]).flip(0)[None].expand(2, -1)
+    with torch.no_grad():
+        expected = reference(ids, mask, types, positions)
+        found = model(ids, mask, types, positions)
+    assert_close(expected.start_logits, found.start_logits, where=mask)
+    assert_close(expected.end_logits, found.end_logits, where=mask)
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize(
     "scale_weights,inverse_layer,upcast",

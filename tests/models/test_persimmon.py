@@ -7,6 +7,7 @@ import torch
 
 import lamina
 from lamina.models import persimmon as ours
+from lamina.tokenizers.classes import PERSIMMON_CHAT_TEMPLATE
 from tests.models.test_gpt2 import logits_token_by_token
 from tests.parity import compare_grads, max_diff
 
@@ -152,7 +153,7 @@ def test_configs_of_both_transformers_versions_and_the_save_round_trip(tmp_path)
 
 def test_chat_template_renders_adepts_prompt():
     jinja2 = pytest.importorskip("jinja2")
-    template = jinja2.Environment().from_string(ours.PERSIMMON_CHAT_TEMPLATE)
+    template = jinja2.Environment().from_string(PERSIMMON_CHAT_TEMPLATE)
     one = template.render(messages=[{"role": "user", "content": "Hi there"}], add_generation_prompt=True)
     assert one == "human: Hi there\n\nadept:"
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]

@@ -336,6 +336,38 @@ def test_loading_with_quantization_drops_the_float_pages(tmp_path, method, tie):
     torch.testing.assert_close(loaded(ids).logits, after(ids).logits, rtol=0, atol=0)
 
 
+def test_load_checkpoint_hands_each_mapped_tensor_to_its_hook(tmp_path):
+    """Quantizing while loading is a per-tensor hook on `load_checkpoint` (`QuantizeOnLoad`): a
+    hook sees every parameter once, under the model's names, and is finished once after."""
+    from lamina.checkpoints.io import open_checkpoint
+    from lamina.quantization.apply import QuantizeOnLoad
+
+    model = tiny_model(tie=False)
+    model.save_pretrained(tmp_path)
+    seen, finished = [], []
+
+    class Recorder:
+        def __call__(self, name, tensor):
+            seen.append(name)
+            return tensor
+
+        def finish(self):
+            finished.append(len(seen))
+
+    with torch.device("meta"):
+        empty = MistralForCausalLM(model.config)
+    empty.load_checkpoint(open_checkpoint(tmp_path), on_tensor=Recorder())
+    assert sorted(seen) == sorted(name for name, _ in model.named_parameters()) and finished == [len(seen)]
+
+    with torch.device("meta"):
+        empty = MistralForCausalLM(model.config)
+    empty.load_checkpoint(open_checkpoint(tmp_path), on_tensor=QuantizeOnLoad(empty, "int4"))
+    after = quantize(copy.deepcopy(model), "int4")
+    assert isinstance(empty.model.layers[0].mlp.down_proj, Int4Linear)
+    for name, value in after.state_dict().items():
+        assert torch.equal(empty.state_dict()[name], value), name
+
+
 def test_quantizing_while_mapping_keeps_biases(tmp_path):
     """GPT-2's linear layers have biases (and transposed Conv1D weights): the layers quantized
     as they are mapped carry the loaded biases."""

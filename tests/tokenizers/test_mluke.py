@@ -355,3 +355,16 @@ def test_batch_with_spans_for_some_texts_only(tokenizer: MLukeTokenizer) -> None
     empty = tokenizer([EN, JA, EN], entity_spans=[[(0, 5)], [], []], padding=True, return_tensors="pt")
     assert plain(some) == plain(empty)
     assert some["entity_attention_mask"].tolist() == [[1], [0], [0]]
+
+
+def test_a_bare_max_length_truncates_only_without_padding(tokenizer: MLukeTokenizer) -> None:
+    """The reference cuts to a `max_length` given without `truncation` only while `padding` is
+    False (its recorded cases show both sides); MLuke takes the rule from the base tokenizer."""
+    cut, kept = CASES["implicit_truncation_by_max_length"], CASES["pad_to_multiple_of_max_length"]
+    assert len(cut["expected"]["input_ids"]) == cut["args"]["max_length"]
+    assert len(kept["expected"]["input_ids"]) > kept["args"]["max_length"]
+    whole = len(tokenizer(EN)["input_ids"])
+    assert len(tokenizer(EN, max_length=8)["input_ids"]) == 8
+    for padding in (True, "longest", "max_length", "do_not_pad"):
+        assert len(tokenizer(EN, max_length=8, padding=padding)["input_ids"]) == whole, padding
+    assert len(tokenizer(EN, max_length=8, padding=True, truncation=True)["input_ids"]) == 8

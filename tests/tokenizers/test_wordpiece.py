@@ -171,3 +171,22 @@ def test_offsets_mapping_equals_transformers(ours, fast, kwargs):
         assert (a[key].tolist() if "return_tensors" in kwargs else a[key]) == (
             b[key].tolist() if "return_tensors" in kwargs else b[key]
         ), key
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_length": 12},  # truncates: padding left False
+        {"max_length": 12, "padding": True},  # pads to the longest, cuts nothing
+        {"max_length": 12, "padding": "max_length"},  # pads the short ones to 12, leaves the long ones
+        {"max_length": 12, "padding": "do_not_pad"},  # not `False`: cuts nothing either
+        {"max_length": 12, "padding": True, "truncation": None},
+    ],
+)
+def test_a_bare_max_length_truncates_only_without_padding(ours, theirs, kwargs):
+    """transformers (4.x and 5.x alike) turns truncation on for a bare `max_length` only while
+    `padding` is False."""
+    texts = [TEXTS[0][:20], *TEXTS[1:6]]
+    assert max(len(ours.tokenize(t)) for t in texts) > 12 > min(len(ours.tokenize(t)) for t in texts)
+    a, b = ours(texts, **kwargs), theirs(texts, **kwargs)
+    assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"]
