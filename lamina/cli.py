@@ -21,10 +21,8 @@ import argparse
 import importlib.util
 import os
 import sys
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,12 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+def lazy_command(name: str, help: str, module: str, add_arguments: str = "cli_arguments",
+                 run: str = "run_cli") -> Command:
+    """A command whose functions live in `module`, imported only when the command is chosen."""
+    return Command(name, help, lazy(module, add_arguments), lazy(module, run))
+
+
 class CommandError(Exception):
     """A usage problem found after parsing (printed as one line, exit status 2)."""
 
@@ -73,29 +77,6 @@ def default_model() -> Path:
 
 
 # -- shared pieces -------------------------------------------------------------------------------
-
-
-@contextmanager
-def progress(description: str) -> Iterator[None]:
-    """A live elapsed-time bar on stderr while something slow (loading, converting) runs."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False,
-               disable=not sys.stderr.isatty())
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(0.2):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        bar.close()
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +101,12 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", quantize: str = "none") -> Any:
-    """A causal LM from any source lamina reads, with a progress bar."""
+    """A causal LM from any source lamina reads (its load shows a progress bar; see `lamina.progress`)."""
     from lamina.models.auto import AutoModelForCausalLM
 
     quantization = _quantization(Path(source), quantize, device)
-    with progress(f"Loading {Path(source).name}"):
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
-                                                    quantization_config=quantization)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
+                                                quantization_config=quantization)
 
 
 def _quantization(source: Path, quantize: str, device: str) -> Any:
@@ -153,8 +133,7 @@ def _layers_are_q4_1(source: Path) -> bool:
 def load_tokenizer(source: str | Path) -> Any:
     from lamina.tokenizers import AutoTokenizer
 
-    with progress("Loading the tokenizer"):
-        return AutoTokenizer.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source)
 
 
 def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -296,9 +275,8 @@ def run_convert(args: argparse.Namespace) -> int:
     if destination.exists() and not (destination.is_dir() and not any(destination.iterdir())):
         raise CommandError(f"{destination}: already exists and is not an empty directory")
     model_class = _model_class(str(source))
-    with progress(f"Converting {source.name}"):
-        model = model_class.from_pretrained(source, dtype=args.dtype)
-        model.save_pretrained(destination, max_shard_size=args.max_shard_size)
+    model = model_class.from_pretrained(source, dtype=args.dtype)
+    model.save_pretrained(destination, max_shard_size=args.max_shard_size)
     try:
         tokenizer = load_tokenizer(source)
     except TokenizerError as err:
@@ -382,18 +360,17 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
-    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens",
-            lazy("lamina.pipelines.fill_mask", "fill_mask_arguments"), lazy("lamina.pipelines.fill_mask", "run_fill_mask")),
-    Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
-            lazy("lamina.checkpoints.megatron_gpt2", "cli_arguments"), lazy("lamina.checkpoints.megatron_gpt2", "run_cli")),
-    Command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF directory",
-            lazy("lamina.checkpoints.megatron_bert", "cli_arguments"), lazy("lamina.checkpoints.megatron_bert", "run_cli")),
-    Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
-            lazy("lamina.checkpoints.adept", "cli_arguments"), lazy("lamina.checkpoints.adept", "run_cli")),
-    Command("bench", "time lamina against transformers and llama.cpp on this machine",
-            lazy("lamina.bench", "bench_arguments"), lazy("lamina.bench", "run_bench")),
-    Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])",
-            lazy("lamina.tf.cli", "cli_arguments"), lazy("lamina.tf.cli", "run_cli")),
+    lazy_command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", "lamina.pipelines.fill_mask",
+                 "fill_mask_arguments", "run_fill_mask"),
+    lazy_command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
+                 "lamina.checkpoints.megatron_gpt2"),
+    lazy_command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF "
+                 "directory", "lamina.checkpoints.megatron_bert"),
+    lazy_command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
+                 "lamina.checkpoints.adept"),
+    lazy_command("bench", "time lamina against transformers and llama.cpp on this machine", "lamina.bench",
+                 "bench_arguments", "run_bench"),
+    lazy_command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])", "lamina.tf.cli"),
 ]
 
 
@@ -408,6 +385,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if chosen is None or command.name == chosen:
             command.add_arguments(sub)
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars (none either where stderr "
+                                                                    "is not a terminal)")
         sub.set_defaults(handler=command.run)
     return parser
 
@@ -423,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((word for word in arguments if not word.startswith("-")), "")
     args = build_parser(chosen).parse_args(arguments)
     from lamina.errors import LaminaError
+    from lamina.progress import set_quiet
+
+    set_quiet(args.quiet)
 
     try:
         return args.handler(args) or 0

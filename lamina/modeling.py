@@ -28,6 +28,7 @@ from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .hub import resolve_model_dir
+from .progress import ProgressBar
 
 logger = logging.getLogger("lamina")
 
@@ -379,21 +380,24 @@ class PreTrainedModel(nn.Module):
         state: dict[str, torch.Tensor] = {}
         mapping = [(rule.target, rule.sources, rule.merge) for rule in type(self).name_map(self.config)]
         mapping += [(name, (name,), lambda sources: sources[0]) for name in list(renamed)]
-        for target, names, merge in mapping:
-            present = [name in renamed for name in names]
-            if not any(present):
-                continue
-            if not all(present):
-                missing = [name for name, p in zip(names, present) if not p]
-                raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {target!r})")
-            want = expected.get(target)
-            want = dtype if want is not None and want.is_floating_point() else None
-            sources = [_read(tensors, renamed.pop(name), want) for name in names]
-            merged = merge(sources)
-            for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
-                if source.data_ptr() != merged.data_ptr():
-                    release_mapped_pages(source)
-            state[target] = self._quantized_on_mapping(target, merged)
+        with ProgressBar(len(renamed), f"Loading {type(self).__name__}", "tensors") as loading:
+            for target, names, merge in mapping:
+                present = [name in renamed for name in names]
+                if not any(present):
+                    continue
+                if not all(present):
+                    missing = [name for name, p in zip(names, present) if not p]
+                    raise CheckpointError(
+                        f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {target!r})")
+                want = expected.get(target)
+                want = dtype if want is not None and want.is_floating_point() else None
+                sources = [_read(tensors, renamed.pop(name), want) for name in names]
+                merged = merge(sources)
+                for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
+                    if source.data_ptr() != merged.data_ptr():
+                        release_mapped_pages(source)
+                state[target] = self._quantized_on_mapping(target, merged)
+                loading.advance(len(names), merged.nbytes)
         return state
 
     def _quantized_on_mapping(self, name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ model, in-process `main()` for the rest."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -337,3 +338,34 @@ def test_a_lone_path_is_not_taken_for_the_prompt(argument, message, capsys, monk
     monkeypatch.setattr(cli, "default_model", lambda: pytest.fail("the default model was loaded"))
     assert cli.main(["generate", argument]) == 2
     assert _one_error_line(capsys.readouterr().err) == f"lamina generate: error: {message} (expected [MODEL] PROMPT)"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stderr, quiet", [(_Terminal, False), (_Terminal, True), (io.StringIO, False)])
+def test_convert_shows_tensors_and_bytes_on_a_terminal_only(tiny_gguf_with_tokenizer, tmp_path, monkeypatch, capsys,
+                                                            stderr, quiet):  # fmt: skip
+    from lamina import progress
+
+    monkeypatch.setattr(progress, "MIN_INTERVAL", 0)  # every step drawn
+    monkeypatch.setattr(sys, "stderr", stderr())
+    assert cli.main(["convert", str(tiny_gguf_with_tokenizer), str(tmp_path / "hf"), *(["--quiet"] * quiet)]) == 0
+    shown = sys.stderr.getvalue()
+    if stderr is io.StringIO or quiet:
+        assert shown == ""
+        return
+    from safetensors import safe_open
+
+    from lamina.checkpoints.gguf import read_gguf
+
+    read = len(read_gguf(tiny_gguf_with_tokenizer).tensors)
+    written = len(safe_open(tmp_path / "hf" / "model.safetensors", "pt").keys())
+    lines = shown.split("\r")
+    loaded = [line.split("|")[2].strip() for line in lines if line.startswith("Loading LlamaForCausalLM")]
+    assert loaded[0].startswith(f"0/{read} ")
+    assert loaded[-1].startswith(f"{read}/{read} ") and loaded[-1].endswith(" MiB]")
+    assert [line for line in lines if line.startswith("Writing the weights")][-1].split("|")[2].strip().startswith(
+        f"{written}/{written} ")
