@@ -289,6 +289,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model (default: SmolLM2-135M-Instruct)")
+    _add_model_options(parser)  # the memory reported is that of `generate` with the same options
 
 
 def _layer_summary(windows: list[int | None]) -> str:
@@ -323,9 +324,26 @@ def _weights_dtype(source: Path, config: Any) -> Any:
     return next((tensors[k].dtype for k in tensors if tensors[k].is_floating_point()), torch.float32)
 
 
+def _loaded_weights(model: Any, dtype: Any, quantization: Any) -> tuple[int, str]:
+    """The bytes of `model`'s (on the meta device) parameters and buffers once loaded in `dtype`
+    and quantized by `quantization` (the same layers a load makes), and how the layers are stored."""
+    from lamina.quantization import quantize
+
+    model.to(dtype)
+    if quantization is None:
+        described = ""
+    else:
+        quantize(model, quantization)
+        others = "".join(f", {name} {method}" for name, method in quantization.module_methods.items())
+        described = f"; linear layers {quantization.method} (groups of {quantization.group_size}{others})"
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # tied weights once
+    return sum(t.nbytes for t in tensors.values()), described
+
+
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
+    from lamina.config import resolve_dtype
     from lamina.models import auto
 
     source = Path(args.model) if args.model else default_model()
@@ -333,15 +351,16 @@ def run_info(args: argparse.Namespace) -> int:
     config = auto.AutoConfig.from_pretrained(source)
     with torch.device("meta"):
         model = model_class(config)  # shapes only: nothing is read or allocated
-    dtype = _weights_dtype(source, config)
+    dtype = resolve_dtype(args.dtype) or _weights_dtype(source, config)
     count = model.num_parameters()
     spec = getattr(model.base_model, "decoder_spec", None)
+    loaded, quantized = _loaded_weights(model, dtype, _quantization(source, args.quantize, args.device))
     rows = [
         ("model", str(source)),
         ("architecture", f"{type(model).__name__} ({config.model_type})"),
         ("parameters", f"{count:,}"),
-        ("dtype", str(dtype).removeprefix("torch.")),
-        ("memory", f"{count * dtype.itemsize / 2**20:,.1f} MiB"),
+        ("dtype", str(dtype).removeprefix("torch.") + quantized),
+        ("memory", f"{loaded / 2**20:,.1f} MiB (the weights as `lamina generate` loads them with these options)"),
         ("layers", _layer_summary(spec.layer_windows) if spec else str(getattr(config, "num_hidden_layers", "?"))),
         ("context length", str(getattr(config, "max_position_embeddings", "?"))),
         ("vocabulary", str(getattr(config, "vocab_size", "?"))),

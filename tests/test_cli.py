@@ -369,3 +369,23 @@ def test_convert_shows_tensors_and_bytes_on_a_terminal_only(tiny_gguf_with_token
     assert loaded[-1].startswith(f"{read}/{read} ") and loaded[-1].endswith(" MiB]")
     assert [line for line in lines if line.startswith("Writing the weights")][-1].split("|")[2].strip().startswith(
         f"{written}/{written} ")
+
+
+@pytest.mark.parametrize("quantize", ["auto", "none", "int8", "nf4"])
+def test_info_reports_the_memory_generate_loads(tmp_path, capsys, quantize):
+    """`info` counts the weights as `generate` holds them: int4 for a Q4_1 file by default."""
+    from tests.checkpoints.test_gguf import Q, write_gguf
+
+    path = tmp_path / "q4_1.gguf"
+    write_gguf(path, kinds=(Q.Q4_1,))
+    loaded = cli.load_model(path, quantize=quantize)
+    held = sum(t.nbytes for t in {id(t): t for t in (*loaded.parameters(), *loaded.buffers())}.values())
+    assert cli.main(["info", str(path), "--quantize", quantize]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = dict(line.split(None, 1) for line in lines if line.split()[0] in ("memory", "dtype"))
+    assert rows["memory"].startswith(f"{held / 2**20:,.1f} MiB")
+    assert ("int4" in rows["dtype"]) == (quantize == "auto")
+    config = lamina.AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = lamina.AutoModelForCausalLM.from_config(config)
+    assert cli._loaded_weights(model, torch.float32, cli._quantization(path, quantize, "cpu"))[0] == held
