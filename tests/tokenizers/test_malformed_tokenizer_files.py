@@ -148,3 +148,16 @@ def test_a_vocabulary_without_its_unknown_token_is_a_tokenizer_error_when_encodi
     for call in (tokenizer, tokenizer.tokenize):
         with pytest.raises(TokenizerError, match=r"tokenizer\.json: the tokenizer cannot encode this text .*UNK"):
             call("c")
+
+
+@pytest.mark.parametrize("post_processor", [10**30, "x", {"type": "Sequence", "processors": 5},
+                                            {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "C"}}]},
+                                            {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": 3, "type_id": 0}}],
+                                             "pair": []}])  # fmt: skip
+def test_a_malformed_post_processor_names_the_file(tmp_path, post_processor):
+    directory = _word_level_dir(tmp_path)
+    document = json.loads((directory / "tokenizer.json").read_text())
+    document["post_processor"] = post_processor
+    (directory / "tokenizer.json").write_text(json.dumps(document))
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: post_processor: expected"):
+        lamina.AutoTokenizer.from_pretrained(directory)
