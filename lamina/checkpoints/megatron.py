@@ -45,7 +45,8 @@ _RANK_DIR = re.compile(r"mp_rank_(\d{1,9})(?:_(\d{1,9}))?$")
 _ITERATION = re.compile(r"[0-9]{1,18}")
 # what zipfile raises for a damaged archive (RuntimeError: an encrypted member; NotImplementedError:
 # an unknown compression method; zlib.error: corrupt compressed data)
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError)
+# ValueError: a member name that is not the UTF-8 its flag claims, a negative offset
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError, ValueError)
 # Megatron's model dicts nest a few levels; deeper (or containing itself) is no checkpoint
 _MAX_NESTING = 32
 

@@ -12,12 +12,15 @@ ops. Where the CPU lacks AVX2, no C++ compiler is found, the build fails or `LAM
 set, `ops()` returns None (once, with a warning naming the reason where it is not the user's
 choice) and the quantized layers use PyTorch's packed kernels instead.
 
-A build is atomic: the library is written under a temporary name and renamed into place, so a
-process never loads a half-written file, and concurrent first uses each build and one wins.
+The first build is announced on stderr before it starts. A build is atomic and happens once: the
+library is written under a temporary name and renamed into place, so a process never loads a
+half-written file, and processes that start at the same time wait on a lock file beside it while
+the first one builds, then load its library.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -136,6 +139,24 @@ def _build() -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _announce(f"waiting for another process building lamina's CPU kernels into {target.parent}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():  # else built by the process we waited for
+            _announce(f"building lamina's CPU kernels for this machine, once (about 30 s), into {target.parent}")
+            _compile(compiler, target)
+    return target
+
+
+def _announce(message: str) -> None:
+    print(f"lamina: {message}", file=sys.stderr, flush=True)
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Compile the library into `target`, which appears whole or not at all."""
     handle, partial = tempfile.mkstemp(prefix=target.stem, suffix=".so.partial", dir=target.parent)
     os.close(handle)
     try:
@@ -146,7 +167,6 @@ def _build() -> Path:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    return target
 
 
 def _register_fakes() -> None:

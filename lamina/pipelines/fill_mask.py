@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..console import load_tokenizer, progress
+from ..console import load_tokenizer
 from ..errors import InputError, TokenizerError
 
 
@@ -71,8 +71,7 @@ def run_fill_mask(args: argparse.Namespace) -> int:
     """Print each mask's fillers, one per line: probability, token, the filled text."""
     from ..models.auto import AutoModelForMaskedLM
 
-    with progress(f"Loading {args.model}"):
-        model = AutoModelForMaskedLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device)
+    model = AutoModelForMaskedLM.from_pretrained(args.model, dtype=args.dtype, device_map=args.device)
     results = fill_mask(model, load_tokenizer(args.model), args.text, args.top_k)
     per_mask = results if isinstance(results[0], list) else [results]
     for index, fillers in enumerate(per_mask, 1):

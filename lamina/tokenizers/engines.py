@@ -59,6 +59,8 @@ class RustEngine:
         self.backend.encode_special_tokens = split_special_tokens
         try:
             return self.backend.encode_batch(texts, is_pretokenized=pretokenized, add_special_tokens=False)
+        except Exception as err:  # the Rust model's own refusal (a WordLevel vocabulary without its unk token)
+            raise TokenizerError(f"{self.source}: the tokenizer cannot encode this text ({err})") from None
         finally:
             self.backend.encode_special_tokens = False
 
@@ -74,11 +76,7 @@ class RustEngine:
         return [EncodedText(e.ids, e.offsets, e.word_ids) for e in encodings]
 
     def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
-        self.backend.encode_special_tokens = split_special_tokens
-        try:
-            return self.backend.encode(text, add_special_tokens=False).tokens
-        finally:
-            self.backend.encode_special_tokens = False
+        return [token for encoding in self._encodings([text], split_special_tokens) for token in encoding.tokens]
 
     def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool) -> list[str]:
         return self.backend.decode_batch(batch, skip_special_tokens=skip_special_tokens)

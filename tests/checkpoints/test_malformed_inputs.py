@@ -321,3 +321,13 @@ def test_malformed_config_json_names_the_key(tmp_path, text, message):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ConfigError, match=message):
         lamina.AutoConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("rows, heads", [(6, 2), (8, 0), (8, 2**31)])
+def test_interleaved_rows_the_heads_cannot_share_are_named(rows, heads):
+    from lamina.checkpoints.interleaved import InterleavedRotaryTensors
+
+    tensors = InterleavedRotaryTensors({"model.layers.0.self_attn.q_proj.weight": None}, lambda _, dtype: torch.ones(rows, 4),
+                                       {"num_attention_heads": heads, "num_key_value_heads": 1}, "x.gguf")  # fmt: skip
+    with pytest.raises(CheckpointError, match=rf"x\.gguf: model.layers.0.self_attn.q_proj.weight has {rows} rows"):
+        tensors["model.layers.0.self_attn.q_proj.weight"]

@@ -296,7 +296,50 @@ def test_a_failed_build_warns_and_falls_back(tmp_path):
     assert reason.startswith("building linear_cpu.cpp, attention_cpu.cpp and decode_cpu.cpp failed")
     assert "exited with 1" in reason
     assert "PyTorch's kernels run instead" in warning
-    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+    assert [path.suffix for path in tmp_path.iterdir()] == [".lock"]  # no partial library left behind
+
+
+# a stand-in compiler: counts its runs, then writes its `-o` file in two halves a second apart
+FAKE_COMPILER = """#!{python}
+import sys, time
+with open({runs!r}, "a") as runs:
+    runs.write("run\\n")
+output = sys.argv[sys.argv.index("-o") + 1]
+with open(output, "w") as library:
+    library.write("first half ")
+    library.flush()
+    time.sleep(1.5)
+    library.write("second half")
+"""
+
+
+def test_concurrent_first_builds_compile_once_and_announce(tmp_path):
+    """Two processes asking for the kernels at once: one compiles (announced on stderr first), the
+    other waits for it; both get the whole library."""
+    compiler, runs, go = tmp_path / "fake-c++", tmp_path / "runs", tmp_path / "go"
+    compiler.write_text(FAKE_COMPILER.format(python=sys.executable, runs=str(runs)))
+    compiler.chmod(0o755)
+    code = textwrap.dedent(f"""
+        import os, time
+        from lamina import kernels
+        print("ready", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        print(open(kernels._build()).read())
+    """)
+    env = {**os.environ, "CXX": str(compiler), "LAMINA_KERNEL_CACHE": str(tmp_path / "cache")}
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(2)]  # fmt: skip
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    go.touch()
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    assert [out.split("\n")[0] for out, _ in outputs] == ["first half second half"] * 2
+    assert runs.read_text() == "run\n"  # compiled once
+    messages = sorted(err.strip() for _, err in outputs)
+    assert messages[0].startswith("lamina: building lamina's CPU kernels for this machine, once"), messages
+    assert messages[1].startswith("lamina: waiting for another process building lamina's CPU kernels"), messages
 
 
 def native_step_matches_eager(method):

@@ -22,8 +22,10 @@ BOMBS = {
     "list of a range repeated": "{{ (range(100000)|list) * 1000 }}",
     "join of a repeated range": "{{ (range(100000)|list * 100)|join(',') }}",
     "str.join of huge pieces": "{% set s = 'a' * 3000000 %}{{ ','.join([s, s, s]) }}",
-    "doubling with ~": "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-    "doubling with +": "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "doubling with ~": "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}",
+    "doubling with +": "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+                       "{% endfor %}",
     "doubling nested lists": "{% set ns = namespace(s=['a']) %}{% for i in range(64) %}{% set ns.s = [ns.s, ns.s] %}"
                              "{% endfor %}{{ ns.s }}",
     "repeated replace": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"

@@ -136,3 +136,28 @@ def test_nested_special_token_names_the_key(tmp_path, name):
     (directory / name).write_text('{"bos_token": ' + "[" * 900 + "]" * 900 + "}")
     with pytest.raises(TokenizerError, match=r"bos_token: expected a special token as a string or \{'content': ...\}"):
         lamina.AutoTokenizer.from_pretrained(directory)
+
+
+def test_a_vocabulary_without_its_unknown_token_is_a_tokenizer_error_when_encoding(tmp_path):
+    directory = _word_level_dir(tmp_path)
+    document = json.loads((directory / "tokenizer.json").read_text())
+    document["model"]["vocab"] = {"a": 0, "b": 1}  # "[UNK]" named as the unknown token, but not in it
+    (directory / "tokenizer.json").write_text(json.dumps(document))
+    tokenizer = lamina.AutoTokenizer.from_pretrained(directory)
+    assert tokenizer("b")["input_ids"] == [1]
+    for call in (tokenizer, tokenizer.tokenize):
+        with pytest.raises(TokenizerError, match=r"tokenizer\.json: the tokenizer cannot encode this text .*UNK"):
+            call("c")
+
+
+@pytest.mark.parametrize("post_processor", [10**30, "x", {"type": "Sequence", "processors": 5},
+                                            {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "C"}}]},
+                                            {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": 3, "type_id": 0}}],
+                                             "pair": []}])  # fmt: skip
+def test_a_malformed_post_processor_names_the_file(tmp_path, post_processor):
+    directory = _word_level_dir(tmp_path)
+    document = json.loads((directory / "tokenizer.json").read_text())
+    document["post_processor"] = post_processor
+    (directory / "tokenizer.json").write_text(json.dumps(document))
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: post_processor: expected"):
+        lamina.AutoTokenizer.from_pretrained(directory)
