@@ -129,6 +129,7 @@ class Engine:
         self._inbox: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self.preemptions = 0
         self._thread: threading.Thread | None = None
 
     # -- called from other threads ---------------------------------------------------------------
@@ -221,10 +222,12 @@ class Engine:
         self.metrics.set_kv(self.pool.used_blocks(), self.pool.capacity())
 
     def _admit(self) -> None:
-        """Move waiting sequences to running while the pool keeps a block per running sequence spare."""
+        """Move waiting sequences to running while the pool holds all their pending tokens with a
+        block per running sequence to spare (a preempted sequence let in sooner would only push out
+        another one)."""
         while self.waiting and len(self.running) < self.max_running:
             sequence = self.waiting[0]
-            needed = self.pool.blocks_needed(sequence.blocks, 0, self._chunk_end(sequence))
+            needed = self.pool.blocks_needed(sequence.blocks, 0, len(sequence.tokens))
             spare = {group: count + len(self.running) for group, count in needed.items()}
             if not self.pool.can_allocate(spare) and self.running:
                 return
@@ -243,6 +246,7 @@ class Engine:
         return kept
 
     def _preempt(self, sequence: Sequence) -> None:
+        self.preemptions += 1
         self.pool.release(sequence.blocks)
         sequence.cached = 0
         self.running.remove(sequence)
