@@ -32,8 +32,9 @@ FAMILIES = {
 
 
 def words(ids: list[int]) -> str:
-    """The text of token ids: each token decodes to its word with a leading space."""
-    return "".join(f" w{i}" for i in ids)
+    """The text of token ids: each token decodes to its word with a leading space; the special
+    tokens (0-2) to nothing."""
+    return "".join(f" w{i}" for i in ids if i > EOS)
 
 
 def save_word_tokenizer(directory: Path) -> None:
