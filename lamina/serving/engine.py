@@ -36,6 +36,10 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 
+# the pool's size when no block count is given
+DEFAULT_KV_CACHE_BYTES = 512 << 20
+
+
 class QueueFull(Exception):
     """More requests are waiting than the engine accepts (`max_waiting`)."""
 
@@ -95,12 +99,14 @@ class Sequence:
 class Engine:
     """Continuous batching over a decoder causal LM (module docstring).
 
-    `num_blocks` blocks of `block_size` slots per layer group; at most `max_running` sequences in a
-    step and `max_waiting` queued; prompts prefilled `prefill_chunk` tokens at a time.
+    `num_blocks` blocks of `block_size` slots per layer group (None: as many as `kv_cache_bytes`
+    holds); at most `max_running` sequences in a step and `max_waiting` queued; prompts prefilled
+    `prefill_chunk` tokens at a time.
     """
 
-    def __init__(self, model: Any, num_blocks: int, block_size: int = 16, max_running: int = 64,
-                 max_waiting: int = 256, prefill_chunk: int = 256, metrics: Metrics | None = None) -> None:
+    def __init__(self, model: Any, num_blocks: int | None = None, block_size: int = 16, max_running: int = 64,
+                 max_waiting: int = 256, prefill_chunk: int = 256, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+                 metrics: Metrics | None = None) -> None:
         decoder = getattr(model, "decoder", None)
         if not hasattr(model, "decode_step") or decoder is None:
             raise InputError(f"serve: expected a decoder causal LM (Mistral, Llama, GPT-2, …), found "
@@ -109,6 +115,9 @@ class Engine:
         self.model = model
         self.context = spec.max_position_embeddings
         dtype = decoder.embed_tokens.weight.dtype
+        if num_blocks is None:
+            per_block = 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * dtype.itemsize
+            num_blocks = max(1, kv_cache_bytes // per_block)
         self.pool = BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, block_size, num_blocks,
                               dtype, model.device)
         self.max_running = max_running
@@ -120,6 +129,7 @@ class Engine:
         self._inbox: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self.preemptions = 0
         self._thread: threading.Thread | None = None
 
     # -- called from other threads ---------------------------------------------------------------
@@ -212,10 +222,12 @@ class Engine:
         self.metrics.set_kv(self.pool.used_blocks(), self.pool.capacity())
 
     def _admit(self) -> None:
-        """Move waiting sequences to running while the pool keeps a block per running sequence spare."""
+        """Move waiting sequences to running while the pool holds all their pending tokens with a
+        block per running sequence to spare (a preempted sequence let in sooner would only push out
+        another one)."""
         while self.waiting and len(self.running) < self.max_running:
             sequence = self.waiting[0]
-            needed = self.pool.blocks_needed(sequence.blocks, 0, self._chunk_end(sequence))
+            needed = self.pool.blocks_needed(sequence.blocks, 0, len(sequence.tokens))
             spare = {group: count + len(self.running) for group, count in needed.items()}
             if not self.pool.can_allocate(spare) and self.running:
                 return
@@ -234,6 +246,7 @@ class Engine:
         return kept
 
     def _preempt(self, sequence: Sequence) -> None:
+        self.preemptions += 1
         self.pool.release(sequence.blocks)
         sequence.cached = 0
         self.running.remove(sequence)

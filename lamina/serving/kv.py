@@ -93,11 +93,14 @@ class BlockPool:
     def release_outside_window(self, blocks: SequenceBlocks, next_position: int) -> None:
         """Give back each sliding group's blocks that no query from `next_position` on can see."""
         for group, table in blocks.tables.items():
-            drop = min(len(table), self._kept_from(group, next_position) - blocks.first[group])
+            kept = self._kept_from(group, next_position)
+            drop = min(len(table), kept - blocks.first[group])
             if drop > 0:
                 self.free[group].extend(reversed(table[:drop]))
                 del table[:drop]
                 blocks.first[group] += drop
+            if not table:  # nothing held: the next block written is the first one a query still sees
+                blocks.first[group] = max(blocks.first[group], kept)
 
     def release(self, blocks: SequenceBlocks) -> None:
         """Give back every block of a finished, cancelled or preempted sequence."""

@@ -1,0 +1,141 @@
+"""The block pool and the continuous-batching engine, without HTTP: greedy tokens equal `generate`
+on each prompt alone (tiny random Mistral, Ministral with sliding layers, Mixtral), rows at different
+positions in one call equal each row alone, sliding layers keep only their window's blocks, and
+every block goes back to the pool (finished, cancelled, preempted)."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+import torch
+
+from lamina.serving.engine import Engine, Finished, QueueFull, SamplingParams
+from lamina.serving.kv import BatchCache, BlockPool, SequenceBlocks
+from tests.serving.servers import EOS, FAMILIES, VOCAB, tiny_model
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def model(request, tmp_path_factory):
+    return tiny_model(request.param, tmp_path_factory.mktemp(request.param))[0]
+
+
+def _prompts(count: int, longest: int, seed: int = 3) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, longest, (count,), generator=generator)
+    return [torch.randint(3, VOCAB, (int(n),), generator=generator).tolist() for n in lengths]
+
+
+def _collect(events: queue.Queue) -> tuple[list[int], str]:
+    tokens = []
+    while True:
+        event = events.get(timeout=120)
+        if isinstance(event, Finished):
+            return tokens, event.reason
+        tokens.append(event.token)
+
+
+def _alone(model, prompt: list[int], max_tokens: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=EOS)
+    return out[0, len(prompt):].tolist()
+
+
+def _run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], str]]:
+    inboxes = []
+    for prompt in prompts:
+        inboxes.append(queue.Queue())
+        engine.submit(prompt, params, inboxes[-1].put)
+    return [_collect(inbox) for inbox in inboxes]
+
+
+def test_greedy_tokens_equal_generate_alone(model):
+    """16 prompts of 1-70 tokens at once, prefilled in chunks of at most 24, over a pool too small to
+    hold them all (preemption): each one's tokens are `generate`'s on it alone."""
+    engine = Engine(model, num_blocks=100, block_size=4, prefill_chunk=24)
+    engine.start()
+    try:
+        prompts = _prompts(16, 70)
+        results = _run(engine, prompts, SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(EOS,)))
+    finally:
+        engine.stop()
+    for prompt, (tokens, reason) in zip(prompts, results):
+        assert tokens == _alone(model, prompt, 20)
+        assert reason == ("stop" if tokens[-1] == EOS else "length")
+    assert engine.pool.used_blocks() == 0
+    assert engine.preemptions > 0
+
+
+def test_rows_at_different_positions_equal_each_row_alone(model):
+    """One decode call over rows at positions 3, 17 and 40 gives each row's logits alone (1e-5)."""
+    spec = model.decoder.decoder_spec
+    pool = BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, 4, 64, torch.float32)
+    prompts = _prompts(3, 2, seed=5)
+    prompts = [p * n for p, n in zip(prompts, (4, 18, 41))]
+    rows = [SequenceBlocks() for _ in prompts]
+    alone = []
+    with torch.no_grad():
+        for blocks, prompt in zip(rows, prompts):
+            assert pool.extend(blocks, 0, len(prompt))
+            positions = torch.arange(len(prompt) - 1)[None]
+            model.decode_step(torch.tensor([prompt[:-1]]), positions, positions, None, BatchCache(pool, [blocks], positions))
+            cache = model.decoder.make_cache()
+            alone.append(model(torch.tensor([prompt]), past_key_values=cache).logits[0, -1])
+        positions = torch.tensor([[len(p) - 1] for p in prompts])
+        batched = model.decode_step(torch.tensor([[p[-1]] for p in prompts]), positions, positions, None,
+                                    BatchCache(pool, rows, positions))
+    torch.testing.assert_close(batched, torch.stack(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_layers_keep_only_their_windows_blocks():
+    pool = BlockPool([None, 6], kv_heads=1, head_dim=2, block_size=4, num_blocks=8, dtype=torch.float32)
+    blocks = SequenceBlocks()
+    assert pool.extend(blocks, 0, 9)  # positions 0..8: three blocks in each group
+    assert [len(blocks.tables[g]) for g in (None, 6)] == [3, 3]
+    pool.release_outside_window(blocks, 10)  # a query at 10 sees 5..10: logical block 0 (0..3) is gone
+    assert len(blocks.tables[None]) == 3 and len(blocks.tables[6]) == 2 and blocks.first[6] == 1
+    assert pool.extend(blocks, 40, 41) is False  # the full group would need 8 more blocks
+    assert pool.used_blocks() == 3 and blocks.first[6] == 8  # the sliding blocks are out of any window
+    pool.release(blocks)
+    assert pool.used_blocks() == 0 and sorted(pool.free[6]) == list(range(8))
+
+
+def test_cancelled_and_finished_sequences_free_their_blocks(model):
+    engine = Engine(model, num_blocks=64, block_size=4)
+    engine.start()
+    try:
+        events = queue.Queue()
+        sequence = engine.submit(list(range(3, 30)), SamplingParams(max_tokens=100, temperature=0), events.put)
+        assert not isinstance(events.get(timeout=60), Finished)
+        engine.cancel(sequence)
+        assert _collect(events)[1] == "cancelled"
+        assert engine.pool.used_blocks() == 0
+    finally:
+        engine.stop()
+
+
+def test_seeded_sampling_repeats_and_top_p_one_token_is_greedy(model):
+    engine = Engine(model, num_blocks=64, block_size=4)
+    engine.start()
+    try:
+        prompt = [_prompts(1, 10)[0]]
+        sampled = SamplingParams(max_tokens=12, temperature=1.5, seed=7)
+        first, again = _run(engine, prompt * 2, sampled)
+        narrow = _run(engine, prompt, SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=1))[0]
+    finally:
+        engine.stop()
+    assert first == again
+    assert narrow[0] == _alone(model, prompt[0], 12)[: len(narrow[0])]
+
+
+def test_a_request_that_cannot_fit_is_refused_with_its_lengths(model):
+    engine = Engine(model, num_blocks=8, block_size=4, max_waiting=1)
+    with pytest.raises(Exception, match="maximum context length is 128 tokens.*120 prompt tokens and max_tokens 9"):
+        engine.submit([5] * 120, SamplingParams(max_tokens=9), lambda event: None)
+    if None in engine.pool.groups:
+        with pytest.raises(Exception, match="needs 10 KV blocks"):
+            engine.submit([5] * 30, SamplingParams(max_tokens=9), lambda event: None)
+    engine.submit([5], SamplingParams(max_tokens=1), lambda event: None)  # the loop is not started: it waits
+    with pytest.raises(QueueFull):
+        engine.submit([5], SamplingParams(max_tokens=1), lambda event: None)
