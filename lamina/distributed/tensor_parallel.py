@@ -14,6 +14,9 @@ device before its checkpoint is read, so each rank only ever holds its own part.
 - Mixtral's experts: every expert's intermediate rows split over `tp`, whole experts over `ep`
   (`layers.ParallelExperts`); the router stays whole on every rank.
 - Embedding and LM head: the vocabulary split over `tp` (padded to a multiple of N).
+- Encoders (MegatronBERT, MobileBERT): heads split in q/k/v (fused or not), the attention's output
+  dense by columns; each feed-forward's intermediate dense by rows, its output dense by columns.
+  Their embeddings and heads stay whole (MobileBERT's MLM head joins the tied table to its own).
 - Norms, positions, task heads: whole on every rank.
 
 `TensorParallel.merge(name, merge, sources)` builds this rank's part of a parameter from the
@@ -166,10 +169,16 @@ class TensorParallel:
     def apply(self, model: nn.Module) -> None:
         """Swap every splittable layer of `model` (on the meta device) for its parallel form."""
         from ..models.decoder import DecoderAttention, DecoderForCausalLM, DecoderModel
+        from ..models.megatron_bert import MegatronBertAttention, MegatronBertLayer
+        from ..models.mobilebert import FFNLayer, MobileBertAttention, MobileBertLayer
 
         for name, module in list(model.named_modules()):
             prefix = name + "." if name else ""
-            if isinstance(module, DecoderAttention):
+            if isinstance(module, (MegatronBertAttention, MobileBertAttention)):
+                self._encoder_attention(prefix, module)
+            elif isinstance(module, (MegatronBertLayer, MobileBertLayer, FFNLayer)):
+                self._encoder_feed_forward(prefix, module)
+            elif isinstance(module, DecoderAttention):
                 self._attention(prefix, module)
             elif isinstance(module, (GatedMLP, PlainMLP)):
                 self._mlp(prefix, module)
@@ -235,6 +244,30 @@ class TensorParallel:
             group = self._kv_group(kv_heads)
             for kind in ("weight", "bias") if attn.qkv_proj.bias is not None else ("weight",):
                 self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, group, kv_rows))
+
+    def _encoder_attention(self, prefix: str, block: nn.Module) -> None:
+        """BERT-style attention: `self` (q/k/v, one fused projection or three) and `output.dense`."""
+        attn = block.self
+        start, count = even_split(attn.num_heads, self.groups.tp_size, self.groups.tp_rank, "attention heads")
+        dim, width = attn.head_dim, attn.num_heads * attn.head_dim
+        own = (start * dim, count * dim)
+        inner = prefix + "self."
+        if attn.fused:
+            attn.qkv = self.column(inner + "qkv.", attn.qkv, tuple((part * width + own[0], own[1]) for part in range(3)))
+        else:
+            for name in ("query", "key", "value"):
+                setattr(attn, name, self.column(f"{inner}{name}.", getattr(attn, name), (own,)))
+        attn.num_heads = count
+        if getattr(attn, "distance_embedding", None) is not None:
+            self.replicated_inside(inner + "distance_embedding.", attn.distance_embedding)
+        block.output.dense = self.row(prefix + "output.dense.", block.output.dense, (own,))
+
+    def _encoder_feed_forward(self, prefix: str, block: nn.Module) -> None:
+        """`intermediate.dense` by rows, `output.dense` by columns."""
+        dense = block.intermediate.dense
+        own = even_split(dense.out_features, self.groups.tp_size, self.groups.tp_rank, "intermediate rows")
+        block.intermediate.dense = self.column(prefix + "intermediate.dense.", dense, (own,))
+        block.output.dense = self.row(prefix + "output.dense.", block.output.dense, (own,))
 
     def _kv_group(self, kv_heads: int) -> dist.ProcessGroup:
         """The ranks sharing this rank's key/value head (every rank creates every such group)."""
