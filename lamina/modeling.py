@@ -237,6 +237,8 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         quantization_config: Any = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
         tp_plan: str | None = None,
         tp_size: int | None = None,
         ep_size: int | None = None,
@@ -245,8 +247,9 @@ class PreTrainedModel(nn.Module):
     ) -> PreTrainedModel:
         """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
         registered loader recognises (GGUF, Mistral's original layout, …). `tp_plan="auto"`,
-        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch
-        (`lamina.distributed`)."""
+        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch;
+        `device_map` over several devices or the disk, `max_memory`, `offload_folder`: place its
+        layers across them (`lamina.distributed`)."""
         config_overrides.pop("trust_remote_code", None)
         config_overrides.pop("low_cpu_mem_usage", None)
         config_overrides.pop("from_tf", None)  # the file found decides the format
@@ -300,7 +303,8 @@ class PreTrainedModel(nn.Module):
         from .distributed import place
 
         placement = model.__dict__["_placement"] = place(
-            model, tensors, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
+            model, tensors, dtype=target_dtype, device_map=device_map, max_memory=max_memory,
+            offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
         del model.__dict__["_placement"]
         if placement is None:

@@ -167,6 +167,19 @@ def worker(rank: int, world: int, port: int, root: str, jobs: list[dict[str, Any
     dist.destroy_process_group()
 
 
+def resident_kib(address: int) -> int:
+    """This process's resident KiB of the mapping that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            low, high = (int(part, 16) for part in first.split("-"))
+            inside = low <= address < high
+        elif inside and first == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("mapping not found")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
