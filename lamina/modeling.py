@@ -55,7 +55,14 @@ def _load_tf_h5(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
     return load_tf_checkpoint(path)
 
 
-FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original, _load_tf_h5]
+def _load_tensor_parallel_layout(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
+    """lamina's own tensor-parallel layout (`lamina convert --tp N`): this rank's file."""
+    from .distributed.layout import load_tensor_parallel_layout
+
+    return load_tensor_parallel_layout(path)
+
+
+FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original, _load_tf_h5, _load_tensor_parallel_layout]
 
 
 def check_attn_implementation(name: str | None) -> str:

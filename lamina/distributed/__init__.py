@@ -53,6 +53,9 @@ def place(
             raise UnsupportedError("device_map: quantized models are placed on one device; found a map over several")
         return make_device_map(model, tensors, device_map, max_memory, offload_folder, dtype)
     if not splits:
+        if getattr(tensors, "tensor_parallel_size", None) is not None:
+            raise ConfigError("tp_plan: this checkpoint is split for tensor-parallel ranks; load it with "
+                              "tp_plan='auto' under torchrun")
         return None
     if tp_plan not in (None, "auto"):
         raise ConfigError(f"tp_plan: expected 'auto' (lamina's plan for every family), found {tp_plan!r}")
@@ -60,6 +63,10 @@ def place(
         raise UnsupportedError("tp_plan: quantized models cannot be split over ranks yet; load them on one device")
     groups = make_groups(tp_size, ep_size, device_mesh)
     agree(f"{type(model).__name__}.from_pretrained", fingerprint(model.config, tensors))
-    plan = TensorParallel(groups)
+    presharded = getattr(tensors, "tensor_parallel_size", None)
+    if presharded is not None and (presharded != groups.tp_size or groups.ep_size != 1):
+        raise ConfigError(f"tp_size: the checkpoint is split for {presharded} tensor-parallel ranks, "
+                          f"found tp_size {groups.tp_size} × ep_size {groups.ep_size}")
+    plan = TensorParallel(groups, presharded=presharded is not None)
     plan.apply(model)
     return plan

@@ -131,19 +131,23 @@ def even_split(size: int, ranks: int, rank: int, what: str) -> tuple[int, int]:
 @dataclass
 class GradientSum:
     """A parameter whose gradient each rank sees only in part (`rows`, or all of it for None):
-    the parts are summed over `group` as the gradient arrives."""
+    the parts are summed as the gradient arrives, over the `tp` ranks or, for replicated
+    key/value heads (`kv_heads` of them in the model), over the ranks sharing this rank's."""
 
     name: str
-    group: dist.ProcessGroup
     rows: Ranges | None = None
+    kv_heads: int | None = None
 
-    def hook(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        for start, length in self.rows or ((0, grad.shape[0]),):
-            part = grad[start : start + length].contiguous()
-            dist.all_reduce(part, group=self.group)
-            grad[start : start + length] = part
-        return grad
+    def hook(self, group: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+        def summed(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            for start, length in self.rows or ((0, grad.shape[0]),):
+                part = grad[start : start + length].contiguous()
+                dist.all_reduce(part, group=group)
+                grad[start : start + length] = part
+            return grad
+
+        return summed
 
 
 @dataclass
@@ -151,6 +155,8 @@ class TensorParallel:
     """A tensor (and expert) parallel plan over `groups`, applied to a meta-device model."""
 
     groups: Groups
+    # the checkpoint already holds this rank's parts (`layout`): nothing to cut as it loads
+    presharded: bool = False
     shards: dict[str, Shard] = field(default_factory=dict)
     gradient_sums: list[GradientSum] = field(default_factory=list)
     _kv_groups: dict[int, dist.ProcessGroup] | None = None
@@ -163,7 +169,7 @@ class TensorParallel:
     def merge(self, name: str, merge: Callable[[list[torch.Tensor]], torch.Tensor],
               sources: list[torch.Tensor]) -> torch.Tensor:
         """This rank's part of parameter `name`, built by a name-map rule's `merge` from checkpoint `sources`."""
-        shard = self.shards.get(name)
+        shard = None if self.presharded else self.shards.get(name)
         return merge(sources) if shard is None else shard.take_merged(merge, sources)
 
     def apply(self, model: nn.Module) -> None:
@@ -194,7 +200,8 @@ class TensorParallel:
         ranks) off, the plan kept as `model.parallel_plan`, the model on this rank's device."""
         model.to(self.groups.device)
         for entry in self.gradient_sums:
-            model.get_parameter(entry.name).register_hook(entry.hook)
+            group = self.groups.tp if entry.kv_heads is None else self._kv_group(entry.kv_heads)
+            model.get_parameter(entry.name).register_hook(entry.hook(group))
         model.native_decode = False
         model.parallel_plan = self
 
@@ -213,7 +220,7 @@ class TensorParallel:
     def replicated_inside(self, prefix: str, module: nn.Module) -> None:
         """A module whole on every rank but used inside the split (per-head norms): its gradient sums the ranks'."""
         for name, _ in module.named_parameters():
-            self.gradient_sums.append(GradientSum(prefix + name, self.groups.tp))
+            self.gradient_sums.append(GradientSum(prefix + name))
 
     def vocab_rows(self, vocab_size: int) -> tuple[int, int, Shard]:
         """This rank's `(first row, rows)` of a vocabulary padded to a multiple of the ranks, and its shard."""
@@ -241,9 +248,8 @@ class TensorParallel:
                 self.replicated_inside(prefix + norm + ".", getattr(attn, norm))
         if kv_heads < ranks:  # replicated key/value heads: each sharing rank holds part of their gradient
             kv_rows = ((q_count * dim, 2 * dim),)
-            group = self._kv_group(kv_heads)
             for kind in ("weight", "bias") if attn.qkv_proj.bias is not None else ("weight",):
-                self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, group, kv_rows))
+                self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, kv_rows, kv_heads))
 
     def _encoder_attention(self, prefix: str, block: nn.Module) -> None:
         """BERT-style attention: `self` (q/k/v, one fused projection or three) and `output.dense`."""

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lamina
+from lamina.distributed.layout import save_tensor_parallel
 
 VOCAB = 67  # not a multiple of the ranks: the vocabulary shards are padded
 DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -109,12 +110,16 @@ def run(model: torch.nn.Module, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(root: Path, cases: dict[str, dict[str, Any]]) -> None:
-    """Save each case's model (seeded random weights) and its one-process results under `root`."""
+    """Save each case's model (seeded random weights) and its one-process results under `root`; a
+    case with `"layout": N` is saved in lamina's tensor-parallel layout for N ranks instead."""
     for name, entry in cases.items():
         torch.manual_seed(0)
         config = getattr(lamina, entry["config"])(**entry["settings"])
-        getattr(lamina, entry["class"])(config).save_pretrained(root / name)
-        model = getattr(lamina, entry["class"]).from_pretrained(root / name).eval()
+        saved = root / (name + "-hf" if "layout" in entry else name)
+        getattr(lamina, entry["class"])(config).save_pretrained(saved)
+        model = getattr(lamina, entry["class"]).from_pretrained(saved).eval()
+        if "layout" in entry:
+            save_tensor_parallel(model, root / name, entry["layout"])
         result = run(model, entry)
         result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         torch.save(result, root / name / "reference.pt")

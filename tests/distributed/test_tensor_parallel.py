@@ -26,6 +26,8 @@ CASES["wide"] = case("mistral", "ForCausalLM", vocab_size=512, hidden_size=128, 
 CASES["three-heads"] = case("mistral", "ForCausalLM", num_attention_heads=3, num_key_value_heads=3,
                             hidden_size=24, head_dim=8)
 CASES["six-heads"] = case("gpt2", "LMHeadModel", n_head=6, n_embd=48)
+# lamina's tensor-parallel layout (`lamina convert --tp 2`): each rank reads its own file
+CASES["layout"] = {**case("mistral", "ForCausalLM"), "layout": 2}
 
 SPLIT = [{"key": name, "case": name} for name in CASES if name not in ("three-heads", "six-heads")]
 EXPERTS = [{"key": "experts-ep2", "case": "mixtral-ForCausalLM", "ep_size": 2}]
@@ -44,8 +46,8 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    cases = {name: CASES[name] for name in {job["case"] for job in CAUSAL} | {"six-heads", "wide"}}
-    jobs = CAUSAL + [{"key": "wide", "case": "wide"}, {"key": "experts-ep2-tp2", "case": "mixtral-ForCausalLM",
+    cases = {name: CASES[name] for name in {job["case"] for job in CAUSAL} | {"six-heads", "wide", "layout"}}
+    jobs = [job for job in CAUSAL if job["key"] != "layout"] + [{"key": "layout-mismatch", "case": "layout"},{"key": "wide", "case": "wide"}, {"key": "experts-ep2-tp2", "case": "mixtral-ForCausalLM",
                                                        "ep_size": 2}, {"key": "indivisible", "case": "six-heads"},
                      disagreeing(4)]
     return spawn(tmp_path_factory.mktemp("tp4"), 4, cases, jobs)
@@ -67,7 +69,7 @@ def test_two_ranks_match_one_process(two_ranks, key):
     check_split(two_ranks, key)
 
 
-@pytest.mark.parametrize("key", [job["key"] for job in CAUSAL] + ["experts-ep2-tp2"])
+@pytest.mark.parametrize("key", [job["key"] for job in CAUSAL if job["key"] != "layout"] + ["experts-ep2-tp2"])
 def test_four_ranks_match_one_process(four_ranks, key):
     """Four ranks split two key/value heads (each replicated on two ranks) and Qwen2's single one."""
     check_split(four_ranks, key)
@@ -100,3 +102,9 @@ def test_ranks_loading_different_checkpoints_fail_on_every_rank(two_ranks, four_
     for report in reports:
         assert report["disagree"]["error"] == "CheckpointError"
         assert "the ranks disagree" in report["disagree"]["message"]
+
+
+def test_a_layout_for_other_ranks_fails_on_every_rank(four_ranks):
+    for report in four_ranks:
+        assert report["layout-mismatch"]["error"] == "ConfigError"
+        assert "split for 2 ranks; found 4" in report["layout-mismatch"]["message"]
