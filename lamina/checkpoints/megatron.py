@@ -5,12 +5,16 @@ A Megatron checkpoint is one pickled `model_optim_rng.pt` per tensor-parallel ra
     <dir>/model_optim_rng.pt                              one rank, no iteration folder
     <dir>/latest_checkpointed_iteration.txt               "release" or an iteration number
     <dir>/release/mp_rank_00/model_optim_rng.pt           (or iter_0001000/mp_rank_01/…)
+    <dir>/release/mp_rank_00_001/model_optim_rng.pt       tensor rank 0 of pipeline stage 1
     <file>.zip                                            the NGC archive of such a tree
 
 Each file holds `{"model": {"language_model": {...}, ...}, "checkpoint_version": v, "args":
 Namespace(...)}`. `load_megatron_checkpoint` reads every rank through the restricted unpickler;
 `MegatronCheckpoint.merged_tensors` flattens the nested model dict to dotted names and merges the
 ranks, with the fused query/key/value rows put in one order whatever the checkpoint version.
+Pipeline stages hold consecutive layers numbered from 0 in each stage (the first stage also the
+embeddings, the last the final norm and heads): a tensor rank's stages are joined with their
+layers renumbered in order before the tensor ranks are merged.
 
 Fused QKV row orders (rows of `query_key_value`, per rank):
 
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 
 from ..config import is_finite_number
-from ..errors import CheckpointError, UnsupportedError
+from ..errors import CheckpointError
 from .unpickle import load_pickled, load_pickled_bytes
 
 CHECKPOINT_FILE = "model_optim_rng.pt"
@@ -53,10 +57,12 @@ _MAX_NESTING = 32
 
 @dataclass
 class MegatronCheckpoint:
-    """The unpickled `model_optim_rng.pt` of every tensor-parallel rank, in rank order."""
+    """The unpickled `model_optim_rng.pt` of every tensor-parallel rank, in rank order, and of
+    every pipeline stage of each (`stages[rank]`, stage order; None: one stage)."""
 
     source: str
     ranks: list[dict[str, Any]]
+    stages: list[list[dict[str, Any]]] | None = None
 
     @property
     def args(self) -> Any | None:
@@ -75,11 +81,15 @@ class MegatronCheckpoint:
 
     def rank_tensors(self, rank: int) -> dict[str, torch.Tensor]:
         """Rank `rank`'s model weights under dotted names (`language_model.embedding.…`)."""
-        state = self.ranks[rank]
-        model = state.get("model")
-        if not isinstance(model, Mapping):
-            raise CheckpointError(f"{self.source}: rank {rank} has no 'model' dict (found keys {sorted(state)})")
-        return flatten_tensors(model, where=self.source)
+        stages = self.stages[rank] if self.stages is not None else [self.ranks[rank]]
+        flat = []
+        for stage, state in enumerate(stages):
+            model = state.get("model")
+            if not isinstance(model, Mapping):
+                raise CheckpointError(f"{self.source}: rank {rank} stage {stage} has no 'model' dict "
+                                      f"(found keys {sorted(state)})")
+            flat.append(flatten_tensors(model, where=self.source))
+        return join_pipeline_stages(flat, f"{self.source} (tensor rank {rank})") if len(flat) > 1 else flat[0]
 
     def merged_tensors(
         self,
@@ -100,7 +110,7 @@ class MegatronCheckpoint:
 
 def load_megatron_checkpoint(path: str | os.PathLike) -> MegatronCheckpoint:
     """Read a Megatron checkpoint from a `.zip`, a `.pt` file or a checkpoint directory (see the
-    module docstring for the layouts). Pipeline-parallel checkpoints are refused."""
+    module docstring for the layouts)."""
     path = Path(path)
     if path.is_file() and zipfile.is_zipfile(path):
         try:
@@ -116,7 +126,11 @@ def load_megatron_checkpoint(path: str | os.PathLike) -> MegatronCheckpoint:
         return load_megatron_checkpoint(path / CHECKPOINT_FILE)
     folder = _iteration_folder(path)
     ranks = _rank_files({str(p.relative_to(folder)): p for p in folder.glob(f"*/{CHECKPOINT_FILE}")}, str(folder))
-    return MegatronCheckpoint(str(folder), [_as_state(load_pickled(p), str(p)) for p in ranks])
+    return _checkpoint(str(folder), [[_as_state(load_pickled(p), str(p)) for p in stages] for stages in ranks])
+
+
+def _checkpoint(source: str, stages: list[list[dict[str, Any]]]) -> MegatronCheckpoint:
+    return MegatronCheckpoint(source, [rank[0] for rank in stages], stages if len(stages[0]) > 1 else None)
 
 
 def _iteration_folder(path: Path) -> Path:
@@ -135,36 +149,62 @@ def _iteration_folder(path: Path) -> Path:
     return iterations[-1] if iterations else path
 
 
-def _rank_files(candidates: dict[str, Any], where: str) -> list[Any]:
-    """`{relative path: handle}` of the `mp_rank_*/model_optim_rng.pt` files → handles in rank order."""
-    by_rank: dict[int, Any] = {}
+def _rank_files(candidates: dict[str, Any], where: str) -> list[list[Any]]:
+    """`{relative path: handle}` of the `mp_rank_XX[_YYY]/model_optim_rng.pt` files → for each
+    tensor rank in order, its pipeline stages' handles in order."""
+    by_rank: dict[tuple[int, int], Any] = {}
     for relative, handle in candidates.items():
         match = _RANK_DIR.match(Path(relative).parent.name)
         if match is None:
             continue
-        if match.group(2) is not None and int(match.group(2)) != 0:
-            raise UnsupportedError(f"{where}: pipeline-parallel checkpoints (mp_rank_XX_YYY) are not supported")
-        by_rank[int(match.group(1))] = handle
+        by_rank[int(match.group(1)), int(match.group(2) or 0)] = handle
     if not by_rank:
         raise CheckpointError(f"{where}: no {CHECKPOINT_FILE} found (looked for mp_rank_XX/{CHECKPOINT_FILE})")
-    if sorted(by_rank) != list(range(len(by_rank))):
-        raise CheckpointError(f"{where}: tensor-parallel ranks {sorted(by_rank)} are not 0..{len(by_rank) - 1}")
-    return [by_rank[r] for r in range(len(by_rank))]
+    tensor_ranks = 1 + max(tp for tp, _ in by_rank)
+    stages = 1 + max(pp for _, pp in by_rank)
+    expected = {(tp, pp) for tp in range(tensor_ranks) for pp in range(stages)}
+    if set(by_rank) != expected:
+        missing = sorted(expected - set(by_rank))[0]
+        name = f"mp_rank_{missing[0]:02d}" + (f"_{missing[1]:03d}" if stages > 1 else "")
+        raise CheckpointError(f"{where}: {tensor_ranks} tensor ranks × {stages} pipeline stages expected, "
+                              f"{name} is missing")
+    return [[by_rank[tp, pp] for pp in range(stages)] for tp in range(tensor_ranks)]
+
+
+_LAYER = re.compile(r"(^|\.)layers\.(\d{1,9})\.")
+
+
+def join_pipeline_stages(stages: Sequence[Mapping[str, torch.Tensor]], source: str) -> dict[str, torch.Tensor]:
+    """One tensor rank's pipeline stages (flattened, in order) → one stage: each stage's layers,
+    numbered from 0 there, follow the previous stages' layers."""
+    joined: dict[str, torch.Tensor] = {}
+    offset = 0
+    for stage, tensors in enumerate(stages):
+        local = {int(match.group(2)) for name in tensors for match in [_LAYER.search(name)] if match}
+        if local and sorted(local) != list(range(len(local))):
+            raise CheckpointError(f"{source}: pipeline stage {stage} holds layers {sorted(local)}, expected 0..{len(local) - 1}")
+        for name, tensor in tensors.items():
+            renamed = _LAYER.sub(lambda m: f"{m.group(1)}layers.{int(m.group(2)) + offset}.", name, count=1)
+            if renamed in joined and joined[renamed].shape != tensor.shape:
+                raise CheckpointError(f"{source}: key {renamed!r} is in two pipeline stages with shapes "
+                                      f"{tuple(joined[renamed].shape)} and {tuple(tensor.shape)}")
+            joined.setdefault(renamed, tensor)
+        offset += len(local)
+    return joined
 
 
 def _load_zip(path: Path) -> MegatronCheckpoint:
     with zipfile.ZipFile(path) as archive:
         members = [n for n in archive.namelist() if Path(n).name == CHECKPOINT_FILE]
         if CHECKPOINT_FILE in members:
-            names = [CHECKPOINT_FILE]
+            names = [[CHECKPOINT_FILE]]
         else:
             # prefer the release folder when the archive holds several iterations
             folders = sorted({str(Path(n).parent.parent) for n in members})
             folder = next((f for f in folders if Path(f).name == "release"), folders[-1] if folders else "")
             names = _rank_files({n: n for n in members if str(Path(n).parent.parent) == folder}, str(path))
-        return MegatronCheckpoint(
-            str(path), [_as_state(load_pickled_bytes(archive.read(n), f"{path}:{n}"), f"{path}:{n}") for n in names]
-        )
+        return _checkpoint(str(path), [[_as_state(load_pickled_bytes(archive.read(n), f"{path}:{n}"), f"{path}:{n}")
+                                        for n in stages] for stages in names])
 
 
 def _is_torch_zip(path: Path) -> bool:

@@ -14,28 +14,48 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedError
+from .device_map import DeviceMap, is_multi_device, make_device_map
 from .runtime import agree, fingerprint, make_groups
 from .tensor_parallel import TensorParallel
 
-__all__ = ["TensorParallel", "place"]
+__all__ = ["DeviceMap", "TensorParallel", "place"]
 
 
 def place(
     model: nn.Module,
     tensors: Mapping[str, torch.Tensor],
     *,
+    dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
+    max_memory: Mapping[Any, Any] | None = None,
+    offload_folder: str | None = None,
     tp_plan: str | None = None,
     tp_size: int | None = None,
     ep_size: int | None = None,
     device_mesh: Any = None,
-) -> TensorParallel | None:
-    """The plan for loading `model` (built on the meta device) from `tensors`, or None for one device.
+) -> TensorParallel | DeviceMap | None:
+    """The plan for loading `model` (built on the meta device) from `tensors` in `dtype`, or None
+    for one device.
 
     `tp_plan="auto"` (or a `tp_size`, `ep_size` or `device_mesh`) splits the model over the ranks of
     the process group (`torchrun --nproc-per-node N`): see `tensor_parallel`. Every rank checks that
-    the others load the same config and checkpoint before reading any weight.
+    the others load the same config and checkpoint before reading any weight. A `device_map` over
+    several devices or the disk ("balanced", "sequential", "auto" with `max_memory`, or a dict)
+    places its layers: see `device_map`.
     """
-    if tp_plan is None and tp_size is None and ep_size is None and device_mesh is None:
+    splits = tp_plan is not None or tp_size is not None or ep_size is not None or device_mesh is not None
+    maps = is_multi_device(device_map) or (device_map == "auto" and max_memory is not None)
+    if splits and device_map is not None:
+        raise ConfigError(f"device_map: a model split over ranks (tp_plan, tp_size, ep_size, device_mesh) is placed "
+                          f"on each rank's device; found device_map={device_map!r} as well")
+    if maps:
+        if "_quantize_while_mapping" in model.__dict__ or getattr(model.config, "quantization_config", None) is not None:
+            raise UnsupportedError("device_map: quantized models are placed on one device; found a map over several")
+        return make_device_map(model, tensors, device_map, max_memory, offload_folder, dtype)
+    if not splits:
+        if getattr(tensors, "tensor_parallel_size", None) is not None:
+            raise ConfigError("tp_plan: this checkpoint is split for tensor-parallel ranks; load it with "
+                              "tp_plan='auto' under torchrun")
         return None
     if tp_plan not in (None, "auto"):
         raise ConfigError(f"tp_plan: expected 'auto' (lamina's plan for every family), found {tp_plan!r}")
@@ -43,6 +63,10 @@ def place(
         raise UnsupportedError("tp_plan: quantized models cannot be split over ranks yet; load them on one device")
     groups = make_groups(tp_size, ep_size, device_mesh)
     agree(f"{type(model).__name__}.from_pretrained", fingerprint(model.config, tensors))
-    plan = TensorParallel(groups)
+    presharded = getattr(tensors, "tensor_parallel_size", None)
+    if presharded is not None and (presharded != groups.tp_size or groups.ep_size != 1):
+        raise ConfigError(f"tp_size: the checkpoint is split for {presharded} tensor-parallel ranks, "
+                          f"found tp_size {groups.tp_size} × ep_size {groups.ep_size}")
+    plan = TensorParallel(groups, presharded=presharded is not None)
     plan.apply(model)
     return plan

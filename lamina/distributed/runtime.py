@@ -54,13 +54,18 @@ class Groups:
     """The ranks one model is split over: `ep` ranks each hold a share of the experts, and within
     each, `tp` ranks split every layer's heads and rows."""
 
-    mesh: DeviceMesh
-    tp: dist.ProcessGroup
+    mesh: DeviceMesh | None  # None: a plan computed offline (`layout.save_tensor_parallel`)
+    tp: dist.ProcessGroup | None
     ep: dist.ProcessGroup | None  # None: every rank holds every expert
     tp_rank: int
     tp_size: int
     ep_rank: int
     ep_size: int
+
+    @classmethod
+    def offline(cls, tp_rank: int, tp_size: int) -> Groups:
+        """One rank's place in a split, without processes: to cut a model's weights for it."""
+        return cls(None, None, None, tp_rank, tp_size, 0, 1)
 
     @property
     def device(self) -> torch.device:

@@ -14,6 +14,9 @@ device before its checkpoint is read, so each rank only ever holds its own part.
 - Mixtral's experts: every expert's intermediate rows split over `tp`, whole experts over `ep`
   (`layers.ParallelExperts`); the router stays whole on every rank.
 - Embedding and LM head: the vocabulary split over `tp` (padded to a multiple of N).
+- Encoders (MegatronBERT, MobileBERT): heads split in q/k/v (fused or not), the attention's output
+  dense by columns; each feed-forward's intermediate dense by rows, its output dense by columns.
+  Their embeddings and heads stay whole (MobileBERT's MLM head joins the tied table to its own).
 - Norms, positions, task heads: whole on every rank.
 
 `TensorParallel.merge(name, merge, sources)` builds this rank's part of a parameter from the
@@ -128,19 +131,23 @@ def even_split(size: int, ranks: int, rank: int, what: str) -> tuple[int, int]:
 @dataclass
 class GradientSum:
     """A parameter whose gradient each rank sees only in part (`rows`, or all of it for None):
-    the parts are summed over `group` as the gradient arrives."""
+    the parts are summed as the gradient arrives, over the `tp` ranks or, for replicated
+    key/value heads (`kv_heads` of them in the model), over the ranks sharing this rank's."""
 
     name: str
-    group: dist.ProcessGroup
     rows: Ranges | None = None
+    kv_heads: int | None = None
 
-    def hook(self, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        for start, length in self.rows or ((0, grad.shape[0]),):
-            part = grad[start : start + length].contiguous()
-            dist.all_reduce(part, group=self.group)
-            grad[start : start + length] = part
-        return grad
+    def hook(self, group: dist.ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+        def summed(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            for start, length in self.rows or ((0, grad.shape[0]),):
+                part = grad[start : start + length].contiguous()
+                dist.all_reduce(part, group=group)
+                grad[start : start + length] = part
+            return grad
+
+        return summed
 
 
 @dataclass
@@ -148,6 +155,8 @@ class TensorParallel:
     """A tensor (and expert) parallel plan over `groups`, applied to a meta-device model."""
 
     groups: Groups
+    # the checkpoint already holds this rank's parts (`layout`): nothing to cut as it loads
+    presharded: bool = False
     shards: dict[str, Shard] = field(default_factory=dict)
     gradient_sums: list[GradientSum] = field(default_factory=list)
     _kv_groups: dict[int, dist.ProcessGroup] | None = None
@@ -160,16 +169,22 @@ class TensorParallel:
     def merge(self, name: str, merge: Callable[[list[torch.Tensor]], torch.Tensor],
               sources: list[torch.Tensor]) -> torch.Tensor:
         """This rank's part of parameter `name`, built by a name-map rule's `merge` from checkpoint `sources`."""
-        shard = self.shards.get(name)
+        shard = None if self.presharded else self.shards.get(name)
         return merge(sources) if shard is None else shard.take_merged(merge, sources)
 
     def apply(self, model: nn.Module) -> None:
         """Swap every splittable layer of `model` (on the meta device) for its parallel form."""
         from ..models.decoder import DecoderAttention, DecoderForCausalLM, DecoderModel
+        from ..models.megatron_bert import MegatronBertAttention, MegatronBertLayer
+        from ..models.mobilebert import FFNLayer, MobileBertAttention, MobileBertLayer
 
         for name, module in list(model.named_modules()):
             prefix = name + "." if name else ""
-            if isinstance(module, DecoderAttention):
+            if isinstance(module, (MegatronBertAttention, MobileBertAttention)):
+                self._encoder_attention(prefix, module)
+            elif isinstance(module, (MegatronBertLayer, MobileBertLayer, FFNLayer)):
+                self._encoder_feed_forward(prefix, module)
+            elif isinstance(module, DecoderAttention):
                 self._attention(prefix, module)
             elif isinstance(module, (GatedMLP, PlainMLP)):
                 self._mlp(prefix, module)
@@ -185,7 +200,8 @@ class TensorParallel:
         ranks) off, the plan kept as `model.parallel_plan`, the model on this rank's device."""
         model.to(self.groups.device)
         for entry in self.gradient_sums:
-            model.get_parameter(entry.name).register_hook(entry.hook)
+            group = self.groups.tp if entry.kv_heads is None else self._kv_group(entry.kv_heads)
+            model.get_parameter(entry.name).register_hook(entry.hook(group))
         model.native_decode = False
         model.parallel_plan = self
 
@@ -204,7 +220,7 @@ class TensorParallel:
     def replicated_inside(self, prefix: str, module: nn.Module) -> None:
         """A module whole on every rank but used inside the split (per-head norms): its gradient sums the ranks'."""
         for name, _ in module.named_parameters():
-            self.gradient_sums.append(GradientSum(prefix + name, self.groups.tp))
+            self.gradient_sums.append(GradientSum(prefix + name))
 
     def vocab_rows(self, vocab_size: int) -> tuple[int, int, Shard]:
         """This rank's `(first row, rows)` of a vocabulary padded to a multiple of the ranks, and its shard."""
@@ -232,9 +248,32 @@ class TensorParallel:
                 self.replicated_inside(prefix + norm + ".", getattr(attn, norm))
         if kv_heads < ranks:  # replicated key/value heads: each sharing rank holds part of their gradient
             kv_rows = ((q_count * dim, 2 * dim),)
-            group = self._kv_group(kv_heads)
             for kind in ("weight", "bias") if attn.qkv_proj.bias is not None else ("weight",):
-                self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, group, kv_rows))
+                self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, kv_rows, kv_heads))
+
+    def _encoder_attention(self, prefix: str, block: nn.Module) -> None:
+        """BERT-style attention: `self` (q/k/v, one fused projection or three) and `output.dense`."""
+        attn = block.self
+        start, count = even_split(attn.num_heads, self.groups.tp_size, self.groups.tp_rank, "attention heads")
+        dim, width = attn.head_dim, attn.num_heads * attn.head_dim
+        own = (start * dim, count * dim)
+        inner = prefix + "self."
+        if attn.fused:
+            attn.qkv = self.column(inner + "qkv.", attn.qkv, tuple((part * width + own[0], own[1]) for part in range(3)))
+        else:
+            for name in ("query", "key", "value"):
+                setattr(attn, name, self.column(f"{inner}{name}.", getattr(attn, name), (own,)))
+        attn.num_heads = count
+        if getattr(attn, "distance_embedding", None) is not None:
+            self.replicated_inside(inner + "distance_embedding.", attn.distance_embedding)
+        block.output.dense = self.row(prefix + "output.dense.", block.output.dense, (own,))
+
+    def _encoder_feed_forward(self, prefix: str, block: nn.Module) -> None:
+        """`intermediate.dense` by rows, `output.dense` by columns."""
+        dense = block.intermediate.dense
+        own = even_split(dense.out_features, self.groups.tp_size, self.groups.tp_rank, "intermediate rows")
+        block.intermediate.dense = self.column(prefix + "intermediate.dense.", dense, (own,))
+        block.output.dense = self.row(prefix + "output.dense.", block.output.dense, (own,))
 
     def _kv_group(self, kv_heads: int) -> dist.ProcessGroup:
         """The ranks sharing this rank's key/value head (every rank creates every such group)."""

@@ -12,7 +12,7 @@ from lamina.checkpoints.megatron import (
     qkv_from_standard,
     qkv_to_standard,
 )
-from lamina.errors import CheckpointError, UnsupportedError
+from lamina.errors import CheckpointError
 from tests.checkpoints.test_megatron_gpt2_convert import split_tensor_parallel
 
 HEADS, HEAD_DIM, HIDDEN = 4, 3, 12
@@ -109,7 +109,7 @@ def test_bad_layouts_are_named(tmp_path):
         load_megatron_checkpoint(tmp_path)
     (tmp_path / "release" / "mp_rank_00_001").mkdir(parents=True)
     torch.save({"model": {}}, tmp_path / "release" / "mp_rank_00_001" / "model_optim_rng.pt")
-    with pytest.raises(UnsupportedError, match="pipeline"):
+    with pytest.raises(CheckpointError, match="1 tensor ranks × 2 pipeline stages expected, mp_rank_00_000 is missing"):
         load_megatron_checkpoint(tmp_path)
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("banana")
     with pytest.raises(CheckpointError, match="banana"):

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lamina
+from lamina.distributed.layout import save_tensor_parallel
 
 VOCAB = 67  # not a multiple of the ranks: the vocabulary shards are padded
 DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -38,10 +39,18 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama", {**DECODER, "tie_word_embeddings": True}),
     "qwen2": ("Qwen2", {**DECODER, "num_key_value_heads": 1}),
 }
+ENCODER = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+               max_position_embeddings=32, type_vocab_size=3, num_labels=3, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0)
+ENCODER_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "megatron_bert": ("MegatronBert", {**ENCODER, "position_embedding_type": "relative_key_query"}),
+    "megatron_bert_decoder": ("MegatronBert", {**ENCODER, "is_decoder": True}),
+    "mobilebert": ("MobileBert", {**ENCODER, "embedding_size": 16, "intra_bottleneck_size": 16}),
+}
 
 
 def case(family: str, head: str, **overrides: Any) -> dict[str, Any]:
-    prefix, settings = FAMILY_CONFIGS[family]
+    prefix, settings = {**FAMILY_CONFIGS, **ENCODER_CONFIGS}[family]
     settings = {key: value for key, value in {**settings, **overrides}.items() if value is not None}
     return {"family": family, "class": prefix + head, "config": prefix + "Config", "settings": settings}
 
@@ -57,6 +66,14 @@ def inputs_for(entry: dict[str, Any]) -> dict[str, torch.Tensor]:
     mask = torch.ones_like(ids)
     mask[1, :2], ids[1, :2] = 0, 0
     name = entry["class"]
+    if name.endswith("ForMultipleChoice"):
+        return dict(input_ids=torch.stack([ids, ids.flip(1)], 1), labels=torch.tensor([1, 0]))
+    if name.endswith("ForPreTraining"):
+        return dict(input_ids=ids, attention_mask=mask, labels=ids, next_sentence_label=torch.tensor([1, 0]))
+    if name.endswith("ForNextSentencePrediction"):
+        return dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
+    if name.endswith("ForMaskedLM"):
+        return dict(input_ids=ids, attention_mask=mask, labels=ids)
     if name.endswith("DoubleHeadsModel"):
         return dict(input_ids=torch.stack([ids, ids.flip(1)], 1), mc_token_ids=torch.tensor([[6, 6], [6, 6]]),
                     labels=torch.stack([ids, ids.flip(1)], 1), mc_labels=torch.tensor([1, 0]))
@@ -72,7 +89,8 @@ def inputs_for(entry: dict[str, Any]) -> dict[str, torch.Tensor]:
     return dict(input_ids=ids, attention_mask=mask)
 
 
-OUTPUTS = ("logits", "start_logits", "end_logits", "mc_logits", "last_hidden_state", "loss", "mc_loss", "aux_loss")
+OUTPUTS = ("logits", "start_logits", "end_logits", "mc_logits", "prediction_logits", "seq_relationship_logits",
+           "last_hidden_state", "loss", "mc_loss", "aux_loss")
 
 
 def run(model: torch.nn.Module, entry: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +110,16 @@ def run(model: torch.nn.Module, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(root: Path, cases: dict[str, dict[str, Any]]) -> None:
-    """Save each case's model (seeded random weights) and its one-process results under `root`."""
+    """Save each case's model (seeded random weights) and its one-process results under `root`; a
+    case with `"layout": N` is saved in lamina's tensor-parallel layout for N ranks instead."""
     for name, entry in cases.items():
         torch.manual_seed(0)
         config = getattr(lamina, entry["config"])(**entry["settings"])
-        getattr(lamina, entry["class"])(config).save_pretrained(root / name)
-        model = getattr(lamina, entry["class"]).from_pretrained(root / name).eval()
+        saved = root / (name + "-hf" if "layout" in entry else name)
+        getattr(lamina, entry["class"])(config).save_pretrained(saved)
+        model = getattr(lamina, entry["class"]).from_pretrained(saved).eval()
+        if "layout" in entry:
+            save_tensor_parallel(model, root / name, entry["layout"])
         result = run(model, entry)
         result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         torch.save(result, root / name / "reference.pt")
@@ -148,6 +170,19 @@ def worker(rank: int, world: int, port: int, root: str, jobs: list[dict[str, Any
                                    "traceback": traceback.format_exc()[-2000:]}
     (folder / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
+
+
+def resident_kib(address: int) -> int:
+    """This process's resident KiB of the mapping that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            low, high = (int(part, 16) for part in first.split("-"))
+            inside = low <= address < high
+        elif inside and first == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("mapping not found")
 
 
 def free_port() -> int:

@@ -9,24 +9,12 @@ from safetensors.torch import save_file
 from lamina.checkpoints.io import SafetensorsFile
 from lamina.checkpoints.namemap import Concatenated, Stacked, concat
 from lamina.distributed.tensor_parallel import Shard, head_split
+from tests.distributed.harness import resident_kib
 
 ROWS, WIDTH = 256, 1024  # 1 MiB per float32 tensor
 # a read fault maps the file's cached pages up to 64 KiB around it (the kernel's fault-around), and
 # pieces that do not start on a page boundary share a page with their neighbours
 FAULT_AROUND_KIB = 64 + 4
-
-
-def resident_kib(address: int) -> int:
-    """This process's resident KiB of the mapping that holds `address` (/proc/self/smaps)."""
-    inside = False
-    for line in open("/proc/self/smaps"):
-        first = line.split()[0]
-        if "-" in first and ":" not in first:
-            low, high = (int(part, 16) for part in first.split("-"))
-            inside = low <= address < high
-        elif inside and first == "Rss:":
-            return int(line.split()[1])
-    raise AssertionError("mapping not found")
 
 
 def mapped(tmp_path, tensors: dict[str, torch.Tensor]) -> SafetensorsFile:

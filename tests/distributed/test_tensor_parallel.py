@@ -1,12 +1,12 @@
-"""Tensor and expert parallelism on gloo: every decoder family and head split over 2 and 4
-spawned ranks gives the one-process outputs, losses, gradients and greedy tokens; errors reach
+"""Tensor and expert parallelism on gloo: every decoder family, MegatronBERT and MobileBERT, and
+every head, split over 2 and 4 spawned ranks gives the one-process outputs, losses, gradients and greedy tokens; errors reach
 every rank."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.distributed.harness import FAMILY_CONFIGS, case, causal, spawn
+from tests.distributed.harness import ENCODER_CONFIGS, FAMILY_CONFIGS, OUTPUTS, case, causal, spawn
 
 HEADS = {
     "gpt2": ["LMHeadModel", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
@@ -14,13 +14,20 @@ HEADS = {
     "persimmon": ["ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification"],
 }
 DEFAULT_HEADS = ["ForCausalLM", "Model", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering"]
-CASES = {f"{family}-{head}": case(family, head) for family in FAMILY_CONFIGS for head in HEADS.get(family, DEFAULT_HEADS)}
+ENCODER_HEADS = ["Model", "ForMaskedLM", "ForPreTraining", "ForNextSentencePrediction", "ForSequenceClassification",
+                 "ForMultipleChoice", "ForTokenClassification", "ForQuestionAnswering"]
+HEADS.update(megatron_bert=ENCODER_HEADS, megatron_bert_decoder=["ForCausalLM"], mobilebert=ENCODER_HEADS)
+CASES = {f"{family}-{head}": case(family, head, **({"num_labels": 2} if head == "ForQuestionAnswering" else {}))
+         for family in {**FAMILY_CONFIGS, **ENCODER_CONFIGS}
+         for head in HEADS.get(family, DEFAULT_HEADS)}
 # a wider model, whose split weights dwarf its replicated norms, for the bytes each rank holds
 CASES["wide"] = case("mistral", "ForCausalLM", vocab_size=512, hidden_size=128, intermediate_size=512,
                      num_attention_heads=8, num_key_value_heads=4, head_dim=16)
 CASES["three-heads"] = case("mistral", "ForCausalLM", num_attention_heads=3, num_key_value_heads=3,
                             hidden_size=24, head_dim=8)
 CASES["six-heads"] = case("gpt2", "LMHeadModel", n_head=6, n_embd=48)
+# lamina's tensor-parallel layout (`lamina convert --tp 2`): each rank reads its own file
+CASES["layout"] = {**case("mistral", "ForCausalLM"), "layout": 2}
 
 SPLIT = [{"key": name, "case": name} for name in CASES if name not in ("three-heads", "six-heads")]
 EXPERTS = [{"key": "experts-ep2", "case": "mixtral-ForCausalLM", "ep_size": 2}]
@@ -39,8 +46,8 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    cases = {name: CASES[name] for name in {job["case"] for job in CAUSAL} | {"six-heads", "wide"}}
-    jobs = CAUSAL + [{"key": "wide", "case": "wide"}, {"key": "experts-ep2-tp2", "case": "mixtral-ForCausalLM",
+    cases = {name: CASES[name] for name in {job["case"] for job in CAUSAL} | {"six-heads", "wide", "layout"}}
+    jobs = [job for job in CAUSAL if job["key"] != "layout"] + [{"key": "layout-mismatch", "case": "layout"},{"key": "wide", "case": "wide"}, {"key": "experts-ep2-tp2", "case": "mixtral-ForCausalLM",
                                                        "ep_size": 2}, {"key": "indivisible", "case": "six-heads"},
                      disagreeing(4)]
     return spawn(tmp_path_factory.mktemp("tp4"), 4, cases, jobs)
@@ -50,8 +57,7 @@ def check_split(reports: list[dict], key: str) -> None:
     for rank, report in enumerate(reports):
         found = report[key]
         assert "error" not in found, f"rank {rank}: {found.get('traceback')}"
-        for name in ("logits", "start_logits", "end_logits", "mc_logits", "last_hidden_state", "loss", "mc_loss",
-                     "aux_loss"):
+        for name in OUTPUTS:
             assert found.get(name, 0.0) <= 1e-5, (rank, name, found)
         assert found["grads"] <= 1e-5, (rank, found)
         assert found["grads_compared"] == found["grads_expected"]  # every parameter got its gradient
@@ -63,14 +69,15 @@ def test_two_ranks_match_one_process(two_ranks, key):
     check_split(two_ranks, key)
 
 
-@pytest.mark.parametrize("key", [job["key"] for job in CAUSAL] + ["experts-ep2-tp2"])
+@pytest.mark.parametrize("key", [job["key"] for job in CAUSAL if job["key"] != "layout"] + ["experts-ep2-tp2"])
 def test_four_ranks_match_one_process(four_ranks, key):
     """Four ranks split two key/value heads (each replicated on two ranks) and Qwen2's single one."""
     check_split(four_ranks, key)
 
 
 def test_causal_lm_covers_every_family():
-    assert {CASES[job["case"]]["family"] for job in CAUSAL if causal(CASES[job["case"]]["class"])} == set(FAMILY_CONFIGS)
+    families = {CASES[job["case"]]["family"] for job in CAUSAL if causal(CASES[job["case"]]["class"])}
+    assert families >= set(FAMILY_CONFIGS)
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -95,3 +102,9 @@ def test_ranks_loading_different_checkpoints_fail_on_every_rank(two_ranks, four_
     for report in reports:
         assert report["disagree"]["error"] == "CheckpointError"
         assert "the ranks disagree" in report["disagree"]["message"]
+
+
+def test_a_layout_for_other_ranks_fails_on_every_rank(four_ranks):
+    for report in four_ranks:
+        assert report["layout-mismatch"]["error"] == "ConfigError"
+        assert "split for 2 ranks; found 4" in report["layout-mismatch"]["message"]
