@@ -21,7 +21,7 @@ UNSET = object()
 
 class TextClassificationPipeline(Pipeline):
     """`pipe(text, top_k=…, function_to_apply=…)`; a text is a string, a `{"text", "text_pair"}`
-    dict, or a `[text, text_pair]` list inside a list of inputs.
+    dict, or (in a list of inputs) a `[[text, text_pair]]` list.
 
     Without `top_k`, one text gives `[{"label", "score"}]` (the best label) and a list gives one
     such dict per text; with `top_k` (None: every label) each text gives its labels, best first.
@@ -54,14 +54,14 @@ class TextClassificationPipeline(Pipeline):
             if "text" not in item or unknown:
                 raise InputError(f"text-classification: expected a dict with 'text' (and 'text_pair'), found keys {sorted(item)}")
             encoded = self.tokenizer(item["text"], item.get("text_pair"), **options)
-        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(t, str) for t in item):
-            encoded = self.tokenizer(item[0], item[1], **options)
+        elif isinstance(item, list) and len(item) == 1 and isinstance(item[0], list) and len(item[0]) == 2:
+            encoded = self.tokenizer(item[0][0], item[0][1], **options)
         elif isinstance(item, str):
             encoded = self.tokenizer(item, **options)
         else:
             raise InputError(
-                "text-classification: expected a text, a {'text', 'text_pair'} dict or a [text, text_pair] "
-                f"list, found {type(item).__name__}"
+                "text-classification: expected a text, a {'text', 'text_pair'} dict or a [[text, text_pair]] "
+                f"list, found {item!r:.60}; send a pair as {{'text': ..., 'text_pair': ...}}"
             )
         return [{"tensors": dict(encoded)}]
 
