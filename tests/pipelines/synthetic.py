@@ -1,7 +1,7 @@
 """Weights drawn from a name: the same tensors on any machine with the same torch, so a fixture
 can record a model by its config and its parameters' names and shapes, without the weights.
 
-`scripts/record_qa_pipeline_fixtures.py` fills transformers 4.46.3 models with them; the tests
+`scripts/record_pipeline_fixtures.py` fills transformers 4.46.3 models with them; the tests
 rebuild the same checkpoint for lamina.
 """
 

