@@ -848,9 +848,12 @@ class PreTrainedTokenizer:
         `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
         return apply_chat_template(self, conversation, **kwargs)
 
-    def encode_instruct(self, messages: list[dict[str, Any]], version: str | None = None) -> list[int]:
-        """Mistral's instruct format (v1 / v3 / v7), the ids mistral_common gives; see `tokenizers.mistral`."""
-        return encode_instruct(self, messages, version)
+    def encode_instruct(
+        self, messages: list[dict[str, Any]], version: str | None = None, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Mistral's instruct format (v1 / v3 / v7, with tools, tool calls and tool results), the
+        ids mistral_common gives; see `tokenizers.mistral`."""
+        return encode_instruct(self, messages, version, tools)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
         """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so

@@ -434,9 +434,9 @@ def apply_chat_template(
     if chat_template is None and tokenizer.chat_template is None and "mistral_instruct_version" in tokenizer.extra_config:
         # a Mistral file (tekken.json, tokenizer.model.vN) carries no template: mistral_common's
         # instruct format is the model's chat format (its ids end with [/INST] after a user turn)
-        if tools is not None or continue_final_message:
-            raise UnsupportedError("apply_chat_template: tools and continue_final_message need a Jinja chat template here")
-        ids = [tokenizer.encode_instruct([_message(m) for m in chat]) for chat in conversations]
+        if continue_final_message:
+            raise UnsupportedError("apply_chat_template: continue_final_message needs a Jinja chat template here")
+        ids = [tokenizer.encode_instruct([_message(m) for m in chat], tools=tools) for chat in conversations]
         if not tokenize:
             texts = tokenizer.batch_decode(ids)
             return texts if batched else texts[0]

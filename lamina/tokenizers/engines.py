@@ -92,6 +92,11 @@ class RustEngine:
         return self.backend.id_to_token(token_id)
 
     @property
+    def continuing_subword_prefix(self) -> str | None:
+        """The mark of pieces that continue a word ("##" for WordPiece); None when the model has none."""
+        return getattr(self.backend.model, "continuing_subword_prefix", None)
+
+    @property
     def base_vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=False)
 
@@ -132,6 +137,8 @@ class SentencePieceEngine:
     """
 
     kind = "sentencepiece"
+    # pieces mark the start of a word ("▁"), not its continuation
+    continuing_subword_prefix = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
