@@ -7,7 +7,7 @@ and decode speed with the time spent in collectives at N = 1, 2.
 The model is a random Mistral-architecture decoder (hidden 1024, 16 heads / 8 kv heads, vocab
 32000, untied head; float32), saved once as safetensors. Each N runs in fresh spawned processes on
 gloo: a rank reports its resident memory before loading (the interpreter, torch, lamina: the
-fixed cost), its peak resident memory after loading (ru_maxrss), the bytes of its parameters and
+fixed cost), its peak resident memory (VmHWM), the bytes of its parameters and
 the load's wall time; the peak is taken after one forward pass, once every weight has been read
 (one process maps its weights from the file, so they are resident only once used). Decoding is greedy, eager (no compile, no native step: the same step at every
 N), over a 16-token prompt; each rank times its all-reduce / all-gather calls, which gives the
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import tempfile
 import time
@@ -44,9 +43,10 @@ def model_dir(layers: int) -> Path:
     return directory
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: its peak)."""
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -73,14 +73,14 @@ class CollectiveTimer:
 def worker(rank: int, world: int, port: int, directory: str, new_tokens: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    before = rss_mb()
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     split = dict(tp_plan="auto") if world > 1 else {}
     model = lamina.MistralForCausalLM.from_pretrained(directory, **split)
     load_s = time.perf_counter() - start
     with torch.no_grad():  # every weight read once: one process's mapped weights count as resident
         model(torch.ones(1, 4, dtype=torch.long))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")  # not ru_maxrss, which a spawned process inherits from before its exec
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     result = dict(rank=rank, load_s=load_s, fixed_mb=before, peak_mb=peak, weights_mb=weights)
     if new_tokens:
