@@ -480,6 +480,15 @@ class PreTrainedModel(nn.Module):
         out.update(state)
         return out
 
+    def save_config_files(self, directory: Path) -> None:
+        """config.json (naming this class and dtype) and, for a generating model, generation_config.json."""
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        self.config.save_pretrained(directory)
+        generation_config = getattr(self, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(directory)
+
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -490,13 +499,8 @@ class PreTrainedModel(nn.Module):
     ) -> None:
         """Write config.json (+ generation_config.json) and HF-named weights, atomically."""
         state = state_dict if state_dict is not None else self.checkpoint_state_dict()
-        self.config.architectures = [type(self).__name__]
-        self.config.dtype = str(self.dtype).removeprefix("torch.")
         with atomic_directory(save_directory) as tmp:
-            self.config.save_pretrained(tmp)
-            generation_config = getattr(self, "generation_config", None)
-            if generation_config is not None:
-                generation_config.save_pretrained(tmp)
+            self.save_config_files(tmp)
             write_weights(state, tmp, max_shard_size, safe_serialization)
             for hook in getattr(self, "extra_save_hooks", ()):
                 hook(tmp)

@@ -89,13 +89,17 @@ def converted(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`tensor` in `dtype` (itself when already so). The copy is made a block at a time and the
     file pages under each block are released once it is copied (where `tensor` views a checkpoint
     file's mapping): a conversion peaks at the copy plus one block, not the copy plus the source."""
-    if tensor.dtype == dtype:
-        return tensor
+    return tensor if tensor.dtype == dtype else owned_copy(tensor, dtype)
+
+
+def owned_copy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A contiguous copy of `tensor` (in `dtype`), made a block at a time, the file pages under each
+    block released once it is copied: the copy peaks at itself plus one block of the file."""
     if not tensor.is_contiguous():
-        out = tensor.to(dtype)
+        out = tensor.to(dtype or tensor.dtype, memory_format=torch.contiguous_format, copy=True)
         release_mapped_pages(tensor)
         return out
-    out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+    out = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device=tensor.device)
     source, target = tensor.view(-1), out.view(-1)
     step = max(1, _BLOCK_BYTES // tensor.element_size())
     for start in range(0, source.numel(), step):

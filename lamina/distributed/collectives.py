@@ -18,6 +18,8 @@ sum is taken in place, with no copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch.autograd import Function
@@ -130,37 +132,37 @@ def _exchange(x: torch.Tensor, send_counts: list[int], receive_counts: list[int]
     return out
 
 
+def _apply(function: type[Function], plain: Callable[..., torch.Tensor], x: torch.Tensor,
+           group: dist.ProcessGroup | None) -> torch.Tensor:
+    """`function` where gradients flow, `plain` (its forward) where none do; nothing for one rank."""
+    if _size(group) == 1:
+        return x
+    return function.apply(x, group) if _needs_grad(x) else plain(x, group)
+
+
 def copy_to(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Identity; backward: the sum of the group's gradients."""
-    return _CopyTo.apply(x, group) if _size(group) > 1 and _needs_grad(x) else x
+    return _apply(_CopyTo, lambda x, group: x, x, group)
 
 
 def reduce_from(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """The sum of `x` over the group; backward: the identity."""
-    if _size(group) == 1:
-        return x
-    return _ReduceFrom.apply(x, group) if _needs_grad(x) else _all_reduce(x, group)
+    """The sum of `x` over the group (in place when no gradient flows); backward: the identity."""
+    return _apply(_ReduceFrom, _all_reduce, x, group)
 
 
 def gather_last(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """`(…, width)` on each rank → `(…, ranks × width)`; backward: this rank's columns."""
-    if _size(group) == 1:
-        return x
-    return _GatherLast.apply(x, group) if _needs_grad(x) else _gather_last(x, group)
+    return _apply(_GatherLast, _gather_last, x, group)
 
 
 def scatter_rows(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """This rank's equal share of the rows of a replicated `(ranks × rows, …)`; backward: all rows' gradients."""
-    if _size(group) == 1:
-        return x
-    return _ScatterRows.apply(x, group) if _needs_grad(x) else _own_rows(x, group)
+    return _apply(_ScatterRows, _own_rows, x, group)
 
 
 def gather_rows(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """Every rank's `(rows, …)` → `(ranks × rows, …)`; backward: this rank's rows."""
-    if _size(group) == 1:
-        return x
-    return _GatherRows.apply(x, group) if _needs_grad(x) else _all_gather_rows(x, group)
+    return _apply(_GatherRows, _all_gather_rows, x, group)
 
 
 def all_to_all(x: torch.Tensor, send_counts: list[int], receive_counts: list[int],

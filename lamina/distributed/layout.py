@@ -51,13 +51,8 @@ def save_tensor_parallel(model: nn.Module, destination: str | os.PathLike, tp_si
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     for tied in model._active_ties():
         state.pop(tied, None)
-    model.config.architectures = [type(model).__name__]
-    model.config.dtype = str(model.dtype).removeprefix("torch.")
     with atomic_directory(destination) as tmp:
-        model.config.save_pretrained(tmp)
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
+        model.save_config_files(tmp)
         files = []
         for rank in range(tp_size):
             plan = TensorParallel(Groups.offline(rank, tp_size))

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoints.io import owned_copy
 from ..checkpoints.namemap import Concatenated, Stacked
 from ..errors import ConfigError
 from ..layers.mlp import GatedMLP, PlainMLP
@@ -64,8 +65,8 @@ class Shard:
     def _own(self, part: torch.Tensor) -> torch.Tensor:
         if self.padded is not None and part.shape[0] < self.padded:
             part = torch.cat([part, part.new_zeros(self.padded - part.shape[0], *part.shape[1:])])
-        # its own storage: the file's pages behind the whole tensor can be released
-        return part.clone(memory_format=torch.contiguous_format)
+        # its own storage, copied a block at a time: the file's pages behind it are released as it goes
+        return owned_copy(part)
 
 
 def _cut(tensor: torch.Tensor, cuts: tuple[tuple[int, Ranges], ...]) -> torch.Tensor:
@@ -173,7 +174,14 @@ class TensorParallel:
         return merge(sources) if shard is None else shard.take_merged(merge, sources)
 
     def apply(self, model: nn.Module) -> None:
-        """Swap every splittable layer of `model` (on the meta device) for its parallel form."""
+        """Swap every splittable layer of `model` (on the meta device) for its parallel form, built
+        there too: the load gives them their weights."""
+        from ..modeling import skip_init_on_meta
+
+        with torch.device("meta"), skip_init_on_meta():
+            self._swap(model)
+
+    def _swap(self, model: nn.Module) -> None:
         from ..models.decoder import DecoderAttention, DecoderForCausalLM, DecoderModel
         from ..models.megatron_bert import MegatronBertAttention, MegatronBertLayer
         from ..models.mobilebert import FFNLayer, MobileBertAttention, MobileBertLayer
