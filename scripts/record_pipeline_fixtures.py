@@ -120,16 +120,22 @@ def plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def record(family: str, config, token_types: bool) -> None:
-    model = getattr(transformers, f"{family}ForQuestionAnswering")(config).eval()
+def synthetic_model(model, scale: float, directory: Path) -> dict[str, list[int]]:
+    """Give `model` the synthetic weights, save its config in a fresh `directory`; the shapes."""
     shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
-    scale = SCALE.get(family, 0.3)
     model.load_state_dict(synthetic_state(shapes, scale), strict=True)
-    directory = OUT / family
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     model.config.save_pretrained(directory)
+    return shapes
+
+
+def record(family: str, config, token_types: bool) -> None:
+    model = getattr(transformers, f"{family}ForQuestionAnswering")(config).eval()
+    scale = SCALE.get(family, 0.3)
+    directory = OUT / family
+    shapes = synthetic_model(model, scale, directory)
     cases = []
     with tempfile.TemporaryDirectory() as scratch:
         for case in CASES:
@@ -176,13 +182,8 @@ MEGA_CASES = {
 def record_mega(head: str) -> None:
     class_name, extra, cases = MEGA_CASES[head]
     model = getattr(transformers, class_name)(transformers.MegaConfig(**MEGA, **extra)).eval()
-    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
-    model.load_state_dict(synthetic_state(shapes, 0.3), strict=True)
     directory = MEGA_OUT / head
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    model.config.save_pretrained(directory)
+    shapes = synthetic_model(model, 0.3, directory)
     recorded = []
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = tokenizer_for(True, "right", Path(scratch))

@@ -50,6 +50,13 @@ class Pipeline(ABC):
             raise InputError(f"batch_size: expected a positive integer, found {batch_size}")
         return options, batch_size
 
+    def answer(self, inputs: Any, call: dict[str, Any]) -> Any:
+        """The answer of one input, or the list of answers of a list of inputs."""
+        options, batch_size = self._options(call)
+        if isinstance(inputs, list):
+            return self.run(inputs, options, batch_size)
+        return self.run([inputs], options, batch_size)[0]
+
     def run(self, items: list[Any], options: dict[str, Any], batch_size: int) -> list[Any]:
         """The answer of each item: its chunks, run `batch_size` chunks at a time, then gathered."""
         params = self.parameters(**options)

@@ -20,10 +20,7 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
 
     def __call__(self, inputs: str | list[str], **call: Any) -> Any:
-        options, batch_size = self._options(call)
-        if isinstance(inputs, list):
-            return self.run(inputs, options, batch_size)
-        return self.run([inputs], options, batch_size)[0]
+        return self.answer(inputs, call)
 
     def parameters(
         self,

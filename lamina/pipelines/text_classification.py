@@ -110,10 +110,7 @@ class ZeroShotClassificationPipeline(Pipeline):
             call["candidate_labels"] = args[0]
         elif args:
             raise InputError(f"zero-shot-classification: unexpected extra arguments {args!r}")
-        options, batch_size = self._options(call)
-        if isinstance(sequences, list):
-            return self.run(sequences, options, batch_size)
-        return self.run([sequences], options, batch_size)[0]
+        return self.answer(sequences, call)
 
     def parameters(
         self,

@@ -76,6 +76,23 @@ def tokenizers(directory: Path, family: str) -> tuple[Any, Any]:
     return theirs, ours
 
 
+def pipeline_maker(family: str, head: str, labels: dict[int, str], directory: Path) -> Any:
+    """`make(task, **options)` → (transformers' pipeline, lamina's) over `family`'s `head` model
+    labelled `labels`; `make.family` names the family."""
+    label2id = {label: index for index, label in labels.items()}
+    reference, ours = build(family, head, directory / "model", id2label=labels, label2id=label2id)
+    their_tokenizer, our_tokenizer = tokenizers(directory / "tokenizer", family)
+
+    def make(task: str, **options: Any) -> tuple[Any, Any]:
+        return (
+            transformers.pipeline(task, model=reference, tokenizer=their_tokenizer, **options),
+            lamina.pipeline(task, model=ours, tokenizer=our_tokenizer, **options),
+        )
+
+    make.family = family
+    return make
+
+
 def assert_close(found: Any, expected: Any, where: str = "", atol: float = 1e-5) -> None:
     """Equal answers: the same structure and values, numbers to `atol`."""
     if hasattr(expected, "tolist"):

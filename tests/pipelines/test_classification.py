@@ -8,26 +8,15 @@ import pytest
 
 import lamina
 from lamina.errors import InputError
-from tests.pipelines.helpers import FAMILIES, NLI_LABELS, assert_close, build, tokenizers, transformers
+from tests.pipelines.helpers import FAMILIES, NLI_LABELS, assert_close, pipeline_maker
 
 TEXTS = ["I love this movie, it was wonderful!", "The weather in Paris is grey today.", "Terrible service."]
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def pipes(request, tmp_path_factory):
-    """(transformers' pipeline maker, lamina's) for one family's NLI-labelled classifier."""
-    directory = tmp_path_factory.mktemp(request.param)
-    labels = dict(id2label=NLI_LABELS, label2id={label: index for index, label in NLI_LABELS.items()})
-    reference, ours = build(request.param, "sequence", directory / "model", **labels)
-    their_tokenizer, our_tokenizer = tokenizers(directory / "tokenizer", request.param)
-
-    def make(task, **options):
-        return (
-            transformers.pipeline(task, model=reference, tokenizer=their_tokenizer, **options),
-            lamina.pipeline(task, model=ours, tokenizer=our_tokenizer, **options),
-        )
-
-    return make
+    """(transformers' pipeline, lamina's) maker for one family's NLI-labelled classifier."""
+    return pipeline_maker(request.param, "sequence", NLI_LABELS, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.mark.parametrize("call", [

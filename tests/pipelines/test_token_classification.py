@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-import lamina
 from lamina.errors import InputError
-from tests.pipelines.helpers import FAMILIES, NER_LABELS, assert_close, build, tokenizers, transformers
+from tests.pipelines.helpers import FAMILIES, NER_LABELS, assert_close, pipeline_maker
 
 TEXTS = [
     "Ada Lovelace met Charles Babbage in London in 1833.",
@@ -20,24 +19,12 @@ STRATEGIES = ["none", "simple", "first", "average", "max"]
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def pipes(request, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(request.param)
-    labels = dict(id2label=NER_LABELS, label2id={label: index for index, label in NER_LABELS.items()})
-    reference, ours = build(request.param, "token", directory / "model", **labels)
-    their_tokenizer, our_tokenizer = tokenizers(directory / "tokenizer", request.param)
-
-    def make(**options):
-        return (
-            transformers.pipeline("token-classification", model=reference, tokenizer=their_tokenizer, **options),
-            lamina.pipeline("ner", model=ours, tokenizer=our_tokenizer, **options),
-        )
-
-    make.family = request.param
-    return make
+    return pipeline_maker(request.param, "token", NER_LABELS, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_entities_equal_transformers(pipes, strategy):
-    theirs, ours = pipes(aggregation_strategy=strategy)
+    theirs, ours = pipes("ner", aggregation_strategy=strategy)
     for inputs in (TEXTS[0], TEXTS):
         found, expected = ours(inputs), theirs(inputs)
         assert_close(found, expected, strategy)
@@ -48,14 +35,14 @@ def test_entities_equal_transformers(pipes, strategy):
 
 
 def test_batches_equal_transformers(pipes):
-    theirs, _ = pipes(aggregation_strategy="simple")
-    _, ours = pipes(aggregation_strategy="simple", batch_size=3)
+    theirs, _ = pipes("ner", aggregation_strategy="simple")
+    _, ours = pipes("ner", aggregation_strategy="simple", batch_size=3)
     assert_close(ours(TEXTS, ignore_labels=[]), theirs(TEXTS, ignore_labels=[]))
 
 
 @pytest.mark.parametrize("strategy", ["none", "first"])
 def test_pre_split_words_equal_transformers(pipes, strategy):
-    theirs, ours = pipes(aggregation_strategy=strategy)
+    theirs, ours = pipes("ner", aggregation_strategy=strategy)
     words = TEXTS[1].split()
     for inputs in (words, [words, TEXTS[0].split()]):
         assert_close(ours(inputs, is_split_into_words=True), theirs(inputs, is_split_into_words=True))
@@ -67,7 +54,7 @@ def test_pre_split_words_equal_transformers(pipes, strategy):
 
 @pytest.mark.parametrize("strategy", ["simple", "max"])
 def test_stride_windows_equal_transformers(pipes, strategy):
-    theirs, ours = pipes(aggregation_strategy=strategy)
+    theirs, ours = pipes("ner", aggregation_strategy=strategy)
     ours.tokenizer.model_max_length = theirs.tokenizer.model_max_length = 12
     try:
         text = " ".join(TEXTS[:2]) * 2

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lamina.errors import InputError
-from lamina.tokenizers import AutoTokenizer, GPT2Tokenizer, MobileBertTokenizer
+from lamina.tokenizers import GPT2Tokenizer, MobileBertTokenizer
 from tests.tokenizers.corpus import corpus
 
 transformers = pytest.importorskip("transformers")
