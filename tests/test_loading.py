@@ -124,7 +124,7 @@ def test_layer_counts_no_config_can_build_are_a_config_error(mistral_dir, model_
         del config["num_hidden_layers"]
     key = "n_layer" if model_type == "gpt2" else "num_hidden_layers"
     (path / "config.json").write_text(json.dumps({**config, "model_type": model_type, key: layers}))
-    with pytest.raises(ConfigError, match=r"num_hidden_layers: expected an integer in \[0, 65536\], found"):
+    with pytest.raises(ConfigError, match=rf"{key}: expected an integer in \[1, 65536\], found"):
         lamina.AutoConfig.from_pretrained(path)
 
 
@@ -133,6 +133,16 @@ def test_config_sizes_torch_cannot_hold_are_a_config_error(mistral_dir, key, val
     path, _ = mistral_dir
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ConfigError, match=rf"{key}: expected an integer in \[1, 2147483647\], found {value}"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+
+def test_sizes_whose_product_torch_cannot_hold_are_a_config_error(mistral_dir):
+    """Each size within bounds, their product (a projection of 2**60 × 2**30 weights) beyond int64."""
+    path, _ = mistral_dir
+    config = json.loads((path / "config.json").read_text())
+    sizes = {"hidden_size": 2**30, "num_attention_heads": 2**30, "num_key_value_heads": 2, "head_dim": 2**30}
+    (path / "config.json").write_text(json.dumps({**config, **sizes}))
     with pytest.raises(ConfigError, match="the config describes a MistralForCausalLM that cannot be built"):
         lamina.MistralForCausalLM.from_pretrained(path)
 

@@ -73,7 +73,7 @@ class _Step:
                                 sin.reshape(batch, -1).contiguous(), slot, padding, buffers)
         for index in self._cache[2]:  # what `RollingLayerCache.update` records besides keys and values
             ring = cache.layers[index]
-            ring.positions[slot % ring.window] = slot
+            ring.positions[slot % ring.slots] = slot
             ring.written = True
         return logits
 
@@ -86,7 +86,7 @@ class _Step:
             windows = self.model.decoder.decoder_spec.layer_windows
             kinds = layers is not None and len(layers) == len(windows) and all(
                 isinstance(layer, RollingLayerCache if window else StaticLayerCache)
-                and (not window or layer.window == window) for layer, window in zip(layers, windows))
+                and (not window or layer.slots == window) for layer, window in zip(layers, windows))
             rings = [i for i, layer in enumerate(layers) if isinstance(layer, RollingLayerCache)] if kinds else []
             self._cache = (weakref.ref(cache), kinds, rings)
         if not self._cache[1] or any(layer.keys is None or layer.keys.dtype != torch.float32 for layer in cache.layers):

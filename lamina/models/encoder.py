@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import PretrainedConfig, require
+from ..config import PretrainedConfig
 from ..errors import InputError
 from ..layers.encoder import EncoderHeads, MaskedLMPredictions
 from ..layers.heads import (
@@ -37,13 +37,6 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-
-
-def require_positive(config: PretrainedConfig, names: tuple[str, ...]) -> None:
-    """ConfigError naming the first of `names` that is not a positive integer."""
-    for name in names:
-        value = getattr(config, name)
-        require(isinstance(value, int) and value > 0, name, "a positive integer", value)
 
 
 def finish(output: ModelOutput, return_dict: bool | None, config: PretrainedConfig):
