@@ -178,6 +178,10 @@ class PretrainedConfig:
     model_type: ClassVar[str] = ""
     # alternative spellings → the canonical attribute (GPT-2's n_embd → hidden_size, …)
     attribute_map: ClassVar[dict[str, str]] = {}
+    # what `__init__` takes besides the declared fields
+    init_keywords: ClassVar[tuple[str, ...]] = (
+        "num_labels", "id2label", "label2id", "dtype", "torch_dtype", "attn_implementation",
+    )
 
     # fields shared by every model, with transformers' defaults
     return_dict: bool = True
@@ -339,6 +343,14 @@ class PretrainedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> PretrainedConfig:
+        """The config of `data` (a config.json's object) with `overrides` replacing its values. An
+        override must name a field of this config or a key of `data`: anything else is a
+        misspelling or a loading argument that would otherwise be written to config.json."""
+        known = set(data) | set(cls._declared_fields()) | set(cls.attribute_map) | set(cls.init_keywords)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unexpected keyword arguments {unknown}: neither loading arguments nor fields of "
+                              f"{cls.__name__}")
         return cls(**{**data, **overrides})
 
     @classmethod
@@ -347,9 +359,12 @@ class PretrainedConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
-        from .hub import resolve_model_dir
+        """The config in `path` (a directory or a Hub id; the Hub's loading arguments, `token`,
+        `revision`, …, go to the download) with `overrides` replacing its values."""
+        from .hub import resolve_model_dir, take_hub_arguments
 
-        directory = resolve_model_dir(path)
+        drop_inert_arguments(overrides)
+        directory = resolve_model_dir(path, **take_hub_arguments(overrides))
         data = read_config_json(directory / CONFIG_NAME)
         if cls.model_type and data.get("model_type") not in (None, cls.model_type):
             raise ConfigError(
@@ -363,6 +378,16 @@ class PretrainedConfig:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+
+# transformers' loading arguments that change nothing in lamina: it never runs a repository's code,
+# always loads with little memory, and the files found decide the format
+INERT_LOADING_ARGUMENTS = ("trust_remote_code", "low_cpu_mem_usage", "from_tf", "from_pt")
+
+
+def drop_inert_arguments(kwargs: dict[str, Any]) -> None:
+    for name in INERT_LOADING_ARGUMENTS:
+        kwargs.pop(name, None)
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -393,8 +418,13 @@ def is_integer(value: Any) -> bool:
 
 
 def is_finite_number(value: Any) -> bool:
-    """An int or float, not a bool, neither infinite nor NaN."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or float, not a bool, neither infinite nor NaN (nor an int past float's range)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_label_id(key: Any) -> bool:

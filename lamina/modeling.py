@@ -25,9 +25,9 @@ from .checkpoints.io import (
 )
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
-from .config import PretrainedConfig, is_integer, resolve_dtype
+from .config import PretrainedConfig, drop_inert_arguments, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
-from .hub import resolve_model_dir
+from .hub import locate_checkpoint, take_hub_arguments
 
 logger = logging.getLogger("lamina")
 
@@ -232,23 +232,33 @@ class PreTrainedModel(nn.Module):
         config: PretrainedConfig | None = None,
         dtype: Any = "auto",
         torch_dtype: Any = None,
-        device_map: str | dict | torch.device | None = None,
         attn_implementation: str | None = None,
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         quantization_config: Any = None,
-        **config_overrides: Any,
+        gguf_file: str | None = None,
+        device_map: str | dict | torch.device | None = None,
+        tp_plan: str | None = None,
+        tp_size: int | None = None,
+        ep_size: int | None = None,
+        device_mesh: Any = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
+        **kwargs: Any,
     ) -> PreTrainedModel:
         """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
-        registered loader recognises (GGUF, Mistral's original layout, …)."""
-        config_overrides.pop("trust_remote_code", None)
-        config_overrides.pop("low_cpu_mem_usage", None)
-        config_overrides.pop("from_tf", None)  # the file found decides the format
-        config_overrides.pop("from_pt", None)
-        gguf_file = config_overrides.pop("gguf_file", None)
-        if gguf_file is not None:  # transformers' spelling: a directory and the GGUF file in it
-            pretrained_model_name_or_path = Path(pretrained_model_name_or_path) / gguf_file
-        path = Path(pretrained_model_name_or_path)
+        registered loader recognises (GGUF, Mistral's original layout, …).
+
+        Loading arguments are arguments, never stored on the config nor written by `save_pretrained`:
+        the Hub's (`token`, `revision`, `cache_dir`, `local_files_only`, `force_download`,
+        `proxies`, `subfolder`) go to the download, the placement ones (`device_map`, `tp_plan`,
+        `tp_size`, `ep_size`, `device_mesh`, `max_memory`, `offload_folder`) to `_place`. Any other
+        keyword argument replaces a value of the config and must name one of its fields."""
+        drop_inert_arguments(kwargs)
+        hub = take_hub_arguments(kwargs)
+        path = locate_checkpoint(pretrained_model_name_or_path, gguf_file, **hub)
+        if config is not None and kwargs:
+            config = type(config).from_dict(config.to_dict(), **kwargs)
         tensors: Mapping[str, torch.Tensor] | None = None
         directory: Path | None = None
         for loader in FORMAT_LOADERS:
@@ -256,12 +266,15 @@ class PreTrainedModel(nn.Module):
             if found is not None:
                 config_dict, tensors = found
                 if config is None:
-                    config = cls.config_class.from_dict(config_dict, **config_overrides)
+                    config = cls.config_class.from_dict(config_dict, **kwargs)
                 break
         if tensors is None:
-            directory = resolve_model_dir(pretrained_model_name_or_path)
+            if not path.is_dir():
+                raise CheckpointError(f"{path}: expected a model directory or a checkpoint file lamina reads, "
+                                      "found another file")
+            directory = path
             if config is None:
-                config = cls.config_class.from_pretrained(directory, **config_overrides)
+                config = cls.config_class.from_pretrained(directory, **kwargs)
             tensors = open_checkpoint(directory)
         if torch_dtype is not None and dtype == "auto":
             dtype = torch_dtype
@@ -292,7 +305,8 @@ class PreTrainedModel(nn.Module):
                 # each linear layer's weight is quantized as soon as it is mapped (see _map_checkpoint)
                 model._quantize_while_mapping = (as_quantization_config(quantization_config), {}, {})
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes)
-        model.to(_resolve_device(device_map))
+        _place(model, device_map=device_map, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size,
+               device_mesh=device_mesh, max_memory=max_memory, offload_folder=offload_folder)
         if quantization_config is not None:
             from .quantization import quantize
 
@@ -493,9 +507,20 @@ class PreTrainedModel(nn.Module):
         max_shard_size: int | str = "5GB",
         safe_serialization: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
+        for_transformers: bool = False,
         **_: Any,
     ) -> None:
-        """Write config.json (+ generation_config.json) and HF-named weights, atomically."""
+        """Write config.json (+ generation_config.json) and HF-named weights, atomically.
+
+        A model quantized by lamina is written in lamina's own layout, which its config.json says
+        (`quantization_config.quant_method` "lamina" and a note); `for_transformers=True` asks for
+        a directory that transformers loads, which such a model cannot give: an error, not a file."""
+        quantized = getattr(self, "quantization_method", None)
+        if for_transformers and quantized is not None:
+            raise UnsupportedError(
+                f"save_pretrained(for_transformers=True): this model is quantized by lamina "
+                f"({quantized.method}), whose layers transformers cannot load; save the model before "
+                "quantizing it, or without for_transformers to keep lamina's format")
         state = state_dict if state_dict is not None else self.checkpoint_state_dict()
         self.config.architectures = [type(self).__name__]
         self.config.dtype = str(self.dtype).removeprefix("torch.")
@@ -553,6 +578,20 @@ def _checkpoint_float_dtype(tensors: Mapping[str, torch.Tensor]) -> torch.dtype 
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+def _place(
+    model: PreTrainedModel, device_map: str | dict | torch.device | None, tp_plan: str | None, tp_size: int | None,
+    ep_size: int | None, device_mesh: Any, max_memory: dict | None, offload_folder: str | os.PathLike | None,
+) -> None:
+    """Where `from_pretrained`'s placement arguments are consumed. This build places a model on one
+    device; `max_memory` and `offload_folder` bound and spill a device map that spreads a model over
+    several, so on one device they have nothing to do."""
+    parallel = {"tp_plan": tp_plan, "tp_size": tp_size, "ep_size": ep_size, "device_mesh": device_mesh}
+    asked = sorted(name for name, value in parallel.items() if value is not None)
+    if asked:
+        raise UnsupportedError(f"{', '.join(asked)}: tensor and expert parallelism are not part of this lamina build")
+    model.to(_resolve_device(device_map))
 
 
 def _resolve_device(device_map: str | dict | torch.device | None) -> torch.device:

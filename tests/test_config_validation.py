@@ -37,7 +37,7 @@ FAMILIES = {
     "Mega": (dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, intermediate_size=48, ema_projection_size=4,
                   shared_representation_size=16, nffn_hidden_size=48, max_positions=64), "MegaForMaskedLM"),
 }
-HOSTILE = [True, 1.5, -1, 0, 10**12, 2**63, math.nan, math.inf, "x", [1], {"a": 1}, None]
+HOSTILE = [True, 1.5, -1, 0, 10**12, 2**63, 10**400, math.nan, math.inf, "x", [1], {"a": 1}, None]
 
 
 def _fields(family: str) -> list[str]:

@@ -38,6 +38,7 @@ class DecoderConfig(PretrainedConfig):
     """
 
     default_theta: ClassVar[float] = 10000.0
+    init_keywords = (*PretrainedConfig.init_keywords, "rope_theta", "rope_scaling")
     rope_parameters: dict | None = None
 
     def __init__(self, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ class PersimmonConfig(DecoderConfig):
 
     model_type = "persimmon"
     default_theta: ClassVar[float] = 25000.0
+    init_keywords = (*DecoderConfig.init_keywords, "partial_rotary_factor")
 
     vocab_size: Size = 262144
     hidden_size: Size = 4096

@@ -16,6 +16,9 @@ from ..config import Size, check_fields, dtype_name, field_types, resolve_dtype
 from ..errors import ConfigError, UnsupportedError
 
 METHODS = ("int8", "int4", "nf4")
+# what a saved quantized model's config.json says of its directory
+LAMINA_FORMAT_NOTE = ("lamina's own quantized layout (weight-only int8 / int4 / nf4 layers): lamina loads this "
+                      "directory, transformers cannot")
 GROUP_SIZES = (32, 64, 128)
 # dtypes a quantized layer can compute in: its activations, outputs and dequantized weights
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -59,6 +62,7 @@ class QuantizationConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "quant_method": "lamina",
+            "note": LAMINA_FORMAT_NOTE,
             "method": self.method,
             "group_size": self.group_size,
             "compute_dtype": dtype_name(self.compute_dtype) if self.compute_dtype else None,
@@ -176,6 +180,7 @@ def as_quantization_config(value: Any) -> QuantizationConfig:
         if kind == "lamina":
             # files written before activations stopped being rounded carry a "smoothing" entry
             data.pop("smoothing", None)
+            data.pop("note", None)
             unknown = sorted(set(data) - set(QuantizationConfig.__dataclass_fields__))
             if unknown:
                 raise ConfigError(f"quantization_config: unknown keys {unknown} for quant_method 'lamina' "
