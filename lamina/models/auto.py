@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import CONFIG_NAME, PretrainedConfig, drop_inert_arguments, read_config_json
 from ..errors import ConfigError, UnsupportedError
-from ..hub import HUB_ARGUMENTS, locate_checkpoint, take_hub_arguments
+from ..hub import locate_checkpoint, take_hub_arguments
 from ..modeling import FORMAT_LOADERS, PreTrainedModel
 
 DECODER_TASKS = {
@@ -106,8 +106,8 @@ class _AutoModel:
     def from_pretrained(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
         config = kwargs.get("config")
         if config is None:
-            hub = {name: kwargs[name] for name in HUB_ARGUMENTS if kwargs.get(name) is not None}
-            data, where = _config_dict(path, kwargs.get("gguf_file"), hub)
+            # the class's from_pretrained takes the same loading arguments again: read, not removed
+            data, where = _config_dict(path, kwargs.get("gguf_file"), take_hub_arguments(dict(kwargs)))
             return cls._class_for(data, where).from_pretrained(path, *args, **kwargs)
         return cls._class_for(config, str(path)).from_pretrained(path, *args, **kwargs)
 
