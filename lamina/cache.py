@@ -10,7 +10,8 @@ Masks are built from those positions, so a ring buffer needs no `roll` and no ho
   Its memory never grows past the window. Worked example, window 4, prompt of 6 then one token:
   prefill attends over the 6 new keys (positions 0..5, the mask keeps each query's last 4) and
   stores positions 2..5 in slots 2,3,0,1; decoding position 6 writes slot 2 (evicting 2) and
-  attends over slots holding 6,3,4,5.
+  attends over slots holding 6,3,4,5. A window longer than the run holds only the run's slots
+  (`max_length`, or grown as tokens come): no key can leave it, so slot = position still.
 """
 
 from __future__ import annotations
@@ -84,28 +85,52 @@ class StaticLayerCache(LayerCache):
 
 
 class RollingLayerCache(LayerCache):
-    """A ring buffer of `window` slots for a sliding-window layer (see the module docstring)."""
+    """A ring buffer for a sliding-window layer (see the module docstring): `slots` is the window,
+    or the run's `max_length` when that is shorter; without a `max_length` the buffer grows with
+    the tokens stored until it holds the window."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, max_length: int | None = None) -> None:
         self.window = window
+        self.fixed = max_length is not None
+        self.slots = min(window, max_length) if max_length is not None else 0
+        self.stored = 0  # tokens written since the last reset (what a growing buffer must hold)
         self.written = False  # nothing stored yet: a prefill attends over its own keys only
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
 
     def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, kv_heads, self.window, head_dim)
+        shape = (batch, kv_heads, self.slots, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.positions = torch.full((self.window,), -1, dtype=torch.long, device=device)
+        self.positions = torch.full((self.slots,), -1, dtype=torch.long, device=device)
         _fixed_address(self.keys, self.values, self.positions)
 
+    def _grow(self, key: torch.Tensor, new_tokens: int) -> None:
+        """Without a `max_length`: room for what is stored plus `new_tokens`, in doubling steps up to
+        the window. Until then no position has wrapped (slot = position), so the stored slots keep
+        their places in the larger buffer."""
+        needed = min(self.window, self.stored + new_tokens)
+        if self.keys is not None and needed <= self.slots:
+            return
+        old = (self.keys, self.values, self.positions) if self.keys is not None else None
+        self.slots = min(self.window, max(needed, 2 * self.slots))
+        self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+        if old is not None:
+            kept = old[2].shape[0]
+            self.keys[:, :, :kept] = old[0]
+            self.values[:, :, :kept] = old[1]
+            self.positions[:kept] = old[2]
+
     def update(self, key, value, cache_position):
-        if self.keys is None:
+        if not self.fixed:  # (a compiled step's cache is fixed: no counter for it to specialise on)
+            self._grow(key, key.shape[2])
+            self.stored += key.shape[2]
+        elif self.keys is None:
             self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
         if key.shape[2] == 1:
             # one new token: its slot holds the only key that just left the window
-            slot = cache_position % self.window
+            slot = cache_position % self.slots
             self.keys.index_copy_(2, slot, key)
             self.values.index_copy_(2, slot, value)
             self.record_positions(cache_position)
@@ -117,18 +142,18 @@ class RollingLayerCache(LayerCache):
             positions = torch.cat((self.positions, cache_position))
         else:
             keys, values, positions = key, value, cache_position
-        kept = slice(-self.window, None)
-        slot = cache_position[kept] % self.window
+        kept = slice(-self.slots, None)
+        slot = cache_position[kept] % self.slots
         self.keys.index_copy_(2, slot, key[:, :, kept])
         self.values.index_copy_(2, slot, value[:, :, kept])
         self.record_positions(cache_position[kept])
         return keys, values, positions
 
     def record_positions(self, cache_position: torch.Tensor) -> None:
-        """Note that slots `cache_position % window` now hold positions `cache_position (new ≤ window,)`:
+        """Note that slots `cache_position % slots` now hold positions `cache_position (new ≤ slots,)`:
         what `update` records besides the keys and values, for a step that wrote those itself
         (lamina's native step writes the buffers directly)."""
-        self.positions.index_copy_(0, cache_position % self.window, cache_position)
+        self.positions.index_copy_(0, cache_position % self.slots, cache_position)
         self.written = True
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
@@ -138,6 +163,7 @@ class RollingLayerCache(LayerCache):
 
     def reset(self) -> None:
         self.written = False
+        self.stored = 0
         if self.positions is not None:
             self.positions.fill_(-1)
 
@@ -191,14 +217,14 @@ def make_cache(
     """One layer cache per entry of `layer_windows` (None: full attention; an int: that window).
 
     `kind="static"` preallocates full-attention layers to `max_length` (required then).
-    Sliding layers always get a rolling buffer bounded by their window.
+    Sliding layers always get a rolling buffer bounded by their window (and by `max_length`).
     """
     if kind not in ("dynamic", "static"):
         raise ValueError(f"cache kind: expected 'dynamic' or 'static', found {kind!r}")
     layers: list[LayerCache] = []
     for window in layer_windows:
         if window is not None:
-            layers.append(RollingLayerCache(window))
+            layers.append(RollingLayerCache(window, max_length))
         elif kind == "static":
             if max_length is None:
                 raise ValueError("a static cache needs max_length")

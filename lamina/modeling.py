@@ -25,10 +25,10 @@ from .checkpoints.io import (
 )
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
-from .config import PretrainedConfig, is_integer, resolve_dtype
+from .config import PretrainedConfig, drop_inert_arguments, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .generation.config import GenerationConfig
-from .hub import resolve_model_dir
+from .hub import locate_checkpoint, take_hub_arguments
 from .quantization import quantize
 from .quantization.apply import quantize_on_load
 from .tf.h5 import load_tf_checkpoint
@@ -261,32 +261,35 @@ class PreTrainedModel(nn.Module):
         config: PretrainedConfig | None = None,
         dtype: Any = "auto",
         torch_dtype: Any = None,
-        device_map: str | dict | torch.device | None = None,
         attn_implementation: str | None = None,
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
         quantization_config: Any = None,
+        gguf_file: str | None = None,
+        device_map: str | dict | torch.device | None = None,
         max_memory: dict | None = None,
         offload_folder: str | os.PathLike | None = None,
         tp_plan: str | None = None,
         tp_size: int | None = None,
         ep_size: int | None = None,
         device_mesh: Any = None,
-        **config_overrides: Any,
+        **kwargs: Any,
     ) -> PreTrainedModel:
         """Load a model from a local directory, a Hub id (with huggingface_hub), or another format a
-        registered loader recognises (GGUF, Mistral's original layout, …). `tp_plan="auto"`,
-        `tp_size`, `ep_size`, `device_mesh`: split it over the ranks of a `torchrun` launch;
-        `device_map` over several devices or the disk, `max_memory`, `offload_folder`: place its
-        layers across them (`lamina.distributed`)."""
-        config_overrides.pop("trust_remote_code", None)
-        config_overrides.pop("low_cpu_mem_usage", None)
-        config_overrides.pop("from_tf", None)  # the file found decides the format
-        config_overrides.pop("from_pt", None)
-        gguf_file = config_overrides.pop("gguf_file", None)
-        if gguf_file is not None:  # transformers' spelling: a directory and the GGUF file in it
-            pretrained_model_name_or_path = Path(pretrained_model_name_or_path) / gguf_file
-        path = Path(pretrained_model_name_or_path)
+        registered loader recognises (GGUF, Mistral's original layout, …).
+
+        Loading arguments are arguments, never stored on the config nor written by `save_pretrained`:
+        the Hub's (`token`, `revision`, `cache_dir`, `local_files_only`, `force_download`,
+        `proxies`, `subfolder`) go to the download, the placement ones (`device_map`, `tp_plan`,
+        `tp_size`, `ep_size`, `device_mesh`, `max_memory`, `offload_folder`) to
+        `lamina.distributed.place`: `tp_plan="auto"` splits the model over the ranks of a `torchrun`
+        launch, a `device_map` places its layers across devices and the disk. Any other
+        keyword argument replaces a value of the config and must name one of its fields."""
+        drop_inert_arguments(kwargs)
+        hub = take_hub_arguments(kwargs)
+        path = locate_checkpoint(pretrained_model_name_or_path, gguf_file, **hub)
+        if config is not None and kwargs:
+            config = type(config).from_dict(config.to_dict(), **kwargs)
         tensors: Mapping[str, torch.Tensor] | None = None
         directory: Path | None = None
         for loader in FORMAT_LOADERS:
@@ -294,12 +297,15 @@ class PreTrainedModel(nn.Module):
             if found is not None:
                 config_dict, tensors = found
                 if config is None:
-                    config = cls.config_class.from_dict(config_dict, **config_overrides)
+                    config = cls.config_class.from_dict(config_dict, **kwargs)
                 break
         if tensors is None:
-            directory = resolve_model_dir(pretrained_model_name_or_path)
+            if not path.is_dir():
+                raise CheckpointError(f"{path}: expected a model directory or a checkpoint file lamina reads, "
+                                      "found another file")
+            directory = path
             if config is None:
-                config = cls.config_class.from_pretrained(directory, **config_overrides)
+                config = cls.config_class.from_pretrained(directory, **kwargs)
             tensors = open_checkpoint(directory)
         if torch_dtype is not None and dtype == "auto":
             dtype = torch_dtype
@@ -495,9 +501,20 @@ class PreTrainedModel(nn.Module):
         max_shard_size: int | str = "5GB",
         safe_serialization: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
+        for_transformers: bool = False,
         **_: Any,
     ) -> None:
-        """Write config.json (+ generation_config.json) and HF-named weights, atomically."""
+        """Write config.json (+ generation_config.json) and HF-named weights, atomically.
+
+        A model quantized by lamina is written in lamina's own layout, which its config.json says
+        (`quantization_config.quant_method` "lamina" and a note); `for_transformers=True` asks for
+        a directory that transformers loads, which such a model cannot give: an error, not a file."""
+        quantized = getattr(self, "quantization_method", None)
+        if for_transformers and quantized is not None:
+            raise UnsupportedError(
+                f"save_pretrained(for_transformers=True): this model is quantized by lamina "
+                f"({quantized.method}), whose layers transformers cannot load; save the model before "
+                "quantizing it, or without for_transformers to keep lamina's format")
         state = state_dict if state_dict is not None else self.checkpoint_state_dict()
         with atomic_directory(save_directory) as tmp:
             self.save_config_files(tmp)

@@ -4,6 +4,7 @@ invalid values rejected with the field named."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,43 @@ def test_labels():
     assert config.num_labels == 2 and config.label2id == {"neg": 0, "pos": 1}
     config.num_labels = 3
     assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+
+
+# attributes the family docs list besides the config class's own fields (rotary settings that
+# transformers 5 folds into rope_parameters)
+DOCUMENTED_BESIDES_FIELDS = {"Persimmon": ["partial_rotary_factor", "rope_theta"], "Mistral": ["rope_theta"],
+                             "Ministral": ["rope_theta"], "Mixtral": ["rope_theta"]}
+
+
+def _documented(family: str) -> list[str]:
+    if family == "Mega":  # gone from transformers 5: the keys transformers 4.46 wrote (a recorded fixture)
+        path = Path(__file__).parent / "fixtures" / "mega" / "model_causal_ema_full_attention" / "config.json"
+        written = json.loads(path.read_text())
+        return [k for k in written if k not in ("transformers_version", "architectures", "model_type", "torch_dtype")]
+    own = vars(getattr(transformers, family + "Config")).get("__annotations__", {})
+    return [name for name in own if not name.startswith("_")] + DOCUMENTED_BESIDES_FIELDS.get(family, [])
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Ministral", "Mixtral", "Persimmon", "GPT2", "MegatronBert",
+                                    "MobileBert", "Mega"])
+def test_documented_attributes_are_readable_and_round_trip(family, tmp_path):
+    names = _documented(family)
+    assert len(names) > 10
+    config = getattr(lamina, family + "Config")()
+    config.save_pretrained(tmp_path)
+    again = getattr(lamina, family + "Config").from_pretrained(tmp_path)
+    for name in names:
+        assert getattr(again, name) == getattr(config, name), name
+
+
+def test_persimmon_partial_rotary_factor(tmp_path):
+    assert lamina.PersimmonConfig().partial_rotary_factor == 0.5
+    assert transformers.PersimmonConfig().rope_parameters["partial_rotary_factor"] == 0.5
+    config = lamina.PersimmonConfig(partial_rotary_factor=0.25)
+    config.save_pretrained(tmp_path)
+    assert lamina.PersimmonConfig.from_pretrained(tmp_path).partial_rotary_factor == 0.25
+    assert transformers.PersimmonConfig.from_pretrained(tmp_path).rope_parameters["partial_rotary_factor"] == 0.25
+    config.partial_rotary_factor = 0.5
+    assert config.to_dict()["partial_rotary_factor"] == 0.5
+    with pytest.raises(ConfigError, match=r"partial_rotary_factor: expected a finite number in \(0.0, 1.0\]"):
+        config.partial_rotary_factor = 0.0

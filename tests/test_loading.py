@@ -124,7 +124,7 @@ def test_layer_counts_no_config_can_build_are_a_config_error(mistral_dir, model_
         del config["num_hidden_layers"]
     key = "n_layer" if model_type == "gpt2" else "num_hidden_layers"
     (path / "config.json").write_text(json.dumps({**config, "model_type": model_type, key: layers}))
-    with pytest.raises(ConfigError, match=r"num_hidden_layers: expected an integer in \[0, 65536\], found"):
+    with pytest.raises(ConfigError, match=rf"{key}: expected an integer in \[1, 65536\], found"):
         lamina.AutoConfig.from_pretrained(path)
 
 
@@ -133,6 +133,16 @@ def test_config_sizes_torch_cannot_hold_are_a_config_error(mistral_dir, key, val
     path, _ = mistral_dir
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ConfigError, match=rf"{key}: expected an integer in \[1, 2147483647\], found {value}"):
+        lamina.MistralForCausalLM.from_pretrained(path)
+
+
+def test_sizes_whose_product_torch_cannot_hold_are_a_config_error(mistral_dir):
+    """Each size within bounds, their product (a projection of 2**60 × 2**30 weights) beyond int64."""
+    path, _ = mistral_dir
+    config = json.loads((path / "config.json").read_text())
+    sizes = {"hidden_size": 2**30, "num_attention_heads": 2**30, "num_key_value_heads": 2, "head_dim": 2**30}
+    (path / "config.json").write_text(json.dumps({**config, **sizes}))
     with pytest.raises(ConfigError, match="the config describes a MistralForCausalLM that cannot be built"):
         lamina.MistralForCausalLM.from_pretrained(path)
 
@@ -333,3 +343,147 @@ def test_building_on_the_meta_device_runs_no_initialiser():
 
     done = subprocess.run([sys.executable, "-c", META_BUILDS], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+# -- loading arguments are arguments ---------------------------------------------------------------
+
+SECRET = "hf_NeverWriteMeToDisk0123456789"
+HUB_ARGUMENTS = dict(token=SECRET, revision="v2", cache_dir="/tmp/lamina-hub-cache-never-written",
+                     local_files_only=False, force_download=True, proxies={"https": "http://proxy.invalid:1"})
+
+
+class FakeHub:
+    """`huggingface_hub.snapshot_download` without the network: each revision of "org/tiny" is a
+    local directory; the calls are recorded with their patterns and arguments."""
+
+    def __init__(self, revisions: dict[str, Path]) -> None:
+        self.revisions = revisions
+        self.calls: list[dict] = []
+
+    def __call__(self, repo_id: str, *, allow_patterns: list[str], revision: str | None = None, **kwargs):
+        import fnmatch
+        import shutil
+
+        self.calls.append(dict(repo_id=repo_id, allow_patterns=allow_patterns, revision=revision, **kwargs))
+        source = self.revisions[revision or "main"]
+        snapshot = Path(kwargs.get("cache_dir") or source.parent / "cache") / (revision or "main")
+        for file in source.rglob("*"):
+            name = file.relative_to(source).as_posix()
+            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, snapshot / name)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        return str(snapshot)
+
+
+@pytest.fixture
+def fake_hub(mistral_dir, tmp_path, monkeypatch):
+    """Two revisions of a tiny Mistral: "main" as saved, "v2" with other weights."""
+    import huggingface_hub
+
+    path, _ = mistral_dir
+    torch.manual_seed(1)
+    other = transformers.MistralForCausalLM(transformers.MistralConfig(**TINY)).eval()
+    other.save_pretrained(tmp_path / "v2")
+    hub = FakeHub({"main": path, "v2": tmp_path / "v2"})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    monkeypatch.setitem(HUB_ARGUMENTS, "cache_dir", str(tmp_path / "cache"))
+    return hub, other
+
+
+def test_hub_arguments_go_to_the_download_and_never_reach_a_file(fake_hub, tmp_path):
+    hub, other = fake_hub
+    model = lamina.AutoModelForCausalLM.from_pretrained("org/tiny", **HUB_ARGUMENTS)
+    assert all(call["revision"] == "v2" and call["token"] == SECRET and call["force_download"] for call in hub.calls)
+    with torch.no_grad():  # the revision asked for, not the default one
+        assert max_diff(model(ids()).logits, other(ids()).logits) <= 1e-5
+    for name in HUB_ARGUMENTS:
+        assert name not in model.config.to_dict() and name not in vars(model.config)
+    model.save_pretrained(tmp_path / "saved")
+    model.config.save_pretrained(tmp_path / "config-only")
+    for file in [*(tmp_path / "saved").rglob("*"), *(tmp_path / "config-only").rglob("*")]:
+        if file.is_file():
+            data = file.read_bytes()
+            assert SECRET.encode() not in data and b"proxy.invalid" not in data and b"force_download" not in data, file
+    config = lamina.AutoConfig.from_pretrained("org/tiny", revision="v2", token=SECRET)
+    assert SECRET not in config.to_json_string() and hub.calls[-1]["revision"] == "v2"
+
+
+def test_the_old_spelling_of_the_token_is_a_hub_argument(fake_hub):
+    hub, _ = fake_hub
+    model = lamina.MistralForCausalLM.from_pretrained("org/tiny", use_auth_token=SECRET)
+    assert hub.calls[-1]["token"] == SECRET and SECRET not in model.config.to_json_string()
+
+
+@pytest.mark.parametrize("argument", ["tp_plan", "device_map", "max_memory", "offload_folder"])
+def test_placement_arguments_are_never_stored_on_the_config(mistral_dir, tmp_path, argument):
+    path, _ = mistral_dir
+    value = {"tp_plan": "auto", "device_map": "cpu", "max_memory": {"cpu": "1GB"}, "offload_folder": str(tmp_path)}
+    if argument == "tp_plan":  # not in this build: a clear error, not an attribute
+        with pytest.raises(lamina.UnsupportedError, match="tp_plan"):
+            lamina.MistralForCausalLM.from_pretrained(path, tp_plan="auto")
+        return
+    model = lamina.MistralForCausalLM.from_pretrained(path, **{argument: value[argument]})
+    assert argument not in model.config.to_dict()
+    model.save_pretrained(tmp_path / "out")
+    assert argument not in json.loads((tmp_path / "out" / "config.json").read_text())
+
+
+def test_unknown_keyword_arguments_are_refused_by_name(mistral_dir):
+    path, _ = mistral_dir
+    with pytest.raises(ConfigError, match=r"unexpected keyword arguments \['revison', 'tokn'\]"):
+        lamina.MistralForCausalLM.from_pretrained(path, revison="v2", tokn="x")
+    with pytest.raises(ConfigError, match=r"unexpected keyword arguments \['nonsense'\]"):
+        lamina.AutoConfig.from_pretrained(path, nonsense=1)
+    model = lamina.MistralForCausalLM.from_pretrained(path, rms_norm_eps=1e-3, rope_theta=500.0, num_labels=3)
+    # as in transformers, a rope_theta argument does not replace the file's rope_parameters
+    assert model.config.rms_norm_eps == 1e-3 and model.config.rope_theta == 10000.0 and model.config.num_labels == 3
+
+
+def test_subfolder_locally(mistral_dir, tmp_path):
+    import shutil
+
+    path, reference = mistral_dir
+    shutil.copytree(path, tmp_path / "repo" / "model")
+    model = lamina.MistralForCausalLM.from_pretrained(tmp_path / "repo", subfolder="model")
+    assert "subfolder" not in model.config.to_dict()
+    with torch.no_grad():
+        assert max_diff(model(ids()).logits, reference(ids()).logits) <= 1e-5
+
+
+def test_a_hub_repository_with_only_pytorch_model_bin_loads(mistral_dir, tmp_path, monkeypatch):
+    """The weights download took only safetensors: a repository of `pytorch_model.bin` downloaded
+    its config and then failed with "no weights found". It takes the .bin only when there is no
+    safetensors (many repositories hold both, which would double the download)."""
+    import huggingface_hub
+
+    path, reference = mistral_dir
+    (tmp_path / "bin").mkdir()
+    reference.config.save_pretrained(tmp_path / "bin")
+    torch.save(reference.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "tokenizer.model.v3").write_bytes(b"not read here")
+    hub = FakeHub({"main": tmp_path / "bin"})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    model = lamina.MistralForCausalLM.from_pretrained("org/bin-only", cache_dir=str(tmp_path / "cache"))
+    with torch.no_grad():
+        assert max_diff(model(ids()).logits, reference(ids()).logits) <= 1e-5
+    assert (tmp_path / "cache" / "main" / "tokenizer.model.v3").is_file()
+    both = FakeHub({"main": path})
+    torch.save(reference.state_dict(), path / "pytorch_model.bin")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", both)
+    lamina.MistralForCausalLM.from_pretrained("org/both", cache_dir=str(tmp_path / "cache2"))
+    assert len(both.calls) == 1 and not (tmp_path / "cache2" / "main" / "pytorch_model.bin").exists()
+
+
+def test_a_hub_gguf_file_is_downloaded_by_name(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "model-q4.gguf").write_bytes(b"GGUF")
+    (tmp_path / "repo" / "model-q8.gguf").write_bytes(b"GGUF")
+    hub = FakeHub({"main": tmp_path / "repo"})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    with pytest.raises(lamina.LaminaError):  # a four-byte file: the GGUF reader's error
+        lamina.AutoModelForCausalLM.from_pretrained("org/gguf", gguf_file="model-q4.gguf", cache_dir=str(tmp_path / "c"))
+    assert "model-q4.gguf" in hub.calls[0]["allow_patterns"]
+    assert (tmp_path / "c" / "main" / "model-q4.gguf").is_file() and not (tmp_path / "c" / "main" / "model-q8.gguf").exists()

@@ -7,9 +7,11 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from ..config import read_config_json
+from ..config import (
+    Bounds, Count, Positive, Size, TokenId, check_fields, read_config_json,
+)
 from ..errors import ConfigError, UnsupportedError
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -37,6 +39,30 @@ _DEFAULTS: dict[str, Any] = {
     "cache_implementation": None,
     "disable_compile": False,
     "compile_config": None,
+}
+# field → its type, checked before anything computes with it (see lamina.config.check_field)
+_TYPES: dict[str, Any] = {
+    "max_length": Size | None,
+    "max_new_tokens": Count | None,
+    "min_length": Count,
+    "min_new_tokens": Count | None,
+    "do_sample": bool,
+    "temperature": Positive | None,
+    "top_k": Count | None,
+    "top_p": Annotated[float, Bounds(0.0, 1.0, low_open=True)] | None,
+    "min_p": Annotated[float, Bounds(0.0, 1.0)] | None,
+    "repetition_penalty": Positive | None,
+    "num_return_sequences": Size,
+    "use_cache": bool,
+    "output_scores": bool,
+    "output_logits": bool,
+    "return_dict_in_generate": bool,
+    "pad_token_id": TokenId | None,
+    "bos_token_id": TokenId | None,
+    "eos_token_id": TokenId | list[TokenId] | None,
+    "cache_implementation": str | None,
+    "disable_compile": bool,
+    "compile_config": Any,
 }
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 # what `compile_config` may set: keyword arguments of `torch.compile`
@@ -80,15 +106,8 @@ class GenerationConfig:
     def validate(self) -> None:
         """Raise `ConfigError` naming the field for values out of range, `UnsupportedError` for
         settings of transformers' that lamina does not implement."""
+        check_fields(self, _TYPES, prefix="generation config ")
         checks = [
-            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 0, "an integer >= 0"),
-            ("max_length", self.max_length is None or self.max_length > 0, "a positive integer"),
-            ("temperature", self.temperature is None or self.temperature > 0, "a number > 0"),
-            ("top_k", self.top_k is None or self.top_k >= 0, "an integer >= 0"),
-            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "a number in (0, 1]"),
-            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a number in [0, 1]"),
-            ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "a number > 0"),
-            ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
             ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
              "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
             ("compile_config", self.compile_config is None or set(self.compile_settings()) <= _COMPILE_KEYS,

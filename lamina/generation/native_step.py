@@ -110,7 +110,7 @@ class _Step:
             windows = self.model.decoder.decoder_spec.layer_windows
             kinds = layers is not None and len(layers) == len(windows) and all(
                 isinstance(layer, RollingLayerCache if window else StaticLayerCache)
-                and (not window or layer.window == window) for layer, window in zip(layers, windows))
+                and (not window or 0 < layer.slots <= window) for layer, window in zip(layers, windows))
             rings = [i for i, layer in enumerate(layers) if isinstance(layer, RollingLayerCache)] if kinds else []
             self._cache = (weakref.ref(cache), kinds, rings)
         if not self._cache[1] or any(layer.keys is None or layer.keys.dtype != torch.float32 for layer in cache.layers):

@@ -285,8 +285,10 @@ class DecodeStep : public torch::CustomClassHolder {
                     "DecodeStep.step: layer ", l, "'s cache must be a contiguous float32 (", batch, ", ", kv_heads_,
                     ", slots, ", dim, ") CPU tensor, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
         if (window > 0) {
-          TORCH_CHECK(c.size(2) == window, "DecodeStep.step: layer ", l, "'s cache has ", c.size(2),
-                      " slots, expected its window of ", window);
+          // a ring shorter than the window holds a whole run that never wraps (RollingLayerCache)
+          TORCH_CHECK(c.size(2) == window || (c.size(2) < window && c.size(2) > slot), "DecodeStep.step: layer ", l,
+                      "'s cache has ", c.size(2), " slots, expected its window of ", window, " or more than slot ",
+                      slot);
         } else {
           TORCH_CHECK(c.size(2) > slot, "DecodeStep.step: slot ", slot, " is outside layer ", l, "'s cache of ",
                       c.size(2), " slots");
@@ -333,8 +335,8 @@ class DecodeStep : public torch::CustomClassHolder {
         const Layer& layer = layer_[l];
         float* keys = caches[2 * l].data_ptr<float>();
         float* values = caches[2 * l + 1].data_ptr<float>();
-        // the cache's slots, and the token's: `slot` in a static cache, slot % window in a ring
-        const int64_t slots = caches[2 * l].size(2), own = layer.window > 0 ? slot % layer.window : slot;
+        // the cache's slots, and the token's: `slot` in a static cache, slot % slots in a ring
+        const int64_t slots = caches[2 * l].size(2), own = layer.window > 0 ? slot % slots : slot;
         for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], layer.input_norm, hidden, eps_, &s.normed[b * hidden]);
         product_share(layer.qkv, s.normed.data(), batch, s, t, threads, into(qkv.data(), qkv_width));
 #pragma omp barrier

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
 }
+
+# a config field naming one of them (`hidden_act: Activation`), checked when the config is made
+Activation = Literal[tuple(sorted(ACTIVATIONS))]
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

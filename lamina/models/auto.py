@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_NAME, PretrainedConfig, read_config_json
+from ..config import CONFIG_NAME, PretrainedConfig, drop_inert_arguments, read_config_json
 from ..errors import ConfigError, UnsupportedError
-from ..hub import resolve_model_dir
+from ..hub import locate_checkpoint, take_hub_arguments
 from ..modeling import FORMAT_LOADERS, PreTrainedModel
 from .registry import FAMILIES, Family
 
@@ -36,13 +35,14 @@ def family_of(model_type: str | None, architectures: list[str] | None, where: st
     )
 
 
-def _config_dict(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+def _config_dict(path: str | os.PathLike, gguf_file: str | None, hub: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The config.json object of a model (or what a format loader reads for it) and where it was."""
+    found_at = locate_checkpoint(path, gguf_file, **hub)
     for loader in FORMAT_LOADERS:
-        found = loader(Path(path))
+        found = loader(found_at)
         if found is not None:
-            return found[0], str(path)
-    directory = resolve_model_dir(path)
-    return read_config_json(directory / CONFIG_NAME), str(directory / CONFIG_NAME)
+            return found[0], str(found_at)
+    return read_config_json(found_at / CONFIG_NAME), str(found_at / CONFIG_NAME)
 
 
 class AutoConfig:
@@ -53,7 +53,8 @@ class AutoConfig:
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, **overrides: Any) -> PretrainedConfig:
-        data, where = _config_dict(path)
+        drop_inert_arguments(overrides)
+        data, where = _config_dict(path, overrides.pop("gguf_file", None), take_hub_arguments(overrides))
         family = family_of(data.get("model_type"), data.get("architectures"), where)
         return _import(family.module, family.config_class).from_dict(data, **overrides)
 
@@ -82,11 +83,10 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
-        if kwargs.get("gguf_file") is not None:
-            path = Path(path) / kwargs.pop("gguf_file")
         config = kwargs.get("config")
         if config is None:
-            data, where = _config_dict(path)
+            # the class's from_pretrained takes the same loading arguments again: read, not removed
+            data, where = _config_dict(path, kwargs.get("gguf_file"), take_hub_arguments(dict(kwargs)))
             return cls._class_for(data, where).from_pretrained(path, *args, **kwargs)
         return cls._class_for(config, str(path)).from_pretrained(path, *args, **kwargs)
 

@@ -3,13 +3,29 @@ the consistency checks of heads, windows and experts."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from ..config import PretrainedConfig, require
+from ..config import Bounds, PretrainedConfig, Positive, Size, check_field, require
 from ..layers.rotary import ROPE_TYPES
 from .decoder import DecoderSpec
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
+# the entries of `rope_parameters` the rotary embedding reads, with their types
+ROPE_FIELDS: dict[str, Any] = {
+    "rope_type": str,
+    "rope_theta": Positive,
+    "factor": Positive,
+    "original_max_position_embeddings": Size,
+    "partial_rotary_factor": Annotated[float, Bounds(0.0, 1.0, low_open=True)],
+    "low_freq_factor": Positive,
+    "high_freq_factor": Positive,
+    "attention_factor": Positive,
+    "beta_fast": float,
+    "beta_slow": float,
+    "mscale": float,
+    "mscale_all_dim": float,
+    "truncate": bool,
+}
 
 
 class DecoderConfig(PretrainedConfig):
@@ -20,14 +36,18 @@ class DecoderConfig(PretrainedConfig):
     """
 
     default_theta: ClassVar[float] = 10000.0
+    init_keywords = (*PretrainedConfig.init_keywords, "rope_theta", "rope_scaling")
     rope_parameters: dict | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         legacy = "rope_parameters" not in kwargs and ("rope_theta" in kwargs or "rope_scaling" in kwargs)
         theta = kwargs.pop("rope_theta", None)
         scaling = kwargs.pop("rope_scaling", None)
-        params = kwargs.pop("rope_parameters", None) or scaling or {}
-        params = dict(params)
+        params = kwargs.pop("rope_parameters", None)
+        check_field("rope_parameters", dict | None, params)
+        check_field("rope_scaling", dict | None, scaling)
+        check_field("rope_theta", Positive | None, theta)
+        params = dict(params or scaling or {})
         if "type" in params and "rope_type" not in params:
             params["rope_type"] = params.pop("type")
         params.setdefault("rope_type", "default")
@@ -53,9 +73,9 @@ class DecoderConfig(PretrainedConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, name, "a positive integer", value)
+        for key, annotation in ROPE_FIELDS.items():
+            if key in self.rope_parameters:
+                check_field(f"rope_parameters.{key}", annotation, self.rope_parameters[key])
         if getattr(self, "head_dim", None) is None:
             require(
                 self.hidden_size % self.num_attention_heads == 0,
@@ -74,7 +94,6 @@ class DecoderConfig(PretrainedConfig):
         if rope_type in ("linear", "dynamic", "llama3"):
             require("factor" in self.rope_parameters, "rope_parameters.factor", f"a number for {rope_type} scaling", None)
         window = getattr(self, "sliding_window", None)
-        require(window is None or (isinstance(window, int) and window > 0), "sliding_window", "None or a positive integer", window)
         layer_types = getattr(self, "layer_types", None)
         if layer_types is not None:
             require(

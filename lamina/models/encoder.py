@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PretrainedConfig, require
+from ..config import PretrainedConfig
 from ..errors import InputError
 from ..layers.encoder import EncoderHeads, MaskedLMPredictions
 from ..layers.heads import (
@@ -37,11 +37,6 @@ from ..outputs import (
 )
 
 
-def require_positive(config: PretrainedConfig, names: tuple[str, ...]) -> None:
-    """ConfigError naming the first of `names` that is not a positive integer."""
-    for name in names:
-        value = getattr(config, name)
-        require(isinstance(value, int) and value > 0, name, "a positive integer", value)
 
 
 class EncoderPreTrainedModel(PreTrainedModel):

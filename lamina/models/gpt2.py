@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints.namemap import Rule, rename, transpose
-from ..config import PretrainedConfig, require
+from ..config import Layers, NonNegative, PretrainedConfig, Positive, Probability, Size, TokenId, require
 from ..errors import UnsupportedError
 from ..layers.heads import QuestionAnsweringHead, causal_lm_loss
-from ..layers.mlp import activation
+from ..layers.mlp import Activation, activation
 from ..outputs import ModelOutput, finish
 from .decoder import (
     DecoderForCausalLM,
@@ -42,35 +42,32 @@ class GPT2Config(PretrainedConfig):
         "num_hidden_layers": "n_layer",
     }
 
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_inner: int | None = None
-    activation_function: str = "gelu_new"
-    resid_pdrop: float = 0.1
-    embd_pdrop: float = 0.1
-    attn_pdrop: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
+    vocab_size: Size = 50257
+    n_positions: Size = 1024
+    n_embd: Size = 768
+    n_layer: Layers = 12
+    n_head: Size = 12
+    n_inner: Size | None = None
+    activation_function: Activation = "gelu_new"
+    resid_pdrop: Probability = 0.1
+    embd_pdrop: Probability = 0.1
+    attn_pdrop: Probability = 0.1
+    layer_norm_epsilon: Positive = 1e-5
+    initializer_range: NonNegative = 0.02
     summary_type: str = "cls_index"
     summary_use_proj: bool = True
     summary_activation: str | None = None
     summary_proj_to_labels: bool = True
-    summary_first_dropout: float = 0.1
+    summary_first_dropout: Probability = 0.1
     scale_attn_weights: bool = True
     use_cache: bool = True
-    bos_token_id: int | None = 50256
-    eos_token_id: int | list[int] | None = 50256
+    bos_token_id: TokenId | None = 50256
+    eos_token_id: TokenId | list[TokenId] | None = 50256
     scale_attn_by_inverse_layer_idx: bool = False
     reorder_and_upcast_attn: bool = False
 
     def validate(self) -> None:
         super().validate()
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, name, "a positive integer", value)
         require(self.n_embd % self.n_head == 0, "n_head", f"a divisor of n_embd ({self.n_embd})", self.n_head)
 
 

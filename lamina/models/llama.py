@@ -11,55 +11,57 @@ from .decoder import (
     DecoderModel,
     DecoderSpec,
 )
+from ..config import Count, Layers, NonNegative, Positive, Probability, Size, TokenId, Window
+from ..layers.mlp import Activation
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
 class LlamaConfig(DecoderConfig):
     model_type = "llama"
 
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
+    vocab_size: Size = 32000
+    hidden_size: Size = 4096
+    intermediate_size: Size = 11008
+    num_hidden_layers: Layers = 32
+    num_attention_heads: Size = 32
+    num_key_value_heads: Size | None = None
+    head_dim: Size | None = None
+    hidden_act: Activation = "silu"
+    max_position_embeddings: Size = 2048
+    initializer_range: NonNegative = 0.02
+    rms_norm_eps: Positive = 1e-6
     use_cache: bool = True
-    pad_token_id: int | None = None
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    pretraining_tp: int = 1
+    pad_token_id: TokenId | None = None
+    bos_token_id: TokenId | None = 1
+    eos_token_id: TokenId | list[TokenId] | None = 2
+    pretraining_tp: Size = 1
     tie_word_embeddings: bool = False
     attention_bias: bool = False
-    attention_dropout: float = 0.0
+    attention_dropout: Probability = 0.0
     mlp_bias: bool = False
 
 
 class Qwen2Config(DecoderConfig):
     model_type = "qwen2"
 
-    vocab_size: int = 151936
-    hidden_size: int = 4096
-    intermediate_size: int = 22016
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = 32
-    head_dim: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 32768
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
+    vocab_size: Size = 151936
+    hidden_size: Size = 4096
+    intermediate_size: Size = 22016
+    num_hidden_layers: Layers = 32
+    num_attention_heads: Size = 32
+    num_key_value_heads: Size | None = 32
+    head_dim: Size | None = None
+    hidden_act: Activation = "silu"
+    max_position_embeddings: Size = 32768
+    initializer_range: NonNegative = 0.02
+    rms_norm_eps: Positive = 1e-6
     use_cache: bool = True
     tie_word_embeddings: bool = False
     use_sliding_window: bool = False
-    sliding_window: int | None = 4096
-    max_window_layers: int = 28
+    sliding_window: Window | None = 4096
+    max_window_layers: Count = 28
     layer_types: list[str] | None = None
-    attention_dropout: float = 0.0
+    attention_dropout: Probability = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

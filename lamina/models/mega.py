@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import Cache, LayerCache
-from ..config import PretrainedConfig, require
+from ..config import Layers, NonNegative, PretrainedConfig, Probability, Size, TokenId, require
 from ..errors import InputError, UnsupportedError
 from ..generation import GenerationConfig, GenerationMixin
 from ..layers.chunked_attention import (
@@ -43,7 +43,7 @@ from ..layers.chunked_attention import (
 )
 from ..layers.ema import MultiDimensionDampedEMA
 from ..layers.heads import causal_lm_loss, masked_lm_loss, sequence_classification_loss
-from ..layers.mlp import activation
+from ..layers.mlp import Activation, activation
 from ..layers.sequence_norm import NORMALIZATION_TYPES, MegaRMSNorm, ScaleNorm, SequenceNorm
 from ..modeling import PreTrainedModel
 from ..outputs import (
@@ -62,44 +62,44 @@ class MegaConfig(PretrainedConfig):
 
     model_type = "mega"
 
-    vocab_size: int = 30522
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    intermediate_size: int = 256
-    ema_projection_size: int = 16
+    vocab_size: Size = 30522
+    hidden_size: Size = 128
+    num_hidden_layers: Layers = 4
+    intermediate_size: Size = 256
+    ema_projection_size: Size = 16
     bidirectional: bool = True
-    shared_representation_size: int = 64
+    shared_representation_size: Size = 64
     use_chunking: bool = False
     chunk_size: int = -1
-    truncation: int | None = None
+    truncation: Size | None = None
     normalize_before_mega: bool = True
     normalization_type: str = "scalenorm"
     norm_affine: bool = True
-    activation: str = "silu"
+    activation: Activation = "silu"
     attention_activation: str = "softmax"
-    dropout_prob: float = 0.1
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
+    dropout_prob: Probability = 0.1
+    hidden_dropout_prob: Probability = 0.1
+    attention_probs_dropout_prob: Probability = 0.1
     use_feature_dropout: bool = False
     use_normalized_ffn: bool = True
-    nffn_hidden_size: int = 256
+    nffn_hidden_size: Size = 256
     normalize_before_ffn: bool = True
-    nffn_activation_dropout_prob: float = 0.1
-    max_positions: int = 2048
+    nffn_activation_dropout_prob: Probability = 0.1
+    max_positions: Size = 2048
     add_token_type_embeddings: bool = False
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    ema_delta_alpha_range: float = 0.2
-    ema_beta_range: float = 0.02
-    ema_gamma_omega_range: float = 1.0
-    pad_token_id: int | None = 1
-    bos_token_id: int | None = 0
-    eos_token_id: int | list[int] | None = 2
+    type_vocab_size: Size = 2
+    initializer_range: NonNegative = 0.02
+    ema_delta_alpha_range: NonNegative = 0.2
+    ema_beta_range: NonNegative = 0.02
+    ema_gamma_omega_range: NonNegative = 1.0
+    pad_token_id: TokenId | None = 1
+    bos_token_id: TokenId | None = 0
+    eos_token_id: TokenId | list[TokenId] | None = 2
     relative_positional_bias: str = "rotary"
-    classifier_dropout: float | None = None
+    classifier_dropout: Probability | None = None
     use_cache: bool = True
     add_lm_hidden_dense_layer: bool = True
-    num_attention_heads: int = 1  # MEGA has one head; transformers kept the field for its tooling
+    num_attention_heads: Size = 1  # MEGA has one head; transformers kept the field for its tooling
 
     def validate(self) -> None:
         super().validate()

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..cache import Cache, make_cache
 from ..checkpoints.namemap import Rule, concat
-from ..config import PretrainedConfig, require
+from ..config import Layers, NonNegative, PretrainedConfig, Positive, Probability, Size, TokenId, require
 from ..errors import UnsupportedError
 from ..generation import GenerationConfig, GenerationMixin
 from ..layers.encoder import (
@@ -29,7 +29,7 @@ from ..layers.encoder import (
     Pooler,
 )
 from ..layers.heads import causal_lm_loss
-from ..layers.mlp import activation
+from ..layers.mlp import Activation, activation
 from ..outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -46,7 +46,6 @@ from .encoder import (
     EncoderForTokenClassification,
     EncoderModel,
     _LanguageModelTask,
-    require_positive,
 )
 from .forward import prepare_inputs, run_layer_stack
 
@@ -54,31 +53,28 @@ from .forward import prepare_inputs, run_layer_stack
 class MegatronBertConfig(PretrainedConfig):
     model_type = "megatron-bert"
 
-    vocab_size: int = 29056
-    hidden_size: int = 1024
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 16
-    intermediate_size: int = 4096
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int | None = 0
+    vocab_size: Size = 29056
+    hidden_size: Size = 1024
+    num_hidden_layers: Layers = 24
+    num_attention_heads: Size = 16
+    intermediate_size: Size = 4096
+    hidden_act: Activation = "gelu"
+    hidden_dropout_prob: Probability = 0.1
+    attention_probs_dropout_prob: Probability = 0.1
+    max_position_embeddings: Size = 512
+    type_vocab_size: Size = 2
+    initializer_range: NonNegative = 0.02
+    layer_norm_eps: Positive = 1e-12
+    pad_token_id: TokenId | None = 0
     position_embedding_type: str = "absolute"
     use_cache: bool = True
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                "intermediate_size"))
         require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
                 f"a multiple of num_attention_heads ({self.num_attention_heads})", self.hidden_size)
         require(self.position_embedding_type in POSITION_EMBEDDING_TYPES, "position_embedding_type",
                 f"one of {POSITION_EMBEDDING_TYPES}", self.position_embedding_type)
-        activation(self.hidden_act)
 
 
 class MegatronBertEmbeddings(nn.Module):

@@ -10,30 +10,32 @@ from .decoder import (
     DecoderModel,
     DecoderSpec,
 )
+from ..config import Layers, NonNegative, Positive, Probability, Size, TokenId, Window
+from ..layers.mlp import Activation
 from .decoder_config import DecoderConfig, llama_like_spec
 
 
 class MistralConfig(DecoderConfig):
     model_type = "mistral"
 
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 14336
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = 8
-    head_dim: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 4096 * 32
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-6
+    vocab_size: Size = 32000
+    hidden_size: Size = 4096
+    intermediate_size: Size = 14336
+    num_hidden_layers: Layers = 32
+    num_attention_heads: Size = 32
+    num_key_value_heads: Size | None = 8
+    head_dim: Size | None = None
+    hidden_act: Activation = "silu"
+    max_position_embeddings: Size = 4096 * 32
+    initializer_range: NonNegative = 0.02
+    rms_norm_eps: Positive = 1e-6
     use_cache: bool = True
-    pad_token_id: int | None = None
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
+    pad_token_id: TokenId | None = None
+    bos_token_id: TokenId | None = 1
+    eos_token_id: TokenId | list[TokenId] | None = 2
     tie_word_embeddings: bool = False
-    sliding_window: int | None = 4096
-    attention_dropout: float = 0.0
+    sliding_window: Window | None = 4096
+    attention_dropout: Probability = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,7 +12,7 @@ from .decoder import (
 )
 from .decoder_config import llama_like_spec
 from .mistral import MistralConfig
-from ..config import require
+from ..config import NonNegative, Positive, Size, Window, require
 
 
 class MixtralConfig(MistralConfig):
@@ -20,24 +20,18 @@ class MixtralConfig(MistralConfig):
     attribute_map = {"num_experts": "num_local_experts"}
     default_theta = 1e6
 
-    rms_norm_eps: float = 1e-5
-    sliding_window: int | None = None
-    num_experts_per_tok: int = 2
-    num_local_experts: int = 8
+    rms_norm_eps: Positive = 1e-5
+    sliding_window: Window | None = None
+    num_experts_per_tok: Size = 2
+    num_local_experts: Size = 8
     output_router_logits: bool = False
     router_aux_loss_coef: float = 0.001
-    router_jitter_noise: float = 0.0
+    router_jitter_noise: NonNegative = 0.0
 
     def validate(self) -> None:
         super().validate()
-        require(
-            isinstance(self.num_local_experts, int) and self.num_local_experts > 0,
-            "num_local_experts", "a positive integer", self.num_local_experts,
-        )
-        require(
-            isinstance(self.num_experts_per_tok, int) and 0 < self.num_experts_per_tok <= self.num_local_experts,
-            "num_experts_per_tok", f"between 1 and num_local_experts ({self.num_local_experts})", self.num_experts_per_tok,
-        )
+        require(self.num_experts_per_tok <= self.num_local_experts, "num_experts_per_tok",
+                f"at most num_local_experts ({self.num_local_experts})", self.num_experts_per_tok)
 
 
 class MixtralModel(DecoderModel):

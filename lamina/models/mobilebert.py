@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PretrainedConfig, require
+from ..config import Layers, NonNegative, PretrainedConfig, Positive, Probability, Size, TokenId, require
 from ..layers.encoder import EncoderMask, EncoderSelfAttention, MaskedLMPredictions, Pooler, make_encoder_norm
-from ..layers.mlp import activation
+from ..layers.mlp import Activation, activation
 from ..outputs import BaseModelOutputWithPooling, MobileBertForPreTrainingOutput, finish
 from .encoder import (
     EncoderForMaskedLM,
@@ -31,7 +31,6 @@ from .encoder import (
     EncoderForSequenceClassification,
     EncoderForTokenClassification,
     EncoderModel,
-    require_positive,
 )
 from .forward import prepare_inputs, run_layer_stack
 
@@ -43,29 +42,29 @@ TORCH_DEFAULT_EPS = 1e-5
 class MobileBertConfig(PretrainedConfig):
     model_type = "mobilebert"
 
-    vocab_size: int = 30522
-    hidden_size: int = 512
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
-    hidden_act: str = "relu"
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int | None = 0
-    embedding_size: int = 128
+    vocab_size: Size = 30522
+    hidden_size: Size = 512
+    num_hidden_layers: Layers = 24
+    num_attention_heads: Size = 4
+    intermediate_size: Size = 512
+    hidden_act: Activation = "relu"
+    hidden_dropout_prob: Probability = 0.0
+    attention_probs_dropout_prob: Probability = 0.1
+    max_position_embeddings: Size = 512
+    type_vocab_size: Size = 2
+    initializer_range: NonNegative = 0.02
+    layer_norm_eps: Positive = 1e-12
+    pad_token_id: TokenId | None = 0
+    embedding_size: Size = 128
     trigram_input: bool = True
     use_bottleneck: bool = True
-    intra_bottleneck_size: int = 128
+    intra_bottleneck_size: Size = 128
     use_bottleneck_attention: bool = False
     key_query_shared_bottleneck: bool = True
-    num_feedforward_networks: int = 4
+    num_feedforward_networks: Size = 4
     normalization_type: str = "no_norm"
     classifier_activation: bool = True
-    classifier_dropout: float | None = None
+    classifier_dropout: Probability | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,16 +75,12 @@ class MobileBertConfig(PretrainedConfig):
 
     def validate(self) -> None:
         super().validate()
-        require_positive(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                "intermediate_size", "embedding_size", "intra_bottleneck_size",
-                                "num_feedforward_networks"))
         require(self.normalization_type in NORMALIZATION_TYPES, "normalization_type",
                 f"one of {NORMALIZATION_TYPES}", self.normalization_type)
         require(self.true_hidden_size % self.num_attention_heads == 0, "num_attention_heads",
                 f"a divisor of the attention width {self.true_hidden_size}", self.num_attention_heads)
         require(self.embedding_size <= self.hidden_size, "embedding_size",
                 f"at most hidden_size ({self.hidden_size})", self.embedding_size)
-        activation(self.hidden_act)
 
 
 def _norm(config: MobileBertConfig, size: int, eps: float | None = None) -> nn.Module:

@@ -9,11 +9,12 @@ them into lamina's [q; k; v] and back. Like the reference, Persimmon has no ques
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..checkpoints.megatron import INTERLEAVED_QKV, qkv_from_standard, qkv_to_standard
 from ..checkpoints.namemap import Rule, rename
-from ..config import require
+from ..config import Layers, NonNegative, Positive, Probability, Size, TokenId, check_field, require
+from ..layers.mlp import Activation
 from .decoder import (
     DecoderForCausalLM,
     DecoderForSequenceClassification,
@@ -21,43 +22,65 @@ from .decoder import (
     DecoderModel,
     DecoderSpec,
 )
-from .decoder_config import DecoderConfig
+from .decoder_config import ROPE_FIELDS, DecoderConfig
 
 
 class PersimmonConfig(DecoderConfig):
-    """Persimmon-8B's defaults. `partial_rotary_factor` is read from the top level (transformers
-    4.x files) or from `rope_parameters` (transformers 5), and written back where it was found."""
+    """Persimmon-8B's defaults. `partial_rotary_factor` (0.5 unless set) is read from the top level
+    (transformers 4.x files) or from `rope_parameters` (transformers 5), and written back where it
+    was found."""
 
     model_type = "persimmon"
     default_theta: ClassVar[float] = 25000.0
+    init_keywords = (*DecoderConfig.init_keywords, "partial_rotary_factor")
 
-    vocab_size: int = 262144
-    hidden_size: int = 4096
-    intermediate_size: int = 16384
-    num_hidden_layers: int = 36
-    num_attention_heads: int = 64
-    hidden_act: str = "relu2"
-    max_position_embeddings: int = 16384
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-5
+    vocab_size: Size = 262144
+    hidden_size: Size = 4096
+    intermediate_size: Size = 16384
+    num_hidden_layers: Layers = 36
+    num_attention_heads: Size = 64
+    hidden_act: Activation = "relu2"
+    max_position_embeddings: Size = 16384
+    initializer_range: NonNegative = 0.02
+    layer_norm_eps: Positive = 1e-5
     use_cache: bool = True
     tie_word_embeddings: bool = False
     qk_layernorm: bool = True
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    pad_token_id: int | None = None
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
+    hidden_dropout: Probability = 0.0
+    attention_dropout: Probability = 0.0
+    pad_token_id: TokenId | None = None
+    bos_token_id: TokenId | None = 1
+    eos_token_id: TokenId | list[TokenId] | None = 2
+
+    def __init__(self, **kwargs: Any) -> None:
+        # a transformers 4.x file's top-level value; None where rope_parameters holds it (or nothing does)
+        self._top_level_rotary = kwargs.pop("partial_rotary_factor", None)
+        check_field("partial_rotary_factor", ROPE_FIELDS["partial_rotary_factor"] | None, self._top_level_rotary)
+        super().__init__(**kwargs)
 
     @property
-    def rotary_fraction(self) -> float:
-        found = self.__dict__.get("partial_rotary_factor")
+    def partial_rotary_factor(self) -> float:
+        """The fraction of each head's channels that rotary embeddings turn."""
+        found = self._top_level_rotary
         return float(found if found is not None else self.rope_parameters.get("partial_rotary_factor", 0.5))
+
+    @partial_rotary_factor.setter
+    def partial_rotary_factor(self, value: float) -> None:
+        check_field("partial_rotary_factor", ROPE_FIELDS["partial_rotary_factor"], value)
+        if self._top_level_rotary is not None:
+            self._top_level_rotary = value
+        else:
+            self.rope_parameters["partial_rotary_factor"] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self._top_level_rotary is not None:
+            out["partial_rotary_factor"] = self._top_level_rotary
+        return out
 
     def validate(self) -> None:
         super().validate()
-        fraction = self.rotary_fraction
-        require(0.0 < fraction <= 1.0, "partial_rotary_factor", "a number in (0, 1]", fraction)
+        fraction = self.partial_rotary_factor
         require(
             int(self.resolved_head_dim * fraction) % 2 == 0,
             "partial_rotary_factor",
@@ -97,7 +120,7 @@ class PersimmonModel(DecoderModel):
             mlp="plain",
             mlp_bias=True,
             qk_norm=config.qk_layernorm,
-            rotary_dim=int(head_dim * config.rotary_fraction),
+            rotary_dim=int(head_dim * config.partial_rotary_factor),
             rope_parameters=config.rope_parameters,
             max_position_embeddings=config.max_position_embeddings,
             attention_dropout=float(config.attention_dropout),

@@ -12,10 +12,13 @@ from typing import Any
 
 import torch
 
-from ..config import dtype_name, resolve_dtype
+from ..config import Size, check_fields, dtype_name, field_types, resolve_dtype
 from ..errors import ConfigError, UnsupportedError
 
 METHODS = ("int8", "int4", "nf4")
+# what a saved quantized model's config.json says of its directory
+LAMINA_FORMAT_NOTE = ("lamina's own quantized layout (weight-only int8 / int4 / nf4 layers): lamina loads this "
+                      "directory, transformers cannot")
 GROUP_SIZES = (32, 64, 128)
 # dtypes a quantized layer can compute in: its activations, outputs and dequantized weights
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -39,12 +42,13 @@ class QuantizationConfig:
     """
 
     method: str = "int8"
-    group_size: int = 32
+    group_size: Size = 32
     compute_dtype: torch.dtype | None = None
     modules_to_not_convert: list[str] = field(default_factory=list)
     module_methods: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, _checked_types(QuantizationConfig), prefix="quantization_config.")
         if self.method not in METHODS:
             raise ConfigError(f"quantization_config.method: expected one of {METHODS}, found {self.method!r}")
         for name, method in self.module_methods.items():
@@ -58,6 +62,7 @@ class QuantizationConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "quant_method": "lamina",
+            "note": LAMINA_FORMAT_NOTE,
             "method": self.method,
             "group_size": self.group_size,
             "compute_dtype": dtype_name(self.compute_dtype) if self.compute_dtype else None,
@@ -102,6 +107,7 @@ class BitsAndBytesConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, _checked_types(BitsAndBytesConfig), prefix="BitsAndBytesConfig.")
         if self.load_in_8bit == self.load_in_4bit:
             raise ConfigError(
                 "BitsAndBytesConfig: expected exactly one of load_in_8bit and load_in_4bit to be True, "
@@ -137,6 +143,12 @@ class BitsAndBytesConfig:
         }
 
 
+def _checked_types(cls: type) -> dict[str, Any]:
+    """A quantization config's field types, less its compute dtype's (`check_compute_dtype` reads
+    that one: a dtype or its name)."""
+    return {name: kind for name, kind in field_types(cls).items() if "compute_dtype" not in name}
+
+
 def check_compute_dtype(value: Any, argument: str) -> torch.dtype | None:
     """A dtype, its name or "torch.<name>" → the dtype; anything a quantized layer cannot compute
     in (integers, float64, float8) is an UnsupportedError."""
@@ -168,6 +180,11 @@ def as_quantization_config(value: Any) -> QuantizationConfig:
         if kind == "lamina":
             # files written before activations stopped being rounded carry a "smoothing" entry
             data.pop("smoothing", None)
+            data.pop("note", None)
+            unknown = sorted(set(data) - set(QuantizationConfig.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(f"quantization_config: unknown keys {unknown} for quant_method 'lamina' "
+                                  f"(expected some of {sorted(QuantizationConfig.__dataclass_fields__)})")
             return QuantizationConfig(**data)
         if kind == "bitsandbytes":
             known = {k: data.pop(k) for k in list(data) if k in BitsAndBytesConfig.__dataclass_fields__}

@@ -123,18 +123,18 @@ def test_configs_of_both_transformers_versions_and_the_save_round_trip(tmp_path)
                 "intermediate_size": 64, "vocab_size": VOCAB, "rope_theta": 1000.0, "partial_rotary_factor": 0.25,
                 "rope_scaling": {"type": "linear", "factor": 2.0}}
     config = ours.PersimmonConfig(**v4_style)
-    assert config.rotary_fraction == 0.25 and config.rope_theta == 1000.0
+    assert config.partial_rotary_factor == 0.25 and config.rope_theta == 1000.0
     written = config.to_dict()
     assert written["partial_rotary_factor"] == 0.25 and written["rope_scaling"]["factor"] == 2.0
     assert "rope_parameters" not in written
     theirs = transformers.PersimmonConfig(**written)
     assert theirs.rope_parameters["partial_rotary_factor"] == 0.25
     v5_style = transformers.PersimmonConfig(**v4_style).to_dict()
-    assert ours.PersimmonConfig(**v5_style).rotary_fraction == 0.25
+    assert ours.PersimmonConfig(**v5_style).partial_rotary_factor == 0.25
     defaults = ours.PersimmonConfig()
     assert (defaults.vocab_size, defaults.hidden_size, defaults.intermediate_size, defaults.num_hidden_layers,
             defaults.num_attention_heads, defaults.hidden_act, defaults.max_position_embeddings,
-            defaults.rope_theta, defaults.rotary_fraction, defaults.qk_layernorm, defaults.layer_norm_eps) == (
+            defaults.rope_theta, defaults.partial_rotary_factor, defaults.qk_layernorm, defaults.layer_norm_eps) == (
         262144, 4096, 16384, 36, 64, "relu2", 16384, 25000.0, 0.5, True, 1e-5)
     with pytest.raises(lamina.ConfigError, match="partial_rotary_factor"):
         ours.PersimmonConfig(hidden_size=48, num_attention_heads=4, partial_rotary_factor=1.5)

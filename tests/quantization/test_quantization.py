@@ -399,3 +399,26 @@ def test_int4_dequantize_is_code_times_scale_plus_minimum(dtype):
     expected = codes * layer.weight_scale.to(dtype)[..., None] + layer.weight_min.to(dtype)[..., None]
     found = layer.dequantize(dtype)
     assert found.dtype == dtype and torch.equal(found, expected.view(48, 128))
+
+
+@pytest.mark.parametrize("how", ["QuantizationConfig", "BitsAndBytesConfig"])
+def test_a_saved_quantized_model_says_it_is_lamina_format_and_refuses_the_transformers_one(tmp_path, how):
+    transformers = pytest.importorskip("transformers")
+    wanted = QuantizationConfig(method="int8") if how == "QuantizationConfig" else BitsAndBytesConfig(load_in_8bit=True)
+    model = quantize(tiny_model(), wanted)
+    with pytest.raises(UnsupportedError, match=r"for_transformers=True.*quantized by lamina \(int8\)"):
+        model.save_pretrained(tmp_path / "asked", for_transformers=True)
+    assert not (tmp_path / "asked").exists()
+    model.save_pretrained(tmp_path / "saved")
+    entry = json.loads((tmp_path / "saved" / "config.json").read_text())["quantization_config"]
+    assert entry["quant_method"] == "lamina" and "transformers cannot" in entry["note"]
+    # what the note says: transformers does not load it (it takes the int8 weights for floats and
+    # drops their scales)
+    theirs, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert any(key.endswith("weight_scale") for key in info["unexpected_keys"])
+    ids = torch.randint(0, 256, (1, 6))
+    assert torch.equal(MistralForCausalLM.from_pretrained(tmp_path / "saved")(ids).logits, model(ids).logits)
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids).logits).abs().max() > 1e-2
+    tiny_model().save_pretrained(tmp_path / "plain", for_transformers=True)  # unquantized: transformers' format
+    transformers.MistralForCausalLM.from_pretrained(tmp_path / "plain")
