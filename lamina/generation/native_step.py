@@ -28,6 +28,7 @@ import torch
 
 from .. import kernels
 from ..cache import RollingLayerCache, StaticLayerCache
+from ..errors import UnsupportedError
 from ..layers.linear import Linear
 from ..layers.norms import RMSNorm
 from ..quantization.linear import Int4Linear, Int8Linear
@@ -88,15 +89,21 @@ class _Step:
         self._cache: tuple[Callable[[], Any], bool, list[int]] = (lambda: None, False, [])
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
-                 attention_mask: torch.Tensor | None, cache: Any) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None, cache: Any, trace: torch.Tensor | None = None) -> torch.Tensor:
+        """The `step.Step` contract; `trace (layers + 1, batch, hidden)`, where given, receives the
+        hidden state entering each layer and the last layer's output, to compare with the eager
+        step's (`hidden_states` of a forward over the same cache)."""
         buffers = self._buffers(cache)
         if buffers is None or input_ids.shape[1] != 1:
+            if trace is not None:
+                raise UnsupportedError("native step: a trace needs generate's cache (static and ring layers) "
+                                       "and one token a row")
             return self.model.decode_step(input_ids, position_ids, cache_position, attention_mask, cache)
         batch, slot = input_ids.shape[0], int(cache_position[0])
         cos, sin = self.model.decoder.rotary_emb(position_ids, torch.float32)
         padding = None if attention_mask is None else attention_mask.long().contiguous()
         logits = self.plan.step(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
-                                sin.reshape(batch, -1).contiguous(), slot, padding, buffers)
+                                sin.reshape(batch, -1).contiguous(), slot, padding, buffers, trace)
         for index in self._cache[2]:
             cache.layers[index].record_positions(cache_position)
         return logits

