@@ -37,6 +37,18 @@ _DEFAULTS: dict[str, Any] = {
     "cache_implementation": None,
     "disable_compile": False,
     "compile_config": None,
+    "max_time": None,
+    "stop_strings": None,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "num_beams": 1,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "num_assistant_tokens": 20,
+    "num_assistant_tokens_schedule": "constant",
 }
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 # what `compile_config` may set: keyword arguments of `torch.compile`
@@ -44,17 +56,11 @@ _COMPILE_KEYS = {"fullgraph", "dynamic", "backend", "mode", "options"}
 # transformers' fields that lamina does not implement, with the value that means "off": a file or a
 # call may carry them at that value, any other value is refused rather than silently ignored
 _UNSUPPORTED: dict[str, Any] = {
-    "num_beams": 1,  # beam search
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
     "top_h": None,
-    "no_repeat_ngram_size": 0,
     "encoder_repetition_penalty": 1.0,
-    "bad_words_ids": None,
-    "sequence_bias": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
     "forced_bos_token_id": None,
     "forced_eos_token_id": None,
     "renormalize_logits": False,
@@ -89,8 +95,19 @@ class GenerationConfig:
             ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "a number in [0, 1]"),
             ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "a number > 0"),
             ("num_return_sequences", self.num_return_sequences >= 1, "an integer >= 1"),
-            ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
-             "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
+            ("num_return_sequences",
+             self.num_return_sequences <= self.num_beams or (self.num_beams == 1 and self.do_sample),
+             "at most num_beams (greedy decoding would repeat one sequence; sampling without beams may ask for more)"),
+            ("num_beams", isinstance(self.num_beams, int) and self.num_beams >= 1, "an integer >= 1"),
+            ("early_stopping", self.early_stopping in (True, False, "never"), 'True, False or "never"'),
+            ("no_repeat_ngram_size", self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
+             "an integer >= 0"),
+            ("num_assistant_tokens", self.num_assistant_tokens >= 1, "an integer >= 1"),
+            ("num_assistant_tokens_schedule", self.num_assistant_tokens_schedule in ("constant", "heuristic"),
+             '"constant" or "heuristic"'),
+            ("max_time", self.max_time is None or self.max_time > 0, "None or a number of seconds > 0"),
+            ("stop_strings", self.stop_strings is None or isinstance(self.stop_strings, (str, list, tuple)),
+             "None, a string or a list of strings"),
             ("compile_config", self.compile_config is None or set(self.compile_settings()) <= _COMPILE_KEYS,
              f"None or torch.compile settings among {sorted(_COMPILE_KEYS)}"),
         ]

@@ -39,6 +39,8 @@ from ..quantization.linear import int8_fused_on_cuda, uses_lamina_kernels
 from .config import GenerationConfig
 from .native_step import native_step
 from .processors import LogitsProcessorList, build_processors
+from .search import dispatch_search
+from .stopping import build_stopping_criteria
 
 
 # tokens (batch × new tokens, summed over a model's generate calls) after which the step is compiled
@@ -180,6 +182,10 @@ class GenerationMixin:
         input_ids = kwargs.pop("input_ids", inputs)
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("token_type_ids", None)
+        # transformers' arguments for stop strings, the caller's criteria and assisted decoding
+        tokenizer = kwargs.pop("tokenizer", None)
+        stopping_criteria = kwargs.pop("stopping_criteria", None)
+        assistant_model = kwargs.pop("assistant_model", None)
         if input_ids is None:
             raise InputError("generate: pass input_ids (batch, prompt length)")
         config = self._generation_settings(generation_config, kwargs)
@@ -196,6 +202,12 @@ class GenerationMixin:
             raise InputError(
                 f"generate: attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}"
             )
+        stopping = build_stopping_criteria(config, tokenizer, stopping_criteria)
+        # beam search and assisted decoding run their own loops (`generation/search.py`)
+        searched = dispatch_search(self, input_ids, attention_mask, config, logits_processor, stopping,
+                                   assistant_model, streamer)
+        if searched is not None:
+            return searched
         if config.num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
@@ -217,10 +229,10 @@ class GenerationMixin:
             cache = self._generation_cache(batch, capacity, reuse=compiled) if static else self.make_generation_cache(batch, None)
         decode_step = self._decode_step(config, compiled) if cache is not None else None
         self._generated_tokens = getattr(self, "_generated_tokens", 0) + batch * max_new
-        processors = build_processors(config, attention_mask)
-        processors.extend(logits_processor or [])
+        processors = build_processors(config, attention_mask, logits_processor)
         eos_tensor = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        halted = torch.zeros(batch, dtype=torch.bool, device=device)  # by `stopping`
         # the length each row had when it produced its end token (total: not yet)
         lengths = torch.full((batch,), total, dtype=torch.long, device=device)
         check_every = stop_check_interval(device, streamer is not None)
@@ -264,6 +276,13 @@ class GenerationMixin:
                 raw_logits.append(logits.clone())
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
+            if stopping:  # stop strings, max_time, the caller's criteria: read on the host every step
+                halted |= stopping(run.tokens[:, :length], step_scores)
+                if eos_tensor is not None:  # as in transformers, a halted row is padded only then
+                    lengths.masked_fill_(unfinished & halted, length)
+                    unfinished &= ~halted
+                if bool((halted | ~unfinished).all()):
+                    break
             if eos_tensor is not None:
                 ended = unfinished & torch.isin(next_tokens, eos_tensor)
                 lengths.masked_fill_(ended, length)
