@@ -8,9 +8,11 @@ output is exactly the target's greedy output. With `num_assistant_tokens_schedul
 proposal length grows by 2 after a round where every proposal was accepted and shrinks by 1
 otherwise, as in transformers.
 
-Both models run their `forward` over caches whose every layer is static (sliding-window layers
-included: their window comes from the mask), so rejecting proposals only moves each cache's token
-count back; the slots past it are written again before any query can see them.
+Both models keep caches whose every layer is static (sliding-window layers included: their window
+comes from the mask), so rejecting proposals only moves each cache's token count back; the slots past
+it are written again before any query can see them. Several tokens at once go through the model's
+`forward`; the draft's one-token steps go through its decode step (lamina's native step on the CPU
+where the model allows, as in plain `generate`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,25 @@ def _static_cache(model: Any, capacity: int) -> Cache:
 class _Runner:
     """One model's forward over the run's tokens, with a cache holding its first `seen` tokens."""
 
-    def __init__(self, model: Any, run: Any, capacity: int) -> None:
+    def __init__(self, model: Any, run: Any, capacity: int, config: GenerationConfig, padded: bool) -> None:
         self.model = model
         self.run = run
         self.cache = _static_cache(model, capacity)
         self.seen = 0
+        self.step = model._decode_step(config, compiled=False)
+        self.step_mask = run.mask if padded else None
+
+    def next_logits(self, length: int) -> torch.Tensor:
+        """The logits `(batch, vocab)` after the run's first `length` tokens."""
+        start = self.seen
+        if self.step is None or length - start != 1:
+            return self.logits(length, 1)[:, -1]
+        run = self.run
+        logits = self.step(run.tokens[:, start:length], run.positions[:, start:length].clone(),
+                           run.slots[start:length].clone(), self.step_mask, self.cache).float()
+        self.cache.advance(1)
+        self.seen = length
+        return logits
 
     def logits(self, length: int, keep: int) -> torch.Tensor:
         """Feed the run's tokens from `seen` to `length`; the logits `(batch, keep, vocab)` after the
@@ -83,7 +99,8 @@ def assisted_generate(
     total = prompt_length + max_new
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     run = decoding._Buffers(input_ids.to(model.device), attention_mask.to(model.device), total, pad_id)
-    target, draft = _Runner(model, run, total), _Runner(assistant, run, total)
+    padded = not bool(attention_mask.all())
+    target, draft = _Runner(model, run, total, config, padded), _Runner(assistant, run, total, config, padded)
     eos = set(config.eos_token_ids)
     scores, raw_logits = [], []
     if streamer is not None:
@@ -130,6 +147,6 @@ def _propose(draft: _Runner, processors: LogitsProcessorList, length: int, count
     """Write up to `count` of the draft's greedy tokens after position `length`; returns how many."""
     run = draft.run
     for i in range(count):
-        logits = draft.logits(length + i, 1)[:, -1]
+        logits = draft.next_logits(length + i)
         run.tokens[:, length + i] = processors(run.tokens[:, :length + i], logits).argmax(dim=-1)
     return max(count, 0)
