@@ -28,6 +28,7 @@ from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .hub import resolve_model_dir
+from .layers.fused import FusedPart
 
 logger = logging.getLogger("lamina")
 
@@ -137,6 +138,8 @@ class PreTrainedModel(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, FusedPart):
+            return  # views of a fused layer, initialised with it
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
