@@ -29,6 +29,7 @@ from .config import PretrainedConfig, is_integer, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .hub import resolve_model_dir
 from .layers.fused import FusedPart
+from .training import TrainingMixin
 
 logger = logging.getLogger("lamina")
 
@@ -94,7 +95,7 @@ class skip_init_on_meta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(TrainingMixin, nn.Module):
     """Base of every lamina model.
 
     Subclasses set `config_class`; task models hold their base model under `base_model_prefix`
