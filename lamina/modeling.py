@@ -187,8 +187,11 @@ class PreTrainedModel(TrainingMixin, nn.Module):
     def dtype(self) -> torch.dtype:
         return next(p for p in self.parameters() if p.is_floating_point()).dtype
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (tied ones too); `exclude_embeddings` leaves out the embedding
+        tables, as transformers does (`Trainer` counts floating point operations with it)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        params = {id(p): p for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings}
         return sum(p.numel() for p in params.values())
 
     @property
