@@ -217,3 +217,26 @@ def test_assisted_decoding_stops_at_the_end_token(pair, draft, batch):
     assert torch.equal(found, expected) and found.shape[1] <= prompt.shape[1] + 5
     with pytest.raises(UnsupportedError, match="greedy"):
         ours.generate(prompt, assistant_model=draft, do_sample=True)
+
+
+@pytest.mark.slow
+def test_constraints_and_criteria_on_the_compiled_step(pair, batch):
+    """The processors and criteria run outside the step, so the compiled step gives the same tokens."""
+    reference, ours = pair
+    settings = dict(no_repeat_ngram_size=2, sequence_bias={(5,): 3.0}, suppress_tokens=[3, 4])
+    ours.native_decode = False
+    try:
+        common = dict(input_ids=batch[0], attention_mask=batch[1], max_new_tokens=10, do_sample=False, pad_token_id=0)
+        expected = reference.generate(**common, **settings)
+        found = ours.generate(**common, compile_config={}, **settings)
+        token = int(found[0, batch[0].shape[1] + 2])
+        criteria = [_StopAfter(token, batch[0].shape[1])]
+        stopped = ours.generate(batch[0], attention_mask=batch[1], compile_config={}, max_new_tokens=10,
+                                eos_token_id=2, pad_token_id=0, stopping_criteria=criteria, **settings)
+        eager = ours.generate(batch[0], attention_mask=batch[1], disable_compile=True, max_new_tokens=10,
+                              eos_token_id=2, pad_token_id=0, stopping_criteria=criteria, **settings)
+    finally:
+        ours.native_decode = True
+    assert not getattr(ours, "_compile_failed", False) and "_compiled_steps" in ours.__dict__
+    assert torch.equal(found, expected)
+    assert torch.equal(stopped, eager)

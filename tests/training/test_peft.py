@@ -9,26 +9,15 @@ import torch
 
 import lamina
 from lamina.layers.fused import FusedPart
+from tests.training.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-TINY = dict(
-    vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=8, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-)
 # the projections lamina fuses are views (`FusedPart`s, `nn.Linear`s) whatever their storage; a
 # quantized o_proj / down_proj is lamina's own layer type, which peft's LoRA does not wrap
 QUANTIZED_TARGETS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mistral")
-    transformers.MistralForCausalLM(transformers.MistralConfig(**TINY)).save_pretrained(path)
-    return path
 
 
 def _lora(targets=TARGETS):

@@ -7,22 +7,10 @@ import pytest
 import torch
 
 import lamina
+from tests.training.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
-
-TINY = dict(
-    vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=8, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mistral")
-    transformers.MistralForCausalLM(transformers.MistralConfig(**TINY)).save_pretrained(path)
-    return path
 
 
 def _rows(count=16, length=10):
