@@ -173,6 +173,17 @@ def test_beam_search_equals_reference(pair, batch, settings):
     assert torch.equal(plain_found, plain_expected)
 
 
+@pytest.mark.parametrize("warpers", [dict(top_k=20), dict(top_p=0.9, temperature=0.7)])
+def test_beam_sampling_draws_what_transformers_draws(pair, batch, warpers):
+    reference, ours = pair
+    settings = dict(input_ids=batch[0], attention_mask=batch[1], max_new_tokens=8, do_sample=True, num_beams=3,
+                    num_return_sequences=2, eos_token_id=2, pad_token_id=0, **warpers)
+    torch.manual_seed(9)
+    expected = reference.generate(**settings)
+    torch.manual_seed(9)
+    assert torch.equal(ours.generate(**settings), expected)
+
+
 def test_beam_search_refuses_what_it_cannot_do(pair, batch):
     _, ours = pair
     with pytest.raises(lamina.errors.ConfigError, match="num_return_sequences"):
