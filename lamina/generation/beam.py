@@ -92,10 +92,11 @@ def beam_search(
     processors: LogitsProcessorList,
     stopping: StoppingCriteriaList,
     buffers: Any,
+    generator: torch.Generator | None = None,
 ) -> torch.LongTensor | GenerateBeamDecoderOnlyOutput:
     """Beam search over `input_ids (batch, prompt)` (left-padded, with `attention_mask`); the
     processors and criteria are built for `batch * num_beams` rows; `buffers` makes the run's
-    mask and position ids for them (`decoding._Buffers`)."""
+    mask and position ids for them (`decoding._Buffers`); `generator` draws beam samples."""
     if not config.use_cache:
         raise UnsupportedError("generate: beam search runs with the model's cache (use_cache=True)")
     num_beams = config.num_beams
@@ -130,7 +131,8 @@ def beam_search(
             raw_logits.append(logits.clone())
         if config.output_scores:
             scores.append(log_probs.clone())
-        hits = _step(beams, log_probs, length, prompt_length, max_length, config, ending, candidates, top_candidates)
+        hits = _step(beams, log_probs, length, prompt_length, max_length, config, ending, candidates, top_candidates,
+                     generator)
         origins = beams.running_origins[:, :, length - prompt_length].reshape(rows)
         cache.reorder_cache(origins)
         length += 1
@@ -143,13 +145,13 @@ def beam_search(
 
 def _step(beams: _Beams, log_probs: torch.Tensor, length: int, prompt_length: int, max_length: int,
           config: GenerationConfig, ending: StoppingCriteriaList, candidates: int,
-          top_candidates: torch.Tensor) -> torch.Tensor:
+          top_candidates: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Extend every prompt's beams by one token; returns which candidates ended `(batch, candidates)`."""
     batch, num_beams = beams.running_scores.shape
     vocab = log_probs.shape[-1]
     totals = (log_probs.view(batch, num_beams, vocab) + beams.running_scores[:, :, None]).view(batch, -1)
     if config.do_sample:
-        chosen = torch.multinomial(torch.softmax(totals, dim=-1), candidates)
+        chosen = torch.multinomial(torch.softmax(totals, dim=-1), candidates, generator=generator)
         chosen_scores, order = totals.gather(1, chosen).sort(dim=-1, descending=True)
         chosen = chosen.gather(1, order)
     else:

@@ -205,7 +205,7 @@ class GenerationMixin:
         stopping = build_stopping_criteria(config, tokenizer, stopping_criteria)
         # beam search and assisted decoding run their own loops (`generation/search.py`)
         searched = dispatch_search(self, input_ids, attention_mask, config, logits_processor, stopping,
-                                   assistant_model, streamer)
+                                   assistant_model, streamer, generator)
         if searched is not None:
             return searched
         if config.num_return_sequences > 1:

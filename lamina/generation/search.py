@@ -25,6 +25,7 @@ def dispatch_search(
     stopping: StoppingCriteriaList,
     assistant_model: Any,
     streamer: Any,
+    generator: torch.Generator | None = None,
 ) -> Any:
     """The output of beam search or assisted decoding when `config` / the caller ask for one of them;
     None for `generate`'s own greedy or sampled loop. `input_ids (batch, prompt)` with its mask."""
@@ -33,7 +34,7 @@ def dispatch_search(
             raise UnsupportedError("generate: beam search takes neither an assistant_model nor a streamer")
         mask = attention_mask.repeat_interleave(config.num_beams, dim=0)
         processors = build_processors(config, mask, logits_processor)
-        return beam_search(model, input_ids, attention_mask, config, processors, stopping, decoding._Buffers)
+        return beam_search(model, input_ids, attention_mask, config, processors, stopping, decoding._Buffers, generator)
     if assistant_model is not None:
         processors = build_processors(config, attention_mask, logits_processor)
         return assisted_generate(model, assistant_model, input_ids, attention_mask, config, processors, stopping, streamer)

@@ -182,6 +182,8 @@ def test_beam_sampling_draws_what_transformers_draws(pair, batch, warpers):
     expected = reference.generate(**settings)
     torch.manual_seed(9)
     assert torch.equal(ours.generate(**settings), expected)
+    seeded = [ours.generate(**settings, generator=torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
 
 
 def test_beam_search_refuses_what_it_cannot_do(pair, batch):
