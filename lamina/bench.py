@@ -131,9 +131,11 @@ def matmul_seconds(model, repeats: int = 5) -> float:
     import torch
     from torch import nn
 
+    from .layers.fused import FusedPart
     from .quantization.linear import QuantizedLinear
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, QuantizedLinear))]
+    # a fused layer's parts are views of its rows, already counted with it
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, QuantizedLinear)) and not isinstance(m, FusedPart)]
     dtype = next(model.parameters()).dtype
     dtype = dtype if dtype.is_floating_point else torch.float32
     inputs = {m.in_features: torch.randn(1, 1, m.in_features, dtype=dtype) for m in layers}

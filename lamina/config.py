@@ -322,6 +322,11 @@ class PretrainedConfig:
 
     # -- serialisation -------------------------------------------------------------------------
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
+        """The config of the text model: this one (transformers' hook for multimodal configs, which
+        training tools call on every model)."""
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_type": self.model_type}
         for name in self._declared_fields():

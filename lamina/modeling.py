@@ -33,6 +33,8 @@ from .quantization import quantize
 from .quantization.apply import quantize_on_load
 from .tf.h5 import load_tf_checkpoint
 from .progress import ProgressBar
+from .layers.fused import FusedPart
+from .training import TrainingMixin
 
 logger = logging.getLogger("lamina")
 
@@ -112,7 +114,7 @@ class skip_init_on_meta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(TrainingMixin, nn.Module):
     """Base of every lamina model.
 
     Subclasses set `config_class`; task models hold their base model under `base_model_prefix`
@@ -166,6 +168,8 @@ class PreTrainedModel(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, FusedPart):
+            return  # views of a fused layer, initialised with it
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -212,8 +216,11 @@ class PreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(p for p in self.parameters() if p.is_floating_point()).dtype
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        params = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (tied ones too); `exclude_embeddings` leaves out the embedding
+        tables, as transformers does (`Trainer` counts floating point operations with it)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        params = {id(p): p for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in embeddings}
         return sum(p.numel() for p in params.values())
 
     @property

@@ -1,5 +1,7 @@
-"""Text generation: `GenerationConfig`, logits processors, the decoding loop and streamers."""
+"""Text generation: `GenerationConfig`, logits processors, stopping criteria, the decoding loop,
+beam search, assisted decoding and streamers."""
 
+from .beam import GenerateBeamDecoderOnlyOutput
 from .config import GenerationConfig
 from .decoding import GenerateDecoderOnlyOutput, GenerationMixin
 from .processors import (
@@ -7,21 +9,36 @@ from .processors import (
     LogitsProcessorList,
     MinLengthLogitsProcessor,
     MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from .stopping import EosTokenCriteria, MaxTimeCriteria, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 __all__ = [
+    "EosTokenCriteria",
+    "GenerateBeamDecoderOnlyOutput",
     "GenerateDecoderOnlyOutput",
     "GenerationConfig",
     "GenerationMixin",
     "LogitsProcessor",
     "LogitsProcessorList",
     "MinLengthLogitsProcessor",
+    "MaxTimeCriteria",
     "MinPLogitsWarper",
+    "NoBadWordsLogitsProcessor",
+    "NoRepeatNGramLogitsProcessor",
     "RepetitionPenaltyLogitsProcessor",
+    "SequenceBiasLogitsProcessor",
+    "StopStringCriteria",
+    "StoppingCriteria",
+    "StoppingCriteriaList",
+    "SuppressTokensLogitsProcessor",
     "TemperatureLogitsWarper",
     "TopKLogitsWarper",
     "TopPLogitsWarper",

@@ -39,6 +39,18 @@ _DEFAULTS: dict[str, Any] = {
     "cache_implementation": None,
     "disable_compile": False,
     "compile_config": None,
+    "max_time": None,
+    "stop_strings": None,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "num_beams": 1,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "num_assistant_tokens": 20,
+    "num_assistant_tokens_schedule": "constant",
 }
 # field → its type, checked before anything computes with it (see lamina.config.check_field)
 _TYPES: dict[str, Any] = {
@@ -63,6 +75,18 @@ _TYPES: dict[str, Any] = {
     "cache_implementation": str | None,
     "disable_compile": bool,
     "compile_config": Any,
+    "max_time": Positive | None,
+    "stop_strings": str | list[str] | None,
+    "no_repeat_ngram_size": Count | None,
+    "bad_words_ids": list[list[TokenId]] | None,
+    "sequence_bias": Any,
+    "suppress_tokens": list[TokenId] | None,
+    "begin_suppress_tokens": list[TokenId] | None,
+    "num_beams": Size,
+    "length_penalty": float,
+    "early_stopping": bool | str,
+    "num_assistant_tokens": Size,
+    "num_assistant_tokens_schedule": str,
 }
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 # what `compile_config` may set: keyword arguments of `torch.compile`
@@ -70,17 +94,11 @@ _COMPILE_KEYS = {"fullgraph", "dynamic", "backend", "mode", "options"}
 # transformers' fields that lamina does not implement, with the value that means "off": a file or a
 # call may carry them at that value, any other value is refused rather than silently ignored
 _UNSUPPORTED: dict[str, Any] = {
-    "num_beams": 1,  # beam search
     "typical_p": 1.0,
     "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0,
     "top_h": None,
-    "no_repeat_ngram_size": 0,
     "encoder_repetition_penalty": 1.0,
-    "bad_words_ids": None,
-    "sequence_bias": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
     "forced_bos_token_id": None,
     "forced_eos_token_id": None,
     "renormalize_logits": False,
@@ -108,8 +126,12 @@ class GenerationConfig:
         settings of transformers' that lamina does not implement."""
         check_fields(self, _TYPES, prefix="generation config ")
         checks = [
-            ("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
-             "1 when decoding greedily (every sequence would be the same; set do_sample=True)"),
+            ("num_return_sequences",
+             self.num_return_sequences <= self.num_beams or (self.num_beams == 1 and self.do_sample),
+             "at most num_beams (greedy decoding would repeat one sequence; sampling without beams may ask for more)"),
+            ("early_stopping", self.early_stopping in (True, False, "never"), 'True, False or "never"'),
+            ("num_assistant_tokens_schedule", self.num_assistant_tokens_schedule in ("constant", "heuristic"),
+             '"constant" or "heuristic"'),
             ("compile_config", self.compile_config is None or set(self.compile_settings()) <= _COMPILE_KEYS,
              f"None or torch.compile settings among {sorted(_COMPILE_KEYS)}"),
         ]

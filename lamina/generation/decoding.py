@@ -28,6 +28,8 @@ from ..outputs import ModelOutput
 from .config import GenerationConfig
 from .processors import LogitsProcessorList, build_processors
 from .step import Step, decode_steps
+from .search import dispatch_search
+from .stopping import build_stopping_criteria
 
 
 def stop_check_interval(device: torch.device, streaming: bool) -> int:
@@ -111,10 +113,23 @@ class GenerationMixin:
         input_ids = kwargs.pop("input_ids", inputs)
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("token_type_ids", None)
+        # transformers' arguments for stop strings, the caller's criteria and assisted decoding
+        tokenizer = kwargs.pop("tokenizer", None)
+        stopping_criteria = kwargs.pop("stopping_criteria", None)
+        assistant_model = kwargs.pop("assistant_model", None)
         if input_ids is None:
             raise InputError("generate: pass input_ids (batch, prompt length)")
         config = self._generation_settings(generation_config, kwargs)
         input_ids, attention_mask, pad_id = self._generation_inputs(input_ids, attention_mask, config)
+        stopping = build_stopping_criteria(config, tokenizer, stopping_criteria)
+        # beam search and assisted decoding run their own loops (`generation/search.py`)
+        searched = dispatch_search(self, input_ids, attention_mask, config, logits_processor, stopping,
+                                   assistant_model, streamer, generator)
+        if searched is not None:
+            return searched
+        if config.num_return_sequences > 1:
+            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
+            attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
         batch, prompt_length = input_ids.shape
         max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_length
         if max_new <= 0:
@@ -127,8 +142,7 @@ class GenerationMixin:
         # buffers
         prepared = decode_steps(self).prepare(config, batch, total, max_new)
         run = _Buffers(input_ids, attention_mask, prepared.capacity, pad_id)
-        processors = build_processors(config, attention_mask)
-        processors.extend(logits_processor or [])
+        processors = build_processors(config, attention_mask, logits_processor)
         ends = _Ends(config.eos_token_ids, batch, total, stop_check_interval(self.device, streamer is not None),
                      self.device)
         scores, raw_logits = [], []
@@ -154,6 +168,9 @@ class GenerationMixin:
                 raw_logits.append(logits.clone())
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
+            # stop strings, max_time, the caller's criteria: read on the host every step
+            if stopping and ends.halt(stopping(run.tokens[:, :length], step_scores), length):
+                break
             if ends.record(next_tokens, length, step):
                 break
 
@@ -173,7 +190,7 @@ class GenerationMixin:
 
     def _generation_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
                            config: GenerationConfig) -> tuple[torch.LongTensor, torch.Tensor, int]:
-        """`input_ids` and `attention_mask (batch * num_return_sequences, prompt)` on the model's
+        """`input_ids` and `attention_mask (batch, prompt)` on the model's
         device (the mask made from the pad token where not given), and the id that fills finished rows."""
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -187,9 +204,6 @@ class GenerationMixin:
             raise InputError(
                 f"generate: attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}"
             )
-        if config.num_return_sequences > 1:
-            input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
-            attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
         return input_ids, attention_mask, pad_id
 
     def _forward_logits(self, run: _Buffers, start: int, length: int, cache: Any) -> tuple[torch.Tensor, Any]:
@@ -228,7 +242,17 @@ class _Ends:
         self.eos = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
         self.lengths = torch.full((batch,), total, dtype=torch.long, device=device)  # total: not ended yet
+        self.halted = torch.zeros(batch, dtype=torch.bool, device=device)  # by a stopping criterion
         self.check_every = check_every
+
+    def halt(self, halted: torch.Tensor, length: int) -> bool:
+        """Note the rows a stopping criterion ends (`halted (batch,)`); whether every row has ended.
+        As in transformers, a halted row is padded from here on only where there are end tokens."""
+        self.halted |= halted
+        if self.eos is not None:
+            self.lengths.masked_fill_(self.unfinished & self.halted, length)
+            self.unfinished &= ~self.halted
+        return bool((self.halted | ~self.unfinished).all())
 
     def record(self, tokens: torch.LongTensor, length: int, step: int) -> bool:
         """Note the rows that `tokens (batch,)` end; whether every row has ended (asked only every

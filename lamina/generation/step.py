@@ -100,7 +100,7 @@ class DecodeSteps:
         if config.use_cache:
             cache = self._cache(batch, capacity, reuse=compiled) if static \
                 else self.model.make_generation_cache(batch, None)
-        step, kind = self._step(config, compiled) if cache is not None else (None, "forward")
+        step, kind = self.step(config, compiled) if cache is not None else (None, "forward")
         self.generated_tokens += batch * new_tokens
         self.last_kind = kind
         return Prepared(capacity, cache, step, kind)
@@ -128,7 +128,7 @@ class DecodeSteps:
             cache.reset()
         return cache
 
-    def _step(self, config: GenerationConfig, compiled: bool) -> tuple[Step | None, str]:
+    def step(self, config: GenerationConfig, compiled: bool) -> tuple[Step | None, str]:
         """The step after the prompt and its kind: the native step on the CPU where it serves the
         model, else the model's `decode_step` (compiled when `compiled`), else None ("forward")."""
         model = self.model

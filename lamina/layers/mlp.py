@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .fused import expose_parts, project
 from .linear import Linear
 
 
@@ -55,11 +56,12 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False) -> None:
         super().__init__()
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        expose_parts(self, "gate_up_proj", ["gate_proj", "up_proj"], [intermediate_size, intermediate_size])
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate, up = project(self, "gate_up_proj", x).chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 

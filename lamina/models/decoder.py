@@ -27,6 +27,7 @@ from ..layers.heads import (
     sequence_classification_loss,
     token_classification_loss,
 )
+from ..layers.fused import expose_parts, project
 from ..layers.linear import Linear
 from ..layers.mlp import GatedMLP, PlainMLP
 from ..layers.moe import SparseMoE, load_balancing_loss
@@ -119,6 +120,8 @@ class DecoderAttention(nn.Module):
         self.backend = backend
         width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = Linear(spec.hidden_size, width, bias=spec.attention_bias)
+        kv_width = self.num_kv_heads * self.head_dim
+        expose_parts(self, "qkv_proj", ["q_proj", "k_proj", "v_proj"], [width - 2 * kv_width, kv_width, kv_width])
         self.o_proj = Linear(self.num_heads * self.head_dim, spec.hidden_size, bias=spec.output_bias)
         if spec.qk_norm:
             self.q_norm = make_norm(spec.norm, self.head_dim, spec.norm_eps)
@@ -135,7 +138,7 @@ class DecoderAttention(nn.Module):
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(
+        q, k, v = project(self, "qkv_proj", x).split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim], dim=-1
         )
         q = q.view(batch, seq, self.num_heads, self.head_dim)

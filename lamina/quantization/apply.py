@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoints.io import release_loaded
 from ..errors import UnsupportedError
+from ..layers.fused import FusedPart
 from ..layers.moe import Experts
 from .config import BitsAndBytesConfig, QuantizationConfig, as_quantization_config
 from .experts import QuantizedExperts, quantized_rows
@@ -62,7 +63,8 @@ def quantize(model: nn.Module, config: Any = "int8", *, release_sources: bool = 
 
 def _replace_linears(model: nn.Module, config: QuantizationConfig,
                      release: Callable[[torch.Tensor], None] | None = None) -> None:
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Linear, Experts))]
+    linears = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, (nn.Linear, Experts)) and not isinstance(module, FusedPart)]
     for name, module in linears:
         if isinstance(module, Experts):
             layer = quantized_experts(name, module, config, release)
@@ -205,7 +207,7 @@ def _quantize_with_bitsandbytes(model: nn.Module, config: BitsAndBytesConfig) ->
     import bitsandbytes as bnb
 
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or config.to_lamina().method_for(name) is None:
+        if not isinstance(module, nn.Linear) or isinstance(module, FusedPart) or config.to_lamina().method_for(name) is None:
             continue
         weight = module.weight.detach()
         if config.load_in_4bit:

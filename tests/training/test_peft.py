@@ -1,0 +1,147 @@
+"""peft on lamina models with the names users write (q_proj … down_proj, fused inside lamina):
+adapters that load onto transformers' model and back with the same outputs, gradients, merging,
+gradient checkpointing, autocast and QLoRA over lamina's quantized layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lamina
+from lamina.layers.fused import FusedPart
+from tests.training.tiny import TINY
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+# the projections lamina fuses are views (`FusedPart`s, `nn.Linear`s) whatever their storage; a
+# quantized o_proj / down_proj is lamina's own layer type, which peft's LoRA does not wrap
+QUANTIZED_TARGETS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _lora(targets=TARGETS):
+    # random B as well as A, so that the adapters change the outputs
+    return peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.0)
+
+
+def _models(checkpoint):
+    reference = transformers.MistralForCausalLM.from_pretrained(checkpoint).eval()
+    return reference, lamina.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    # no loss on the first real token: the logits before it are a padded query's, nobody's answer
+    return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask.cumsum(1) <= 1, -100))
+
+
+@pytest.mark.parametrize("targets", [TARGETS, ["q_proj", "v_proj"], ["up_proj"]])
+def test_adapters_round_trip_through_transformers(checkpoint, tmp_path, targets):
+    reference, ours = _models(checkpoint)
+    torch.manual_seed(2)
+    tuned = peft.get_peft_model(ours, _lora(targets))
+    batch = _batch()
+    found = tuned(**batch)
+    tuned.save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(reference, tmp_path / "ours")
+    expected = theirs(**batch)
+    _assert_logits_close(found, expected, batch)
+    torch.testing.assert_close(found.loss, expected.loss, rtol=1e-6, atol=1e-6)
+
+    # and back: transformers' adapters onto lamina
+    reference2, ours2 = _models(checkpoint)
+    torch.manual_seed(3)
+    peft.get_peft_model(reference2, _lora(targets)).save_pretrained(tmp_path / "theirs")
+    expected = peft.PeftModel.from_pretrained(reference2, tmp_path / "theirs")(**batch)
+    found = peft.PeftModel.from_pretrained(ours2, tmp_path / "theirs")(**batch)
+    _assert_logits_close(found, expected, batch)
+    assert (found.logits - reference2(**batch).logits).abs().max() > 1e-3  # the adapters did something
+
+
+def _assert_logits_close(found, expected, batch, tolerance=1e-5):
+    """At the real tokens (what a padded query sees is nobody's answer)."""
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(found.logits[real], expected.logits[real], rtol=tolerance, atol=tolerance)
+
+
+def _adapter_grads(model):
+    return {name.replace(".default", ""): p.grad for name, p in model.named_parameters() if "lora_" in name}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_adapter_gradients_equal_reference(checkpoint, checkpointing):
+    reference, ours = _models(checkpoint)
+    grads = []
+    for model in (reference, ours):
+        torch.manual_seed(4)
+        tuned = peft.get_peft_model(model, _lora())
+        tuned.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            model.enable_input_require_grads()
+            assert model.is_gradient_checkpointing
+        tuned(**_batch()).loss.backward()
+        grads.append(_adapter_grads(tuned))
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * len(TARGETS) * TINY["num_hidden_layers"]
+    for name, expected in grads[0].items():
+        torch.testing.assert_close(grads[1][name], expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_merge_and_unload_gives_the_merged_weights(checkpoint, tmp_path):
+    reference, ours = _models(checkpoint)
+    merged = []
+    for model in (reference, ours):
+        torch.manual_seed(5)
+        merged.append(peft.get_peft_model(model, _lora()).merge_and_unload())
+    batch = _batch()
+    _assert_logits_close(merged[1](**batch), merged[0](**batch), batch)
+    assert all(type(m) is FusedPart for name, m in merged[1].named_modules() if name.endswith("q_proj"))
+    merged[1].save_pretrained(tmp_path)
+    reloaded = transformers.MistralForCausalLM.from_pretrained(tmp_path)
+    for name, tensor in merged[0].state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_training_step(checkpoint):
+    reference, ours = _models(checkpoint)
+    losses = []
+    for model in (reference, ours):
+        torch.manual_seed(6)
+        tuned = peft.get_peft_model(model, _lora())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = tuned(**_batch(), use_cache=False).loss
+        loss.backward()
+        losses.append(loss.detach())
+        assert all(p.grad is not None for name, p in tuned.named_parameters() if p.requires_grad)
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("method", ["int4", "nf4"])
+def test_qlora_trains_adapters_through_quantized_layers(checkpoint, method):
+    """The quantized base stays frozen; the adapters' gradients equal those over a float model holding
+    the dequantized weights."""
+    from lamina.quantization import QuantizationConfig
+
+    quantized = lamina.AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=QuantizationConfig(method))
+    plain = lamina.AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        for (name, layer), (_, float_layer) in zip(quantized.named_modules(), plain.named_modules()):
+            if hasattr(layer, "dequantize") and not isinstance(layer, FusedPart):
+                float_layer.weight.copy_(layer.dequantize())
+    grads, losses = [], []
+    for model in (plain, quantized):
+        model.enable_input_require_grads()
+        torch.manual_seed(7)
+        tuned = peft.get_peft_model(model, _lora(QUANTIZED_TARGETS))
+        tuned.train()
+        loss = tuned(**_batch()).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(_adapter_grads(tuned))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
+    for name, expected in grads[0].items():
+        torch.testing.assert_close(grads[1][name], expected, rtol=1e-2, atol=1e-4, msg=name)
