@@ -244,25 +244,24 @@ class _Run:
         self.prompts = prompts
         self.choices: list[Choice] = []
         self.sequences = []
+        limits = []
         for prompt in prompts:
             if not prompt:
                 raise APIError(400, "'prompt' has no tokens", param="prompt")
-            max_tokens = options.max_tokens if options.max_tokens is not None else self.engine.context - len(prompt)
+            limits.append(options.max_tokens if options.max_tokens is not None else self.engine.context - len(prompt))
             try:
-                self.engine.check_fits(len(prompt), max_tokens)
+                self.engine.check_fits(len(prompt), limits[-1])
             except InputError as err:
-                raise APIError(400, str(err), param="messages", code="context_length_exceeded") from err
+                raise APIError(400, str(err), code="context_length_exceeded") from err
         try:
-            for prompt in prompts:
-                max_tokens = options.max_tokens if options.max_tokens is not None else self.engine.context - len(prompt)
+            for prompt, max_tokens in zip(prompts, limits):
                 for _ in range(options.n):
                     index = len(self.choices)
                     seed = None if options.seed is None else options.seed + index
                     params = SamplingParams(max_tokens, options.temperature, options.top_p, seed, options.logprobs,
                                             stop_ids)
-                    sink = self._sink(loop, index)
                     self.choices.append(Choice(index, host.tokenizer, options.stop, stop_ids))
-                    self.sequences.append(self.engine.submit(prompt, params, sink))
+                    self.sequences.append(self.engine.submit(prompt, params, self._sink(loop, index)))
         except QueueFull as err:
             self.cancel()
             raise APIError(429, f"too many requests waiting: {err}; retry later", code="rate_limit_exceeded",

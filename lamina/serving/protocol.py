@@ -89,6 +89,10 @@ def read_options(body: dict[str, Any], chat: bool) -> Options:
     stream = field(body, "stream", bool, "a boolean", False)
     stream_options = field(body, "stream_options", dict, "an object", {})
     include_usage = field(stream_options, "include_usage", bool, "a boolean", False)
+    response_format = field(body, "response_format", dict, "an object with a 'type'", {"type": "text"})
+    if response_format.get("type") != "text":
+        raise APIError(400, f"'response_format': only {{'type': 'text'}} is served (constrained JSON decoding is not "
+                            f"built), found {response_format!r}", param="response_format", code="unsupported_value")
     return Options(max_tokens, temperature, top_p, seed, stop, n, stream, include_usage, _logprobs(body, chat))
 
 

@@ -105,3 +105,37 @@ def wait_healthy(url: str, timeout: float = 300.0) -> None:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+class ServeProcess:
+    """`lamina serve DIRECTORY` in a child process on a free port; `url` once /health answers 200."""
+
+    def __init__(self, directory: Path, name: str, *options: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lamina", "serve", str(directory), "--port", str(self.port),
+             "--served-model-name", name, *options],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> ServeProcess:
+        wait_healthy(self.url, timeout=120)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}

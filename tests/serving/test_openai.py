@@ -114,6 +114,8 @@ def test_models_health_and_metrics(served, client):
     (dict(model=MODEL, prompt=[5] * 126, max_tokens=5), openai.BadRequestError, 400, "126 prompt tokens"),
     (dict(model=MODEL, prompt=[500]), openai.BadRequestError, 400, "token ids in [0, 97)"),
     (dict(model=MODEL, prompt="w5", top_p=0), openai.BadRequestError, 400, "top_p"),
+    (dict(model=MODEL, prompt="w5", extra_body={"response_format": {"type": "json_object"}}), openai.BadRequestError,
+     400, "response_format"),
 ])
 def test_bad_requests_raise_the_clients_errors(client, arguments, error, status, says):
     with pytest.raises(error) as caught:

@@ -1,0 +1,189 @@
+"""Serving benchmark: aggregate output tokens/s and p50/p99 time to first token and inter-token
+latency at 1, 4, 16 and 64 concurrent streams, greedy, a fixed mix of prompts and one output length,
+against `lamina serve`, llama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python's
+`server` extra) and `transformers serve`, each where it runs; and lamina's own `generate` on one
+prompt for the 1-stream comparison. Results go into bench/RESULTS.md's "Serving" section.
+
+    python bench/bench_serve.py                           # lamina on the default model
+    python bench/bench_serve.py --llama-cpp-python /work/venv-bench/bin/python --transformers-model DIR
+
+Every server is started here on a free loopback port and stopped after its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lamina import cli  # noqa: E402
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
+             "Explain gravity to a child in two sentences.", "List three fruits and their colours.",
+             "Who wrote Hamlet, and when?", "Translate 'good morning' to Spanish and French.",
+             "Give me a short tip for learning to code.", "Describe a rainy day in one paragraph."]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(command: list[str], url: str, timeout: float = 600) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=5).status_code == 200 and \
+                    httpx.get(url + "/health", timeout=5).status_code in (200, 404):
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise TimeoutError(f"{command[:3]} did not answer within {timeout} s")
+
+
+def _one_stream(url: str, model: str, question: str, max_tokens: int) -> tuple[float, list[float], int]:
+    """Time to first token, the gaps between the following chunks, and the completion tokens."""
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    arrivals, tokens = [], 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                arrivals.append(time.perf_counter())
+    tokens = tokens or len(arrivals)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return (arrivals[0] - start if arrivals else float("nan")), gaps, tokens
+
+
+def measure(url: str, model: str, streams: int, max_tokens: int) -> dict[str, float]:
+    """`streams` clients at once, each asking one question of the mix."""
+    results: list[tuple[float, list[float], int]] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        result = _one_stream(url, model, QUESTIONS[index % len(QUESTIONS)], max_tokens)
+        with lock:
+            results.append(result)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    ttfts = sorted(r[0] for r in results)
+    gaps = sorted(g for r in results for g in r[1])
+    return {"tokens_per_s": sum(r[2] for r in results) / elapsed, "ttft_p50": _quantile(ttfts, 0.5),
+            "ttft_p99": _quantile(ttfts, 0.99), "itl_p50": _quantile(gaps, 0.5), "itl_p99": _quantile(gaps, 0.99)}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def generate_tokens_per_s(max_tokens: int) -> float:
+    """lamina's `generate` alone on the first question (the default model as `lamina generate` loads it)."""
+    import torch
+
+    source = cli.default_model()
+    model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
+                                           return_tensors="pt")["input_ids"]
+    model.generate(prompt, max_new_tokens=4, do_sample=False)
+    start = time.perf_counter()
+    out = model.generate(prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+    return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start)
+
+
+def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
+    """(name, command with {port}, model name) of each server to run."""
+    gguf = str(cli.default_model())
+    found = [("lamina serve", [sys.executable, "-m", "lamina", "serve", gguf, "--port", "{port}",
+                               "--served-model-name", "m"], "m")]
+    if args.llama_cpp_python:
+        found.append(("llama.cpp server", [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf,
+                                           "--port", "{port}", "--n_ctx", "8192", "--chat_format", "chatml"], gguf))
+    if args.transformers_model:
+        found.append(("transformers serve", ["transformers", "serve", "--port", "{port}", "--continuous-batching",
+                                             "--force-model", args.transformers_model], args.transformers_model))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--llama-cpp-python", default=None, help="a python with llama-cpp-python[server]")
+    parser.add_argument("--transformers-model", default=None, help="an HF directory for `transformers serve`")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = parser.parse_args()
+    rows = []
+    for name, command, model in servers(args):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            process = _start([part.replace("{port}", str(port)) for part in command], url)
+        except (RuntimeError, TimeoutError, OSError) as err:
+            rows.append(f"| {name} | did not start: {err} | | | | | |")
+            continue
+        try:
+            measure(url, model, 1, 4)  # warm-up
+            for streams in args.streams:
+                result = measure(url, model, streams, args.max_tokens)
+                rows.append(f"| {name} | {streams} | {result['tokens_per_s']:.1f} | {result['ttft_p50'] * 1e3:.0f} | "
+                            f"{result['ttft_p99'] * 1e3:.0f} | {result['itl_p50'] * 1e3:.1f} | "
+                            f"{result['itl_p99'] * 1e3:.1f} |")
+                print(rows[-1], flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
+    generate = generate_tokens_per_s(args.max_tokens)
+    _write(args, rows, generate)
+
+
+def _write(args: argparse.Namespace, rows: list[str], generate: float) -> None:
+    header = ("| server | streams | output tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
+              "inter-token p99 ms |\n|---|---|---|---|---|---|---|")
+    section = (f"## Serving (bench/bench_serve.py, {time.strftime('%Y-%m-%d')})\n\n"
+               f"SmolLM2-135M-Instruct Q4_1 GGUF (int4 in lamina), greedy chat completions of {args.max_tokens} "
+               f"tokens at most over {len(QUESTIONS)} questions, streamed; one run.\n\n{header}\n"
+               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model: {generate:.1f} tok/s.\n")
+    path = Path(args.output)
+    text = path.read_text() if path.exists() else ""
+    marker = "## Serving (bench/bench_serve.py"
+    if marker in text:
+        start = text.index(marker)
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

