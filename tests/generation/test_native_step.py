@@ -75,6 +75,20 @@ def test_float32_native_step_gives_the_reference_tokens(name, request):
     assert decode_steps(ours).last_kind == "native"
 
 
+def test_native_step_serves_a_window_longer_than_the_run(tmp_path):
+    """Mistral's window (4096) is longer than most runs: its rings hold only the run's slots and never
+    wrap, and the native step still runs them, with transformers' tokens."""
+    torch.manual_seed(0)
+    reference = transformers.MistralForCausalLM(transformers.MistralConfig(**{**TINY, "sliding_window": 64})).eval()
+    reference.save_pretrained(tmp_path)
+    batch = _batch()
+    expected = reference.generate(**batch, max_new_tokens=12, do_sample=False)
+    ours = _model(tmp_path)
+    assert torch.equal(ours.generate(**batch, max_new_tokens=12, do_sample=False), expected)
+    assert decode_steps(ours).last_kind == "native"
+    assert_native_matches_eager(ours, **batch, max_new_tokens=12)
+
+
 @pytest.mark.parametrize("method", [None, "int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_native_step_matches_the_eager_step(pair, windowed, method, rows):
