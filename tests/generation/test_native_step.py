@@ -84,8 +84,12 @@ def test_native_step_serves_a_window_longer_than_the_run(tmp_path):
     batch = _batch()
     expected = reference.generate(**batch, max_new_tokens=12, do_sample=False)
     ours = _model(tmp_path)
+    eager_steps = []
+    eager = ours.decode_step
+    ours.decode_step = lambda *args, **kwargs: eager_steps.append(1) or eager(*args, **kwargs)
     assert torch.equal(ours.generate(**batch, max_new_tokens=12, do_sample=False), expected)
-    assert decode_steps(ours).last_kind == "native"
+    assert decode_steps(ours).last_kind == "native" and not eager_steps  # no step fell back
+    del ours.decode_step
     assert_native_matches_eager(ours, **batch, max_new_tokens=12)
 
 
