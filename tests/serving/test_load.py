@@ -95,7 +95,9 @@ def test_load_every_greedy_request_is_generate_alone_and_nothing_leaks(tiny):
             assert metrics["lamina_kv_blocks_used"] == 0 and metrics["lamina_requests_waiting"] == 0
             rss.append(server.rss_kb())
         assert rss[1] - rss[0] < 10_000, rss  # KiB
-        assert metrics['lamina_requests_finished_total{reason="cancelled"}'] >= 2 * (REQUESTS // 8)
+        # a request the client cut may have finished on the server just before the cut reached it
+        cut = sum(result["text"] is None for results in rounds for result in results)
+        assert 0 < metrics['lamina_requests_finished_total{reason="cancelled"}'] <= cut, cut
     for results in rounds:
         assert sorted(r["index"] for r in results) == list(range(REQUESTS))
         assert len({r["id"] for r in results}) == REQUESTS

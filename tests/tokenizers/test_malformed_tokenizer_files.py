@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,18 @@ def _word_level_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def default_recursion_limit():
+    """Python's default recursion limit, which a library imported by an earlier test may have raised."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(limit)
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
 @pytest.mark.parametrize("depth", [1_000, 100_000])
-def test_deeply_nested_tokenizer_files_are_a_tokenizer_error(tmp_path, name, depth):
+def test_deeply_nested_tokenizer_files_are_a_tokenizer_error(tmp_path, name, depth, default_recursion_limit):
     directory = _word_level_dir(tmp_path)
     (directory / name).write_text('{"model": ' + "[" * depth + "]" * depth + "}")
     with pytest.raises(TokenizerError, match=rf"{name}: cannot read the .*RecursionError"):
