@@ -33,6 +33,7 @@ def place(
     tp_size: int | None = None,
     ep_size: int | None = None,
     device_mesh: Any = None,
+    quantizing: bool = False,
 ) -> TensorParallel | DeviceMap | None:
     """The plan for loading `model` (built on the meta device) from `tensors` in `dtype`, or None
     for one device.
@@ -41,15 +42,17 @@ def place(
     the process group (`torchrun --nproc-per-node N`): see `tensor_parallel`. Every rank checks that
     the others load the same config and checkpoint before reading any weight. A `device_map` over
     several devices or the disk ("balanced", "sequential", "auto" with `max_memory`, or a dict)
-    places its layers: see `device_map`.
+    places its layers: see `device_map`. `quantizing`: the load quantizes the model (neither plan
+    takes quantized layers yet).
     """
+    quantized = quantizing or getattr(model.config, "quantization_config", None) is not None
     splits = tp_plan is not None or tp_size is not None or ep_size is not None or device_mesh is not None
     maps = is_multi_device(device_map) or (device_map == "auto" and max_memory is not None)
     if splits and device_map is not None:
         raise ConfigError(f"device_map: a model split over ranks (tp_plan, tp_size, ep_size, device_mesh) is placed "
                           f"on each rank's device; found device_map={device_map!r} as well")
     if maps:
-        if "_quantize_while_mapping" in model.__dict__ or getattr(model.config, "quantization_config", None) is not None:
+        if quantized:
             raise UnsupportedError("device_map: quantized models are placed on one device; found a map over several")
         return make_device_map(model, tensors, device_map, max_memory, offload_folder, dtype)
     if not splits:
@@ -59,7 +62,7 @@ def place(
         return None
     if tp_plan not in (None, "auto"):
         raise ConfigError(f"tp_plan: expected 'auto' (lamina's plan for every family), found {tp_plan!r}")
-    if "_quantize_while_mapping" in model.__dict__ or getattr(model.config, "quantization_config", None) is not None:
+    if quantized:
         raise UnsupportedError("tp_plan: quantized models cannot be split over ranks yet; load them on one device")
     groups = make_groups(tp_size, ep_size, device_mesh)
     agree(f"{type(model).__name__}.from_pretrained", fingerprint(model.config, tensors))

@@ -10,6 +10,7 @@ import lamina
 from lamina.checkpoints.io import is_mapped
 from lamina.distributed.device_map import placement_units, strategy_map
 from lamina.errors import ConfigError, UnsupportedError
+from lamina.quantization import QuantizationConfig
 from tests.distributed.harness import resident_kib
 
 CONFIG = dict(vocab_size=67, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -89,3 +90,12 @@ def test_an_unplaced_parameter_is_a_clear_error(saved):
 def test_an_unknown_module_is_a_clear_error(saved):
     with pytest.raises(ConfigError, match="'model.layer.0' is not a module of MistralForCausalLM"):
         lamina.MistralForCausalLM.from_pretrained(saved, device_map={**MAP, "model.layer.0": "cpu"})
+
+
+@pytest.mark.parametrize("placement", [dict(device_map=MAP), dict(tp_plan="auto")])
+def test_a_quantization_asked_at_load_is_refused_with_a_placement(saved, tmp_path, placement):
+    """Neither a device map nor tensor parallelism takes quantized layers: asked for together, a clear
+    error before any rank or device is touched, not a model quantized behind the plan's back."""
+    with pytest.raises(UnsupportedError, match=f"{next(iter(placement))}: quantized models"):
+        lamina.MistralForCausalLM.from_pretrained(saved, quantization_config=QuantizationConfig(method="int8"),
+                                                  offload_folder=tmp_path, **placement)
