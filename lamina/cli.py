@@ -95,11 +95,9 @@ def load_model(source: str | Path, dtype: str = "auto", device: str = "cpu", qua
     split over the launch's ranks when `tensor_parallel`."""
     from lamina.models.auto import AutoModelForCausalLM
 
-    if tensor_parallel:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, tp_plan="auto")
     quantization = _quantization(Path(source), quantize, device)
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device,
-                                                quantization_config=quantization)
+    placement = {"tp_plan": "auto"} if tensor_parallel else {"device_map": device}
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, quantization_config=quantization, **placement)
 
 
 def _quantization(source: Path, quantize: str, device: str) -> Any:
@@ -128,8 +126,6 @@ def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.tp is not None:
         from lamina.distributed.launch import quiet_other_ranks
 
-        if args.quantize not in ("auto", "none"):
-            raise CommandError(f"--tp: quantized models run on one device; found --quantize {args.quantize}")
         quiet_other_ranks()
     model = load_model(source, args.dtype, args.device, args.quantize, tensor_parallel=args.tp is not None)
     return model, load_tokenizer(source)

@@ -342,7 +342,7 @@ class PreTrainedModel(TrainingMixin, nn.Module):
         placement = model.__dict__["_placement"] = place(
             model, tensors, dtype=target_dtype, device_map=device_map, max_memory=max_memory,
             offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh,
-            quantizing=quantization_config is not None)
+            quantizing=quantization_config)
         info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes, on_tensor)
         del model.__dict__["_placement"]
         if placement is None:

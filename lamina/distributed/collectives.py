@@ -183,3 +183,11 @@ def exchange_counts(send_counts: torch.Tensor, group: dist.ProcessGroup | None) 
     received = torch.empty_like(send_counts)
     dist.all_to_all_single(received, send_counts.contiguous(), group=group)
     return received
+
+
+def all_reduce_max(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The elementwise largest `x` over the group (no gradient: quantization scales)."""
+    if _size(group) > 1:
+        x = x.contiguous()
+        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=group)
+    return x

@@ -3,6 +3,8 @@ checkpoints load onto them, each holding only this rank's part of the weights.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -10,32 +12,118 @@ from torch import nn
 
 from ..layers.linear import Linear
 from ..layers.moe import GATHER_LIMIT, Experts, combine
-from .collectives import all_to_all, copy_to, exchange_counts, gather_last, gather_rows, reduce_from, scatter_rows
+from ..quantization.linear import Int4Linear, Int8Linear, NF4Linear, quantize_int8
+from .collectives import all_reduce_max, all_to_all, copy_to, exchange_counts, gather_last, gather_rows, reduce_from, scatter_rows
 from .runtime import Groups
 
 
-class ColumnParallelLinear(Linear):
-    """This rank's output features (heads, intermediate rows) of a `Linear`: `(…, in)` → `(…, local out)`."""
+class Split:
+    """Base of the split layers: `group` holds the ranks sharing the layer, the other arguments
+    are the whole layer's class's (a `Linear` or a quantized layer) with this rank's sizes."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, group: dist.ProcessGroup) -> None:
-        super().__init__(in_features, out_features, bias=bias)
+    def __init__(self, *args: Any, group: dist.ProcessGroup | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.group = group
+
+
+class ColumnParallel(Split):
+    """This rank's output features (heads, intermediate rows) of a linear layer: `(…, in)` →
+    `(…, local out)`. A quantized layer's rows come whole with their scales."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(copy_to(x, self.group))
 
 
-class RowParallelLinear(Linear):
-    """This rank's input features of a `Linear`: `(…, local in)` → `(…, out)` summed over the
-    ranks (one all-reduce), then the bias, which every rank holds whole."""
+class RowParallelQuantized(Split):
+    """This rank's input features of a quantized layer, cut at its groups (`input_block`):
+    `(…, local in)` → `(…, out)`, the ranks' products summed (one all-reduce), then the bias,
+    which every rank holds whole."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, group: dist.ProcessGroup) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.group = group
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = reduce_from(self.product(x), self.group)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.to(x.dtype)
+
+
+class VocabParallel(Split):
+    """Rows `[rank × rows, (rank + 1) × rows)` of an output projection over the vocabulary:
+    `(…, hidden)` → the whole `(…, vocab)` logits, gathered from the ranks (padding rows dropped)."""
+
+    def __init__(self, *args: Any, vocab_size: int, group: dist.ProcessGroup | None, **kwargs: Any) -> None:
+        super().__init__(*args, group=group, **kwargs)
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gather_last(super().forward(copy_to(x, self.group)), self.group)[..., : self.vocab_size]
+
+
+class ColumnParallelInt8Linear(ColumnParallel, Int8Linear):
+    """`Int8Linear`'s rows of this rank."""
+
+
+class ColumnParallelInt4Linear(ColumnParallel, Int4Linear):
+    """`Int4Linear`'s rows of this rank."""
+
+
+class ColumnParallelNF4Linear(ColumnParallel, NF4Linear):
+    """`NF4Linear`'s rows of this rank."""
+
+
+class RowParallelInt8Linear(RowParallelQuantized, Int8Linear):
+    """`Int8Linear`'s input columns of this rank (its per-row scales whole)."""
+
+    def _quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        # a row's scale is its largest magnitude over every rank's columns, as for the whole row
+        absmax = all_reduce_max(rows.float().abs().amax(dim=1), self.group)
+        codes, scale = quantize_int8(rows, absmax)
+        return {"weight": codes, "weight_scale": scale}
+
+
+class RowParallelInt4Linear(RowParallelQuantized, Int4Linear):
+    """`Int4Linear`'s groups of input columns of this rank."""
+
+
+class RowParallelNF4Linear(RowParallelQuantized, NF4Linear):
+    """`NF4Linear`'s blocks of input columns of this rank."""
+
+
+class VocabParallelInt8Head(VocabParallel, Int8Linear):
+    """`Int8Linear`'s vocabulary rows of this rank."""
+
+
+class VocabParallelInt4Head(VocabParallel, Int4Linear):
+    """`Int4Linear`'s vocabulary rows of this rank."""
+
+
+class VocabParallelNF4Head(VocabParallel, NF4Linear):
+    """`NF4Linear`'s vocabulary rows of this rank."""
+
+
+COLUMN_FORMS = {"int8": ColumnParallelInt8Linear, "int4": ColumnParallelInt4Linear, "nf4": ColumnParallelNF4Linear}
+ROW_FORMS = {"int8": RowParallelInt8Linear, "int4": RowParallelInt4Linear, "nf4": RowParallelNF4Linear}
+VOCAB_FORMS = {"int8": VocabParallelInt8Head, "int4": VocabParallelInt4Head, "nf4": VocabParallelNF4Head}
+
+
+class ColumnParallelLinear(ColumnParallel, Linear):
+    """A `Linear`'s rows of this rank."""
+
+    def quantized_form(self) -> dict[str, Any]:
+        """`quantization.new_layer`'s arguments for this layer quantized (`quantization.apply`)."""
+        return {"layers": COLUMN_FORMS, "group": self.group}
+
+
+class RowParallelLinear(Split, Linear):
+    """A `Linear`'s input features of this rank: `(…, local in)` → `(…, out)` summed over the
+    ranks (one all-reduce), then the bias, which every rank holds whole."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = reduce_from(F.linear(x, self.weight), self.group)
         return out if self.bias is None else out + self.bias
+
+    def quantized_form(self) -> dict[str, Any]:
+        """As `ColumnParallelLinear.quantized_form`."""
+        return {"layers": ROW_FORMS, "group": self.group}
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -54,16 +142,12 @@ class VocabParallelEmbedding(nn.Embedding):
         return reduce_from(found.masked_fill(outside[..., None], 0.0), self.group)
 
 
-class VocabParallelHead(Linear):
-    """Rows `[rank × rows, (rank + 1) × rows)` of an output projection over the vocabulary:
-    `(…, hidden)` → the whole `(…, vocab)` logits, gathered from the ranks (padding rows dropped)."""
+class VocabParallelHead(VocabParallel, Linear):
+    """A `Linear` output layer's vocabulary rows of this rank."""
 
-    def __init__(self, in_features: int, rows: int, vocab_size: int, bias: bool, group: dist.ProcessGroup) -> None:
-        super().__init__(in_features, rows, bias=bias)
-        self.vocab_size, self.group = vocab_size, group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gather_last(super().forward(copy_to(x, self.group)), self.group)[..., : self.vocab_size]
+    def quantized_form(self) -> dict[str, Any]:
+        """As `ColumnParallelLinear.quantized_form`."""
+        return {"layers": VOCAB_FORMS, "group": self.group, "vocab_size": self.vocab_size}
 
 
 class ParallelExperts(Experts):

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..checkpoints.io import SafetensorsFile, atomic_directory
 from ..errors import CheckpointError, ConfigError
+from ..quantization import quantize
 from .runtime import Groups
 from .tensor_parallel import TensorParallel
 
@@ -48,6 +49,7 @@ def save_tensor_parallel(model: nn.Module, destination: str | os.PathLike, tp_si
     """Write `model` (whole, on one process) as `tp_size` ranks' files plus its config (module docstring)."""
     if not isinstance(tp_size, int) or tp_size < 1:
         raise ConfigError(f"--tp: expected a positive number of ranks, found {tp_size!r}")
+    quantization = getattr(model.config, "quantization_config", None)
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     for tied in model._active_ties():
         state.pop(tied, None)
@@ -57,7 +59,10 @@ def save_tensor_parallel(model: nn.Module, destination: str | os.PathLike, tp_si
         for rank in range(tp_size):
             plan = TensorParallel(Groups.offline(rank, tp_size))
             with torch.device("meta"):
-                plan.apply(type(model)(model.config))
+                skeleton = type(model)(model.config)
+            if quantization is not None:  # the plan cuts the quantized layers' codes, scales and minimums
+                quantize(skeleton, quantization)
+            plan.apply(skeleton)
             parts = {name: plan.local(name, tensor).contiguous() for name, tensor in state.items()}
             files.append(rank_file_name(rank, tp_size))
             save_file(parts, tmp / files[-1], metadata={"format": "pt", "tp_rank": str(rank), "tp_size": str(tp_size)})

@@ -36,10 +36,14 @@ from torch import nn
 
 from ..checkpoints.io import owned_copy
 from ..checkpoints.namemap import Concatenated, Stacked
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 from ..layers.mlp import GatedMLP, PlainMLP
 from ..layers.moe import Experts, SparseMoE
-from .layers import ColumnParallelLinear, ParallelExperts, RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
+from ..quantization.apply import experts_method, layer_method
+from ..quantization.config import QuantizationConfig
+from ..quantization.linear import QuantizedLinear, input_block, new_layer
+from .layers import (COLUMN_FORMS, ROW_FORMS, VOCAB_FORMS, ColumnParallelLinear, ParallelExperts, RowParallelLinear,
+                     VocabParallelEmbedding, VocabParallelHead)
 from .runtime import Groups
 
 Ranges = tuple[tuple[int, int], ...]  # (start, length) pairs along one dimension
@@ -158,6 +162,8 @@ class TensorParallel:
     groups: Groups
     # the checkpoint already holds this rank's parts (`layout`): nothing to cut as it loads
     presharded: bool = False
+    # how the load quantizes the model's float layers (their splits must keep its groups whole)
+    quantization: QuantizationConfig | None = None
     shards: dict[str, Shard] = field(default_factory=dict)
     gradient_sums: list[GradientSum] = field(default_factory=list)
     _kv_groups: dict[int, dist.ProcessGroup] | None = None
@@ -209,21 +215,63 @@ class TensorParallel:
         model.to(self.groups.device)
         for entry in self.gradient_sums:
             group = self.groups.tp if entry.kv_heads is None else self._kv_group(entry.kv_heads)
-            model.get_parameter(entry.name).register_hook(entry.hook(group))
+            parameter = model.get_parameter(entry.name)
+            if parameter.requires_grad:  # quantized weights are frozen
+                parameter.register_hook(entry.hook(group))
         model.native_decode = False
         model.parallel_plan = self
 
     # -- the splits ------------------------------------------------------------------------------
 
-    def column(self, prefix: str, layer: nn.Linear, ranges: Ranges) -> ColumnParallelLinear:
+    def column(self, prefix: str, layer: nn.Module, ranges: Ranges) -> nn.Module:
+        """This rank's output `ranges` of `layer` (a `Linear`, or a quantized checkpoint's layer: whole
+        rows with their scales)."""
         width = sum(length for _, length in ranges)
+        if isinstance(layer, QuantizedLinear):
+            self._cut_rows(prefix, layer, Shard(((0, ranges),)))
+            return _split_quantized(layer, COLUMN_FORMS, layer.in_features, width, group=self.groups.tp)
         self._cut(prefix, layer.bias is not None, Shard(((0, ranges),)), Shard(((0, ranges),)))
-        return ColumnParallelLinear(layer.in_features, width, layer.bias is not None, self.groups.tp)
+        return ColumnParallelLinear(layer.in_features, width, layer.bias is not None, group=self.groups.tp)
 
-    def row(self, prefix: str, layer: nn.Linear, ranges: Ranges) -> RowParallelLinear:
+    def row(self, prefix: str, layer: nn.Module, ranges: Ranges) -> nn.Module:
+        """This rank's input `ranges` of `layer` (a `Linear`, or a quantized checkpoint's layer: its
+        codes, scales and minimums of those inputs' groups), cut only at its groups' boundaries."""
         width = sum(length for _, length in ranges)
+        self._check_groups(prefix[:-1], layer, ranges)
+        if isinstance(layer, QuantizedLinear):
+            for name, tensor in layer.named_parameters(recurse=False):
+                if tensor.dim() == 2:  # codes (two a byte for 4 bits), a scale or minimum a group
+                    per_column = layer.in_features // tensor.shape[1]
+                    self.shards[prefix + name] = Shard(((1, tuple((start // per_column, length // per_column)
+                                                                  for start, length in ranges)),))
+            return _split_quantized(layer, ROW_FORMS, width, layer.out_features, group=self.groups.tp)
         self.shards[prefix + "weight"] = Shard(((1, ranges),))
-        return RowParallelLinear(width, layer.out_features, layer.bias is not None, self.groups.tp)
+        return RowParallelLinear(width, layer.out_features, layer.bias is not None, group=self.groups.tp)
+
+    def _check_groups(self, name: str, layer: nn.Module, ranges: Ranges) -> None:
+        """Refuse a split of `layer`'s inputs that cuts one of the blocks it is quantized in
+        (`quantization.linear.input_block`): that rank's part would compute something else."""
+        if isinstance(layer, QuantizedLinear):
+            method, group_size = layer.method, getattr(layer, "group_size", 0)
+        elif self.quantization is not None:
+            method = layer_method(self.quantization, name, layer.in_features)
+            group_size = self.quantization.group_size
+        else:
+            return
+        block = 0 if method is None else input_block(method, group_size)
+        if not block or layer.in_features % block:
+            return
+        for start, length in ranges:
+            if start % block or length % block:
+                raise ConfigError(f"tp_size: {self.groups.tp_size} ranks would cut the groups of {name} ({method}, "
+                                  f"{layer.in_features} inputs in groups of {block}): rank {self.groups.tp_rank} "
+                                  f"would hold inputs [{start}, {start + length})")
+
+    def _cut_rows(self, prefix: str, layer: QuantizedLinear, shard: Shard) -> None:
+        """Every tensor of a quantized `layer` with a row per output (codes, scales, minimums, bias) cut by `shard`."""
+        for name, tensor in layer.named_parameters(recurse=False):
+            if tensor.shape[0] == layer.out_features:
+                self.shards[prefix + name] = shard
 
     def replicated_inside(self, prefix: str, module: nn.Module) -> None:
         """A module whole on every rank but used inside the split (per-head norms): its gradient sums the ranks'."""
@@ -310,7 +358,11 @@ class TensorParallel:
         mlp.down_proj = self.row(prefix + "down_proj.", mlp.down_proj, ((start, length),))
 
     def _experts(self, prefix: str, moe: SparseMoE) -> None:
-        experts: Experts = moe.experts
+        experts = moe.experts
+        if not isinstance(experts, Experts) or (
+                self.quantization is not None and experts_method(prefix[:-1], experts, self.quantization) is not None):
+            raise UnsupportedError(f"tp_plan: {prefix[:-1]}: quantized experts are not split over ranks; keep them in "
+                                   "full precision (quantization_config modules_to_not_convert=['experts'])")
         count, hidden, size = experts.down_proj.shape
         groups = self.groups
         if count % groups.ep_size:
@@ -329,8 +381,19 @@ class TensorParallel:
         setattr(owner, attr, VocabParallelEmbedding(rows, table.embedding_dim, start, table.padding_idx, self.groups.tp))
 
     def _vocab_head(self, prefix: str, owner: nn.Module, attr: str) -> None:
-        head: nn.Linear = getattr(owner, attr)
+        head = getattr(owner, attr)
         _, rows, shard = self.vocab_rows(head.out_features)
+        split = {"group": self.groups.tp, "vocab_size": head.out_features}
+        if isinstance(head, QuantizedLinear):
+            self._cut_rows(f"{prefix}{attr}.", head, shard)
+            setattr(owner, attr, _split_quantized(head, VOCAB_FORMS, head.in_features, rows, **split))
+            return
         self._cut(f"{prefix}{attr}.", head.bias is not None, shard, shard)
-        setattr(owner, attr, VocabParallelHead(head.in_features, rows, head.out_features, head.bias is not None,
-                                               self.groups.tp))
+        setattr(owner, attr, VocabParallelHead(head.in_features, rows, head.bias is not None, **split))
+
+
+def _split_quantized(layer: QuantizedLinear, forms: dict[str, type[QuantizedLinear]], in_features: int,
+                     out_features: int, **split: object) -> QuantizedLinear:
+    """An empty `in_features` → `out_features` part of the quantized `layer`, of its method's class in `forms`."""
+    return new_layer(layer.method, in_features, out_features, getattr(layer, "group_size", 0), layers=forms,
+                     bias=layer.bias is not None, compute_dtype=layer.compute_dtype, **split)

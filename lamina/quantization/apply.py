@@ -107,8 +107,11 @@ def quantized_layer(name: str, module: nn.Linear, config: QuantizationConfig, we
         return None
     # quantizing replaces every tensor of the layer: no placeholders to allocate first
     device = module.weight.device if weight is None else "meta"
+    # a layer split over ranks (lamina.distributed) keeps its split: its quantized form's class and arguments
+    split = getattr(module, "quantized_form", None)
     layer = new_layer(method, module.in_features, module.out_features, config.group_size,
-                      bias=module.bias is not None, compute_dtype=config.compute_dtype, device=device)
+                      **({} if split is None else split()), bias=module.bias is not None,
+                      compute_dtype=config.compute_dtype, device=device)
     if weight is not None:
         with torch.no_grad():
             layer.set_weight(weight.detach(), release)

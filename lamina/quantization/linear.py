@@ -25,7 +25,7 @@ int8 is not used, as it rounds activations to 7 bits per token (perplexity over 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,14 @@ class QuantizedLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.product(x)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        # like bitsandbytes: computed in the compute dtype, handed back in the caller's dtype
+        return out.to(x.dtype)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """`x (..., in)` times the weight, without the bias: `(..., out)` in the compute dtype."""
         dtype = self.compute_dtype or x.dtype
         rows = x.reshape(-1, self.in_features)
         if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS:
@@ -137,11 +145,7 @@ class QuantizedLinear(nn.Module):
                 out = self._split(rows.float(), *self._packed[1])  # the float32 product (`split_products_ready`)
             else:
                 out = self._dequantized_linear(rows.to(work), work)
-        out = out.to(dtype).view(*x.shape[:-1], self.out_features)
-        if self.bias is not None:
-            out = out + self.bias.to(dtype)
-        # like bitsandbytes: computed in the compute dtype, handed back in the caller's dtype
-        return out.to(x.dtype)
+        return out.to(dtype).view(*x.shape[:-1], self.out_features)
 
     def _dequantized_linear(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return F.linear(x, self.dequantize(dtype))
@@ -346,10 +350,12 @@ def _frozen(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor, requires_grad=False)
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(out, in)` float → symmetric int8 codes `(out, in)` and float32 scales `(out,)`."""
+def quantize_int8(weight: torch.Tensor, absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(out, in)` float → symmetric int8 codes `(out, in)` and float32 scales `(out,)`; `absmax
+    (out,)`: each row's largest magnitude where `weight` holds only part of the row (None: its own)."""
     weight = weight.float()
-    scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    absmax = weight.abs().amax(dim=1) if absmax is None else absmax
+    scale = (absmax / 127).clamp(min=torch.finfo(torch.float32).tiny)
     codes = (weight / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return codes, scale
 
@@ -357,7 +363,15 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 LAYERS: dict[str, type[QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear, "nf4": NF4Linear}
 
 
-def new_layer(method: str, in_features: int, out_features: int, group_size: int, **kwargs) -> QuantizedLinear:
-    """An empty `method` layer (int8's per-channel scales take no group size)."""
+def new_layer(method: str, in_features: int, out_features: int, group_size: int,
+              layers: Mapping[str, type[QuantizedLinear]] = LAYERS, **kwargs) -> QuantizedLinear:
+    """An empty `method` layer of `layers[method]` (int8's per-channel scales take no group size)."""
     groups = {} if method == "int8" else {"group_size": group_size}
-    return LAYERS[method](in_features, out_features, **groups, **kwargs)
+    return layers[method](in_features, out_features, **groups, **kwargs)
+
+
+def input_block(method: str, group_size: int) -> int:
+    """The inputs of a `method` layer that are read together: a 4-bit group, or the block of 32
+    activations lamina's int8 kernels round together. A layer split by inputs (tensor parallelism)
+    is cut only at these boundaries, so each rank's part computes what one process computes."""
+    return 32 if method == "int8" else group_size

@@ -51,17 +51,17 @@ def _store(writer, name: str, weight: torch.Tensor, kind) -> torch.Tensor:
     return torch.from_numpy(gguf.quants.dequantize(packed, kind)).reshape(weight.shape)
 
 
-def _writer(path: Path, arch: str):
-    """A GGUF writer holding TINY's hyper-parameters."""
+def _writer(path: Path, arch: str, sizes: dict = TINY):
+    """A GGUF writer holding the hyper-parameters `sizes` (TINY's keys)."""
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(TINY["num_hidden_layers"])
-    writer.add_context_length(TINY["max_position_embeddings"])
-    writer.add_embedding_length(TINY["hidden_size"])
-    writer.add_feed_forward_length(TINY["intermediate_size"])
-    writer.add_head_count(TINY["num_attention_heads"])
-    writer.add_head_count_kv(TINY["num_key_value_heads"])
-    writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
-    writer.add_rope_freq_base(TINY["rope_theta"])
+    writer.add_block_count(sizes["num_hidden_layers"])
+    writer.add_context_length(sizes["max_position_embeddings"])
+    writer.add_embedding_length(sizes["hidden_size"])
+    writer.add_feed_forward_length(sizes["intermediate_size"])
+    writer.add_head_count(sizes["num_attention_heads"])
+    writer.add_head_count_kv(sizes["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(sizes["rms_norm_eps"])
+    writer.add_rope_freq_base(sizes["rope_theta"])
     return writer
 
 
@@ -73,15 +73,16 @@ def _close(writer) -> None:
 
 
 def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1), sliding_window=None,
-               seed: int = 0, extra_metadata=None):
+               seed: int = 0, extra_metadata=None, sizes: dict | None = None):
     """A tiny random model as GGUF, and the transformers model holding exactly the stored values;
-    `extra_metadata(writer)` adds more keys (a tokenizer)."""
+    `extra_metadata(writer)` adds more keys (a tokenizer), `sizes` replaces some of TINY's."""
     torch.manual_seed(seed)
+    sizes = {**TINY, **(sizes or {})}
     extra = {"sliding_window": sliding_window} if arch == "mistral" else {}
-    config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**TINY, **extra)
+    config = (transformers.MistralConfig if arch == "mistral" else transformers.LlamaConfig)(**sizes, **extra)
     model = (transformers.MistralForCausalLM if arch == "mistral" else transformers.LlamaForCausalLM)(config).eval()
-    writer = _writer(path, arch)
-    writer.add_vocab_size(TINY["vocab_size"])
+    writer = _writer(path, arch, sizes)
+    writer.add_vocab_size(sizes["vocab_size"])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     if sliding_window:
@@ -91,7 +92,7 @@ def write_gguf(path: Path, arch: str = "llama", kinds=(Q.F32, Q.F16, Q.Q8_0, Q.Q
     state = {}
     for index, (name, weight) in enumerate(model.state_dict().items()):
         kind = Q.F32 if weight.dim() == 1 else kinds[index % len(kinds)]
-        heads = {"q_proj": TINY["num_attention_heads"], "k_proj": TINY["num_key_value_heads"]}
+        heads = {"q_proj": sizes["num_attention_heads"], "k_proj": sizes["num_key_value_heads"]}
         rotary = next((h for p, h in heads.items() if p in name), None)
         stored = weight if rotary is None else permute_rotary(weight, rotary)
         back = _store(writer, _gguf_name(name), stored, kind)

@@ -60,9 +60,9 @@ def causal(name: str) -> bool:
 
 
 def inputs_for(entry: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A left-padded batch of two and the labels the class takes."""
+    """A left-padded batch of two (of `"prompt_length"` tokens, 7 by default) and the labels the class takes."""
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, VOCAB, (2, 7), generator=generator)
+    ids = torch.randint(1, VOCAB, (2, entry.get("prompt_length", 7)), generator=generator)
     mask = torch.ones_like(ids)
     mask[1, :2], ids[1, :2] = 0, 0
     name = entry["class"]
@@ -94,11 +94,13 @@ OUTPUTS = ("logits", "start_logits", "end_logits", "mc_logits", "prediction_logi
 
 
 def run(model: torch.nn.Module, entry: dict[str, Any]) -> dict[str, Any]:
-    """Outputs, the backward of their sum, and greedy tokens of a causal LM."""
+    """Outputs, the backward of their sum (quantized models, which do not train, aside), and greedy
+    and sampled tokens of a causal LM."""
     out = model(**inputs_for(entry))
     found = {name: getattr(out, name) for name in OUTPUTS if getattr(out, name, None) is not None}
     losses = [found[name] for name in ("loss", "mc_loss") if name in found]
-    (sum(losses) if losses else found["last_hidden_state"].square().mean()).backward()
+    if "quantization" not in entry:
+        (sum(losses) if losses else found["last_hidden_state"].square().mean()).backward()
     grads = {name: param.grad.detach().clone() for name, param in model.named_parameters() if param.grad is not None}
     result = {"outputs": {name: value.detach() for name, value in found.items()}, "grads": grads}
     if causal(entry["class"]):
@@ -106,23 +108,48 @@ def run(model: torch.nn.Module, entry: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad():
             result["tokens"] = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"],
                                               max_new_tokens=8, do_sample=False, pad_token_id=0)
+            torch.manual_seed(7)  # a tiny random model's flat distributions: the draws vary widely
+            result["sampled"] = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"],
+                                               max_new_tokens=8, do_sample=True, top_k=0, pad_token_id=0)
     return result
+
+
+def quantizing(entry: dict[str, Any]) -> dict[str, Any]:
+    """The `quantization_config` argument that loads a case with `"quantization"` (QuantizationConfig's fields)."""
+    return {"quantization_config": lamina.QuantizationConfig(**entry["quantization"])} if "quantization" in entry else {}
 
 
 def prepare(root: Path, cases: dict[str, dict[str, Any]]) -> None:
     """Save each case's model (seeded random weights) and its one-process results under `root`; a
-    case with `"layout": N` is saved in lamina's tensor-parallel layout for N ranks instead."""
+    case with `"layout": N` is saved in lamina's tensor-parallel layout for N ranks instead, one with
+    `"quantization"` is quantized as it loads (or saved quantized, with `"prequantized"`)."""
     for name, entry in cases.items():
         torch.manual_seed(0)
-        config = getattr(lamina, entry["config"])(**entry["settings"])
-        saved = root / (name + "-hf" if "layout" in entry else name)
-        getattr(lamina, entry["class"])(config).save_pretrained(saved)
-        model = getattr(lamina, entry["class"]).from_pretrained(saved).eval()
+        saved = root / (name + "-hf" if "layout" in entry or entry.get("prequantized") else name)
+        if "gguf_sizes" in entry:
+            saved.mkdir()
+            write_gguf_file(saved / entry["file"], entry["gguf_sizes"])
+        else:
+            config = getattr(lamina, entry["config"])(**entry["settings"])
+            getattr(lamina, entry["class"])(config).save_pretrained(saved)
+        model = getattr(lamina, entry["class"]).from_pretrained(saved / entry.get("file", ""), **quantizing(entry)).eval()
         if "layout" in entry:
             save_tensor_parallel(model, root / name, entry["layout"])
+        if entry.get("prequantized"):  # the reference: the saved quantized model, loaded on one process
+            model.save_pretrained(root / name)
+            model = getattr(lamina, entry["class"]).from_pretrained(root / name).eval()
         result = run(model, entry)
         result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         torch.save(result, root / name / "reference.pt")
+
+
+def write_gguf_file(path: Path, sizes: dict[str, int]) -> None:
+    """A random Llama of `sizes` as a GGUF file of Q4_1 matrices (tests/checkpoints/test_gguf.py)."""
+    import gguf
+
+    from tests.checkpoints.test_gguf import write_gguf
+
+    write_gguf(path, kinds=(gguf.GGMLQuantizationType.Q4_1,), sizes=sizes)
 
 
 def compare(model: torch.nn.Module, entry: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -134,11 +161,12 @@ def compare(model: torch.nn.Module, entry: dict[str, Any], reference: dict[str, 
     }
     # relative to the gradient's scale: summed over ranks, a large gradient rounds differently
     report["grads"] = max(relative_diff(grad, plan.local(name, reference["grads"][name]))
-                          for name, grad in result["grads"].items())
+                          for name, grad in result["grads"].items()) if result["grads"] else 0.0
     report["grads_compared"] = len(result["grads"])
     report["grads_expected"] = len(reference["grads"])
     if "tokens" in result:
         report["tokens_equal"] = torch.equal(result["tokens"], reference["tokens"])
+        report["sampled_equal"] = torch.equal(result["sampled"], reference["sampled"])
     report["weight_fraction"] = sum(p.numel() * p.element_size() for p in model.parameters()) / reference["weight_bytes"]
     return report
 
@@ -148,7 +176,9 @@ def relative_diff(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def load_case(root: Path, name: str, entry: dict[str, Any], ep_size: int | None) -> torch.nn.Module:
-    return getattr(lamina, entry["class"]).from_pretrained(root / name, tp_plan="auto", ep_size=ep_size).eval()
+    return getattr(lamina, entry["class"]).from_pretrained(root / name / entry.get("file", ""), tp_plan="auto",
+                                                           ep_size=ep_size,
+                                                           **({} if entry.get("prequantized") or "layout" in entry else quantizing(entry))).eval()
 
 
 def worker(rank: int, world: int, port: int, root: str, jobs: list[dict[str, Any]]) -> None:

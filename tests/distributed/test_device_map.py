@@ -92,10 +92,10 @@ def test_an_unknown_module_is_a_clear_error(saved):
         lamina.MistralForCausalLM.from_pretrained(saved, device_map={**MAP, "model.layer.0": "cpu"})
 
 
-@pytest.mark.parametrize("placement", [dict(device_map=MAP), dict(tp_plan="auto")])
-def test_a_quantization_asked_at_load_is_refused_with_a_placement(saved, tmp_path, placement):
-    """Neither a device map nor tensor parallelism takes quantized layers: asked for together, a clear
-    error before any rank or device is touched, not a model quantized behind the plan's back."""
-    with pytest.raises(UnsupportedError, match=f"{next(iter(placement))}: quantized models"):
+def test_a_quantization_asked_at_load_is_refused_with_a_device_map(saved, tmp_path):
+    """A device map takes no quantized layers (tensor parallelism does: tests/distributed/test_quantized.py):
+    asked for together, a clear error before any device is touched, not a model quantized behind the
+    map's back."""
+    with pytest.raises(UnsupportedError, match="device_map: quantized models"):
         lamina.MistralForCausalLM.from_pretrained(saved, quantization_config=QuantizationConfig(method="int8"),
-                                                  offload_folder=tmp_path, **placement)
+                                                  offload_folder=tmp_path, device_map=MAP)

@@ -16,19 +16,22 @@ pytestmark = pytest.mark.slow  # two ranks load and generate on the shared 2 cor
 
 @pytest.fixture(scope="module")
 def tiny_with_tokenizer(tmp_path_factory):
-    """A random 4-head Mistral with SmolLM2's tokenizer (the default model's 9 heads split over no 2 ranks)."""
+    """A random 4-head Mistral with SmolLM2's tokenizer (the default model's 9 heads split over no 2
+    ranks), wide enough for two ranks to split its int8 layers' blocks of 32 inputs."""
     directory = tmp_path_factory.mktemp("tiny-chat")
     tokenizer = lamina.AutoTokenizer.from_pretrained(default_model())
     torch.manual_seed(0)
-    config = lamina.MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    config = lamina.MistralConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
     lamina.MistralForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def test_generate_on_two_ranks_prints_the_one_process_text(tiny_with_tokenizer, capfd):
-    command = ["generate", str(tiny_with_tokenizer), "Hello there", "--raw", "--max-new-tokens", "6"]
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_generate_on_two_ranks_prints_the_one_process_text(tiny_with_tokenizer, capfd, quantize):
+    command = ["generate", str(tiny_with_tokenizer), "Hello there", "--raw", "--max-new-tokens", "6",
+               "--quantize", quantize]
     assert main(command) == 0
     one = capfd.readouterr().out
     assert main([*command, "--tp", "2"]) == 0
