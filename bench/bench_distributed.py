@@ -9,9 +9,13 @@ The model is a random Mistral-architecture decoder (hidden 1024, 16 heads / 8 kv
 gloo: a rank reports its resident memory before loading (the interpreter, torch, lamina: the
 fixed cost), its peak resident memory (VmHWM), the bytes of its parameters and
 the load's wall time; the peak is taken after one forward pass, once every weight has been read
-(one process maps its weights from the file, so they are resident only once used). Decoding is greedy, eager (no compile, no native step: the same step at every
-N), over a 16-token prompt; each rank times its all-reduce / all-gather calls, which gives the
-communication per token. The host's cores are shared with other work: the figures are indicative.
+(one process maps its weights from the file, so they are resident only once used). Decoding is
+greedy with no end token (every step a plain pick, so split ranks pick over their vocabulary
+shares), eager (no compile, no native step: the same step at every N), over a 16-token prompt;
+each rank times and counts its all-reduce / all-gather calls, which gives the communication per
+token (waiting for the other rank included), and the median of 200 bare 4 KB all-reduces gives the
+transport's latency on the host as it is. The host's cores are shared with other work (its load
+average is printed): the figures are indicative.
 """
 
 from __future__ import annotations
@@ -52,10 +56,10 @@ def status_mb(field: str) -> float:
 
 
 class CollectiveTimer:
-    """Wraps torch.distributed's all_reduce and all_gather_single to add up their wall time."""
+    """Wraps torch.distributed's all_reduce and all_gather_single to add up their calls and wall time."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds, self.calls = 0.0, 0
         for name in ("all_reduce", "all_gather_single"):
             setattr(dist, name, self._timed(getattr(dist, name)))
 
@@ -66,8 +70,20 @@ class CollectiveTimer:
                 return function(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+                self.calls += 1
 
         return timed
+
+
+def all_reduce_latency_s(rounds: int = 200) -> float:
+    """The median wall time of a bare all-reduce of 1024 floats over the world."""
+    x, times = torch.zeros(1024), []
+    dist.barrier()
+    for _ in range(rounds):
+        start = time.perf_counter()
+        dist.all_reduce(x)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[rounds // 2]
 
 
 def worker(rank: int, world: int, port: int, directory: str, new_tokens: int, out: str) -> None:
@@ -87,15 +103,17 @@ def worker(rank: int, world: int, port: int, directory: str, new_tokens: int, ou
         model.native_decode = False
         timer = CollectiveTimer() if world > 1 else None
         prompt = torch.randint(1, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
-        kwargs = dict(do_sample=False, disable_compile=True, min_new_tokens=new_tokens)
-        model.generate(prompt, max_new_tokens=2, **{**kwargs, "min_new_tokens": 2})  # warm up
-        comm_before = timer.seconds if timer else 0.0
+        kwargs = dict(do_sample=False, disable_compile=True, eos_token_id=None)
+        model.generate(prompt, max_new_tokens=2, **kwargs)  # warm up
+        comm_before, calls_before = (timer.seconds, timer.calls) if timer else (0.0, 0)
         start = time.perf_counter()
         tokens = model.generate(prompt, max_new_tokens=new_tokens, **kwargs)
         seconds = time.perf_counter() - start
-        comm = (timer.seconds - comm_before) if timer else 0.0
+        comm, calls = (timer.seconds - comm_before, timer.calls - calls_before) if timer else (0.0, 0)
         result.update(tok_s=new_tokens / seconds, ms_per_token=1000 * seconds / new_tokens,
-                      comm_ms_per_token=1000 * comm / new_tokens, tokens=tokens[0, -new_tokens:].tolist())
+                      comm_ms_per_token=1000 * comm / new_tokens, calls_per_token=calls / new_tokens,
+                      latency_us=1e6 * all_reduce_latency_s() if timer else 0.0,
+                      tokens=tokens[0, -new_tokens:].tolist())
     torch.save(result, Path(out) / f"rank{rank}.pt")
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -121,22 +139,25 @@ def main() -> None:
     directory = model_dir(2 if args.quick else 6)
     model_mb = sum(f.stat().st_size for f in directory.glob("*.safetensors")) / 2**20
     print(f"## Tensor parallelism (CPU, gloo, {os.cpu_count()} cores; bench/bench_distributed.py)\n")
-    print(f"Random Mistral-architecture model, {model_mb:.0f} MB of float32 safetensors.\n")
+    print(f"Random Mistral-architecture model, {model_mb:.0f} MB of float32 safetensors; host load average "
+          f"{os.getloadavg()[0]:.1f} at the start.\n")
     print("| ranks | load s (max rank) | fixed MB / rank | peak RSS MB / rank (max) | weights MB / rank | "
-          "bound 1.2 × model / N + fixed | decode tok/s | ms / token | collectives ms / token |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "bound 1.2 × model / N + fixed | decode tok/s | ms / token | collectives ms / token | collectives / token | "
+          "bare 4 KB all-reduce µs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     tokens = {}
     for world in (1, 2, 4):
         results = measure(directory, world, args.new_tokens if world <= 2 else 0)
         worst = max(results, key=lambda r: r["peak_mb"])
         bound = 1.2 * model_mb / world + worst["fixed_mb"]
         decode = results[0]
-        speed = (f"{decode['tok_s']:.1f} | {decode['ms_per_token']:.0f} | {decode['comm_ms_per_token']:.1f}"
-                 if "tok_s" in decode else "– | – | –")
+        speed = (f"{decode['tok_s']:.1f} | {decode['ms_per_token']:.0f} | {decode['comm_ms_per_token']:.1f} | "
+                 f"{decode['calls_per_token']:.0f} | {decode['latency_us']:.0f}" if "tok_s" in decode else "– | – | – | – | –")
         tokens[world] = decode.get("tokens")
         print(f"| {world} | {max(r['load_s'] for r in results):.2f} | {worst['fixed_mb']:.0f} | {worst['peak_mb']:.0f} | "
               f"{decode['weights_mb']:.0f} | {bound:.0f} | {speed} |")
-    print(f"\nGreedy tokens at N = 2 equal N = 1's: {tokens[1] == tokens[2]}.")
+    print(f"\nGreedy tokens at N = 2 equal N = 1's: {tokens[1] == tokens[2]}; host load average "
+          f"{os.getloadavg()[0]:.1f} at the end.")
 
 
 if __name__ == "__main__":

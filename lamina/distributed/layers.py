@@ -47,15 +47,27 @@ class RowParallelQuantized(Split):
 
 
 class VocabParallel(Split):
-    """Rows `[rank × rows, (rank + 1) × rows)` of an output projection over the vocabulary:
-    `(…, hidden)` → the whole `(…, vocab)` logits, gathered from the ranks (padding rows dropped)."""
+    """Rows `[start, start + rows)` of an output projection over the vocabulary (`start` = rank ×
+    rows): `(…, hidden)` → the whole `(…, vocab)` logits, gathered from the ranks (padding rows
+    dropped); with `gather` off, this rank's `(…, rows)` (`TensorParallel.vocabulary_shards`)."""
 
-    def __init__(self, *args: Any, vocab_size: int, group: dist.ProcessGroup | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, vocab_size: int, start: int, group: dist.ProcessGroup | None, **kwargs: Any) -> None:
         super().__init__(*args, group=group, **kwargs)
-        self.vocab_size = vocab_size
+        self.vocab_size, self.start = vocab_size, start
+        self.gather = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gather_last(super().forward(copy_to(x, self.group)), self.group)[..., : self.vocab_size]
+        local = super().forward(copy_to(x, self.group))
+        return gather_last(local, self.group)[..., : self.vocab_size] if self.gather else local
+
+    def greedy(self, local: torch.Tensor) -> torch.Tensor:
+        """Each row's largest logit's token id (the first of ties, as `max` picks) from every rank's
+        `local (batch, rows)` logits: one all-gather of a value and an id a row, not of the logits."""
+        values, ids = local[..., : max(0, self.vocab_size - self.start)].max(dim=-1)  # (batch,), padding left out
+        pairs = torch.stack((values.double(), (ids + self.start).double()), dim=-1)  # ids exact in float64
+        every = gather_rows(pairs[None], self.group)  # (ranks, batch, 2), ranks in vocabulary order
+        best = every[..., 0].max(dim=0).indices  # the first rank holding the row's largest
+        return every[..., 1].gather(0, best[None])[0].long()
 
 
 class ColumnParallelInt8Linear(ColumnParallel, Int8Linear):
@@ -147,7 +159,7 @@ class VocabParallelHead(VocabParallel, Linear):
 
     def quantized_form(self) -> dict[str, Any]:
         """As `ColumnParallelLinear.quantized_form`."""
-        return {"layers": VOCAB_FORMS, "group": self.group, "vocab_size": self.vocab_size}
+        return {"layers": VOCAB_FORMS, "group": self.group, "vocab_size": self.vocab_size, "start": self.start}
 
 
 class ParallelExperts(Experts):

@@ -27,7 +27,8 @@ experts of the memory-mapped files are read (other rules are cut after they are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -43,7 +44,7 @@ from ..quantization.apply import experts_method, layer_method
 from ..quantization.config import QuantizationConfig
 from ..quantization.linear import QuantizedLinear, input_block, new_layer
 from .layers import (COLUMN_FORMS, ROW_FORMS, VOCAB_FORMS, ColumnParallelLinear, ParallelExperts, RowParallelLinear,
-                     VocabParallelEmbedding, VocabParallelHead)
+                     VocabParallel, VocabParallelEmbedding, VocabParallelHead)
 from .runtime import Groups
 
 Ranges = tuple[tuple[int, int], ...]  # (start, length) pairs along one dimension
@@ -221,6 +222,21 @@ class TensorParallel:
         model.native_decode = False
         model.parallel_plan = self
 
+    @contextmanager
+    def vocabulary_shards(self, model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor] | None]:
+        """Inside, `model`'s output layer hands back this rank's share of the logits `(batch, …,
+        rows)`, and the function yielded picks each row's greedy token `(batch,)` from the last
+        position's `(batch, rows)` (None where the output layer is whole): a greedy `generate`
+        then never gathers the vocabulary's logits."""
+        heads = [module for module in model.modules() if isinstance(module, VocabParallel)]
+        for head in heads:
+            head.gather = False
+        try:
+            yield heads[-1].greedy if heads else None
+        finally:
+            for head in heads:
+                head.gather = True
+
     # -- the splits ------------------------------------------------------------------------------
 
     def column(self, prefix: str, layer: nn.Module, ranges: Ranges) -> nn.Module:
@@ -382,8 +398,8 @@ class TensorParallel:
 
     def _vocab_head(self, prefix: str, owner: nn.Module, attr: str) -> None:
         head = getattr(owner, attr)
-        _, rows, shard = self.vocab_rows(head.out_features)
-        split = {"group": self.groups.tp, "vocab_size": head.out_features}
+        start, rows, shard = self.vocab_rows(head.out_features)
+        split = {"group": self.groups.tp, "vocab_size": head.out_features, "start": start}
         if isinstance(head, QuantizedLinear):
             self._cut_rows(f"{prefix}{attr}.", head, shard)
             setattr(owner, attr, _split_quantized(head, VOCAB_FORMS, head.in_features, rows, **split))

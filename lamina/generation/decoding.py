@@ -18,6 +18,7 @@ it; without one, its `forward` runs every step.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,28 +152,34 @@ class GenerationMixin:
         # the decode step needs the mask only to hide left padding
         step_mask = run.mask if not bool(attention_mask.all()) else None
 
-        # prefill, then a step a token until every row has ended
-        logits, cache = self._forward_logits(run, 0, prompt_length, prepared.cache)
-        length = prompt_length
-        for step in range(max_new):
-            if step > 0:
-                logits, cache = self._step_logits(prepared.step, run, next_tokens, length, cache, step_mask)
-            step_scores = processors(run.tokens[:, :length], logits)
-            next_tokens = torch.where(ends.unfinished, _choose(config, step_scores, generator), pad_id)
-            run.tokens[:, length] = next_tokens
-            length += 1
-            # copies: a CUDA-graph step hands back the same output buffer every step
-            if config.output_scores:
-                scores.append(step_scores.clone())
-            if config.output_logits:
-                raw_logits.append(logits.clone())
-            if streamer is not None:
-                streamer.put(next_tokens.cpu())
-            # stop strings, max_time, the caller's criteria: read on the host every step
-            if stopping and ends.halt(stopping(run.tokens[:, :length], step_scores), length):
-                break
-            if ends.record(next_tokens, length, step):
-                break
+        # split over ranks (lamina.distributed), plain greedy picks need only each rank's share of the logits
+        plan = getattr(self, "parallel_plan", None)
+        shares = plan is not None and not (config.do_sample or processors or stopping or config.output_scores
+                                           or config.output_logits)
+        with plan.vocabulary_shards(self) if shares else contextlib.nullcontext() as pick_over_ranks:
+            # prefill, then a step a token until every row has ended
+            logits, cache = self._forward_logits(run, 0, prompt_length, prepared.cache)
+            length = prompt_length
+            for step in range(max_new):
+                if step > 0:
+                    logits, cache = self._step_logits(prepared.step, run, next_tokens, length, cache, step_mask)
+                step_scores = processors(run.tokens[:, :length], logits)
+                chosen = pick_over_ranks(logits) if pick_over_ranks else _choose(config, step_scores, generator)
+                next_tokens = torch.where(ends.unfinished, chosen, pad_id)
+                run.tokens[:, length] = next_tokens
+                length += 1
+                # copies: a CUDA-graph step hands back the same output buffer every step
+                if config.output_scores:
+                    scores.append(step_scores.clone())
+                if config.output_logits:
+                    raw_logits.append(logits.clone())
+                if streamer is not None:
+                    streamer.put(next_tokens.cpu())
+                # stop strings, max_time, the caller's criteria: read on the host every step
+                if stopping and ends.halt(stopping(run.tokens[:, :length], step_scores), length):
+                    break
+                if ends.record(next_tokens, length, step):
+                    break
 
         length = ends.trimmed(length)
         if streamer is not None:

@@ -1,6 +1,6 @@
 """Tensor and expert parallelism on gloo: every decoder family, MegatronBERT and MobileBERT, and
-every head, split over 2 and 4 spawned ranks gives the one-process outputs, losses, gradients and greedy tokens; errors reach
-every rank."""
+every head, split over 2 and 4 spawned ranks gives the one-process outputs, losses, gradients, greedy tokens
+(picked over the ranks' vocabulary shares) and seeded sampled tokens; errors reach every rank."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def check_split(reports: list[dict], key: str) -> None:
         assert found["grads"] <= 1e-5, (rank, found)
         assert found["grads_compared"] == found["grads_expected"]  # every parameter got its gradient
         assert found.get("tokens_equal", True), (rank, "greedy tokens differ from one process")
+        # seeded alike, every rank draws the one process's tokens (the logits every rank gathers are the same)
+        assert found.get("sampled_equal", True), (rank, "sampled tokens differ from one process")
 
 
 @pytest.mark.parametrize("key", [job["key"] for job in SPLIT + EXPERTS])
