@@ -1,5 +1,9 @@
 """The parallel layers a plan swaps in: same parameter names as the layers they replace, so
-checkpoints load onto them, each holding only this rank's part of the weights."""
+checkpoints load onto them, each holding only this rank's part of the weights.
+
+A split linear layer is a split (`ColumnParallel`, `RowParallelQuantized` / `RowParallelLinear`,
+`VocabParallel`) over a whole layer's class: lamina's `Linear` or a quantized layer, so a split
+layer quantized as it loads (`quantization.apply`, through `quantized_form`) keeps its split."""
 
 from __future__ import annotations
 

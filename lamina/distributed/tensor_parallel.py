@@ -13,7 +13,13 @@ device before its checkpoint is read, so each rank only ever holds its own part.
 - MLP: gate and up rows split alike (the fused halves each cut), down's columns to match.
 - Mixtral's experts: every expert's intermediate rows split over `tp`, whole experts over `ep`
   (`layers.ParallelExperts`); the router stays whole on every rank.
-- Embedding and LM head: the vocabulary split over `tp` (padded to a multiple of N).
+- Embedding and LM head: the vocabulary split over `tp` (padded to a multiple of N); a greedy
+  `generate` picks its tokens from the ranks' shares of the logits (`vocabulary_shards`).
+- Quantized layers (int8 / int4 / nf4; a quantized checkpoint's, or quantized as they load): the
+  column and vocabulary splits take whole rows with their scales and minimums, the row splits
+  whole groups of inputs (`quantization.linear.input_block`; a split that would cut one is
+  refused); int8 rows quantized on split ranks take their scale from the whole row (an all-reduce
+  of each row's largest magnitude). Mixtral's experts split in full precision only.
 - Encoders (MegatronBERT, MobileBERT): heads split in q/k/v (fused or not), the attention's output
   dense by columns; each feed-forward's intermediate dense by rows, its output dense by columns.
   Their embeddings and heads stay whole (MobileBERT's MLM head joins the tied table to its own).
