@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import PreTrainedTokenizer
+from .mluke import MLukeTokenizer
 
 # Adept's chat prompt, "human: {prompt}\n\nadept:", for every turn of a conversation
 PERSIMMON_CHAT_TEMPLATE = (
@@ -110,6 +111,7 @@ TOKENIZER_CLASSES: dict[str, type[PreTrainedTokenizer]] = {
         BertTokenizerFast,
         MobileBertTokenizer,
         MobileBertTokenizerFast,
+        MLukeTokenizer,
     )
 }
 TOKENIZER_CLASSES.update(

@@ -22,7 +22,6 @@ from .classes import TOKENIZER_CLASSES, BertTokenizer, GPT2Tokenizer, LlamaToken
 from .engines import RustEngine, SentencePieceEngine
 from .formats import gpt2_document, read_json, tekken_document, wordpiece_document
 from .gguf import gguf_tokenizer_parts
-from .mluke import MLukeTokenizer
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -93,11 +92,12 @@ def load_tokenizer(
             except UnicodeDecodeError as err:
                 raise TokenizerError(f"{directory / CHAT_TEMPLATE_FILE}: not UTF-8 text ({err})") from None
     config.update(overrides)
-    if cls is None and config.get("tokenizer_class") == "MLukeTokenizer":
-        return MLukeTokenizer.from_pretrained(directory, **overrides)  # entity-aware: its own files
     if cls is None:
         named = str(config.get("tokenizer_class", ""))
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
+    if cls is not None and cls.vocab_files_names:
+        # a class with vocabulary files of its own (mLUKE's) reads them itself
+        return cls.from_vocab_files(directory, config, name_or_path=str(name_or_path))
     engine, template, default_cls = _engine_for(path, config, cls, use_fast)
     cls = cls or default_cls
     tokenizer = build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
@@ -298,6 +298,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str
     post_processor = tokenizer.template.to_post_processor(tokenizer.convert_tokens_to_ids)
     written = tokenizer.engine.save(directory, post_processor)
     config: dict[str, Any] = dict(tokenizer.extra_config)
+    own_config, own_files = tokenizer.saved_config(directory)
+    written += own_files
     name = type(tokenizer).__name__.removesuffix("Fast").lstrip("_")
     config["tokenizer_class"] = name if name in TOKENIZER_CLASSES else "PreTrainedTokenizerFast"
     config.update(tokenizer.special_tokens_map)
@@ -320,6 +322,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str
         clean_up_tokenization_spaces=tokenizer.clean_up_tokenization_spaces,
         model_input_names=tokenizer.model_input_names,
     )
+    config.update(own_config)
     if isinstance(tokenizer.chat_template, str):
         (directory / CHAT_TEMPLATE_FILE).write_text(tokenizer.chat_template, encoding="utf-8")
         written.append(CHAT_TEMPLATE_FILE)
