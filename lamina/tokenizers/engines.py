@@ -529,15 +529,18 @@ class XLMRobertaPieces:
             elif run:
                 pieces = spanned(self.sp_model, run, start + begin, 0)
                 pieces.ids = [piece_id + self.OFFSET if piece_id else unk for piece_id in pieces.ids]
+                pieces.offsets = [_past_spaces(run, start + begin, span) for span in pieces.offsets]
                 encoded.extend(pieces)
         return encoded
 
-    def _words(self, text: str, encoded: EncodedText) -> list[int]:
-        """Each token's word: a new one after whitespace, and at and after every added token."""
+    @staticmethod
+    def _words(text: str, encoded: EncodedText) -> list[int]:
+        """Each token's word: a new one after whitespace, and at and after every added token
+        (the tokens `_encode_part` gives no word)."""
         words: list[int] = []
         previous_end, previous_added = None, False
-        for token_id, (start, end) in zip(encoded.ids, encoded.offsets):
-            added = token_id in self.added
+        for (start, end), word in zip(encoded.offsets, encoded.words):
+            added = word is None
             gap = text[previous_end:start] if previous_end is not None else ""
             new = previous_end is None or added or previous_added or any(char.isspace() for char in gap)
             words.append(words[-1] + new if words else 0)
@@ -613,6 +616,16 @@ class XLMRobertaPieces:
         self.__dict__.update(state)
         self.sp_model = sentencepiece.SentencePieceProcessor(**self.sp_model_kwargs)
         self.sp_model.LoadFromSerializedProto(proto)
+
+
+def _past_spaces(run: str, run_start: int, span: tuple[int, int]) -> tuple[int, int]:
+    """`span` (characters of the whole text; `run` starts at `run_start`) without its leading
+    whitespace, which transformers' fast XLM-R tokenizer splits off before its pieces; a piece of
+    whitespace alone (a lone word-start marker) gets the character after it."""
+    start, end = span
+    while start < end and run[start - run_start].isspace():
+        start += 1
+    return (start, end) if start < end else (start, min(start + 1, run_start + len(run)))
 
 
 def _load_xlmr_sentencepiece(path: str, kwargs: dict[str, Any]) -> sentencepiece.SentencePieceProcessor:
