@@ -457,9 +457,10 @@ class Template:
         return {"type": "TemplateProcessing", "single": items(self.single), "pair": items(self.pair), "special_tokens": special}
 
 
-class PreTrainedTokenizer:
+class PreTrainedTokenizerBase:
     """A tokenizer with transformers' call surface over one engine (`engines.RustEngine`,
-    `engines.SentencePieceEngine`, …).
+    `engines.SentencePieceEngine`, …), less its files (`classes.PreTrainedTokenizer` adds
+    `from_pretrained` / `save_pretrained`).
 
     The engine turns text into ids; this class adds the special tokens of its `Template`,
     truncates, pads, makes tensors, decodes, renders chat templates and saves. `tok(texts)`
@@ -897,7 +898,7 @@ class PreTrainedTokenizer:
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
         return [clean_up_tokenization(text) for text in texts] if clean else texts
 
-    # ---- chat, saving, loading ------------------------------------------------------------
+    # ---- chat, files -------------------------------------------------------------------
     def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]], **kwargs: Any) -> Any:
         """Render `conversation` with the tokenizer's Jinja chat template in a sandbox; see
         `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
@@ -915,20 +916,6 @@ class PreTrainedTokenizer:
         configuration: tokenizer_config.json entries of its own, and the names of files it wrote
         to `directory` (none here)."""
         return {}, []
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
-        """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so
-        that this class and transformers' `AutoTokenizer` both load them."""
-        from .files import save_tokenizer
-
-        return save_tokenizer(self, Path(save_directory))
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
-        """Load from a directory (or a single tokenizer file); see `AutoTokenizer.from_pretrained`."""
-        from .files import load_tokenizer
-
-        return load_tokenizer(name_or_path, cls=cls, **kwargs)
 
     def __repr__(self) -> str:
         return (

@@ -1,6 +1,6 @@
 """mLUKE's tokenizer: XLM-R sentencepiece words plus an entity sequence.
 
-The words are `base.PreTrainedTokenizer` over `engines.XLMRobertaPieces` (XLM-R's id layout):
+The words are `classes.PreTrainedTokenizer` over `engines.XLMRobertaPieces` (XLM-R's id layout):
 special tokens, id conversion, the `<s> A </s></s> B </s>` template, truncation, overflowing
 windows, padding, offsets and word ids, decoding and the files are the base's. This module adds
 the entities, as `EntityFields` the base lays out beside the words.
@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, TokenizerError
-from .base import VERY_LARGE_INTEGER, BatchEncoding, EncodedText, PreTrainedTokenizer, Template, pad_sequence, truncate_pair
+from .base import VERY_LARGE_INTEGER, BatchEncoding, EncodedText, Template, pad_sequence, truncate_pair
+from .classes import PreTrainedTokenizer
 from .engines import SpecialToken, XLMRobertaPieces
+from .files import TOKENIZER_CLASSES
 from .formats import read_json
 
 VOCAB_FILES_NAMES = {"vocab_file": "sentencepiece.bpe.model", "entity_vocab_file": "entity_vocab.json"}
@@ -471,6 +473,9 @@ class MLukeTokenizer(PreTrainedTokenizer):
     def __repr__(self) -> str:
         return (f"MLukeTokenizer(vocab_size={self.vocab_size}, entities={len(self.entity_vocab)}, task={self.task!r}, "
                 f"max_entity_length={self.max_entity_length}, max_mention_length={self.max_mention_length})")
+
+
+TOKENIZER_CLASSES[MLukeTokenizer.__name__] = MLukeTokenizer
 
 
 @dataclass
