@@ -7,7 +7,6 @@ library, sentencepiece, tekken, MLuke) pads and truncates the same way transform
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

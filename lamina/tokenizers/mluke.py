@@ -30,6 +30,7 @@ sequence is fixed) and `is_split_into_words` (without entity spans, which are ch
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -52,14 +53,6 @@ TASK_ENTITY_LENGTH = {"entity_classification": 1, "entity_pair_classification": 
 # what the entity fields are padded with (`entity_ids` and `entity_position_ids` depend on the tokenizer)
 ENTITY_PAD_FILL = {"entity_attention_mask": 0, "entity_token_type_ids": 0, "entity_start_positions": 0,
                    "entity_end_positions": 0}
-# tokenizer_config.json keys that are constructor arguments; the rest (tokenizer_class, …) are metadata
-CONFIG_KEYS = frozenset({
-    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "task",
-    "max_entity_length", "max_mention_length", "entity_token_1", "entity_token_2", "entity_unk_token",
-    "entity_pad_token", "entity_mask_token", "entity_mask2_token", "sp_model_kwargs", "additional_special_tokens",
-    "added_tokens_decoder", "model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
-})  # fmt: skip
-
 Span = tuple[int, int]
 # a sequence's entities: (entity id, its mention's token span) each
 Entities = list[tuple[int, Span]]
@@ -244,26 +237,22 @@ class MLukeTokenizer(PreTrainedTokenizer):
                 f"entity_spans: the head {spans[0]} and the tail {spans[1]} overlap; task={self.task!r} wraps "
                 "each in its own markers, so they must be disjoint"
             )
-        tokens, token_at = self.engine.encode_text(text, [p for span in spans for p in span], split_special_tokens)
-        token_spans = [(token_at[start], token_at[end]) for start, end in spans]
+        sequence = self._sequence(text, spans, None, "entity_spans", split_special_tokens)
         if self.task == "entity_span_classification":
-            return _Sequence(tokens, [(self.entity_mask_token_id, span) for span in token_spans])
+            return sequence
+        # each mention gets its marker on both sides, in text order; a marker stands for no
+        # character (an empty span where it goes) and is no word
         markers = [self.entity_token_1_id, self.entity_token_2_id]
-        in_text_order = sorted(range(len(spans)), key=lambda index: spans[index][0])
-        # insert from the rightmost mention so the token positions of the others stay valid; a
-        # marker stands for no character (an empty span where it goes) and is no word
-        for index in reversed(in_text_order):
-            (start, end), (char_start, char_end) = token_spans[index], spans[index]
-            opening = EncodedText([markers[index]], [(char_start, char_start)], [None])
-            closing = EncodedText([markers[index]], [(char_end, char_end)], [None])
-            pieces = [tokens[:start], opening, tokens[start:end], closing, tokens[end:]]
-            tokens = EncodedText([], [], [])
-            for piece in pieces:
-                tokens.extend(piece)
-        # a mention moves right by the two markers of each mention before it, and its own two
-        # markers become part of it
-        moved = {index: 2 * rank for rank, index in enumerate(in_text_order)}
-        token_spans = [(start + moved[index], end + moved[index] + 2) for index, (start, end) in enumerate(token_spans)]
+        tokens, token_spans, position = EncodedText([], [], []), [(0, 0)] * len(spans), 0
+        for index in sorted(range(len(spans)), key=lambda index: spans[index][0]):
+            (start, end), (char_start, char_end) = sequence.entities[index][1], spans[index]
+            tokens.extend(sequence.tokens[position:start])
+            first = len(tokens)
+            tokens.extend(EncodedText([markers[index]], [(char_start, char_start)], [None]))
+            tokens.extend(sequence.tokens[start:end])
+            tokens.extend(EncodedText([markers[index]], [(char_end, char_end)], [None]))
+            token_spans[index], position = (first, len(tokens)), end
+        tokens.extend(sequence.tokens[position:])
         entity_ids = [self.entity_mask_token_id, self.entity_mask2_token_id][: len(spans)]
         return _Sequence(tokens, list(zip(entity_ids, token_spans)))
 
@@ -311,9 +300,10 @@ class MLukeTokenizer(PreTrainedTokenizer):
         a list of words (a batch, a list of such lists) and there are no entities. Keyword
         arguments are those of `encode_plus`.
         """
+        columns = {"text_pair": text_pair, "entity_spans": entity_spans, "entity_spans_pair": entity_spans_pair,
+                   "entities": entities, "entities_pair": entities_pair}
         if is_split_into_words:
-            given = [name for name, value in (("entity_spans", entity_spans), ("entity_spans_pair", entity_spans_pair),
-                                              ("entities", entities), ("entities_pair", entities_pair)) if value is not None]
+            given = [name for name, value in columns.items() if name != "text_pair" and value is not None]
             if given or self.task is not None:
                 raise InputError(
                     "is_split_into_words: entities are character spans of a text, and words given as a list have "
@@ -322,12 +312,9 @@ class MLukeTokenizer(PreTrainedTokenizer):
             return super().__call__(text, text_pair, is_split_into_words=True, split_special_tokens=split_special_tokens,
                                     **options)
         if isinstance(text, str):
-            return self.encode_plus(text, text_pair, entity_spans, entity_spans_pair, entities, entities_pair,
-                                    split_special_tokens=split_special_tokens, **options)
+            return self.encode_plus(text, *columns.values(), split_special_tokens=split_special_tokens, **options)
         if not isinstance(text, (list, tuple)) or not all(isinstance(item, str) for item in text):
             raise TokenizerError("text: expected a string (one example) or a list of strings (a batch)")
-        columns = {"text_pair": text_pair, "entity_spans": entity_spans, "entity_spans_pair": entity_spans_pair,
-                   "entities": entities, "entities_pair": entities_pair}
         for name, column in columns.items():
             if column is not None and (not isinstance(column, (list, tuple)) or len(column) != len(text)):
                 found = f"{len(column)} entries" if isinstance(column, (list, tuple)) else type(column).__name__
@@ -431,7 +418,9 @@ class MLukeTokenizer(PreTrainedTokenizer):
     def from_vocab_files(cls, directory: Path, config: dict[str, Any], name_or_path: str) -> MLukeTokenizer:
         """The tokenizer of `directory`'s vocabularies, configured by `config` (its
         special_tokens_map.json and tokenizer_config.json, then the caller's arguments)."""
-        init = {key: value for key, value in config.items() if key in CONFIG_KEYS or key in VOCAB_FILES_NAMES}
+        # the constructor's arguments; the other keys (tokenizer_class, …) are metadata
+        arguments = set(inspect.signature(cls).parameters) - {"name_or_path"}
+        init = {key: value for key, value in config.items() if key in arguments}
         if "added_tokens_decoder" not in init and (directory / "added_tokens.json").is_file():
             added = read_json(directory / "added_tokens.json", "added tokens")
             init["added_tokens_decoder"] = {index: content for content, index in added.items()}
@@ -469,10 +458,6 @@ class MLukeTokenizer(PreTrainedTokenizer):
     def _write_entity_vocab(self, path: Path) -> str:
         path.write_text(json.dumps(self.entity_vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
         return str(path)
-
-    def __repr__(self) -> str:
-        return (f"MLukeTokenizer(vocab_size={self.vocab_size}, entities={len(self.entity_vocab)}, task={self.task!r}, "
-                f"max_entity_length={self.max_entity_length}, max_mention_length={self.max_mention_length})")
 
 
 TOKENIZER_CLASSES[MLukeTokenizer.__name__] = MLukeTokenizer
