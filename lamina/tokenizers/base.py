@@ -462,7 +462,7 @@ class PreTrainedTokenizerBase:
     `from_pretrained` / `save_pretrained`).
 
     The engine turns text into ids; this class adds the special tokens of its `Template`,
-    truncates, pads, makes tensors, decodes, renders chat templates and saves. `tok(texts)`
+    truncates, pads, makes tensors, decodes and renders chat templates. `tok(texts)`
     returns a `BatchEncoding` whose `input_ids` is `list[int]` for one text, `list[list[int]]`
     for a batch, or a `(batch, seq)` tensor with `return_tensors="pt"`.
     """

@@ -482,12 +482,16 @@ class EntityFields:
     attention_mask: bool
     token_type_ids: bool
 
+    def __post_init__(self) -> None:
+        # a call where no text has spans has no entity fields; otherwise every row has them
+        self.any_entities = any(first is not None or second is not None for first, second in self.examples)
+
     def owns(self, key: str) -> bool:
         return key.startswith("entity_")
 
     def row(self, sample: int, kept: range, pair_kept: range | None, sequence_ids: list[int | None],
             truncation: str) -> dict[str, list[Any]]:
-        if not any(first is not None or second is not None for first, second in self.examples):
+        if not self.any_entities:
             return {}
         first, second = self.examples[sample]
         first = _entities_within(first or [], kept)
