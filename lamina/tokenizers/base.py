@@ -550,6 +550,10 @@ class PreTrainedTokenizerBase:
         return list(self._additional)
 
     @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.additional_special_tokens)
+
+    @property
     def special_tokens_map(self) -> dict[str, Any]:
         named = {name: token for name, token in self._special.items() if token is not None}
         if self._additional:

@@ -196,10 +196,6 @@ class MLukeTokenizer(PreTrainedTokenizer):
         """Id of `<ent2>`, the marker around the tail entity under `entity_pair_classification`."""
         return self.convert_tokens_to_ids(self.entity_token_2.content)
 
-    @property
-    def additional_special_tokens_ids(self) -> list[int]:
-        return self.convert_tokens_to_ids(self.additional_special_tokens)
-
     # ---------------------------------------------------------------- entity inputs
 
     def _entity_ids(self, titles: list[str] | None, count: int) -> list[int]:

@@ -80,6 +80,18 @@ def test_offsets_and_word_ids_match_the_fast_tokenizer(ours, theirs) -> None:
     assert _spans(mine, len(TEXTS)) == _spans(reference, len(TEXTS))
 
 
+def test_special_token_text_split_as_plain_text(ours, theirs) -> None:
+    text = "the <mask> of <s>x</s>"
+    assert ours(text)["input_ids"] == theirs(text)["input_ids"]
+    # as transformers' Python tokenizers split it (its converted fast one still finds the tokens
+    # in its vocabulary): the whole text to sentencepiece, in XLM-R's ids
+    split = ours(text, split_special_tokens=True, return_offsets_mapping=True)
+    pieces = ours.sp_model.encode(text)
+    assert split["input_ids"] == [0, *[piece + 1 if piece else ours.unk_token_id for piece in pieces], 2]
+    assert ours.unk_token_id in split["input_ids"] and ours.mask_token_id not in split["input_ids"]
+    assert split["offset_mapping"][1:4] == [(0, 1), (1, 3), (4, 5)]
+
+
 def test_pre_split_words_match_the_fast_tokenizer(ours, theirs) -> None:
     keys = ("input_ids", "offset_mapping")
     for words in WORDS:
