@@ -851,7 +851,11 @@ class PreTrainedTokenizerBase:
         if "input_ids" not in encoded_inputs:
             raise InputError(f"pad: the encodings have no input_ids, only {sorted(encoded_inputs)}")
         owned = {key for key in encoded_inputs if extra_fields is not None and extra_fields.owns(key)}
-        features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items() if key not in owned}
+        # the per-token fields are padded; others (labels, length, …) pass through, as in transformers
+        features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()
+                    if key == "input_ids" or key in PAD_FILL}
+        others = {key: [_as_list(row) for row in rows] for key, rows in encoded_inputs.items()
+                  if key not in features and key not in owned}
         if return_attention_mask is not False and "attention_mask" in self.model_input_names:
             features.setdefault("attention_mask", [[1] * len(ids) for ids in features["input_ids"]])
         strategy, _, max_length = resolve_strategies(padding, False, max_length, self.model_max_length)
@@ -864,7 +868,7 @@ class PreTrainedTokenizerBase:
         if owned:
             columns = {key: [_as_list(row) for row in encoded_inputs[key]] for key in owned}
             features.update(extra_fields.pad(columns, strategy, pad_to_multiple_of, side))
-        return BatchEncoding(features, tensor_type=return_tensors)
+        return BatchEncoding({**features, **others}, tensor_type=return_tensors)
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(

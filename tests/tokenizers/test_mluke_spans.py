@@ -116,6 +116,13 @@ def test_overflowing_windows_match_the_fast_tokenizer(ours, theirs, stride: int)
     assert _fields(mine, *keys) == _fields(reference, *keys)
 
 
+def test_pad_leaves_per_example_values_alone(ours, theirs) -> None:
+    """A collator's features: the per-token fields are padded, labels and lengths are not."""
+    features = [{"input_ids": [0, 5, 2], "labels": 1, "length": 3}, {"input_ids": [0, 2], "labels": 0, "length": 2}]
+    mine, reference = ours.pad(features, return_tensors="pt"), theirs.pad(features, return_tensors="pt")
+    assert {key: value.tolist() for key, value in mine.items()} == {key: value.tolist() for key, value in reference.items()}
+
+
 PADDING = [False, True, "longest", "max_length", "do_not_pad"]
 TRUNCATION = [None, False, True, "longest_first", "only_first", "do_not_truncate"]
 
