@@ -215,7 +215,9 @@ class ExtraFields(Protocol):
         sequence (and `pair_kept` of its second), laid out as `sequence_ids` says (0 / 1 for a
         token of the first / second sequence, None for a special token)."""
 
-    def pad(self, features: dict[str, list[Any]], padding: str, pad_to_multiple_of: int | None, side: str) -> dict[str, list[Any]]:
+    def pad(
+        self, features: dict[str, list[Any]], padding: str, pad_to_multiple_of: int | None, side: str
+    ) -> dict[str, list[Any]]:
         """These fields of a batch (one list per row) under padding strategy `padding`."""
 
 

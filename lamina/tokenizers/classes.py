@@ -121,7 +121,11 @@ class _TekkenTokenizer(PreTrainedTokenizerFast):
 
 
 # the classes by name for the loaders (the class names transformers writes, and its aliases)
-_ALIASES = {"TokenizersBackend": PreTrainedTokenizerFast, "CodeLlamaTokenizer": LlamaTokenizer, "CodeLlamaTokenizerFast": LlamaTokenizer}
+_ALIASES = {
+    "TokenizersBackend": PreTrainedTokenizerFast,
+    "CodeLlamaTokenizer": LlamaTokenizer,
+    "CodeLlamaTokenizerFast": LlamaTokenizer,
+}
 _CLASSES = (
     PreTrainedTokenizerFast, LlamaTokenizer, LlamaTokenizerFast, PersimmonTokenizer, GPT2Tokenizer, GPT2TokenizerFast,
     BertTokenizer, BertTokenizerFast, MobileBertTokenizer, MobileBertTokenizerFast, _TekkenTokenizer,

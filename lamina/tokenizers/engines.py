@@ -460,7 +460,9 @@ class XLMRobertaPieces:
         return vocab
 
     # ---- encoding -------------------------------------------------------------------------
-    def encode_text(self, text: str, cuts: Sequence[int] = (), split_special_tokens: bool = False) -> tuple[EncodedText, dict[int, int]]:
+    def encode_text(
+        self, text: str, cuts: Sequence[int] = (), split_special_tokens: bool = False
+    ) -> tuple[EncodedText, dict[int, int]]:
         """`text` encoded in parts cut at the character positions `cuts`, with each token's
         characters and word (words end at whitespace and around added tokens, as transformers'
         fast XLM-R tokenizer splits them); and, per cut, the index of the first token after it.
@@ -581,7 +583,9 @@ class XLMRobertaPieces:
             parts.append(self.convert_tokens_to_string(words))
         return (" " if spaces_between_special_tokens else "").join(parts)
 
-    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool, spaces_between_special_tokens: bool = True) -> list[str]:
+    def decode_batch(
+        self, batch: list[list[int]], skip_special_tokens: bool, spaces_between_special_tokens: bool = True
+    ) -> list[str]:
         skip = set(self.added) if skip_special_tokens else set()
         return [self.decode(ids, skip, spaces_between_special_tokens) for ids in batch]
 

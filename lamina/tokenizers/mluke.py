@@ -305,8 +305,8 @@ class MLukeTokenizer(PreTrainedTokenizer):
                     "is_split_into_words: entities are character spans of a text, and words given as a list have "
                     f"none; found {', '.join(given) or f'task={self.task!r}'}"
                 )
-            return super().__call__(text, text_pair, is_split_into_words=True, split_special_tokens=split_special_tokens,
-                                    **options)
+            return super().__call__(text, text_pair, is_split_into_words=True,
+                                    split_special_tokens=split_special_tokens, **options)
         if isinstance(text, str):
             return self.encode_plus(text, *columns.values(), split_special_tokens=split_special_tokens, **options)
         if not isinstance(text, (list, tuple)) or not all(isinstance(item, str) for item in text):
@@ -452,7 +452,8 @@ class MLukeTokenizer(PreTrainedTokenizer):
         return str(sp_path), self._write_entity_vocab(directory / f"{prefix}{VOCAB_FILES_NAMES['entity_vocab_file']}")
 
     def _write_entity_vocab(self, path: Path) -> str:
-        path.write_text(json.dumps(self.entity_vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(self.entity_vocab, indent=2, sort_keys=True, ensure_ascii=False)
+        path.write_text(text + "\n", encoding="utf-8")
         return str(path)
 
 
@@ -493,11 +494,12 @@ class EntityFields:
         first = _entities_within(first or [], kept)
         second = None if second is None else _entities_within(second, pair_kept)
         count = len(first) + len(second or ())
-        if truncation != "do_not_truncate" and count > self.max_entity_length:
+        excess = count - self.max_entity_length
+        if truncation != "do_not_truncate" and excess > 0:
             try:
-                first, second = truncate_pair(first, second, count - self.max_entity_length, truncation, self.truncation_side)
+                first, second = truncate_pair(first, second, excess, truncation, self.truncation_side)
             except InputError as err:
-                raise InputError(f"cannot drop {count - self.max_entity_length} entities to reach max_entity_length: {err}") from None
+                raise InputError(f"cannot drop {excess} entities to reach max_entity_length: {err}") from None
         starts = [sequence_ids.index(sequence) if sequence in sequence_ids else 0 for sequence in (0, 1)]
         entities = [(entity, (start + starts[0], end + starts[0])) for entity, (start, end) in first]
         entities += [(entity, (start + starts[1], end + starts[1])) for entity, (start, end) in second or ()]

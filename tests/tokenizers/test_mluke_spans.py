@@ -120,7 +120,9 @@ def test_pad_leaves_per_example_values_alone(ours, theirs) -> None:
     """A collator's features: the per-token fields are padded, labels and lengths are not."""
     features = [{"input_ids": [0, 5, 2], "labels": 1, "length": 3}, {"input_ids": [0, 2], "labels": 0, "length": 2}]
     mine, reference = ours.pad(features, return_tensors="pt"), theirs.pad(features, return_tensors="pt")
-    assert {key: value.tolist() for key, value in mine.items()} == {key: value.tolist() for key, value in reference.items()}
+    assert {key: value.tolist() for key, value in mine.items()} == {
+        key: value.tolist() for key, value in reference.items()
+    }
 
 
 PADDING = [False, True, "longest", "max_length", "do_not_pad"]
