@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, TokenizerError
-from ..hub import resolve_model_dir
+from ..hub import resolve_model_dir, take_hub_arguments
 from .base import SPECIAL_TOKEN_NAMES, VERY_LARGE_INTEGER, PreTrainedTokenizerBase, Template
 from .engines import RustEngine, SentencePieceEngine
 from .formats import gpt2_document, read_json, tekken_document, wordpiece_document
@@ -50,7 +50,8 @@ _HANDLED_KEYS = {
     "name_or_path",
     "use_fast",
     "legacy",
-    # from_pretrained arguments about fetching, not about the tokenizer (lamina runs no remote code)
+    # from_pretrained arguments about fetching (a file may carry them), never written back; lamina
+    # runs no remote code
     "revision",
     "cache_dir",
     "token",
@@ -71,7 +72,7 @@ def load_tokenizer(
     """The tokenizer in a directory or a single file (`tokenizer.json`, `tokenizer.model`,
     `tekken.json`, `vocab.txt`, `*.gguf`); `cls` fixes the class, otherwise tokenizer_config.json's
     `tokenizer_class` or the engine picks it."""
-    path = _resolve(name_or_path)
+    path = _resolve(name_or_path, gguf_file, take_hub_arguments(overrides))
     if gguf_file is not None:
         path = path / gguf_file if path.is_dir() else path
     if path.suffix == ".gguf":
@@ -108,12 +109,14 @@ def load_tokenizer(
     return tokenizer
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
+def _resolve(name_or_path: str | os.PathLike, gguf_file: str | None, hub: dict[str, Any]) -> Path:
+    """The tokenizer's file or directory, local or fetched with the Hub arguments `hub` (a revision,
+    a token: never stored on the tokenizer)."""
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    if path.exists() and "subfolder" not in hub:
         return path
     try:
-        return resolve_model_dir(name_or_path, allow_file=True)
+        return resolve_model_dir(name_or_path, allow_file=True, weights_file=gguf_file, weights=False, **hub)
     except CheckpointError as err:
         raise TokenizerError(str(err)) from None
 
