@@ -68,7 +68,7 @@ def lazy_command(name: str, help: str, module: str, add_arguments: str = "cli_ar
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, … (default: cpu)")
-    from lamina.quantization.config import METHODS
+    from lamina.quantization.methods import METHODS
 
     parser.add_argument("--quantize", choices=("auto", "none", *METHODS), default="auto",
                         help="weight-only quantization (int4 and nf4: groups of 32, the output layer int8). "

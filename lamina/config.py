@@ -368,7 +368,7 @@ class PretrainedConfig:
         """The config in `path` (a directory or a Hub id; the Hub's loading arguments, `token`,
         `revision`, …, go to the download) with `overrides` replacing its values."""
         drop_inert_arguments(overrides)
-        directory = resolve_model_dir(path, **take_hub_arguments(overrides))
+        directory = resolve_model_dir(path, weights=False, **take_hub_arguments(overrides))
         data = read_config_json(directory / CONFIG_NAME)
         if cls.model_type and data.get("model_type") not in (None, cls.model_type):
             raise ConfigError(

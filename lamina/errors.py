@@ -22,6 +22,10 @@ class InputError(LaminaError, ValueError):
     """A model or generation input is out of range or of the wrong shape."""
 
 
+class TokenIdError(InputError, TokenizerError):
+    """A token id outside the tokenizer's vocabulary."""
+
+
 class SecurityError(LaminaError):
     """Untrusted input tried something lamina refuses to do (pickle imports, template escapes)."""
 

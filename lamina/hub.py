@@ -36,13 +36,15 @@ def locate_checkpoint(name_or_path: str | os.PathLike, gguf_file: str | None = N
 
 
 def resolve_model_dir(
-    name_or_path: str | os.PathLike, allow_file: bool = False, weights_file: str | None = None, **hub: Any
+    name_or_path: str | os.PathLike, allow_file: bool = False, weights_file: str | None = None,
+    weights: bool = True, **hub: Any
 ) -> Path:
     """A local directory (or file, when `allow_file`) as is; otherwise a Hub snapshot.
 
     `hub` holds the loading arguments of `HUB_ARGUMENTS`; `subfolder` applies to a local directory
     too. A snapshot takes the metadata and `weights_file` (a GGUF file named by `gguf_file`), or
-    else the safetensors weights, or, where the repository has none, its `*.bin` weights. Offline,
+    else the safetensors weights, or, where the repository has none, its `*.bin` weights (none of
+    them when not `weights`: a tokenizer's or config's reader). Offline,
     or without huggingface_hub, the error says what was looked for and where.
     """
     subfolder = hub.pop("subfolder", "")
@@ -61,7 +63,7 @@ def resolve_model_dir(
             "(pip install 'lamina[hub]')"
         )
     try:
-        return _download(name, subfolder, weights_file, hub)
+        return _download(name, subfolder, weights_file, weights, hub)
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         reason = "HF_HUB_OFFLINE=1 is set" if offline else f"{type(err).__name__}: {err}".splitlines()[0]
@@ -70,7 +72,7 @@ def resolve_model_dir(
         ) from None
 
 
-def _download(name: str, subfolder: str, weights_file: str | None, hub: dict[str, Any]) -> Path:
+def _download(name: str, subfolder: str, weights_file: str | None, weights: bool, hub: dict[str, Any]) -> Path:
     """The snapshot's folder: metadata and safetensors first; the older formats only where a
     repository has no safetensors (many hold both, and the `.bin` copies would double the download)."""
     from huggingface_hub import snapshot_download
@@ -82,6 +84,8 @@ def _download(name: str, subfolder: str, weights_file: str | None, hub: dict[str
 
     if weights_file is not None:
         return fetch((*_METADATA, weights_file))
+    if not weights:
+        return fetch(_METADATA)
     folder = fetch((*_METADATA, "*.safetensors"))
     if not any(folder.glob("*.safetensors")):
         folder = fetch(("*.bin",))

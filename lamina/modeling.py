@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -26,6 +26,7 @@ from .checkpoints.io import (
 from .checkpoints.mistral import load_mistral_original
 from .checkpoints.namemap import Rule, with_prefix
 from .config import PretrainedConfig, drop_inert_arguments, is_integer, resolve_dtype
+from .distributed import place
 from .errors import CheckpointError, ConfigError, InputError, LaminaError, UnsupportedError
 from .generation.config import GenerationConfig
 from .hub import locate_checkpoint, take_hub_arguments
@@ -48,6 +49,17 @@ class LoadHook(Protocol):
     def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor: ...
 
     def finish(self) -> None: ...
+
+
+class Placement(Protocol):
+    """Where a load puts the model beyond one device (`lamina.distributed.place`): `merge` builds
+    each parameter as this rank or device holds it from the checkpoint tensors it is made of, and
+    `finish(model)` moves the loaded model into place."""
+
+    def merge(self, name: str, merge: Callable[[list[torch.Tensor]], torch.Tensor],
+              sources: list[torch.Tensor]) -> torch.Tensor: ...
+
+    def finish(self, model: nn.Module) -> None: ...
 
 
 @dataclass
@@ -337,14 +349,11 @@ class PreTrainedModel(TrainingMixin, nn.Module):
         on_tensor = None
         if quantization_config is not None and saved_quantization is None:
             on_tensor = quantize_on_load(model, quantization_config)
-        from .distributed import place
-
-        placement = model.__dict__["_placement"] = place(
+        placement = place(
             model, tensors, dtype=target_dtype, device_map=device_map, max_memory=max_memory,
             offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, ep_size=ep_size, device_mesh=device_mesh,
             quantizing=quantization_config)
-        info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes, on_tensor)
-        del model.__dict__["_placement"]
+        info = model.load_checkpoint(tensors, target_dtype, ignore_mismatched_sizes, on_tensor, placement)
         if placement is None:
             model.to(_resolve_device(device_map))
         else:
@@ -365,14 +374,17 @@ class PreTrainedModel(TrainingMixin, nn.Module):
         dtype: torch.dtype = torch.float32,
         ignore_mismatched_sizes: bool = False,
         on_tensor: LoadHook | None = None,
+        placement: Placement | None = None,
     ) -> LoadingInfo:
         """Map, check and assign a checkpoint's tensors (HF names) onto this model in place.
 
         `on_tensor` sees each tensor as it is mapped and gives what is assigned instead (quantizing
-        while loading: `quantization.QuantizeOnLoad`); its `finish()` runs once all are assigned."""
+        while loading: `quantization.QuantizeOnLoad`); its `finish()` runs once all are assigned.
+        `placement` (from `lamina.distributed.place`) builds each tensor as this rank or device holds
+        it: a tensor-parallel slice, or the tensor on its mapped device."""
         info = LoadingInfo()
         expected = {k: v for k, v in self.state_dict(keep_vars=True).items()}
-        state = self._map_checkpoint(tensors, info, expected, dtype, on_tensor)
+        state = self._map_checkpoint(tensors, info, expected, dtype, on_tensor, placement)
         for tied in self._active_ties():
             expected.pop(tied, None)
             state.pop(tied, None)
@@ -412,7 +424,7 @@ class PreTrainedModel(TrainingMixin, nn.Module):
 
     def _map_checkpoint(
         self, tensors: Mapping[str, torch.Tensor], info: LoadingInfo, expected: dict[str, torch.Tensor],
-        dtype: torch.dtype, on_tensor: LoadHook | None = None,
+        dtype: torch.dtype, on_tensor: LoadHook | None = None, placement: Placement | None = None,
     ) -> dict[str, torch.Tensor]:
         """Checkpoint names → this model's names: prefix reconciliation, then the name map.
 
@@ -448,8 +460,7 @@ class PreTrainedModel(TrainingMixin, nn.Module):
                 want = expected.get(target)
                 want = dtype if want is not None and want.is_floating_point() else None
                 sources = [_read(tensors, renamed.pop(name), want) for name in names]
-                placement = self.__dict__.get("_placement")
-                # with a placement, this rank's part only, read from the sources (lamina.distributed)
+                # with a placement, this rank's part only, read from the sources
                 merged = merge(sources) if placement is None else placement.merge(target, merge, sources)
                 for source in sources:  # the pages of sources only a copy keeps (merged, permuted)
                     if source.data_ptr() != merged.data_ptr():

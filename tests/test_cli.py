@@ -300,7 +300,7 @@ def _subparsers(parser):
 
 
 def test_every_option_has_help_and_quantize_lists_every_mode():
-    from lamina.quantization.config import METHODS
+    from lamina.quantization.methods import METHODS
 
     parser = cli.build_parser()
     commands = _subparsers(parser)
@@ -324,6 +324,17 @@ def test_help_and_version_import_no_torch():
     assert done.stdout.strip() == f"lamina {lamina.__version__}"
     assert "convert-megatron-gpt2" in subprocess.run([sys.executable, "-m", "lamina", "--help"], capture_output=True,
                                                     text=True, timeout=120).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve", "info", "convert", "bench"])
+def test_command_help_imports_no_torch(command):
+    """The everyday commands' `--help` (the quantize modes included) comes without torch."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "lamina", command, "--help"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "torch" not in imported
+    assert ("--quantize {auto,none,int8,int4,nf4}" in done.stdout) == (command in ("generate", "chat", "serve", "info"))
 
 
 @pytest.mark.parametrize("argument, message", [

@@ -487,3 +487,30 @@ def test_a_hub_gguf_file_is_downloaded_by_name(tmp_path, monkeypatch):
         lamina.AutoModelForCausalLM.from_pretrained("org/gguf", gguf_file="model-q4.gguf", cache_dir=str(tmp_path / "c"))
     assert "model-q4.gguf" in hub.calls[0]["allow_patterns"]
     assert (tmp_path / "c" / "main" / "model-q4.gguf").is_file() and not (tmp_path / "c" / "main" / "model-q8.gguf").exists()
+
+
+def test_tokenizer_and_tf_loads_take_the_hub_arguments(fake_hub, tmp_path):
+    """AutoTokenizer fetches the revision asked for with the token, without the model's weights, and
+    writes neither argument into what it saves; TF models pass them to the download too."""
+    hub, _ = fake_hub
+    for revision, words in (("main", ["hello"]), ("v2", ["hello", "lamina"])):
+        folder = hub.revisions[revision]
+        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    tokenizer = lamina.AutoTokenizer.from_pretrained("org/tiny", revision="v2", token=SECRET)
+    assert tokenizer("hello lamina")["input_ids"] == [2, 5, 6, 3]  # "lamina" is in v2's vocabulary only
+    assert hub.calls[-1]["revision"] == "v2" and hub.calls[-1]["token"] == SECRET
+    assert not any(p.endswith((".safetensors", ".bin")) for p in hub.calls[-1]["allow_patterns"])
+    assert lamina.AutoTokenizer.from_pretrained("org/tiny")("hello lamina")["input_ids"] == [2, 5, 1, 3]
+    tokenizer.save_pretrained(tmp_path / "saved-tokenizer")
+    for file in (tmp_path / "saved-tokenizer").iterdir():
+        assert SECRET.encode() not in file.read_bytes() and b"revision" not in file.read_bytes(), file
+    assert lamina.MistralConfig.from_pretrained("org/tiny", revision="v2").vocab_size == TINY["vocab_size"]
+    assert not any(p.endswith((".safetensors", ".bin")) for p in hub.calls[-1]["allow_patterns"])
+
+    pytest.importorskip("tensorflow")
+    from lamina.tf.mobilebert import TFMobileBertModel
+
+    with pytest.raises(LaminaError):  # a Mistral repository holds no MobileBERT: the point is the download's arguments
+        TFMobileBertModel.from_pretrained("org/tiny", revision="v2", token=SECRET)
+    assert hub.calls[-1]["revision"] == "v2" and hub.calls[-1]["token"] == SECRET

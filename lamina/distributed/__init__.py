@@ -1,8 +1,9 @@
 """Beyond one device: tensor and expert parallelism over `torch.distributed`, and device maps.
 
 `from_pretrained` hands its placement arguments to `place`, which returns None (the whole model on
-one device, as before) or a plan with two steps around the load: `local(name, tensor)` cuts each
-checkpoint tensor as it is mapped, and `finish(model)` puts the loaded model where it belongs.
+one device, as before) or a plan with two steps around the load: `merge(name, merge, sources)`
+builds each parameter's local part as it is mapped, and `finish(model)` puts the loaded model where
+it belongs (`lamina.modeling.Placement`).
 """
 
 from __future__ import annotations

@@ -105,8 +105,8 @@ class _LanguageModelTask(EncoderTask):
     def get_output_embeddings(self) -> nn.Module:
         return self.cls.predictions.decoder
 
-    def _map_checkpoint(self, tensors, info, expected, dtype, on_tensor=None):
-        state = super()._map_checkpoint(tensors, info, expected, dtype, on_tensor)
+    def _map_checkpoint(self, tensors, info, expected, dtype, on_tensor=None, placement=None):
+        state = super()._map_checkpoint(tensors, info, expected, dtype, on_tensor, placement)
         # transformers 4.x made the decoder's bias the very tensor `cls.predictions.bias`, so its
         # files hold that one only; untied, lamina (like transformers 5) keeps both
         decoder_bias, bias = "cls.predictions.decoder.bias", "cls.predictions.bias"

@@ -14,8 +14,8 @@ import torch
 
 from ..config import Size, check_fields, dtype_name, field_types, resolve_dtype
 from ..errors import ConfigError, UnsupportedError
+from .methods import METHODS
 
-METHODS = ("int8", "int4", "nf4")
 # what a saved quantized model's config.json says of its directory
 LAMINA_FORMAT_NOTE = ("lamina's own quantized layout (weight-only int8 / int4 / nf4 layers): lamina loads this "
                       "directory, transformers cannot")

@@ -28,7 +28,7 @@ from ..checkpoints.io import (
 )
 from ..config import PretrainedConfig
 from ..errors import CheckpointError
-from ..hub import resolve_model_dir
+from ..hub import resolve_model_dir, take_hub_arguments
 from ..modeling import LoadingInfo, PreTrainedModel
 from .h5 import TF_WEIGHTS_NAME, read_tf_h5, write_tf_h5
 from .layers import Entry, Named, checkpoint_entries
@@ -134,7 +134,7 @@ class TFPreTrainedModel(Named, keras.Model):
     ) -> TFPreTrainedModel:
         """Load from a directory (or Hub id) holding config.json and tf_model.h5, model.safetensors
         or (with `from_pt=True`) pytorch_model.bin."""
-        directory = resolve_model_dir(pretrained_model_name_or_path)
+        directory = resolve_model_dir(pretrained_model_name_or_path, **take_hub_arguments(config_overrides))
         if config is None:
             config = cls.config_class.from_pretrained(directory, **config_overrides)
         present = {name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,

@@ -7,15 +7,14 @@ library, sentencepiece, tekken, MLuke) pads and truncates the same way transform
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from ..errors import InputError, TokenizerError, UnsupportedError
+from ..errors import InputError, TokenIdError, TokenizerError, UnsupportedError
 from .chat import apply_chat_template
 from .mistral import encode_instruct
 
@@ -180,7 +179,9 @@ class EncodedText:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, part: slice) -> EncodedText:
+    def __getitem__(self, part: slice | range) -> EncodedText:
+        if isinstance(part, range):
+            part = slice(part.start, part.stop)
         offsets = None if self.offsets is None else self.offsets[part]
         return EncodedText(self.ids[part], offsets, None if self.words is None else self.words[part])
 
@@ -198,6 +199,26 @@ class TokenSpans:
     offsets: list[tuple[int, int]] = field(default_factory=list)
     words: list[int | None] = field(default_factory=list)
     sequences: list[int | None] = field(default_factory=list)
+
+
+class ExtraFields(Protocol):
+    """Fields a tokenizer adds to each row of a call besides the per-token ones (mLUKE's entities):
+    made from the tokens the row keeps, and padded along an axis of their own."""
+
+    def owns(self, key: str) -> bool:
+        """Whether the field `key` is one of these (padded by `pad`, not as tokens)."""
+
+    def row(
+        self, sample: int, kept: range, pair_kept: range | None, sequence_ids: list[int | None], truncation: str
+    ) -> dict[str, list[Any]]:
+        """The fields of one row of example `sample`, which keeps the tokens `kept` of its first
+        sequence (and `pair_kept` of its second), laid out as `sequence_ids` says (0 / 1 for a
+        token of the first / second sequence, None for a special token)."""
+
+    def pad(
+        self, features: dict[str, list[Any]], padding: str, pad_to_multiple_of: int | None, side: str
+    ) -> dict[str, list[Any]]:
+        """These fields of a batch (one list per row) under padding strategy `padding`."""
 
 
 def _tokens_of(row: TokenSpans, sequence_index: int) -> list[int]:
@@ -437,12 +458,13 @@ class Template:
         return {"type": "TemplateProcessing", "single": items(self.single), "pair": items(self.pair), "special_tokens": special}
 
 
-class PreTrainedTokenizer:
+class PreTrainedTokenizerBase:
     """A tokenizer with transformers' call surface over one engine (`engines.RustEngine`,
-    `engines.SentencePieceEngine`, …).
+    `engines.SentencePieceEngine`, …), less its files (`classes.PreTrainedTokenizer` adds
+    `from_pretrained` / `save_pretrained`).
 
     The engine turns text into ids; this class adds the special tokens of its `Template`,
-    truncates, pads, makes tensors, decodes, renders chat templates and saves. `tok(texts)`
+    truncates, pads, makes tensors, decodes and renders chat templates. `tok(texts)`
     returns a `BatchEncoding` whose `input_ids` is `list[int]` for one text, `list[list[int]]`
     for a batch, or a `(batch, seq)` tensor with `return_tensors="pt"`.
     """
@@ -454,6 +476,12 @@ class PreTrainedTokenizer:
     class_defaults: dict[str, Any] = {}
     # the file `chat_template` was read from, named in the template's errors (set by the loaders)
     chat_template_file: str | None = None
+    # `return_length` as transformers' Python tokenizers give it: a batch's lengths before
+    # padding, one text's as a number (its Rust tokenizers: padded lengths, always a list)
+    python_lengths: bool = False
+    # file names of a class with vocabulary files of its own (mLUKE's), which it reads in
+    # `from_vocab_files`; the others' files name their engine
+    vocab_files_names: dict[str, str] = {}
 
     def __init__(
         self,
@@ -522,6 +550,10 @@ class PreTrainedTokenizer:
     @property
     def additional_special_tokens(self) -> list[str]:
         return list(self._additional)
+
+    @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.additional_special_tokens)
 
     @property
     def special_tokens_map(self) -> dict[str, Any]:
@@ -600,7 +632,7 @@ class PreTrainedTokenizer:
     def _id_to_token(self, token_id: int) -> str:
         token = self.engine.id_to_token(token_id)
         if token is None:
-            raise InputError(f"token id {token_id} is out of range for a vocabulary of {len(self)} tokens")
+            raise TokenIdError(f"token id {token_id} is out of range for a vocabulary of {len(self)} tokens")
         return token
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
@@ -688,6 +720,7 @@ class PreTrainedTokenizer:
         return_offsets_mapping: bool = False,
         return_overflowing_tokens: bool = False,
         return_length: bool = False,
+        extra_fields: ExtraFields | None = None,
         **unsupported: Any,
     ) -> BatchEncoding:
         """Truncate, add special tokens to, and pad already-encoded (ids, pair ids) sequences.
@@ -697,6 +730,7 @@ class PreTrainedTokenizer:
         off come back as further rows (windows overlapping by `stride` tokens), and
         `overflow_to_sample_mapping` gives each row's sequence. Sequences given as `EncodedText`
         with offsets can return `offset_mapping` and give the result its token spans.
+        `extra_fields` adds fields of its own to each row (see `ExtraFields`).
         """
         if unsupported:
             raise InputError(f"tokenizer call: unsupported argument(s) {sorted(unsupported)}")
@@ -705,19 +739,22 @@ class PreTrainedTokenizer:
         spanned = all(first.offsets is not None and (second is None or second.offsets is not None) for first, second in encoded)
         if return_offsets_mapping and not spanned:
             raise UnsupportedError(f"return_offsets_mapping: the {self.engine.kind} engine gives no character offsets")
-        rows, samples = [], []
+        rows, extra_rows, samples = [], [], []
         for index, (first, second) in enumerate(encoded):
             windows = self._windows(first, second, add_special_tokens, truncation_strategy, max_length, stride)
-            for window in windows if return_overflowing_tokens else windows[:1]:
-                rows.append(self._template_row(*window, add_special_tokens))
+            for kept, pair_kept in windows if return_overflowing_tokens else windows[:1]:
+                row = self._template_row(first[kept], None if second is None else second[pair_kept], add_special_tokens)
+                rows.append(row)
+                if extra_fields is not None:
+                    extra_rows.append(extra_fields.row(index, kept, pair_kept, row["sequence_ids"], truncation_strategy))
                 samples.append(index)
         features: dict[str, list[Any]] = {key: [row[key] for row in rows] for key in ROW_FIELDS}
         features["attention_mask"] = [[1] * len(row) for row in features["input_ids"]]
+        lengths = [len(row) for row in features["input_ids"]]
+        side = padding_side or self.padding_side
         if padding_strategy != "do_not_pad":
             length = max_length if padding_strategy == "max_length" else None
-            features = pad_batch(
-                features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of
-            )
+            features = pad_batch(features, self.pad_token_id, side, length, pad_to_multiple_of)
         spans = [TokenSpans(*row) for row in zip(features["offset_mapping"], features.pop("word_ids"), features.pop("sequence_ids"))]
         if not return_offsets_mapping:
             del features["offset_mapping"]
@@ -727,14 +764,18 @@ class PreTrainedTokenizer:
             del features["token_type_ids"]
         if return_attention_mask is False:
             del features["attention_mask"]
+        if extra_fields is not None and extra_rows and extra_rows[0]:
+            columns = {key: [row[key] for row in extra_rows] for key in extra_rows[0]}
+            features.update(extra_fields.pad(columns, padding_strategy, pad_to_multiple_of, side))
         if return_overflowing_tokens:
             features["overflow_to_sample_mapping"] = samples
         if return_length:
-            # padded lengths, as transformers reports them
-            features["length"] = [len(row) for row in features["input_ids"]]
+            padded = not (batched and self.python_lengths)
+            features["length"] = [len(row) for row in features["input_ids"]] if padded else lengths
         if not batched and not return_tensors and not return_overflowing_tokens:
-            # one text: flat lists (transformers keeps `length` a one-element list)
-            features = {key: value if key == "length" else value[0] for key, value in features.items()}
+            # one text: flat lists (`length` stays a one-element list but in Python tokenizers)
+            listed = set() if self.python_lengths else {"length"}
+            features = {key: value if key in listed else value[0] for key, value in features.items()}
         return BatchEncoding(features, tensor_type=return_tensors, spans=spans if spanned else None)
 
     def _strategies(
@@ -761,17 +802,19 @@ class PreTrainedTokenizer:
         strategy: str,
         max_length: int | None,
         stride: int,
-    ) -> list[tuple[EncodedText, EncodedText | None]]:
-        """The truncated sequence (or pair) first, then the overflowing windows, in the Rust engine's order."""
+    ) -> list[tuple[range, range | None]]:
+        """The tokens (index ranges) of the truncated sequence (or pair) first, then of the
+        overflowing windows, in the Rust engine's order."""
+        whole, pair_whole = range(len(first)), None if second is None else range(len(second))
         if max_length is None or strategy == "do_not_truncate":
-            return [(first, second)]
+            return [(whole, pair_whole)]
         specials = self.template.count(second is not None) if add_special_tokens else 0
         excess = len(first) + len(second or ()) + specials - max_length
         keep, pair_keep = truncation_lengths(len(first), None if second is None else len(second), excess, strategy)
-        firsts = overflow_windows(first, keep, stride, self.truncation_side)
-        if second is None:
+        firsts = overflow_windows(whole, keep, stride, self.truncation_side)
+        if pair_whole is None:
             return [(window, None) for window in firsts]
-        seconds = overflow_windows(second, pair_keep, stride, self.truncation_side)
+        seconds = overflow_windows(pair_whole, pair_keep, stride, self.truncation_side)
         # each overflowing first window with every second window, then the first window with the
         # overflowing second ones
         windows = [(firsts[0], seconds[0])]
@@ -800,18 +843,34 @@ class PreTrainedTokenizer:
         padding_side: str | None = None,
         return_attention_mask: bool | None = None,
         return_tensors: str | None = None,
+        *,
+        extra_fields: ExtraFields | None = None,
     ) -> BatchEncoding:
-        """Pad features that are already ids (a dict of lists, or a list of dicts, as collators pass)."""
+        """Pad features that are already ids (a dict of lists, or a list of dicts, as collators
+        pass); the fields `extra_fields` owns are padded by it."""
         if isinstance(encoded_inputs, (list, tuple)):
             encoded_inputs = {key: [row[key] for row in encoded_inputs] for key in encoded_inputs[0]}
-        features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()}
+        if "input_ids" not in encoded_inputs:
+            raise InputError(f"pad: the encodings have no input_ids, only {sorted(encoded_inputs)}")
+        owned = {key for key in encoded_inputs if extra_fields is not None and extra_fields.owns(key)}
+        # the per-token fields are padded; others (labels, length, …) pass through, as in transformers
+        features = {key: [flatten_ids(row) for row in rows] for key, rows in encoded_inputs.items()
+                    if key == "input_ids" or key in PAD_FILL}
+        others = {key: [_as_list(row) for row in rows] for key, rows in encoded_inputs.items()
+                  if key not in features and key not in owned}
+        if return_attention_mask is not False and "attention_mask" in self.model_input_names:
+            features.setdefault("attention_mask", [[1] * len(ids) for ids in features["input_ids"]])
         strategy, _, max_length = resolve_strategies(padding, False, max_length, self.model_max_length)
+        side = padding_side or self.padding_side
         if strategy != "do_not_pad":
             length = max_length if strategy == "max_length" else None
-            features = pad_batch(features, self.pad_token_id, padding_side or self.padding_side, length, pad_to_multiple_of)
+            features = pad_batch(features, self.pad_token_id, side, length, pad_to_multiple_of)
         if return_attention_mask is False:
             features.pop("attention_mask", None)
-        return BatchEncoding(features, tensor_type=return_tensors)
+        if owned:
+            columns = {key: [_as_list(row) for row in encoded_inputs[key]] for key in owned}
+            features.update(extra_fields.pad(columns, strategy, pad_to_multiple_of, side))
+        return BatchEncoding({**features, **others}, tensor_type=return_tensors)
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(
@@ -819,17 +878,23 @@ class PreTrainedTokenizer:
         token_ids: Any,
         skip_special_tokens: bool = False,
         clean_up_tokenization_spaces: bool | None = None,
+        **decode_options: Any,
     ) -> str:
-        """The text of one sequence of ids (a list, or a 1-d tensor)."""
-        return self.batch_decode([token_ids], skip_special_tokens, clean_up_tokenization_spaces)[0]
+        """The text of one sequence of ids (a list, or a 1-d tensor); `decode_options` are the
+        engine's own (`XLMRobertaPieces`: `spaces_between_special_tokens`)."""
+        return self.batch_decode([token_ids], skip_special_tokens, clean_up_tokenization_spaces, **decode_options)[0]
 
     def batch_decode(
         self,
         sequences: Any,
         skip_special_tokens: bool = False,
         clean_up_tokenization_spaces: bool | None = None,
+        **decode_options: Any,
     ) -> list[str]:
         """The texts of a batch of id sequences (a list of lists, or a `(batch, seq)` tensor)."""
+        unknown = sorted(set(decode_options) - set(getattr(self.engine, "decode_options", ())))
+        if unknown:
+            raise InputError(f"decode: unsupported argument(s) {unknown} for the {self.engine.kind} engine")
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.tolist() if sequences.dim() == 2 else [sequences.tolist()]
         batch = [flatten_ids(ids) for ids in sequences]
@@ -837,12 +902,12 @@ class PreTrainedTokenizer:
         for ids in batch:
             if ids and (min(ids) < 0 or max(ids) >= size):
                 bad = next(i for i in ids if not 0 <= i < size)
-                raise InputError(f"decode: token id {bad} is out of range for a vocabulary of {size} tokens")
-        texts = self.engine.decode_batch(batch, skip_special_tokens)
+                raise TokenIdError(f"decode: token id {bad} is out of range for a vocabulary of {size} tokens")
+        texts = self.engine.decode_batch(batch, skip_special_tokens, **decode_options)
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
         return [clean_up_tokenization(text) for text in texts] if clean else texts
 
-    # ---- chat, saving, loading ------------------------------------------------------------
+    # ---- chat, files -------------------------------------------------------------------
     def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]], **kwargs: Any) -> Any:
         """Render `conversation` with the tokenizer's Jinja chat template in a sandbox; see
         `lamina.tokenizers.chat.apply_chat_template` for the arguments."""
@@ -855,19 +920,11 @@ class PreTrainedTokenizer:
         ids mistral_common gives; see `tokenizers.mistral`."""
         return encode_instruct(self, messages, version, tools)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
-        """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so
-        that this class and transformers' `AutoTokenizer` both load them."""
-        from .files import save_tokenizer
-
-        return save_tokenizer(self, Path(save_directory))
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
-        """Load from a directory (or a single tokenizer file); see `AutoTokenizer.from_pretrained`."""
-        from .files import load_tokenizer
-
-        return load_tokenizer(name_or_path, cls=cls, **kwargs)
+    def saved_config(self, directory: Path) -> tuple[dict[str, Any], list[str]]:
+        """What `save_pretrained` writes for this class besides the engine's files and the common
+        configuration: tokenizer_config.json entries of its own, and the names of files it wrote
+        to `directory` (none here)."""
+        return {}, []
 
     def __repr__(self) -> str:
         return (
@@ -903,6 +960,10 @@ def _batch_inputs(
         if not isinstance(item, str):
             raise InputError(f"tokenizer call: expected {expected}, found {type(item).__name__} {item!r:.60}")
     return texts, pairs, batched
+
+
+def _as_list(value: Any) -> Any:
+    return value.tolist() if isinstance(value, torch.Tensor) else value
 
 
 def _encoded(sequence: list[int] | EncodedText) -> EncodedText:

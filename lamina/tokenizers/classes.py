@@ -3,9 +3,12 @@ defaults transformers' class of the same name has; the engine comes from the fil
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from .base import PreTrainedTokenizer
+from .base import PreTrainedTokenizerBase
+from .files import TOKENIZER_CLASSES, load_tokenizer, save_tokenizer
 
 # Adept's chat prompt, "human: {prompt}\n\nadept:", for every turn of a conversation
 PERSIMMON_CHAT_TEMPLATE = (
@@ -16,6 +19,20 @@ PERSIMMON_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'adept:' }}{% endif %}"
 )
+
+
+class PreTrainedTokenizer(PreTrainedTokenizerBase):
+    """The base tokenizer with its files: `from_pretrained` and `save_pretrained`."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> tuple[str, ...]:
+        """Write the engine's files, `tokenizer_config.json` and `special_tokens_map.json` so
+        that this class and transformers' `AutoTokenizer` both load them."""
+        return save_tokenizer(self, Path(save_directory))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
+        """Load from a directory (or a single tokenizer file); see `AutoTokenizer.from_pretrained`."""
+        return load_tokenizer(name_or_path, cls=cls, **kwargs)
 
 
 class PreTrainedTokenizerFast(PreTrainedTokenizer):
@@ -96,26 +113,21 @@ class MobileBertTokenizerFast(MobileBertTokenizer):
     """The same tokenizer as `MobileBertTokenizer`."""
 
 
-# transformers class names found in tokenizer_config.json → lamina classes
-TOKENIZER_CLASSES: dict[str, type[PreTrainedTokenizer]] = {
-    cls.__name__: cls
-    for cls in (
-        PreTrainedTokenizerFast,
-        LlamaTokenizer,
-        LlamaTokenizerFast,
-        PersimmonTokenizer,
-        GPT2Tokenizer,
-        GPT2TokenizerFast,
-        BertTokenizer,
-        BertTokenizerFast,
-        MobileBertTokenizer,
-        MobileBertTokenizerFast,
-    )
+class _TekkenTokenizer(PreTrainedTokenizerFast):
+    """Mistral tekken (`tekken.json`): mistral_common's ids; `<s>` first when adding special tokens."""
+
+    padding_side = "left"
+    class_defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
+
+
+# the classes by name for the loaders (the class names transformers writes, and its aliases)
+_ALIASES = {
+    "TokenizersBackend": PreTrainedTokenizerFast,
+    "CodeLlamaTokenizer": LlamaTokenizer,
+    "CodeLlamaTokenizerFast": LlamaTokenizer,
 }
-TOKENIZER_CLASSES.update(
-    {
-        "TokenizersBackend": PreTrainedTokenizerFast,
-        "CodeLlamaTokenizer": LlamaTokenizer,
-        "CodeLlamaTokenizerFast": LlamaTokenizer,
-    }
-)
+_CLASSES = (
+    PreTrainedTokenizerFast, LlamaTokenizer, LlamaTokenizerFast, PersimmonTokenizer, GPT2Tokenizer, GPT2TokenizerFast,
+    BertTokenizer, BertTokenizerFast, MobileBertTokenizer, MobileBertTokenizerFast, _TekkenTokenizer,
+)  # fmt: skip
+TOKENIZER_CLASSES.update({cls.__name__: cls for cls in _CLASSES}, **_ALIASES)

@@ -1,6 +1,7 @@
-"""The two engines that turn text into ids: the Rust `tokenizers` library and sentencepiece.
+"""The engines that turn text into ids: the Rust `tokenizers` library, sentencepiece, and
+sentencepiece in XLM-R's id layout (mLUKE's words).
 
-Both take whole batches to native code, so no merge loop ever runs in Python. An engine knows
+Each takes text to native code, so no merge loop ever runs in Python. An engine knows
 nothing of templates, padding or truncation (`base.PreTrainedTokenizer` does those); it encodes
 raw text, decodes ids, and keeps the added tokens that must be matched whole in the text.
 """
@@ -13,6 +14,8 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +240,7 @@ class SentencePieceEngine:
                     encoded.extend(EncodedText([token_id], [(start, start + len(piece))], [word]))
                 else:
                     model = self.model if word == 0 else self.model_no_prefix
-                    encoded.extend(_spanned(model, piece, start, word))
+                    encoded.extend(spanned(model, piece, start, word))
                 start += len(piece)
             results.append(encoded)
         return results
@@ -343,7 +346,310 @@ class SentencePieceEngine:
         return ["tokenizer.model", "tokenizer.json"]
 
 
-def _spanned(model: sentencepiece.SentencePieceProcessor, text: str, start: int, word: int) -> EncodedText:
+@dataclass(frozen=True)
+class SpecialToken:
+    """A token matched whole in the text before sentencepiece sees it.
+
+    `lstrip` / `rstrip`: the token swallows the whitespace on its left / right (`<mask>` does on
+    its left, so "the <mask>" tokenizes like "the" followed by the mask).
+    """
+
+    content: str
+    lstrip: bool = False
+    rstrip: bool = False
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> SpecialToken:
+        """A token given as a string or as transformers' serialised `AddedToken` dict."""
+        if isinstance(value, SpecialToken):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+            return cls(value["content"], bool(value.get("lstrip", False)), bool(value.get("rstrip", False)))
+        content = getattr(value, "content", None)  # an AddedToken object from tokenizers/transformers
+        if isinstance(content, str):
+            return cls(content, bool(getattr(value, "lstrip", False)), bool(getattr(value, "rstrip", False)))
+        raise TokenizerError(f"{where}: expected a token string or an AddedToken dict, found {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """transformers' `added_tokens_decoder` entry for this token."""
+        return {"content": self.content, "lstrip": self.lstrip, "normalized": False, "rstrip": self.rstrip,
+                "single_word": False, "special": True}
+
+
+class XLMRobertaPieces:
+    """A sentencepiece model in XLM-R / fairseq's id layout (mLUKE's words): ids 0-3 are
+    `<s> <pad> </s> <unk>`, sentencepiece piece `i` (from 3 on) is id `i + 1`, and `<mask>` follows
+    the last piece. Added tokens are matched whole in the text, each swallowing the whitespace on
+    the side its `SpecialToken` says; the text between them is encoded with sentencepiece's dummy
+    prefix, as transformers' slow XLM-R tokenizer does."""
+
+    kind = "sentencepiece (XLM-R ids)"
+    decode_options = ("spaces_between_special_tokens",)
+    continuing_subword_prefix = None
+    file_name = "sentencepiece.bpe.model"
+    # the fairseq ids of sentencepiece's first pieces; the other pieces move up by one
+    FAIRSEQ_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    OFFSET = 1
+
+    def __init__(self, vocab_file: str, sp_model_kwargs: dict[str, Any], saved: Mapping[int | str, Any],
+                 flags: Mapping[str, SpecialToken]) -> None:
+        self.vocab_file = vocab_file
+        self.sp_model_kwargs = sp_model_kwargs
+        self.sp_model = _load_xlmr_sentencepiece(vocab_file, sp_model_kwargs)
+        self.fairseq_tokens_to_ids = {**self.FAIRSEQ_IDS, "<mask>": len(self.sp_model) + self.OFFSET}
+        self.fairseq_ids_to_tokens = {index: token for token, index in self.fairseq_tokens_to_ids.items()}
+        self.flags = dict(flags)  # how tokens not saved with their own flags are matched
+        self.added: dict[int, SpecialToken] = {}
+        for key, value in saved.items():
+            self.added[int(key)] = SpecialToken.parse(value, f"added_tokens_decoder[{key}]")
+        self._index_added()
+
+    def _index_added(self) -> None:
+        self.added_ids = {token.content: index for index, token in self.added.items()}
+        self._by_content = {token.content: token for token in self.added.values()}
+        # longest first, so `<ent2>` is not read as `<ent>` followed by "2"
+        alternatives = "|".join(map(re.escape, sorted(self.added_ids, key=len, reverse=True)))
+        self._pattern = re.compile(alternatives) if alternatives else None
+
+    def _piece_id(self, token: str) -> int | None:
+        """The id of `token` in the fairseq / sentencepiece vocabulary, None when it has none."""
+        if token in self.fairseq_tokens_to_ids:
+            return self.fairseq_tokens_to_ids[token]
+        piece_id = self.sp_model.piece_to_id(token)
+        return piece_id + self.OFFSET if piece_id else None
+
+    @property
+    def base_vocab_size(self) -> int:
+        """Sentencepiece pieces, the fairseq offset and `<mask>` (added tokens not counted)."""
+        return len(self.sp_model) + self.OFFSET + 1
+
+    def __len__(self) -> int:
+        return self.base_vocab_size + sum(index >= self.base_vocab_size for index in self.added)
+
+    def add_tokens(self, tokens: list[str], special: bool) -> int:
+        """Give each token its vocabulary id, or the next free one; returns how many ids are new."""
+        before = len(self)
+        for content in tokens:
+            if content in self.added_ids:
+                continue
+            index = self._piece_id(content)
+            if index is None:
+                index = max(self.base_vocab_size, max(self.added, default=-1) + 1)
+            self.added[index] = self.flags.get(content, SpecialToken(content))
+            self._index_added()
+        return len(self) - before
+
+    def added_tokens(self) -> dict[int, tuple[str, bool]]:
+        return {index: (token.content, True) for index, token in self.added.items()}
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.added_ids[token] if token in self.added_ids else self._piece_id(token)
+
+    def id_to_token(self, index: int) -> str | None:
+        if index in self.added:
+            return self.added[index].content
+        if index in self.fairseq_ids_to_tokens:
+            return self.fairseq_ids_to_tokens[index]
+        return self.sp_model.id_to_piece(index - self.OFFSET) if 0 <= index < self.base_vocab_size else None
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {self.id_to_token(index): index for index in range(self.base_vocab_size)}
+        vocab.update(self.added_ids)
+        return vocab
+
+    # ---- encoding -------------------------------------------------------------------------
+    def encode_text(
+        self, text: str, cuts: Sequence[int] = (), split_special_tokens: bool = False
+    ) -> tuple[EncodedText, dict[int, int]]:
+        """`text` encoded in parts cut at the character positions `cuts`, with each token's
+        characters and word (words end at whitespace and around added tokens, as transformers'
+        fast XLM-R tokenizer splits them); and, per cut, the index of the first token after it.
+
+        A space just before a cut moves to the part after it, so the word after the cut keeps its
+        word-start marker, as in the text encoded whole.
+        """
+        encoded = EncodedText([], [], [])
+        token_at: dict[int, int] = {}
+        consumed = 0
+        for boundary in sorted(set(cuts)):
+            cut = boundary - 1 if boundary > 0 and text[boundary - 1] == " " else boundary
+            if cut != consumed:
+                encoded.extend(self._encode_part(text[consumed:cut], consumed, split_special_tokens))
+                consumed = cut
+            token_at[boundary] = len(encoded)
+        encoded.extend(self._encode_part(text[consumed:], consumed, split_special_tokens))
+        encoded.words = self._words(text, encoded)
+        return encoded, token_at
+
+    def encode_texts(
+        self, texts: list[str] | list[list[str]], split_special_tokens: bool = False, pretokenized: bool = False
+    ) -> list[EncodedText]:
+        """Each text's ids with their characters and words; `pretokenized` texts are lists of
+        words, each encoded on its own and spanned within itself."""
+        if not pretokenized:
+            return [self.encode_text(text, (), split_special_tokens)[0] for text in texts]
+        results = []
+        for words in texts:
+            encoded = EncodedText([], [], [])
+            for word, text in enumerate(words):
+                part = self._encode_part(text, 0, split_special_tokens)
+                encoded.extend(EncodedText(part.ids, part.offsets, [word] * len(part)))
+            results.append(encoded)
+        return results
+
+    def _runs(self, text: str, split_special_tokens: bool) -> list[tuple[str, int, int | None]]:
+        """`text` as (run, its start, None) and (added token, its start, id) parts, each run
+        stripped of the whitespace its neighbouring added tokens swallow."""
+        runs: list[tuple[str, int, int | None]] = []
+        position = 0
+        for match in [] if split_special_tokens or self._pattern is None else self._pattern.finditer(text):
+            runs.append((text[position : match.start()], position, None))
+            runs.append((match.group(), match.start(), self.added_ids[match.group()]))
+            position = match.end()
+        runs.append((text[position:], position, None))
+        for index, (_, _, token_id) in enumerate(runs):
+            token = None if token_id is None else self.added[token_id]
+            if token is not None and token.rstrip:
+                after, after_begin, _ = runs[index + 1]
+                stripped = after.lstrip()
+                runs[index + 1] = (stripped, after_begin + len(after) - len(stripped), None)
+            if token is not None and token.lstrip:
+                before, before_begin, _ = runs[index - 1]
+                runs[index - 1] = (before.rstrip(), before_begin, None)
+        return runs
+
+    def _encode_part(self, text: str, start: int, split_special_tokens: bool) -> EncodedText:
+        """`text` (found at character `start` of its whole) with added tokens kept whole and the
+        runs between them given to sentencepiece; offsets are in the whole text, words unset."""
+        encoded = EncodedText([], [], [])
+        unk = self.FAIRSEQ_IDS["<unk>"]
+        for run, begin, token_id in self._runs(text, split_special_tokens):
+            if token_id is not None:
+                encoded.extend(EncodedText([token_id], [(start + begin, start + begin + len(run))], [None]))
+            elif run:
+                pieces = spanned(self.sp_model, run, start + begin, 0)
+                pieces.ids = [piece_id + self.OFFSET if piece_id else unk for piece_id in pieces.ids]
+                pieces.offsets = [_past_spaces(run, start + begin, span) for span in pieces.offsets]
+                encoded.extend(pieces)
+        return encoded
+
+    @staticmethod
+    def _words(text: str, encoded: EncodedText) -> list[int]:
+        """Each token's word: a new one after whitespace, and at and after every added token
+        (the tokens `_encode_part` gives no word)."""
+        words: list[int] = []
+        previous_end, previous_added = None, False
+        for (start, end), word in zip(encoded.offsets, encoded.words):
+            added = word is None
+            gap = text[previous_end:start] if previous_end is not None else ""
+            new = previous_end is None or added or previous_added or any(char.isspace() for char in gap)
+            words.append(words[-1] + new if words else 0)
+            previous_end, previous_added = end, added
+        return words
+
+    def tokenize(self, text: str, split_special_tokens: bool = False) -> list[str]:
+        """Sentencepiece pieces of `text` (unknown ones as their text), with added tokens (`<mask>`,
+        `<ent>`, …) kept whole."""
+        pieces: list[str] = []
+        for run, _, token_id in self._runs(text, split_special_tokens):
+            pieces += [run] if token_id is not None else self.sp_model.encode(run, out_type=str) if run else []
+        return pieces
+
+    # ---- decoding -------------------------------------------------------------------------
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Join sentencepiece pieces, turning the word-start marker back into spaces."""
+        return "".join(tokens).replace("\u2581", " ").strip()
+
+    def decode(self, ids: list[int], skip: set[int], spaces_between_special_tokens: bool = True) -> str:
+        """The text of `ids` without those in `skip`. Added tokens past the vocabulary (`<ent>`,
+        `<ent2>`, …) stand apart, joined to the text around them with a space unless
+        `spaces_between_special_tokens=False`."""
+        parts: list[str] = []
+        words: list[str] = []
+        for index in ids:
+            if index in skip:
+                continue
+            token = self.id_to_token(index)
+            if index < self.base_vocab_size:
+                words.append(token)
+                continue
+            if words and (text := self.convert_tokens_to_string(words)):
+                parts.append(text)
+            words = []
+            parts.append(token)
+        if words:
+            parts.append(self.convert_tokens_to_string(words))
+        return (" " if spaces_between_special_tokens else "").join(parts)
+
+    def decode_batch(
+        self, batch: list[list[int]], skip_special_tokens: bool, spaces_between_special_tokens: bool = True
+    ) -> list[str]:
+        skip = set(self.added) if skip_special_tokens else set()
+        return [self.decode(ids, skip, spaces_between_special_tokens) for ids in batch]
+
+    # ---- saving ---------------------------------------------------------------------------
+    def save(self, directory: Path, post_processor: dict[str, Any] | None) -> list[str]:
+        """Write the sentencepiece model (from the loaded model when its file is gone) and
+        `added_tokens.json`, the tokens past the vocabulary; the template is XLM-R's own, so
+        `post_processor` is not written."""
+        written = [self.save_model(directory / self.file_name)]
+        added = {token.content: index for index, token in self.added.items() if index >= self.base_vocab_size}
+        path = directory / "added_tokens.json"
+        path.write_text(json.dumps(added, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        return [*written, path.name]
+
+    def save_model(self, path: Path) -> str:
+        """Write the sentencepiece model to `path`; returns its name."""
+        if Path(self.vocab_file).is_file():
+            if Path(self.vocab_file).resolve() != path.resolve():
+                shutil.copyfile(self.vocab_file, path)
+        else:
+            path.write_bytes(self.sp_model.serialized_model_proto())
+        return path.name
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the sentencepiece processor is rebuilt from its serialised model (DataLoader workers)
+        state = self.__dict__.copy()
+        state["sp_model"] = self.sp_model.serialized_model_proto()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        proto = state.pop("sp_model")
+        self.__dict__.update(state)
+        self.sp_model = sentencepiece.SentencePieceProcessor(**self.sp_model_kwargs)
+        self.sp_model.LoadFromSerializedProto(proto)
+
+
+def _past_spaces(run: str, run_start: int, span: tuple[int, int]) -> tuple[int, int]:
+    """`span` (characters of the whole text; `run` starts at `run_start`) without its leading
+    whitespace, which transformers' fast XLM-R tokenizer splits off before its pieces; a piece of
+    whitespace alone (a lone word-start marker) gets the character after it."""
+    start, end = span
+    while start < end and run[start - run_start].isspace():
+        start += 1
+    return (start, end) if start < end else (start, min(start + 1, run_start + len(run)))
+
+
+def _load_xlmr_sentencepiece(path: str, kwargs: dict[str, Any]) -> sentencepiece.SentencePieceProcessor:
+    if not Path(path).is_file():
+        raise TokenizerError(f"{path}: sentencepiece model not found")
+    processor = sentencepiece.SentencePieceProcessor(**kwargs)
+    try:
+        processor.Load(path)
+    except (OSError, RuntimeError) as err:
+        raise TokenizerError(f"{path}: not a readable sentencepiece model ({err})") from None
+    expected = {0: "<unk>", 1: "<s>", 2: "</s>"}
+    found = {index: processor.id_to_piece(index) for index in expected if index < len(processor)}
+    if found != expected:
+        raise TokenizerError(
+            f"{path}: the XLM-R id layout needs sentencepiece ids 0-2 to be <unk> <s> </s>, found {found}"
+        )
+    return processor
+
+
+def spanned(model: sentencepiece.SentencePieceProcessor, text: str, start: int, word: int) -> EncodedText:
     """`text` encoded by `model`, with each piece's characters (shifted by `start`).
 
     sentencepiece reports byte spans; the bytes of one character split over byte-fallback pieces

@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, TokenizerError
-from ..hub import resolve_model_dir
-from .base import SPECIAL_TOKEN_NAMES, VERY_LARGE_INTEGER, PreTrainedTokenizer, Template
-from .classes import TOKENIZER_CLASSES, BertTokenizer, GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from ..hub import resolve_model_dir, take_hub_arguments
+from .base import SPECIAL_TOKEN_NAMES, VERY_LARGE_INTEGER, PreTrainedTokenizerBase, Template
 from .engines import RustEngine, SentencePieceEngine
 from .formats import gpt2_document, read_json, tekken_document, wordpiece_document
 from .gguf import gguf_tokenizer_parts
-from .mluke import MLukeTokenizer
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# the tokenizer classes by the names tokenizer_config.json's `tokenizer_class` gives them (with
+# transformers' aliases); `classes` and `mluke`, which build on this module, fill it
+TOKENIZER_CLASSES: dict[str, type[PreTrainedTokenizerBase]] = {}
 # tokenizer_config.json keys lamina reads itself; the others are kept and written back
 _HANDLED_KEYS = {
     *SPECIAL_TOKEN_NAMES,
@@ -49,7 +50,8 @@ _HANDLED_KEYS = {
     "name_or_path",
     "use_fast",
     "legacy",
-    # from_pretrained arguments about fetching, not about the tokenizer (lamina runs no remote code)
+    # from_pretrained arguments about fetching (a file may carry them), never written back; lamina
+    # runs no remote code
     "revision",
     "cache_dir",
     "token",
@@ -61,16 +63,16 @@ _HANDLED_KEYS = {
 
 def load_tokenizer(
     name_or_path: str | os.PathLike,
-    cls: type[PreTrainedTokenizer] | None = None,
+    cls: type[PreTrainedTokenizerBase] | None = None,
     *,
     gguf_file: str | None = None,
     use_fast: bool = True,
     **overrides: Any,
-) -> PreTrainedTokenizer:
+) -> PreTrainedTokenizerBase:
     """The tokenizer in a directory or a single file (`tokenizer.json`, `tokenizer.model`,
     `tekken.json`, `vocab.txt`, `*.gguf`); `cls` fixes the class, otherwise tokenizer_config.json's
     `tokenizer_class` or the engine picks it."""
-    path = _resolve(name_or_path)
+    path = _resolve(name_or_path, gguf_file, take_hub_arguments(overrides))
     if gguf_file is not None:
         path = path / gguf_file if path.is_dir() else path
     if path.suffix == ".gguf":
@@ -93,11 +95,12 @@ def load_tokenizer(
             except UnicodeDecodeError as err:
                 raise TokenizerError(f"{directory / CHAT_TEMPLATE_FILE}: not UTF-8 text ({err})") from None
     config.update(overrides)
-    if cls is None and config.get("tokenizer_class") == "MLukeTokenizer":
-        return MLukeTokenizer.from_pretrained(directory, **overrides)  # entity-aware: its own files
     if cls is None:
         named = str(config.get("tokenizer_class", ""))
         cls = TOKENIZER_CLASSES.get(named) or TOKENIZER_CLASSES.get(named.removesuffix("Fast"))
+    if cls is not None and cls.vocab_files_names:
+        # a class with vocabulary files of its own (mLUKE's) reads them itself
+        return cls.from_vocab_files(directory, config, name_or_path=str(name_or_path))
     engine, template, default_cls = _engine_for(path, config, cls, use_fast)
     cls = cls or default_cls
     tokenizer = build_tokenizer(cls, engine, config, template, name_or_path=str(name_or_path))
@@ -106,19 +109,21 @@ def load_tokenizer(
     return tokenizer
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
+def _resolve(name_or_path: str | os.PathLike, gguf_file: str | None, hub: dict[str, Any]) -> Path:
+    """The tokenizer's file or directory, local or fetched with the Hub arguments `hub` (a revision,
+    a token: never stored on the tokenizer)."""
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    if path.exists() and "subfolder" not in hub:
         return path
     try:
-        return resolve_model_dir(name_or_path, allow_file=True)
+        return resolve_model_dir(name_or_path, allow_file=True, weights_file=gguf_file, weights=False, **hub)
     except CheckpointError as err:
         raise TokenizerError(str(err)) from None
 
 
 def _engine_for(
-    path: Path, config: dict[str, Any], cls: type[PreTrainedTokenizer] | None, use_fast: bool
-) -> tuple[Any, Template | None, type[PreTrainedTokenizer]]:
+    path: Path, config: dict[str, Any], cls: type[PreTrainedTokenizerBase] | None, use_fast: bool
+) -> tuple[Any, Template | None, type[PreTrainedTokenizerBase]]:
     """(engine, the template its files state or None, the class to use when none is named)."""
     if path.is_file():
         candidates = {path.name: path}
@@ -130,23 +135,24 @@ def _engine_for(
     )
     if "tokenizer.json" in candidates and (use_fast or sentencepiece is None):
         engine = RustEngine.from_file(candidates["tokenizer.json"])
-        return engine, _stated_template(engine), PreTrainedTokenizerFast
+        return engine, _stated_template(engine), TOKENIZER_CLASSES["PreTrainedTokenizerFast"]
     if tekken:
         document, version = tekken_document(tekken[0])
         config.setdefault("mistral_instruct_version", version)
-        return RustEngine(document, str(tekken[0])), None, _TekkenTokenizer
+        return RustEngine(document, str(tekken[0])), None, TOKENIZER_CLASSES["_TekkenTokenizer"]
     if sentencepiece is not None:
         # mistral_common reads the instruct version off a file name such as "….model.v7"
         suffix = sentencepiece.name.rpartition(".model.")[2]
         if suffix[:1] == "v" and suffix[1:].isdigit():
             config.setdefault("mistral_instruct_version", suffix)
-        return SentencePieceEngine(sentencepiece), None, LlamaTokenizer
+        return SentencePieceEngine(sentencepiece), None, TOKENIZER_CLASSES["LlamaTokenizer"]
     if "vocab.json" in candidates or "merges.txt" in candidates:
         directory = path if path.is_dir() else path.parent
         document = gpt2_document(directory / "vocab.json", directory / "merges.txt")
-        return RustEngine(document, str(directory / "vocab.json")), None, GPT2Tokenizer
+        return RustEngine(document, str(directory / "vocab.json")), None, TOKENIZER_CLASSES["GPT2Tokenizer"]
     if "vocab.txt" in candidates:
-        bert = BertTokenizer if cls is None or not issubclass(cls, BertTokenizer) else cls
+        bert_class = TOKENIZER_CLASSES["BertTokenizer"]
+        bert = bert_class if cls is None or not issubclass(cls, bert_class) else cls
         settings = {**bert.class_defaults, **config}
         document = wordpiece_document(
             candidates["vocab.txt"],
@@ -155,7 +161,7 @@ def _engine_for(
             tokenize_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
             unk_token=_content(settings["unk_token"], "unk_token"),
         )
-        return RustEngine(document, str(candidates["vocab.txt"])), None, BertTokenizer
+        return RustEngine(document, str(candidates["vocab.txt"])), None, bert_class
     where = path if path.is_dir() else path.name
     raise TokenizerError(
         f"{where}: no tokenizer files found; expected tokenizer.json, tekken.json, tokenizer.model, "
@@ -180,13 +186,6 @@ def _stated_template(engine: RustEngine) -> Template:
         raise TokenizerError(f"{engine.source}: post_processor: expected special tokens (strings), sequences A / B "
                              f"and type ids (integers >= 0), found {pieces!r:.120}")
     return template
-
-
-class _TekkenTokenizer(PreTrainedTokenizerFast):
-    """Mistral tekken (`tekken.json`): mistral_common's ids; `<s>` first when adding special tokens."""
-
-    padding_side = "left"
-    class_defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
 
 
 def _content(value: Any, key: str) -> str | None:
@@ -216,23 +215,23 @@ def _added_tokens(config: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
 
 
 def from_gguf(
-    source: str | os.PathLike | Any, cls: type[PreTrainedTokenizer] | None = None, **overrides: Any
-) -> PreTrainedTokenizer:
+    source: str | os.PathLike | Any, cls: type[PreTrainedTokenizerBase] | None = None, **overrides: Any
+) -> PreTrainedTokenizerBase:
     """The tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds; keyword arguments
     override what the file says (as tokenizer_config.json entries would)."""
-    default_cls, engine, config, name = gguf_tokenizer_parts(source, overrides)
-    tokenizer = build_tokenizer(cls or default_cls, engine, config, None, name_or_path=name)
+    default_class, engine, config, name = gguf_tokenizer_parts(source, overrides)
+    tokenizer = build_tokenizer(cls or TOKENIZER_CLASSES[default_class], engine, config, None, name_or_path=name)
     tokenizer.chat_template_file = name
     return tokenizer
 
 
 def build_tokenizer(
-    cls: type[PreTrainedTokenizer],
+    cls: type[PreTrainedTokenizerBase],
     engine: Any,
     config: dict[str, Any],
     template: Template | None,
     name_or_path: str = "",
-) -> PreTrainedTokenizer:
+) -> PreTrainedTokenizerBase:
     """A `cls` over `engine`, configured by tokenizer_config.json-style `config` on top of the
     class defaults. `template` is the one the engine's files state; `add_bos_token` /
     `add_eos_token` given in `config` replace it, and so do the class defaults when it is None."""
@@ -256,7 +255,7 @@ def build_tokenizer(
         extra = list(extra.values())
     _require(isinstance(extra, (list, tuple)), "additional_special_tokens", "a list of tokens", extra)
     explicit_flags = "add_bos_token" in config or "add_eos_token" in config
-    if issubclass(cls, BertTokenizer) and template is None:
+    if issubclass(cls, TOKENIZER_CLASSES["BertTokenizer"]) and template is None:
         cls_token, sep = specials["cls_token"], specials["sep_token"]
         single = [(cls_token, 0), (0, 0), (sep, 0)]
         template = Template(single, [*single, (1, 1), (sep, 1)])
@@ -292,12 +291,14 @@ def build_tokenizer(
     )
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str, ...]:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path) -> tuple[str, ...]:
     """Write `tokenizer` so that lamina and transformers' AutoTokenizer both load it."""
     directory.mkdir(parents=True, exist_ok=True)
     post_processor = tokenizer.template.to_post_processor(tokenizer.convert_tokens_to_ids)
     written = tokenizer.engine.save(directory, post_processor)
     config: dict[str, Any] = dict(tokenizer.extra_config)
+    own_config, own_files = tokenizer.saved_config(directory)
+    written += own_files
     name = type(tokenizer).__name__.removesuffix("Fast").lstrip("_")
     config["tokenizer_class"] = name if name in TOKENIZER_CLASSES else "PreTrainedTokenizerFast"
     config.update(tokenizer.special_tokens_map)
@@ -320,6 +321,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizer, directory: Path) -> tuple[str
         clean_up_tokenization_spaces=tokenizer.clean_up_tokenization_spaces,
         model_input_names=tokenizer.model_input_names,
     )
+    config.update(own_config)
     if isinstance(tokenizer.chat_template, str):
         (directory / CHAT_TEMPLATE_FILE).write_text(tokenizer.chat_template, encoding="utf-8")
         written.append(CHAT_TEMPLATE_FILE)
@@ -339,5 +341,5 @@ class AutoTokenizer:
         raise TypeError("AutoTokenizer is not instantiated; use AutoTokenizer.from_pretrained(path)")
 
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizer:
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedTokenizerBase:
         return load_tokenizer(name_or_path, **kwargs)

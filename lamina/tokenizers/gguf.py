@@ -15,8 +15,6 @@ from typing import Any
 from ..checkpoints.gguf import read_gguf  # one bounds-checked header reader for models and tokenizers
 from ..config import is_integer
 from ..errors import CheckpointError, TokenizerError, UnsupportedError
-from .base import PreTrainedTokenizer
-from .classes import GPT2Tokenizer, LlamaTokenizer
 from .engines import RustEngine
 from .formats import added_token, bpe_model, byte_level_document, byte_to_unicode, bytes_to_token, metaspace_document
 
@@ -63,9 +61,9 @@ def read_gguf_tokenizer(source: str | os.PathLike | Any) -> tuple[dict[str, Any]
 
 def gguf_tokenizer_parts(
     source: str | os.PathLike | Any, overrides: dict[str, Any]
-) -> tuple[type[PreTrainedTokenizer], RustEngine, dict[str, Any], str]:
+) -> tuple[str, RustEngine, dict[str, Any], str]:
     """What the tokenizer a GGUF file (a path or an open `gguf.GGUFReader`) embeds is built from:
-    its default class, the engine, tokenizer_config.json-style settings (`overrides` on top of what
+    its default class (by name), the engine, tokenizer_config.json-style settings (`overrides` on top of what
     the file says) and a name for messages. `files.from_gguf` builds it."""
     metadata, name = read_gguf_tokenizer(source)
     kind = _field(metadata, "tokenizer.ggml.model", name, "a string", _is_str)
@@ -86,10 +84,10 @@ def gguf_tokenizer_parts(
                lambda value: is_integer(value) and 0 <= value < len(tokens))
     if kind == "gpt2":
         document = _byte_level(metadata, tokens, types, name)
-        default_cls, add_bos = GPT2Tokenizer, False
+        default_class, add_bos = "GPT2Tokenizer", False
     elif kind == "llama":
         document = _sentencepiece_bpe(metadata, tokens, types, name)
-        default_cls, add_bos = LlamaTokenizer, True
+        default_class, add_bos = "LlamaTokenizer", True
     else:
         raise UnsupportedError(f"{name}: GGUF tokenizer model {kind!r} is not supported (only 'gpt2' and 'llama')")
     config: dict[str, Any] = {
@@ -102,7 +100,7 @@ def gguf_tokenizer_parts(
     if metadata.get("tokenizer.chat_template") is not None:
         config["chat_template"] = metadata["tokenizer.chat_template"]
     config.update(overrides)
-    return default_cls, RustEngine(document, name), config, name
+    return default_class, RustEngine(document, name), config, name
 
 
 _TOKEN_ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}

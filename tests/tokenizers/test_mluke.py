@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lamina import MLukeTokenizer
-from lamina.errors import InputError, TokenizerError, UnsupportedError
+from lamina.errors import InputError, TokenizerError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mluke"
 REFERENCE = json.loads((FIXTURES / "reference_outputs.json").read_text(encoding="utf-8"))
@@ -247,10 +247,11 @@ def test_batch_misuse_is_a_clear_error(tokenizer: MLukeTokenizer) -> None:
 
 
 def test_unsupported_options_are_refused(tokenizer: MLukeTokenizer) -> None:
-    with pytest.raises(UnsupportedError, match="return_offsets_mapping"):
-        tokenizer(EN, return_offsets_mapping=True)
-    with pytest.raises(UnsupportedError, match="return_overflowing_tokens"):
-        tokenizer([EN], return_overflowing_tokens=True, truncation=True, max_length=5)
+    classifier = MLukeTokenizer.from_pretrained(FIXTURES, task="entity_classification")
+    with pytest.raises(InputError, match="return_overflowing_tokens"):
+        classifier([EN], entity_spans=[[(0, 5)]], return_overflowing_tokens=True, truncation=True, max_length=5)
+    with pytest.raises(InputError, match="is_split_into_words"):
+        tokenizer(["Tokyo", "is"], entity_spans=[(0, 5)], is_split_into_words=True)
     with pytest.raises(InputError, match="not_an_option"):
         tokenizer(EN, not_an_option=1)
     with pytest.raises(InputError, match="truncation"):
@@ -267,7 +268,7 @@ def test_bad_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match=r"entity_mask2_token='\[MASK2\]' is not in the entity vocabulary"):
         MLukeTokenizer.from_pretrained(tmp_path)
     (tmp_path / "entity_vocab.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match="entity_vocab.json: not valid JSON"):
+    with pytest.raises(TokenizerError, match="entity_vocab.json: cannot read the entity vocabulary"):
         MLukeTokenizer.from_pretrained(tmp_path)
     (tmp_path / "entity_vocab.json").write_text(json.dumps(["[PAD]"]))
     with pytest.raises(TokenizerError, match="JSON object mapping entity titles"):
