@@ -84,6 +84,10 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--compile", action="store_true",
                         help="compile the decode step (torch.compile; pays off over long outputs or a long chat)")
+    add_tp_option(parser)
+
+
+def add_tp_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=None, metavar="N",
                         help="split the model over N tensor-parallel ranks, started here with torchrun "
                              "(lamina.distributed.launch)")
@@ -131,7 +135,7 @@ def _model_and_tokenizer(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, load_tokenizer(source)
 
 
-def _launched_ranks(args: argparse.Namespace) -> int | None:
+def launched_ranks(args: argparse.Namespace) -> int | None:
     """With `--tp N` outside a launch: the exit status of the command run again on N ranks."""
     from lamina.distributed.launch import launch, launched
 
@@ -202,7 +206,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise CommandError(f"{prompt}: no such file or directory (expected [MODEL] PROMPT)")
         raise CommandError(f"{prompt}: a model and no prompt (expected [MODEL] PROMPT)")
     args.model = model[0] if model else None
-    status = _launched_ranks(args)
+    status = launched_ranks(args)
     if status is not None:
         return status
     model, tokenizer = _model_and_tokenizer(args)
@@ -221,7 +225,7 @@ def _chat_arguments(parser: argparse.ArgumentParser) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     from lamina.distributed.launch import shared_line
 
-    status = _launched_ranks(args)
+    status = launched_ranks(args)
     if status is not None:
         return status
     model, tokenizer = _model_and_tokenizer(args)

@@ -1,10 +1,11 @@
-"""`lamina generate/chat --tp N`: the command starts its own ranks with torchrun.
+"""`lamina generate/chat/serve --tp N`: the command starts its own ranks with torchrun.
 
 Run outside a launcher, the command runs torchrun's `--standalone --nproc-per-node N -m lamina.cli
 <the same arguments>` and waits for it; `torchrun --standalone --nproc-per-node N -m lamina.cli
 generate … --tp N` is also the line to run by hand (add `--nnodes`/`--rdzv-endpoint` for several machines). Each rank loads its part of
 the model (`tp_plan="auto"`); rank 0 alone reads the terminal and prints, and hands every line it
-reads to the others so all ranks generate from the same prompt.
+reads to the others so all ranks generate from the same prompt; `serve` serves HTTP on rank 0
+(`distributed.serving`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
@@ -33,6 +35,8 @@ def launch(argv: list[str], ranks: int) -> int:
         run(parse_args(["--standalone", f"--nproc-per-node={ranks}", "-m", "lamina.cli", *argv]))
     except ChildFailedError:
         return 1
+    except SignalException as stopped:  # a stopped server (SIGTERM): the ranks have drained and gone
+        return 128 + stopped.sigval
     return 0
 
 

@@ -33,6 +33,7 @@ experts of the memory-mapped files are read (other rules are cut after they are 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ class TensorParallel:
                 self._experts(prefix + "experts.", module)
             if isinstance(module, DecoderModel):
                 self._embedding(prefix, module, "embed_tokens")
+                self._local_spec(module)
             if isinstance(module, DecoderForCausalLM):
                 self._vocab_head(prefix, module, "lm_head")
 
@@ -328,6 +330,13 @@ class TensorParallel:
             kv_rows = ((q_count * dim, 2 * dim),)
             for kind in ("weight", "bias") if attn.qkv_proj.bias is not None else ("weight",):
                 self.gradient_sums.append(GradientSum(prefix + "qkv_proj." + kind, kv_rows, kv_heads))
+
+    def _local_spec(self, decoder: nn.Module) -> None:
+        """The decoder's spec as this rank runs it, with its share of the heads: what sizes the
+        caches made for it (the server's block pool)."""
+        spec = decoder.decoder_spec
+        _, heads, _, kv_heads = head_split(spec.num_heads, spec.num_kv_heads, self.groups.tp_size, self.groups.tp_rank)
+        decoder.decoder_spec = dataclasses.replace(spec, num_heads=heads, num_kv_heads=kv_heads)
 
     def _encoder_attention(self, prefix: str, block: nn.Module) -> None:
         """BERT-style attention: `self` (q/k/v, one fused projection or three) and `output.dense`."""

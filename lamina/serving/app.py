@@ -54,10 +54,11 @@ class ModelHost:
     """
 
     def __init__(self, name: str, load: Callable[[], tuple[Any, Any]], engine_options: dict[str, Any] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, engine_class: Callable[..., Engine] = Engine) -> None:
         self.name = name
         self._load = load
         self.engine_options = engine_options or {}
+        self.engine_class = engine_class  # a model split over ranks: `distributed.serving.LockstepEngine`'s
         self.metrics = metrics or Metrics()
         self.model: Any = None
         self.tokenizer: Any = None
@@ -77,7 +78,7 @@ class ModelHost:
         try:
             self.model, self.tokenizer = self._load()
             if hasattr(self.model, "generate"):
-                self.engine = Engine(self.model, metrics=self.metrics, **self.engine_options)
+                self.engine = self.engine_class(self.model, metrics=self.metrics, **self.engine_options)
                 self.engine.start()
                 self._warm_up()
             else:

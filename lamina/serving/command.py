@@ -19,7 +19,7 @@ EMBEDDING_MODEL_TYPES = ("megatron-bert", "mobilebert")
 
 
 def serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from lamina.cli import _add_model_options
+    from lamina.cli import _add_model_options, add_tp_option
 
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -38,23 +38,37 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds SIGTERM waits for running requests (default: 30)")
     _add_model_options(parser)
+    add_tp_option(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lamina.cli import CommandError, default_model
+    from lamina.cli import CommandError, default_model, launched_ranks
 
     from .app import ModelHost, create_app
+    from .engine import Engine
 
     for name in ("max_running", "max_waiting", "kv_cache_mb", "block_size", "prefill_chunk", "max_body_kb"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')}: expected a positive integer, found {getattr(args, name)}")
+    status = launched_ranks(args)
+    if status is not None:
+        return status
     source = Path(args.model) if args.model else default_model()
     name = args.served_model_name or (source.stem if source.is_file() else source.name)
     options = dict(block_size=args.block_size, max_running=args.max_running, max_waiting=args.max_waiting,
                    prefill_chunk=args.prefill_chunk, kv_cache_bytes=args.kv_cache_mb << 20)
-    host = ModelHost(name, lambda: _load(source, args), options)
+    engine_class = Engine
+    if args.tp is not None:  # launched: rank 0 serves, the others follow its engine's steps
+        if _model_type(source) in EMBEDDING_MODEL_TYPES:
+            raise CommandError("--tp: only decoder models are served split over ranks")
+        from lamina.distributed.serving import split_serving
+
+        engine_class = split_serving(lambda: _load(source, args)[0], options)
+        if engine_class is None:  # a rank after the first, released once rank 0 stopped
+            return 0
+    host = ModelHost(name, lambda: _load(source, args), options, engine_class=engine_class)
     host.start()
     app = create_app(host, api_key=args.api_key, max_body_bytes=args.max_body_kb << 10)
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
@@ -66,6 +80,10 @@ def run_serve(args: argparse.Namespace) -> int:
         server.run()
     finally:
         host.close()
+        if args.tp is not None:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
     return 0
 
 
@@ -77,7 +95,7 @@ def _load(source: Path, args: argparse.Namespace) -> tuple[Any, Any]:
 
         model = AutoModel.from_pretrained(source, dtype=args.dtype, device_map=args.device)
     else:
-        model = load_model(source, args.dtype, args.device, args.quantize)
+        model = load_model(source, args.dtype, args.device, args.quantize, tensor_parallel=args.tp is not None)
     return model.eval(), load_tokenizer(source)
 
 

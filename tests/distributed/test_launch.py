@@ -1,15 +1,23 @@
-"""`lamina generate --tp 2` starts two ranks with torchrun and prints what one process prints;
-`lamina convert --tp 2` writes the layout those ranks read."""
+"""`lamina generate --tp 2` starts two ranks with torchrun and prints what one process prints (and
+`lamina serve --tp 2` answers what one process answers); `lamina convert --tp 2` writes the layout
+those ranks read."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import torch
 
 import lamina
 from lamina.cli import default_model, main
+from tests.distributed.harness import free_port
 
 pytestmark = pytest.mark.slow  # two ranks load and generate on the shared 2 cores
 
@@ -55,3 +63,31 @@ def test_heads_that_do_not_divide_fail_in_one_line(capfd):
     err = capfd.readouterr().err
     assert "lamina generate: error: tp_size: 2 ranks cannot split 9 attention heads" in err
     assert "Traceback" not in err
+
+
+def _served_text(directory, *options: str) -> str:
+    """The completion `lamina serve DIRECTORY OPTIONS` gives (greedy), the server stopped with SIGTERM."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lamina.cli", "serve", str(directory), "--port", str(port),
+                               *options], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health"))["status"] == "ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"model": directory.name, "prompt": "Hello there", "max_tokens": 8,
+                             "temperature": 0}).encode())
+        return json.load(urllib.request.urlopen(request))["choices"][0]["text"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        assert "Traceback" not in server.communicate(timeout=60)[1].decode()
+
+
+def test_serve_on_two_ranks_answers_as_one_process(tiny_with_tokenizer):
+    one = _served_text(tiny_with_tokenizer, "--quantize", "none")
+    assert _served_text(tiny_with_tokenizer, "--quantize", "none", "--tp", "2") == one and one
