@@ -42,5 +42,6 @@ def dispatch_search(
         return beam_search(model, input_ids, attention_mask, config, processors, stopping, decoding._Buffers, generator)
     if assistant_model is not None:
         processors = build_processors(config, attention_mask, logits_processor)
-        return assisted_generate(model, assistant_model, input_ids, attention_mask, config, processors, stopping, streamer)
+        return assisted_generate(model, assistant_model, input_ids, attention_mask, config, processors, stopping, streamer,
+                                 generator)
     return None
