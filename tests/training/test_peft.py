@@ -206,3 +206,14 @@ def test_qlora_on_every_projection(grouped_checkpoint, tmp_path, method):
     with torch.no_grad():
         _assert_logits_close(merged(**batch), requantized(**batch), batch)
         assert (merged(**batch).logits - found.logits).abs().max() < 0.5  # the merged adapters still act
+
+
+def test_quantized_lora_on_a_float_model_is_peft_lora(checkpoint):
+    """Registered on a float model, the quantized layers' LoRA wraps the fused parts and merges as peft does."""
+    from lamina.quantization.lora import quantized_lora
+
+    batch, merged = _batch(), []
+    for config in (_lora(), quantized_lora(_lora())):
+        torch.manual_seed(5)
+        merged.append(peft.get_peft_model(_models(checkpoint)[1], config).merge_and_unload())
+    _assert_logits_close(merged[1](**batch), merged[0](**batch), batch, tolerance=1e-6)
