@@ -207,7 +207,7 @@ def _finish(hypotheses: list[list[_Hypotheses]], sequences: torch.Tensor, beam_s
         return out
     return GenerateBeamDecoderOnlyOutput(
         sequences=out,
-        sequences_scores=torch.tensor([score for score, _ in best]) if config.output_scores else None,
+        sequences_scores=torch.tensor([score for score, _ in best], device=out.device) if config.output_scores else None,
         scores=tuple(scores) if config.output_scores else None,
         logits=tuple(raw_logits) if config.output_logits else None,
         past_key_values=cache,

@@ -1,6 +1,6 @@
 """Which loop `generate` runs besides its own: beam search (`num_beams > 1`, `beam.py`; diverse beam
-search with `num_beam_groups > 1`, `group_beam.py`) or assisted
-decoding (`assistant_model=`, `assisted.py`). Both run the model's `forward`, not the decode step."""
+search with `num_beam_groups > 1`, `group_beam.py`) or assisted decoding (`assistant_model=`,
+`assisted.py`). They run the model's `forward`, not the decode step (the assistant's draft excepted)."""
 
 from __future__ import annotations
 
