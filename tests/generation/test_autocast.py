@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lamina
+from lamina import kernels
 from tests.training.tiny import TINY
 
 transformers = pytest.importorskip("transformers")
@@ -15,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module", params=[None, 4], ids=["full", "sliding"])
 def models(request, tmp_path_factory):
+    kernels.ops()  # loaded (where they build), so that their decode paths are among those autocast must avoid
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("mistral")
     transformers.MistralForCausalLM(transformers.MistralConfig(**TINY, sliding_window=request.param)).save_pretrained(path)
