@@ -106,7 +106,7 @@ class RollingLayerCache(LayerCache):
         _fixed_address(self.keys, self.values, self.positions)
 
     def _grow(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Without a `max_length`: room for what is stored plus `new_tokens`, in doubling steps up to
+        """Without a `max_length`: room for what is stored plus `key (…, new, …)`, in doubling steps up to
         the window. Until then no position has wrapped (slot = position), so the stored slots keep
         their places in the larger buffer."""
         needed = min(self.window, self.stored + key.shape[2])
