@@ -66,11 +66,11 @@ class StaticLayerCache(LayerCache):
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
 
-    def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, kv_heads, self.max_length, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.positions = torch.arange(self.max_length, device=device)
+    def allocate(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Buffers shaped and typed like `key/value (batch, kv_heads, new, head_dim)`, each its own dtype:
+        under autocast the rotated keys come out float32 and the values in the autocast dtype."""
+        self.keys, self.values = _buffers(key, value, self.max_length)
+        self.positions = torch.arange(self.max_length, device=key.device)
         _fixed_address(self.keys, self.values)
 
     def reset(self) -> None:
@@ -78,7 +78,7 @@ class StaticLayerCache(LayerCache):
 
     def update(self, key, value, cache_position):
         if self.keys is None:
-            self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+            self.allocate(key, value)
         self.keys.index_copy_(2, cache_position, key)
         self.values.index_copy_(2, cache_position, value)
         return self.keys, self.values, self.positions
@@ -99,23 +99,22 @@ class RollingLayerCache(LayerCache):
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
 
-    def allocate(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, kv_heads, self.slots, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.positions = torch.full((self.slots,), -1, dtype=torch.long, device=device)
+    def allocate(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """`slots` slots typed like `key/value` (see `StaticLayerCache.allocate`), none written."""
+        self.keys, self.values = _buffers(key, value, self.slots)
+        self.positions = torch.full((self.slots,), -1, dtype=torch.long, device=key.device)
         _fixed_address(self.keys, self.values, self.positions)
 
-    def _grow(self, key: torch.Tensor, new_tokens: int) -> None:
-        """Without a `max_length`: room for what is stored plus `new_tokens`, in doubling steps up to
+    def _grow(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Without a `max_length`: room for what is stored plus `key (…, new, …)`, in doubling steps up to
         the window. Until then no position has wrapped (slot = position), so the stored slots keep
         their places in the larger buffer."""
-        needed = min(self.window, self.stored + new_tokens)
+        needed = min(self.window, self.stored + key.shape[2])
         if self.keys is not None and needed <= self.slots:
             return
         old = (self.keys, self.values, self.positions) if self.keys is not None else None
         self.slots = min(self.window, max(needed, 2 * self.slots))
-        self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+        self.allocate(key, value)
         if old is not None:
             kept = old[2].shape[0]
             self.keys[:, :, :kept] = old[0]
@@ -124,10 +123,10 @@ class RollingLayerCache(LayerCache):
 
     def update(self, key, value, cache_position):
         if not self.fixed:  # (a compiled step's cache is fixed: no counter for it to specialise on)
-            self._grow(key, key.shape[2])
+            self._grow(key, value)
             self.stored += key.shape[2]
         elif self.keys is None:
-            self.allocate(key.shape[0], key.shape[1], key.shape[3], key.dtype, key.device)
+            self.allocate(key, value)
         if key.shape[2] == 1:
             # one new token: its slot holds the only key that just left the window
             slot = cache_position % self.slots
@@ -166,6 +165,13 @@ class RollingLayerCache(LayerCache):
         self.stored = 0
         if self.positions is not None:
             self.positions.fill_(-1)
+
+
+def _buffers(key: torch.Tensor, value: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed key and value buffers `(batch, kv_heads, slots, head_dim)` in `key`'s and `value`'s dtypes."""
+    return tuple(
+        torch.zeros((*t.shape[:2], slots, t.shape[3]), dtype=t.dtype, device=t.device) for t in (key, value)
+    )
 
 
 def _fixed_address(*buffers: torch.Tensor) -> None:

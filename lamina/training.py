@@ -14,8 +14,9 @@ from .errors import UnsupportedError
 class TrainingMixin:
     """Mixed into `PreTrainedModel`."""
 
-    # lamina's losses are means over the batch's labelled tokens and take no `num_items_in_batch`:
-    # this tells `Trainer` (and TRL) to average over gradient accumulation steps themselves
+    # whether `forward` takes `num_items_in_batch`; True on the causal LMs, as transformers' take it:
+    # then `Trainer` (and TRL) pass the labelled tokens of a whole gradient accumulation step and
+    # leave the loss unscaled; otherwise losses are means over the batch that the trainer averages
     accepts_loss_kwargs = False
 
     def enable_input_require_grads(self) -> None:

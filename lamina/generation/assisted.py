@@ -1,10 +1,14 @@
-"""Assisted (speculative) greedy decoding: `generate(..., assistant_model=draft)`.
+"""Assisted (speculative) decoding: `generate(..., assistant_model=draft)`, greedy or sampled.
 
 A round: the draft model proposes up to `num_assistant_tokens` tokens one at a time (cheap), then
-the target model scores the last accepted token and every proposal in one forward pass. The target's
-own greedy choice at each position is kept while it agrees with the proposal, plus its choice at
+the target model scores the last accepted token and every proposal in one forward pass. Greedy: the
+target's own choice at each position is kept while it agrees with the proposal, plus its choice at
 the first disagreement (or after the last proposal), so each round yields 1 to k + 1 tokens and the
-output is exactly the target's greedy output. With `num_assistant_tokens_schedule="heuristic"` the
+output is exactly the target's greedy output. Sampled (`do_sample=True`, speculative sampling as in
+transformers, Leviathan et al. 2023 algorithm 1): the draft draws each proposal x from its processed
+distribution q; the target accepts it with probability min(1, p(x) / q(x)) under its own processed
+distribution p, and at the first rejection draws from the residual max(p - q, 0) renormalised (after
+the last proposal, from p), so every token follows the target's distribution whatever the draft. With `num_assistant_tokens_schedule="heuristic"` the
 proposal length grows by 2 after a round where every proposal was accepted and shrinks by 1
 otherwise, as in transformers.
 
@@ -88,12 +92,14 @@ def assisted_generate(
     processors: LogitsProcessorList,
     stopping: StoppingCriteriaList,
     streamer: Any,
+    generator: torch.Generator | None = None,
 ) -> torch.LongTensor | Any:
-    """The target `model`'s greedy continuation of `input_ids (1, prompt)`, proposed by `assistant`."""
-    if config.do_sample:
-        raise UnsupportedError("generate: assisted decoding is greedy only in lamina (do_sample=False)")
-    if input_ids.shape[0] != 1:
-        raise InputError(f"generate: assisted decoding takes one prompt, found a batch of {input_ids.shape[0]}")
+    """The target `model`'s continuation of `input_ids (1, prompt)` (greedy, or drawn with `generator`),
+    proposed by `assistant`."""
+    rows = input_ids.shape[0] * config.num_return_sequences
+    if rows != 1:  # transformers refuses them too: one prompt's proposals cannot serve rows that disagree
+        raise InputError(f"generate: assisted decoding takes one prompt and one returned sequence, found "
+                         f"{input_ids.shape[0]} prompt(s) × num_return_sequences={config.num_return_sequences}")
     prompt_length = input_ids.shape[1]
     max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt_length
     draft_tokens = config.num_assistant_tokens
@@ -107,14 +113,16 @@ def assisted_generate(
     if streamer is not None:
         streamer.put(input_ids.cpu())
     length, done = prompt_length, False
+    choose = _Verifier(config.do_sample, generator)
     while not done:
-        proposals = _propose(draft, processors, length, min(draft_tokens, total - length - 1))
+        proposals, draft_scores = _propose(draft, processors, length, min(draft_tokens, total - length - 1), choose)
         logits = target.logits(length + proposals, proposals + 1)[0]
         accepted = 0
         for i in range(proposals + 1):
             step_scores = processors(run.tokens[:, :length], logits[i][None])
-            token = int(step_scores[0].argmax())
-            agrees = i < proposals and int(run.tokens[0, length]) == token
+            proposed = int(run.tokens[0, length]) if i < proposals else None
+            token = choose.verify(step_scores[0], proposed, draft_scores[i] if proposed is not None else None)
+            agrees = proposed == token
             run.tokens[0, length] = token
             length += 1
             if config.output_scores:
@@ -144,10 +152,44 @@ def assisted_generate(
     )
 
 
-def _propose(draft: _Runner, processors: LogitsProcessorList, length: int, count: int) -> int:
-    """Write up to `count` of the draft's greedy tokens after position `length`; returns how many."""
+class _Verifier:
+    """Draws the draft's proposals and decides the target's tokens: greedy, or speculative sampling."""
+
+    def __init__(self, sample: bool, generator: torch.Generator | None) -> None:
+        self.sample, self.generator = sample, generator
+
+    def draw(self, scores: torch.Tensor) -> torch.LongTensor:
+        """Tokens `(batch,)` for processed `scores (batch, vocab)`: drawn, or the largest."""
+        if self.sample:
+            return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator).squeeze(1)
+        return scores.argmax(dim=-1)
+
+    def verify(self, scores: torch.Tensor, proposed: int | None, draft_scores: torch.Tensor | None) -> int:
+        """The target's token at a position, from its processed `scores (vocab,)`; `proposed` is the
+        draft's token there (None after the last proposal) drawn from `draft_scores (vocab,)`."""
+        if not self.sample:
+            return int(scores.argmax())
+        target = torch.softmax(scores, dim=-1)
+        if proposed is None:
+            return int(torch.multinomial(target, 1, generator=self.generator))
+        draft = torch.softmax(draft_scores, dim=-1)
+        # accept with probability p/q: a token the target rules out (p = 0) never passes
+        threshold = torch.rand((), device=scores.device, generator=self.generator)
+        if bool(threshold * draft[proposed] < target[proposed]):
+            return proposed
+        # rejected, so p < q there: the residual is positive somewhere and zero at `proposed`
+        residual = (target - draft).clamp(min=0)
+        return int(torch.multinomial(residual / residual.sum(), 1, generator=self.generator))
+
+
+def _propose(draft: _Runner, processors: LogitsProcessorList, length: int, count: int,
+             choose: _Verifier) -> tuple[int, list[torch.Tensor]]:
+    """Write up to `count` of the draft's tokens after position `length`; returns how many and the
+    processed scores `(vocab,)` each was chosen from."""
     run = draft.run
+    chosen_from = []
     for i in range(count):
-        logits = draft.next_logits(length + i)
-        run.tokens[:, length + i] = processors(run.tokens[:, :length + i], logits).argmax(dim=-1)
-    return max(count, 0)
+        scores = processors(run.tokens[:, :length + i], draft.next_logits(length + i))
+        run.tokens[:, length + i] = choose.draw(scores)
+        chosen_from.append(scores[0])
+    return max(count, 0), chosen_from

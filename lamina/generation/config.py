@@ -49,6 +49,8 @@ _DEFAULTS: dict[str, Any] = {
     "num_beams": 1,
     "length_penalty": 1.0,
     "early_stopping": False,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
     "num_assistant_tokens": 20,
     "num_assistant_tokens_schedule": "constant",
 }
@@ -85,6 +87,8 @@ _TYPES: dict[str, Any] = {
     "num_beams": Size,
     "length_penalty": float,
     "early_stopping": bool | str,
+    "num_beam_groups": Size,
+    "diversity_penalty": Annotated[float, Bounds(0.0, None)],
     "num_assistant_tokens": Size,
     "num_assistant_tokens_schedule": str,
 }
@@ -102,8 +106,6 @@ _UNSUPPORTED: dict[str, Any] = {
     "forced_bos_token_id": None,
     "forced_eos_token_id": None,
     "renormalize_logits": False,
-    "num_beam_groups": 1,
-    "diversity_penalty": 0.0,
     "penalty_alpha": None,
 }
 
@@ -130,6 +132,12 @@ class GenerationConfig:
              self.num_return_sequences <= self.num_beams or (self.num_beams == 1 and self.do_sample),
              "at most num_beams (greedy decoding would repeat one sequence; sampling without beams may ask for more)"),
             ("early_stopping", self.early_stopping in (True, False, "never"), 'True, False or "never"'),
+            ("num_beam_groups", self.num_beams % self.num_beam_groups == 0,
+             f"a divisor of num_beams={self.num_beams} (each group holds as many beams)"),
+            ("num_beam_groups", self.num_beam_groups == 1 or not self.do_sample,
+             "1 when sampling (diverse beam search is deterministic)"),
+            ("diversity_penalty", (self.diversity_penalty > 0.0) == (self.num_beam_groups > 1),
+             "above 0.0 exactly when num_beam_groups > 1 (groups without it would repeat each other)"),
             ("num_assistant_tokens_schedule", self.num_assistant_tokens_schedule in ("constant", "heuristic"),
              '"constant" or "heuristic"'),
             ("compile_config", self.compile_config is None or set(self.compile_settings()) <= _COMPILE_KEYS,

@@ -1,5 +1,6 @@
-"""Which loop `generate` runs besides its own: beam search (`num_beams > 1`, `beam.py`) or assisted
-decoding (`assistant_model=`, `assisted.py`). Both run the model's `forward`, not the decode step."""
+"""Which loop `generate` runs besides its own: beam search (`num_beams > 1`, `beam.py`; diverse beam
+search with `num_beam_groups > 1`, `group_beam.py`) or assisted decoding (`assistant_model=`,
+`assisted.py`). They run the model's `forward`, not the decode step (the assistant's draft excepted)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from . import decoding
 from .assisted import assisted_generate
 from .beam import beam_search
 from .config import GenerationConfig
+from .group_beam import group_beam_search
 from .processors import LogitsProcessor, build_processors
 from .stopping import StoppingCriteriaList
 
@@ -32,10 +34,14 @@ def dispatch_search(
     if config.num_beams > 1:
         if assistant_model is not None or streamer is not None:
             raise UnsupportedError("generate: beam search takes neither an assistant_model nor a streamer")
-        mask = attention_mask.repeat_interleave(config.num_beams, dim=0)
-        processors = build_processors(config, mask, logits_processor)
+        # diverse beam search runs the processors a group of beams at a time
+        beams_per_call = config.num_beams // config.num_beam_groups
+        processors = build_processors(config, attention_mask.repeat_interleave(beams_per_call, dim=0), logits_processor)
+        if config.num_beam_groups > 1:
+            return group_beam_search(model, input_ids, attention_mask, config, processors, stopping, decoding._Buffers)
         return beam_search(model, input_ids, attention_mask, config, processors, stopping, decoding._Buffers, generator)
     if assistant_model is not None:
         processors = build_processors(config, attention_mask, logits_processor)
-        return assisted_generate(model, assistant_model, input_ids, attention_mask, config, processors, stopping, streamer)
+        return assisted_generate(model, assistant_model, input_ids, attention_mask, config, processors, stopping, streamer,
+                                 generator)
     return None

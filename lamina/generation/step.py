@@ -136,6 +136,9 @@ class DecodeSteps:
         on_cpu = model.device.type == "cpu"
         if eager is None:
             return None, "forward"
+        if torch.is_autocast_enabled(model.device.type):
+            # the native and compiled steps run in the weights' dtypes, not the autocast's
+            return eager, "eager"
         if not (compiled or on_cpu):
             return eager, "eager"
         state = module_state(model)  # what both steps below are kept against

@@ -77,7 +77,8 @@ def attend(
     # positions, goes to SDPA)
     if query.shape[2] == 1 and mask is not None and mask.dim() == 4 and mask.shape[1] == 1 \
             and not need_weights and not upcast and not dropout and query.device.type == "cpu" \
-            and not (torch.is_grad_enabled() and query.requires_grad):
+            and not (torch.is_grad_enabled() and query.requires_grad) \
+            and not torch.is_autocast_enabled("cpu"):  # autocast's SDPA picks the dtypes, as transformers'
         out = _single_query_attention(query, key, value, mask, scale)
         if out is not None:
             return out, None

@@ -16,12 +16,24 @@ from ..outputs import QuestionAnsweringModelOutput, finish
 from .linear import Linear
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of token t predicting label t+1; `logits (batch, seq, vocab)`."""
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """Cross-entropy of token t predicting label t+1; `logits (batch, seq, vocab)`.
+
+    The mean over the labelled tokens, or with `num_items_in_batch` (what `Trainer` counts over all
+    the batches of one gradient accumulation step) their sum divided by it, as transformers' loss does:
+    then uneven token counts weigh each token alike across the accumulated batches.
+    """
     shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device), ignore_index=ignore_index
-    )
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index)
+    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

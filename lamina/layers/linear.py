@@ -63,7 +63,9 @@ class Linear(nn.Linear):
         if (x.dtype == self.weight.dtype and x.device == self.weight.device and kernel_weight(self.weight)
                 and x.numel() <= kernel_max_rows(x.dtype) * x.shape[-1]
                 # the kernels have no backward: training keeps PyTorch's product
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+                # nor autocast's dtype rules: under autocast F.linear picks the product's dtype
+                and not torch.is_autocast_enabled(x.device.type)):
             # under torch.compile only a kernel already loaded (building is not traceable)
             ops = kernels.loaded() if torch.compiler.is_compiling() else kernels.ops()
             if ops is not None:

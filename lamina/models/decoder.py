@@ -381,6 +381,9 @@ class DecoderForCausalLM(DecoderTask, GenerationMixin):
     """`forward(input_ids, labels=…)` → logits `(batch, seq, vocab)` and the shifted LM loss."""
 
     tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
+    # the loss takes `num_items_in_batch` (training.py), and `Trainer` counts labels after the shift
+    accepts_loss_kwargs = True
+    loss_type = "ForCausalLM"
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
@@ -432,6 +435,7 @@ class DecoderForCausalLM(DecoderTask, GenerationMixin):
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_router_logits: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs: Any,
     ):
         config = self.config
@@ -447,7 +451,7 @@ class DecoderForCausalLM(DecoderTask, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         fields = dict(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,

@@ -291,6 +291,8 @@ class GPT2DoubleHeadsModel(GPT2LMHeadModel):
     """Language modelling plus multiple choice: `input_ids (batch, choices, seq)` → LM logits
     `(batch, choices, seq, vocab)` and `mc_logits (batch, choices)` read at `mc_token_ids`."""
 
+    accepts_loss_kwargs = False  # its LM loss stays a mean over the batch, which the trainer averages
+
     def __init__(self, config: GPT2Config) -> None:
         config.num_labels = 1
         super().__init__(config)

@@ -279,6 +279,8 @@ class MegatronBertForCausalLM(_LanguageModelTask, GenerationMixin, base=Megatron
     key/value cache for incremental decoding, and `generate`."""
 
     with_pooler = False
+    accepts_loss_kwargs = True  # `num_items_in_batch`, as the decoder's causal LM
+    loss_type = "ForCausalLM"
 
     def __init__(self, config: MegatronBertConfig) -> None:
         super().__init__(config)
@@ -301,6 +303,7 @@ class MegatronBertForCausalLM(_LanguageModelTask, GenerationMixin, base=Megatron
         return_dict: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **_: Any,
     ):
         if labels is not None:
@@ -311,7 +314,7 @@ class MegatronBertForCausalLM(_LanguageModelTask, GenerationMixin, base=Megatron
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.cls.predictions(outputs.last_hidden_state[:, keep])
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         output = CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,

@@ -14,8 +14,8 @@ from tests.training.tiny import TINY
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-# the projections lamina fuses are views (`FusedPart`s, `nn.Linear`s) whatever their storage; a
-# quantized o_proj / down_proj is lamina's own layer type, which peft's LoRA does not wrap
+# the projections lamina fuses are views (`FusedPart`s, `nn.Linear`s) whatever their storage, which peft
+# wraps as they are; a quantized o_proj / down_proj needs `quantized_lora` (lamina.quantization.lora)
 QUANTIZED_TARGETS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -145,3 +145,75 @@ def test_qlora_trains_adapters_through_quantized_layers(checkpoint, method):
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
     for name, expected in grads[0].items():
         torch.testing.assert_close(grads[1][name], expected, rtol=1e-2, atol=1e-4, msg=name)
+
+
+def _dequantized_reference(quantized, checkpoint, path):
+    """transformers' model holding `quantized`'s dequantized weights."""
+    plain = lamina.AutoModelForCausalLM.from_pretrained(checkpoint)
+    with torch.no_grad():
+        for (name, layer), (_, float_layer) in zip(quantized.named_modules(), plain.named_modules()):
+            if hasattr(layer, "dequantize") and not isinstance(layer, FusedPart):
+                float_layer.weight.copy_(layer.dequantize())
+    plain.save_pretrained(path)
+    return transformers.MistralForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def grouped_checkpoint(tmp_path_factory):
+    """The tiny Mistral with an MLP width that 4-bit groups divide, so that down_proj is quantized too."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mistral64")
+    transformers.MistralForCausalLM(transformers.MistralConfig(**{**TINY, "intermediate_size": 64})).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["int8", "int4", "nf4"])
+def test_qlora_on_every_projection(grouped_checkpoint, tmp_path, method):
+    """Adapters on all seven projections over a quantized base: outputs and gradients equal those of
+    transformers' model holding the dequantized weights with the same adapters (saved in PEFT's format),
+    and merging gives the quantized model of the float merged weights."""
+    from lamina.quantization import QuantizationConfig, QuantizedLinear
+    from lamina.quantization.lora import QuantizedLoraLinear, quantized_lora
+
+    checkpoint = grouped_checkpoint
+    quantization = QuantizationConfig(method)
+    quantized = lamina.AutoModelForCausalLM.from_pretrained(checkpoint, quantization_config=quantization)
+    reference = _dequantized_reference(quantized, checkpoint, tmp_path / "float")
+    torch.manual_seed(8)
+    tuned = peft.get_peft_model(quantized, quantized_lora(_lora()))
+    wrapped = [m for m in tuned.modules() if isinstance(m, QuantizedLoraLinear)]
+    assert len(wrapped) == len(TARGETS) * TINY["num_hidden_layers"]
+    assert not any(p.requires_grad for name, p in tuned.named_parameters() if "lora_" not in name)
+    batch = _batch()
+    found = tuned(**batch)
+    found.loss.backward()
+    tuned.save_pretrained(tmp_path / "adapters")
+    theirs = peft.PeftModel.from_pretrained(reference, tmp_path / "adapters", is_trainable=True)
+    expected = theirs(**batch)
+    expected.loss.backward()
+    _assert_logits_close(found, expected, batch, tolerance=1e-4)
+    grads, expected_grads = _adapter_grads(tuned), _adapter_grads(theirs)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+    with torch.no_grad():
+        merged = tuned.merge_and_unload()
+        theirs.merge_and_unload().save_pretrained(tmp_path / "merged")
+    assert isinstance(merged.model.layers[0].self_attn.o_proj, QuantizedLinear)
+    assert isinstance(merged.model.layers[0].mlp.down_proj, QuantizedLinear)
+    requantized = lamina.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", quantization_config=quantization)
+    with torch.no_grad():
+        _assert_logits_close(merged(**batch), requantized(**batch), batch)
+        assert (merged(**batch).logits - found.logits).abs().max() < 0.5  # the merged adapters still act
+
+
+def test_quantized_lora_on_a_float_model_is_peft_lora(checkpoint):
+    """Registered on a float model, the quantized layers' LoRA wraps the fused parts and merges as peft does."""
+    from lamina.quantization.lora import quantized_lora
+
+    batch, merged = _batch(), []
+    for config in (_lora(), quantized_lora(_lora())):
+        torch.manual_seed(5)
+        merged.append(peft.get_peft_model(_models(checkpoint)[1], config).merge_and_unload())
+    _assert_logits_close(merged[1](**batch), merged[0](**batch), batch, tolerance=1e-6)

@@ -49,6 +49,38 @@ def test_trainer_losses_equal_reference(checkpoint, tmp_path, checkpointing, acc
     torch.testing.assert_close(reloaded(ids).logits, models[0](ids).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_accumulated_losses_weigh_tokens_alike(checkpoint, tmp_path):
+    """Batches with uneven labelled tokens under gradient accumulation: the loss is the sum over the
+    accumulation step's tokens divided by their count (`num_items_in_batch`), as transformers' is."""
+    rows = _rows()
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.tensor(rows["labels"])
+    labels[torch.rand(labels.shape, generator=generator) < torch.linspace(0.0, 0.9, len(labels))[:, None]] = -100
+    rows = datasets.Dataset.from_dict({"input_ids": rows["input_ids"], "labels": labels.tolist()})
+    losses = []
+    for load in (transformers.MistralForCausalLM.from_pretrained, lamina.AutoModelForCausalLM.from_pretrained):
+        args = transformers.TrainingArguments(**_arguments(tmp_path / str(len(losses)), gradient_accumulation_steps=2))
+        losses.append(_losses(transformers.Trainer(model=load(checkpoint), args=args, train_dataset=rows)))
+    assert len(losses[1]) == 4
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["GPT2LMHeadModel", "MegatronBertForCausalLM"])
+def test_causal_losses_take_num_items_in_batch(tmp_path, family):
+    small = dict(vocab_size=97, hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=32)
+    config = (transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=97) if family.startswith("GPT2")
+              else transformers.MegatronBertConfig(**small, is_decoder=True))
+    torch.manual_seed(0)
+    getattr(transformers, family)(config).eval().save_pretrained(tmp_path)
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(4))
+    labels = ids.masked_fill(torch.tensor([[0, 0, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool), -100)
+    reference, ours = getattr(transformers, family).from_pretrained(tmp_path), getattr(lamina, family).from_pretrained(tmp_path)
+    assert ours.accepts_loss_kwargs
+    for count in (None, torch.tensor(13)):
+        expected = reference(input_ids=ids, labels=labels, num_items_in_batch=count).loss
+        torch.testing.assert_close(ours(input_ids=ids, labels=labels, num_items_in_batch=count).loss, expected)
+
+
 def test_sft_trainer_with_lora_losses_equal_reference(checkpoint, tmp_path):
     trl = pytest.importorskip("trl")
     peft = pytest.importorskip("peft")
