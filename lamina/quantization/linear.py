@@ -136,12 +136,14 @@ class QuantizedLinear(nn.Module):
         """`x (..., in)` times the weight, without the bias: `(..., out)` in the compute dtype."""
         dtype = self.compute_dtype or x.dtype
         rows = x.reshape(-1, self.in_features)
-        if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS:
+        # the kernels have no backward: a product gradients flow through takes the dequantized weight
+        differentiated = torch.is_grad_enabled() and x.requires_grad
+        if self._packed is not None and rows.shape[0] <= PACKED_KERNEL_MAX_ROWS and not differentiated:
             kernel, operands = self._packed
             out = kernel(rows.contiguous(), *operands)  # the CUDA kernels take no strided rows
         else:
             work = float32_if_slow(dtype, x.device)
-            if work == torch.float32 and self._split is not None and not (torch.is_grad_enabled() and x.requires_grad):
+            if work == torch.float32 and self._split is not None and not differentiated:
                 out = self._split(rows.float(), *self._packed[1])  # the float32 product (`split_products_ready`)
             else:
                 out = self._dequantized_linear(rows.to(work), work)
