@@ -39,8 +39,9 @@ MAX_DIGITS = 20
 MAX_EXPONENT_DIGITS = 3
 # candidates a sampled row checks (in descending logit order) before sampling among the accepted
 SAMPLED_CANDIDATES = 64
-# candidates a greedy row takes at once before widening to the whole vocabulary
+# candidates a greedy row takes at once, and how many times more each widening takes
 GREEDY_CANDIDATES = 8
+WIDEN = 16
 
 TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 _WHITESPACE = frozenset(" \t\n\r")
@@ -360,6 +361,8 @@ class JsonConstraint:
         self.vocabulary = vocabulary
         self.eos_token_ids = tuple(eos_token_ids)
         self.state = start(schema)
+        self._masked: torch.Tensor | None = None
+        self._kept = torch.tensor([], dtype=torch.long)
 
     @property
     def done(self) -> bool:
@@ -378,34 +381,42 @@ class JsonConstraint:
 
     def allowed(self, logits: torch.Tensor, candidates: int, first_only: bool = False) -> list[int]:
         """The tokens accepted among the `candidates` most likely of `logits (vocab,)` (only the
-        first accepted if `first_only`), widening to the whole vocabulary in descending order until
-        one is accepted: there always is one, as the constructor checked."""
+        first accepted if `first_only`); if none is, the most likely accepted one, found by
+        widening the candidates `WIDEN` times at a time (there always is one: the constructor
+        checked the vocabulary)."""
         if self.state.mode == DONE:
-            return list(self.eos_token_ids)
-        top = torch.topk(logits, min(candidates, logits.numel())).indices.tolist()
-        accepted = []
-        for token in top:
-            if self.accepts(token):
-                accepted.append(token)
-                if first_only:
-                    break
-        if accepted:
-            return accepted
-        ranked = torch.argsort(logits, descending=True).tolist()
-        return [next(token for token in ranked[len(top):] if self.accepts(token))]
+            return sorted(self.eos_token_ids, key=lambda token: -float(logits[token]))
+        checked, count = 0, min(candidates, logits.numel())
+        while True:
+            ranked = torch.topk(logits, count).indices.tolist()
+            accepted = []
+            for token in ranked[checked:]:
+                if self.accepts(token):
+                    accepted.append(token)
+                    if first_only or checked:
+                        return accepted
+            if accepted:
+                return accepted
+            checked, count = count, min(count * WIDEN, logits.numel())
 
-    def mask(self, logits: torch.Tensor, greedy: bool) -> torch.Tensor:
-        """`logits (vocab,)` with every token but the allowed ones at -inf: for a greedy row the
-        first accepted in descending order, for a sampled row every accepted one among the
-        `SAMPLED_CANDIDATES` most likely."""
-        if greedy:
-            tokens = self.allowed(logits, GREEDY_CANDIDATES, first_only=True)
+    def greedy(self, logits: torch.Tensor) -> int:
+        """The first token of `logits (vocab,)` in descending order that the automaton accepts."""
+        best = int(logits.argmax())  # most often the model's own choice goes: no sort needed
+        if self.state.mode != DONE and self.accepts(best):
+            return best
+        return self.allowed(logits, GREEDY_CANDIDATES, first_only=True)[0]
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits (vocab,)` with every token at -inf but the accepted ones among the
+        `SAMPLED_CANDIDATES` most likely, to sample from. The row returned is this constraint's
+        own buffer, valid until the next call (filling a new row each step costs more than the rest)."""
+        if self._masked is None or self._masked.shape != logits.shape:
+            self._masked = torch.full_like(logits, float("-inf"))
         else:
-            tokens = self.allowed(logits, SAMPLED_CANDIDATES)
-        masked = torch.full_like(logits, float("-inf"))
-        index = torch.tensor(tokens, device=logits.device)
-        masked[index] = logits[index]
-        return masked
+            self._masked[self._kept] = float("-inf")
+        self._kept = torch.tensor(self.allowed(logits, SAMPLED_CANDIDATES), device=logits.device)
+        self._masked[self._kept] = logits[self._kept]
+        return self._masked
 
     def advance(self, token: int) -> bool:
         """Read the token taken; False, and the state unchanged, for a token that `mask` would not
@@ -454,5 +465,5 @@ class JsonLogitsProcessor(LogitsProcessor):
         masked = scores.clone()
         for index, constraint in enumerate(self.rows):
             if not self.ended[index]:
-                masked[index] = constraint.mask(scores[index], greedy=False)
+                masked[index] = constraint.mask(scores[index])
         return masked

@@ -319,9 +319,10 @@ class Engine:
         for index, sequence in enumerate(rows):
             params = sequence.params
             row = logits[index : index + 1]
-            if params.constraint is not None:
-                row = params.constraint.mask(row[0], greedy=params.temperature == 0)[None]
-                chosen[index] = int(row.argmax())
+            if params.constraint is not None and params.temperature == 0:
+                chosen[index] = params.constraint.greedy(logits[index])
+            elif params.constraint is not None:
+                row = params.constraint.mask(logits[index])[None]
             if params.temperature == 0:
                 continue
             scores = TemperatureLogitsWarper(params.temperature)(None, row)

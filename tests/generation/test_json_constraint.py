@@ -237,12 +237,14 @@ def _logits(order: list[str]) -> torch.Tensor:
 
 def test_greedy_mask_keeps_the_first_accepted_and_sampling_every_accepted_among_the_top():
     constraint = JsonConstraint(VOCABULARY, [2])
-    greedy = constraint.mask(_logits(["abc", "true", "{\"", "{", " "]), greedy=True)
-    assert torch.isfinite(greedy).nonzero().flatten().tolist() == [VOCABULARY.texts.index('{"')]
-    sampled = constraint.mask(_logits(["abc", "true", "{\"", "{", " "]), greedy=False)
+    assert constraint.greedy(_logits(["abc", "true", "{\"", "{", " "])) == VOCABULARY.texts.index('{"')
+    sampled = constraint.mask(_logits(["abc", "true", "{\"", "{", " "]))
     kept = {VOCABULARY.texts[i] for i in torch.isfinite(sampled).nonzero().flatten().tolist()}
     assert kept == {'{"', "{", " "}
     assert sampled[VOCABULARY.texts.index("{")] == 97.0  # the logits themselves are kept
+    again = constraint.mask(_logits(["true", "{"]))  # the buffer's earlier tokens are masked again
+    assert {VOCABULARY.texts[i] for i in torch.isfinite(again).nonzero().flatten().tolist()} == {"{", " ", '{"'}
+    assert again[VOCABULARY.texts.index('{"')] == 0.0
     # beyond the top candidates, the most likely accepted token is found
     assert constraint.advance(VOCABULARY.texts.index("{")) and constraint.advance(VOCABULARY.texts.index('"a"'))
     assert constraint.allowed(_logits(["{", "}", "abc", ":"]), candidates=1) == [VOCABULARY.texts.index(":")]
@@ -253,7 +255,8 @@ def test_after_the_object_closes_only_the_end_tokens_are_allowed():
     for text in ["{", '"a"', ":", "true", "}"]:
         assert constraint.advance(VOCABULARY.texts.index(text))
     assert constraint.done
-    assert torch.isfinite(constraint.mask(_logits(["}", " "]), greedy=False)).nonzero().flatten().tolist() == [1, 2]
+    assert torch.isfinite(constraint.mask(_logits(["}", " "]))).nonzero().flatten().tolist() == [1, 2]
+    assert constraint.greedy(_logits(["}", " "])) == 2
     assert not constraint.advance(VOCABULARY.texts.index(" ")) and constraint.advance(2)
 
 
