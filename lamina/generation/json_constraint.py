@@ -49,9 +49,10 @@ _DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _ESCAPED = frozenset('"\\/bfnrt')
 _LITERALS = {"t": ("boolean", "rue"), "f": ("boolean", "alse"), "n": ("null", "ull")}
-# characters the automaton may need to make progress, whatever the schema: every tokenizer that
-# serves JSON must have each as a token of its own
-_NEEDED = frozenset('{}[]":,-.0123456789eEtrufalsn\\')
+# characters that make progress from any state (closing what is open, a value's smallest form, the
+# rest of a literal begun), whatever the schema: every tokenizer that serves JSON must have each as a
+# token of its own, so that some token is always accepted
+_NEEDED = frozenset('{}[]":,0123456789truefalsn')
 
 
 @dataclass(eq=False)
@@ -65,7 +66,7 @@ class JsonSchema:
     required: frozenset[str] = frozenset()
     additional: bool = True
     items: JsonSchema | None = None
-    # each declared key as the characters between its quotes
+    # the characters between a declared key's quotes → the key
     encoded: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +98,7 @@ def _read_node(schema: Any, where: str) -> JsonSchema:
     unknown = sorted(set(schema) - _ANNOTATIONS - {"type", "properties", "required", "additionalProperties", "items"})
     if unknown:
         raise InputError(f"{where}: unsupported keyword(s) {unknown}; supported: {_SUPPORTED}")
-    kind = schema.get("type")
+    kind = schema.get("type", sorted(TYPES))  # no type: any value
     types = frozenset([kind] if isinstance(kind, str) else kind if isinstance(kind, list) else [None])
     if not types or not types <= TYPES:
         raise InputError(f"{where}.type: expected one of {sorted(TYPES)} or a list of them, found {kind!r}")
@@ -346,15 +347,15 @@ class TokenTexts:
 
 
 class JsonConstraint:
-    """One sequence's JSON automaton over `vocabulary`: `mask` a row of logits `(vocab,)`, then
-    `advance` with the token taken. `done` once the outermost object has closed, when only the
-    `eos_token_ids` are allowed."""
+    """One sequence's JSON automaton over `vocabulary`: `greedy` picks a greedy row's token from its
+    logits `(vocab,)`, `mask` masks a sampled row's; then `advance` reads the token taken. `done`
+    once the outermost object has closed, when only the `eos_token_ids` are allowed."""
 
     def __init__(self, vocabulary: TokenTexts, eos_token_ids: tuple[int, ...] | list[int],
                  schema: JsonSchema = JSON_OBJECT) -> None:
         if not eos_token_ids:
             raise InputError("JSON output needs an end-of-sequence token to stop at; the generation config has none")
-        needed = _NEEDED | {char for key in schema.encoded for char in key} | _nested_key_chars(schema)
+        needed = _NEEDED | _nested_key_chars(schema)
         missing = sorted(char for char in needed if char not in vocabulary.single)
         if missing:
             raise InputError(f"JSON output needs a token for each of {missing} alone; this tokenizer has none")
@@ -428,6 +429,7 @@ class JsonConstraint:
 
 
 def _nested_key_chars(schema: JsonSchema | None) -> set[str]:
+    """The characters of every key declared in `schema` and the schemas inside it."""
     if schema is None:
         return set()
     chars = {char for key in schema.encoded for char in key}
