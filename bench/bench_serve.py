@@ -39,6 +39,10 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
              "Give me a short tip for learning to code.", "Describe a rainy day in one paragraph."]
 
 
+# transformers serve's KV cache blocks of 32 tokens: every stream's prompt and answer at 64 streams
+TRANSFORMERS_BLOCKS = 256
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,7 +173,11 @@ def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         found.append(("transformers serve", [str(Path(sys.executable).parent / "transformers"), "serve",
                                              str(directory), "--port", "{port}", "--host", "127.0.0.1",
-                                             "--device", "cpu", "--continuous-batching", "--log-level", "error"],
+                                             "--device", "cpu", "--continuous-batching", "--log-level", "error",
+                                             # its cache is sized from the GPU's memory otherwise: on the
+                                             # CPU it takes what the host has
+                                             "--cb-block-size", "32", "--cb-num-blocks", str(TRANSFORMERS_BLOCKS),
+                                             "--cb-max-batch-tokens", "512"],
                       str(directory)))
     return found
 
