@@ -162,10 +162,13 @@ def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
     gguf = str(cli.default_model())
     found = [("lamina serve", [sys.executable, "-m", "lamina", "serve", gguf, "--port", "{port}",
                                "--served-model-name", "m"], "m")]
-    if args.llama_cpp_python:  # the chat template is the GGUF's own, as lamina's
+    if args.llama_cpp_python:
+        # the chat template is the GGUF's own, as lamina's; it answers one request at a time, and by
+        # default ends a stream as soon as another request waits: here every stream runs to its end
         found.append(("llama.cpp server", [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf,
-                                           "--port", "{port}", "--n_ctx", "8192",
-                                           "--n_threads", str(args.threads)], gguf))
+                                           "--port", "{port}", "--n_ctx", "8192", "--n_threads", str(args.threads),
+                                           "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"],
+                      gguf))
     if args.transformers_model:
         directory = Path(args.transformers_model)
         if not (directory / "config.json").exists():
