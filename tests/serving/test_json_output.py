@@ -114,6 +114,24 @@ def test_sampled_choices_of_a_batch_all_parse(served, client):
     assert len({choice.text for choice in sampled.result().choices}) > 1
 
 
+def test_preempted_requests_keep_their_automata(served):
+    """A pool too small for four answers at once: the engine preempts and prefills again from the
+    tokens already taken, and each answer is still `generate`'s alone (the automaton reads each token
+    once, whatever happens to its blocks)."""
+    _, model, tokenizer = served
+    prompts = [[5, 9, 14, 20], [40, 50, 60], [7] * 12, [30, 31]]
+    with Server(MODEL, model, tokenizer, num_blocks=80, block_size=4) as small:
+        client = openai.OpenAI(base_url=small.url + "/v1", api_key="unused", max_retries=0)
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            replies = list(pool.map(lambda p: client.completions.create(
+                model=MODEL, prompt=p, max_tokens=300, temperature=0,
+                extra_body={"response_format": schema_format()}).choices[0].text, prompts))
+        assert small.host.engine.preemptions > 0
+    for prompt, text in zip(prompts, replies):
+        assert text == alone(model, tokenizer, prompt, 300, SCHEMA)
+        assert set(json.loads(text)) == set(SCHEMA["properties"])
+
+
 def test_json_object_output_is_an_object_or_an_accepted_prefix_cut_by_length(served, client):
     """With free strings the random model may not close its object within max_tokens: then the
     output stops at "length" and is still a prefix the automaton accepts; greedy equals generate."""
