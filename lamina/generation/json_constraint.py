@@ -388,7 +388,7 @@ class JsonConstraint:
         if self.state.mode == DONE:
             return sorted(self.eos_token_ids, key=lambda token: -float(logits[token]))
         checked, count = 0, min(candidates, logits.numel())
-        while True:
+        while checked < count:
             ranked = torch.topk(logits, count).indices.tolist()
             accepted = []
             for token in ranked[checked:]:
@@ -399,6 +399,7 @@ class JsonConstraint:
             if accepted:
                 return accepted
             checked, count = count, min(count * WIDEN, logits.numel())
+        raise InputError(f"no token of the vocabulary continues the JSON text from state {self.state}")
 
     def greedy(self, logits: torch.Tensor) -> int:
         """The first token of `logits (vocab,)` in descending order that the automaton accepts."""

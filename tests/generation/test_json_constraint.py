@@ -253,6 +253,11 @@ def test_greedy_mask_keeps_the_first_accepted_and_sampling_every_accepted_among_
     assert constraint.allowed(_logits(["{", "}", "abc", ":"]), candidates=1) == [VOCABULARY.texts.index(":")]
 
 
+def test_logits_without_an_accepted_token_raise_rather_than_loop():
+    with pytest.raises(InputError, match="no token of the vocabulary continues the JSON text"):
+        JsonConstraint(VOCABULARY, [2]).greedy(torch.zeros(3))  # only the special tokens' logits
+
+
 def test_after_the_object_closes_only_the_end_tokens_are_allowed():
     constraint = JsonConstraint(VOCABULARY, [2, 1])
     for text in ["{", '"a"', ":", "true", "}"]:
