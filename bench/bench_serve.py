@@ -1,13 +1,17 @@
 """Serving benchmark: aggregate output tokens/s and p50/p99 time to first token and inter-token
 latency at 1, 4, 16 and 64 concurrent streams, greedy, a fixed mix of prompts and one output length,
 against `lamina serve`, llama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python's
-`server` extra) and `transformers serve`, each where it runs; and lamina's own `generate` on one
-prompt for the 1-stream comparison. Results go into bench/RESULTS.md's "Serving" section.
+`server` extra) and `transformers serve --continuous-batching`, each where it runs, all on the
+default model's GGUF (transformers on lamina's conversion of it to an HF directory); lamina's own
+`generate` on one prompt for the 1-stream comparison; and the per-token cost of `response_format`
+JSON's automaton. Results go into bench/RESULTS.md's "Serving" section.
 
     python bench/bench_serve.py                           # lamina on the default model
-    python bench/bench_serve.py --llama-cpp-python /work/venv-bench/bin/python --transformers-model DIR
+    python bench/bench_serve.py --llama-cpp-python /work/venv-llama/bin/python --transformers-model DIR
 
-Every server is started here on a free loopback port and stopped after its runs.
+Every server is started here on a free loopback port with the same `--threads`; they all run at
+once, idle but for the one measured, so that each number of streams is measured on every engine
+within minutes of the others on a shared host.
 """
 
 from __future__ import annotations
@@ -35,15 +39,33 @@ QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
              "Give me a short tip for learning to code.", "Describe a rainy day in one paragraph."]
 
 
+# `python -m llama_cpp.server` with llama.cpp's extra weight buffer types off: a GGML_NATIVE build
+# on a CPU with AMX puts prompt products on AMX tiles, which fault where the kernel does not grant
+# their state (this sandbox); the Q4_1 file is not repacked anyway, so its kernels are the same
+LLAMA_SERVER = """
+import runpy
+import llama_cpp.llama_cpp as llama_cpp
+defaults = llama_cpp.llama_model_default_params
+def without_extra_buffers():
+    params = defaults()
+    params.use_extra_bufts = False
+    return params
+llama_cpp.llama_model_default_params = without_extra_buffers
+runpy.run_module("llama_cpp.server", run_name="__main__")
+"""
+# transformers serve's KV cache blocks of 32 tokens: every stream's prompt and answer at 64 streams
+TRANSFORMERS_BLOCKS = 256
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _start(command: list[str], url: str, timeout: float = 600) -> subprocess.Popen:
+def _start(command: list[str], url: str, threads: int, timeout: float = 900) -> subprocess.Popen:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -106,10 +128,11 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def generate_tokens_per_s(max_tokens: int) -> float:
+def generate_tokens_per_s(max_tokens: int, threads: int) -> float:
     """lamina's `generate` alone on the first question (the default model as `lamina generate` loads it)."""
     import torch
 
+    torch.set_num_threads(threads)
     source = cli.default_model()
     model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
@@ -120,17 +143,59 @@ def generate_tokens_per_s(max_tokens: int) -> float:
     return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start)
 
 
+def json_overhead_ms() -> dict[str, float]:
+    """Milliseconds per token that `response_format` JSON's automaton adds to a row (mask and
+    advance over the default model's vocabulary), replaying a JSON answer token by token with
+    random logits in which the answer's token is the most likely: greedy and sampled rows."""
+    import torch
+
+    from lamina.generation.json_constraint import JsonConstraint, TokenTexts
+
+    tokenizer = cli.load_tokenizer(cli.default_model())
+    vocabulary = TokenTexts.of(tokenizer)
+    answer = ('{\n  "title": "The Nightingale",\n  "author": "Kristin Hannah",\n  "year": 2015,\n'
+              '  "tags": ["war", "sisters", "France"],\n  "in_print": true\n}')
+    tokens = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    generator = torch.Generator().manual_seed(0)
+    spent = {}
+    for kind in ("greedy", "sampled"):
+        constraint, elapsed = JsonConstraint(vocabulary, [tokenizer.eos_token_id]), 0.0
+        for token in tokens:
+            logits = torch.randn(len(vocabulary.texts), generator=generator)
+            logits[token] = 10.0
+            start = time.perf_counter()
+            constraint.greedy(logits) if kind == "greedy" else constraint.mask(logits)
+            constraint.advance(token)
+            elapsed += time.perf_counter() - start
+        spent[kind] = elapsed / len(tokens) * 1e3
+    return spent
+
+
 def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
     """(name, command with {port}, model name) of each server to run."""
     gguf = str(cli.default_model())
     found = [("lamina serve", [sys.executable, "-m", "lamina", "serve", gguf, "--port", "{port}",
                                "--served-model-name", "m"], "m")]
     if args.llama_cpp_python:
-        found.append(("llama.cpp server", [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf,
-                                           "--port", "{port}", "--n_ctx", "8192", "--chat_format", "chatml"], gguf))
+        # the chat template is the GGUF's own, as lamina's; it answers one request at a time, and by
+        # default ends a stream as soon as another request waits: here every stream runs to its end
+        found.append(("llama.cpp server", [args.llama_cpp_python, "-c", LLAMA_SERVER, "--model", gguf,
+                                           "--port", "{port}", "--n_ctx", "8192", "--n_threads", str(args.threads),
+                                           "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"],
+                      gguf))
     if args.transformers_model:
-        found.append(("transformers serve", ["transformers", "serve", "--port", "{port}", "--continuous-batching",
-                                             "--force-model", args.transformers_model], args.transformers_model))
+        directory = Path(args.transformers_model)
+        if not (directory / "config.json").exists():
+            subprocess.run([sys.executable, "-m", "lamina", "convert", "-q", gguf, str(directory)], check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        found.append(("transformers serve", [str(Path(sys.executable).parent / "transformers"), "serve",
+                                             str(directory), "--port", "{port}", "--host", "127.0.0.1",
+                                             "--device", "cpu", "--continuous-batching", "--log-level", "error",
+                                             # its cache is sized from the GPU's memory otherwise: on the
+                                             # CPU it takes what the host has
+                                             "--cb-block-size", "32", "--cb-num-blocks", str(TRANSFORMERS_BLOCKS),
+                                             "--cb-max-batch-tokens", "512"],
+                      str(directory)))
     return found
 
 
@@ -138,41 +203,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every engine (default: 1)")
     parser.add_argument("--llama-cpp-python", default=None, help="a python with llama-cpp-python[server]")
-    parser.add_argument("--transformers-model", default=None, help="an HF directory for `transformers serve`")
+    parser.add_argument("--transformers-model", default=None,
+                        help="an HF directory for `transformers serve` (written from the GGUF if it has no config)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
-    rows = []
-    for name, command, model in servers(args):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        try:
-            process = _start([part.replace("{port}", str(port)) for part in command], url)
-        except (RuntimeError, TimeoutError, OSError) as err:
-            rows.append(f"| {name} | did not start: {err} | | | | | |")
-            continue
-        try:
-            measure(url, model, 1, 4)  # warm-up
-            for streams in args.streams:
+    rows: dict[str, list[str]] = {}
+    running = []
+    try:
+        for name, command, model in servers(args):
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            try:
+                running.append((name, _start([part.replace("{port}", str(port)) for part in command], url,
+                                             args.threads), url, model))
+                measure(url, model, 1, 4)  # warm-up
+            except (RuntimeError, TimeoutError, OSError, httpx.HTTPError) as err:
+                rows[name] = [f"| {name} | did not start: {err} | | | | | |"]
+        for streams in args.streams:
+            for name, _, url, model in running:
                 result = measure(url, model, streams, args.max_tokens)
-                rows.append(f"| {name} | {streams} | {result['tokens_per_s']:.1f} | {result['ttft_p50'] * 1e3:.0f} | "
-                            f"{result['ttft_p99'] * 1e3:.0f} | {result['itl_p50'] * 1e3:.1f} | "
-                            f"{result['itl_p99'] * 1e3:.1f} |")
-                print(rows[-1], flush=True)
-        finally:
+                rows.setdefault(name, []).append(
+                    f"| {name} | {streams} | {result['tokens_per_s']:.1f} | {result['ttft_p50'] * 1e3:.0f} | "
+                    f"{result['ttft_p99'] * 1e3:.0f} | {result['itl_p50'] * 1e3:.1f} | {result['itl_p99'] * 1e3:.1f} |")
+                print(rows[name][-1], _load(), flush=True)
+    finally:
+        for _, process, _, _ in running:
             process.terminate()
             process.wait(timeout=120)
-    generate = generate_tokens_per_s(args.max_tokens)
-    _write(args, rows, generate)
+    generate = generate_tokens_per_s(args.max_tokens, args.threads)
+    _write(args, [row for name in rows for row in rows[name]], generate, json_overhead_ms())
 
 
-def _write(args: argparse.Namespace, rows: list[str], generate: float) -> None:
+def _load() -> str:
+    return "load average " + " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def _write(args: argparse.Namespace, rows: list[str], generate: float, json_ms: dict[str, float]) -> None:
     header = ("| server | streams | output tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
               "inter-token p99 ms |\n|---|---|---|---|---|---|---|")
     section = (f"## Serving (bench/bench_serve.py, {time.strftime('%Y-%m-%d')})\n\n"
                f"SmolLM2-135M-Instruct Q4_1 GGUF (int4 in lamina), greedy chat completions of {args.max_tokens} "
-               f"tokens at most over {len(QUESTIONS)} questions, streamed; one run.\n\n{header}\n"
-               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model: {generate:.1f} tok/s.\n")
+               f"tokens at most over {len(QUESTIONS)} questions, streamed; {args.threads} thread(s) per engine; "
+               f"one run; {_load()} at the end.\n\n{header}\n"
+               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model: {generate:.1f} tok/s.\n"
+               f"`response_format` JSON's automaton: {json_ms['greedy']:.2f} ms per token for a greedy row, "
+               f"{json_ms['sampled']:.2f} ms for a sampled one.\n")
     path = Path(args.output)
     text = path.read_text() if path.exists() else ""
     marker = "## Serving (bench/bench_serve.py"

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ..errors import InputError
+from ..generation.json_constraint import JsonConstraint, TokenTexts
 from .choices import Choice, TokenLogprob
 from .engine import Engine, Finished, QueueFull, SamplingParams, TokenEvent
 from .metrics import Metrics
@@ -237,7 +238,8 @@ def _generation_tokenizer(host: ModelHost) -> Any:
 class _Run:
     """The sequences of one request (prompts × n) and the queue their events arrive on."""
 
-    def __init__(self, host: ModelHost, prompts: list[list[int]], options: Options) -> None:
+    def __init__(self, host: ModelHost, prompts: list[list[int]], options: Options,
+                 vocabulary: TokenTexts | None = None) -> None:
         self.engine = host.engine
         self.queue: asyncio.Queue[tuple[int, TokenEvent | Finished]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -254,19 +256,31 @@ class _Run:
                 self.engine.check_fits(len(prompt), limits[-1])
             except InputError as err:
                 raise APIError(400, str(err), code="context_length_exceeded") from err
+        constraints = [self._constraint(vocabulary, stop_ids, options) for _ in range(len(prompts) * options.n)]
         try:
             for prompt, max_tokens in zip(prompts, limits):
                 for _ in range(options.n):
                     index = len(self.choices)
                     seed = None if options.seed is None else options.seed + index
                     params = SamplingParams(max_tokens, options.temperature, options.top_p, seed, options.logprobs,
-                                            stop_ids)
+                                            stop_ids, constraints[index])
                     self.choices.append(Choice(index, host.tokenizer, options.stop, stop_ids))
                     self.sequences.append(self.engine.submit(prompt, params, self._sink(loop, index)))
         except QueueFull as err:
             self.cancel()
             raise APIError(429, f"too many requests waiting: {err}; retry later", code="rate_limit_exceeded",
                            kind="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)}) from err
+
+    @staticmethod
+    def _constraint(vocabulary: TokenTexts | None, stop_ids: tuple[int, ...], options: Options) -> JsonConstraint | None:
+        """A choice's JSON automaton when `response_format` asks for JSON."""
+        if options.json_schema is None:
+            return None
+        try:
+            return JsonConstraint(vocabulary, stop_ids, options.json_schema)
+        except InputError as err:
+            raise APIError(400, f"'response_format' cannot be served with this model: {err}",
+                           param="response_format", code="unsupported_value") from err
 
     def _sink(self, loop: asyncio.AbstractEventLoop, index: int) -> Callable[[TokenEvent | Finished], None]:
         def sink(event: TokenEvent | Finished) -> None:
@@ -307,7 +321,11 @@ class _Run:
 
 async def _complete(request: Request, host: ModelHost, prompts: list[list[int]], options: Options, chat: bool,
                     echo: bool) -> Response:
-    run = _Run(host, prompts, options)
+    vocabulary = None
+    if options.json_schema is not None:  # the vocabulary's texts: decoded once, off the event loop
+        vocabulary = await asyncio.get_running_loop().run_in_executor(
+            None, TokenTexts.of, host.tokenizer, host.model.config.vocab_size)
+    run = _Run(host, prompts, options, vocabulary)
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     head = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()), "model": host.name}

@@ -47,7 +47,8 @@ class QueueFull(Exception):
 @dataclass
 class SamplingParams:
     """What one sequence asks for. `temperature` 0 is greedy; `logprobs` None returns none, k ≥ 0 the
-    chosen token's log-probability and the k most likely tokens'."""
+    chosen token's log-probability and the k most likely tokens'. A `constraint` (one per sequence,
+    e.g. `JsonConstraint`) masks each row of logits before sampling and reads each token taken."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -55,6 +56,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    constraint: Any = None
 
 
 @dataclass
@@ -289,6 +291,8 @@ class Engine:
         for index, (sequence, token) in enumerate(zip(rows, chosen)):
             sequence.cached = len(sequence.tokens)
             sequence.tokens.append(token)
+            if sequence.params.constraint is not None:
+                sequence.params.constraint.advance(token)
             self.metrics.token(now - (sequence.last_token_time or sequence.arrival), first=sequence.generated == 1)
             sequence.last_token_time = now
             sequence.sink(self._event(sequence, token, logprobs[index] if logprobs is not None else None))
@@ -309,13 +313,19 @@ class Engine:
     @staticmethod
     def _sample(rows: list[Sequence], logits: torch.Tensor) -> list[int]:
         """Greedy rows take the highest logit (the first of ties, as `generate`); the others sample
-        with their temperature, top-p and generator, as `generate`'s processors do."""
+        with their temperature, top-p and generator, as `generate`'s processors do. A row's
+        constraint masks its logits first."""
         chosen = logits.max(dim=-1).indices.tolist()
         for index, sequence in enumerate(rows):
             params = sequence.params
+            row = logits[index : index + 1]
+            if params.constraint is not None and params.temperature == 0:
+                chosen[index] = params.constraint.greedy(logits[index])
+            elif params.constraint is not None:
+                row = params.constraint.mask(logits[index])[None]
             if params.temperature == 0:
                 continue
-            scores = TemperatureLogitsWarper(params.temperature)(None, logits[index : index + 1])
+            scores = TemperatureLogitsWarper(params.temperature)(None, row)
             if params.top_p < 1:
                 scores = TopPLogitsWarper(params.top_p)(None, scores)
             probs = torch.softmax(scores, dim=-1)

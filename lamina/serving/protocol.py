@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError
+from ..generation.json_constraint import JSON_OBJECT, JsonSchema, read_schema
+
 # OpenAI's own limits on these fields
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS_CHAT = 20
@@ -62,6 +65,7 @@ class Options:
     stream: bool
     include_usage: bool
     logprobs: int | None  # None: none; k: the chosen token's and the k most likely
+    json_schema: JsonSchema | None  # None: any text; else the JSON value the output must be
 
 
 def read_options(body: dict[str, Any], chat: bool) -> Options:
@@ -89,11 +93,29 @@ def read_options(body: dict[str, Any], chat: bool) -> Options:
     stream = field(body, "stream", bool, "a boolean", False)
     stream_options = field(body, "stream_options", dict, "an object", {})
     include_usage = field(stream_options, "include_usage", bool, "a boolean", False)
+    return Options(max_tokens, temperature, top_p, seed, stop, n, stream, include_usage, _logprobs(body, chat),
+                   _response_format(body))
+
+
+def _response_format(body: dict[str, Any]) -> JsonSchema | None:
+    """`response_format`: {"type": "text"} (the default), {"type": "json_object"}, or
+    {"type": "json_schema", "json_schema": {"name", "schema", …}} with a schema lamina enforces."""
     response_format = field(body, "response_format", dict, "an object with a 'type'", {"type": "text"})
-    if response_format.get("type") != "text":
-        raise APIError(400, f"'response_format': only {{'type': 'text'}} is served (constrained JSON decoding is not "
-                            f"built), found {response_format!r}", param="response_format", code="unsupported_value")
-    return Options(max_tokens, temperature, top_p, seed, stop, n, stream, include_usage, _logprobs(body, chat))
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind != "json_schema":
+        raise _invalid("response_format.type", "'text', 'json_object' or 'json_schema'", kind)
+    where = "response_format.json_schema"
+    described = response_format.get("json_schema")
+    if not isinstance(described, dict) or not isinstance(described.get("name"), str):
+        raise _invalid(where, "an object with a 'name' string and a 'schema'", described)
+    try:
+        return read_schema(described.get("schema", {"type": "object"}), f"{where}.schema")
+    except InputError as err:
+        raise APIError(400, str(err), param=where, code="unsupported_value") from err
 
 
 def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
