@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InputError
 from ..generation.processors import TemperatureLogitsWarper, TopPLogitsWarper
+from ..generation.step import decode_steps
 from .kv import BatchCache, BlockPool, SequenceBlocks
 from .metrics import Metrics
 
@@ -120,6 +121,8 @@ class Engine:
             num_blocks = max(1, kv_cache_bytes // per_block)
         self.pool = BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, block_size, num_blocks,
                               dtype, model.device)
+        # the batched decode step, chosen once: the server's model does not change under it
+        self.decode, self.step_kind = decode_steps(model).batch_step()
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.prefill_chunk = prefill_chunk
@@ -273,12 +276,13 @@ class Engine:
     def _run_batch(self, rows: list[Sequence], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The one call into the model: `tokens (rows, new)` at `positions (rows, new)` over the
         rows' blocks (already allocated) → the logits after each row's last token `(rows, vocab)`,
-        float32. The batch's rows sit at different positions; the model's eager `decode_step` takes
-        them as they are."""
+        float32. The batch's rows sit at different positions. The step is `generate`'s (`step_kind`:
+        the native step reads the blocks in place; it hands a prompt's chunk of several tokens to
+        the model's eager `decode_step`, as `generate` runs a prompt eagerly)."""
         cache = BatchCache(self.pool, [s.blocks for s in rows], positions)
         device = self.model.device
         with torch.no_grad():
-            logits = self.model.decode_step(tokens.to(device), positions.to(device), positions.to(device), None, cache)
+            logits = self.decode(tokens.to(device), positions.to(device), positions.to(device), None, cache)
         return logits.float()
 
     def _take(self, rows: list[Sequence], logits: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..cache import BlockTables
 from ..errors import InputError
 
 
@@ -110,57 +111,92 @@ class BlockPool:
         blocks.first.clear()
 
 
+def _group_tables(pool: BlockPool, group: int | None, rows: list[SequenceBlocks]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group's block tables `(rows, width)` (-1 past a row's own blocks) and first logical
+    blocks `(rows,)`, on the CPU."""
+    tables = [blocks.tables[group] for blocks in rows]
+    width = max(len(table) for table in tables)
+    padded = torch.tensor([table + [-1] * (width - len(table)) for table in tables], dtype=torch.long)
+    return padded, torch.tensor([blocks.first[group] for blocks in rows], dtype=torch.long)
+
+
 class _GroupPlan:
     """Where one group's layers write and read for one batch: `write (rows * new,)` flat slots,
-    `read (rows * slots,)` flat slots and `key_positions (rows, slots)` (-1: padding)."""
+    `read (rows * keys,)` flat slots and `key_positions (rows, keys)` (-1: nothing there).
 
-    def __init__(self, pool: BlockPool, group: int | None, rows: list[SequenceBlocks], positions: torch.Tensor) -> None:
+    The keys are listed in the order `generate`'s cache holds them, so that the eager step sums them
+    in the same order: by position, except for a one-token step of a sliding group, whose ring of
+    the window's slots holds position p in slot p % window."""
+
+    def __init__(self, pool: BlockPool, group: int | None, table: torch.Tensor, first: torch.Tensor,
+                 positions: torch.Tensor) -> None:
         size = pool.block_size
-        longest = max(len(blocks.tables[group]) for blocks in rows)
-        write, read, key_positions = [], [], []
-        offsets = torch.arange(size)
-        for blocks, row_positions in zip(rows, positions.tolist()):
-            table, first = blocks.tables[group], blocks.first[group]
-            write.extend(table[p // size - first] * size + p % size for p in row_positions)
-            padded = table + [0] * (longest - len(table))
-            starts = torch.tensor(padded)[:, None] * size
-            read.append((starts + offsets).reshape(-1))
-            logical = torch.arange(first, first + longest)[:, None] * size + offsets
-            logical[len(table):] = -1
-            key_positions.append(logical.reshape(-1))
-        self.write = torch.tensor(write, device=pool.keys[0].device)
-        self.read = torch.cat(read).to(pool.keys[0].device)
-        self.key_positions = torch.stack(key_positions).to(pool.keys[0].device)
+        last = positions[:, -1:]  # (rows, 1)
+        if group is not None and positions.shape[1] == 1:
+            ring = torch.arange(min(group, int(last.max()) + 1))
+            key_positions = last - (last - ring) % group  # (rows, keys): the position in each ring slot
+        else:
+            lowest = 0 if group is None else max(0, int(positions[:, 0].min()) - group + 1)
+            key_positions = torch.arange(lowest, int(last.max()) + 1).expand(len(positions), -1)
+        held = (key_positions >= first[:, None] * size) & (key_positions <= last)
+        device = pool.keys[0].device
+        self.write = self._slots(table, first, positions, size).reshape(-1).to(device)
+        self.read = self._slots(table, first, key_positions.clamp(min=0), size).masked_fill(~held, 0).reshape(-1).to(device)
+        self.key_positions = key_positions.masked_fill(~held, -1).to(device)
+
+    @staticmethod
+    def _slots(table: torch.Tensor, first: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
+        """The flat pool slots of `positions (rows, n)` (any block outside a row's table reads its last)."""
+        logical = (positions // size - first[:, None]).clamp(0, table.shape[1] - 1)
+        return table.gather(1, logical).clamp(min=0) * size + positions % size
 
 
 class _LayerView:
     """One layer's part of a `BatchCache`, in `lamina.cache`'s layer-cache protocol."""
 
-    def __init__(self, pool: BlockPool, layer: int, plan: _GroupPlan) -> None:
-        self.pool, self.layer, self.plan = pool, layer, plan
+    def __init__(self, batch: BatchCache, layer: int, group: int | None) -> None:
+        self.batch, self.layer, self.group = batch, layer, group
 
     def update(self, key: torch.Tensor, value: torch.Tensor,
                cache_position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`key/value (rows, kv_heads, new, head_dim)` are written to the rows' blocks; returns every
-        slot each row holds, `(rows, kv_heads, slots, head_dim)`, and their positions `(rows, slots)`."""
+        """`key/value (rows, kv_heads, new, head_dim)` are written to the rows' blocks; returns the
+        keys and values each row reads, `(rows, kv_heads, keys, head_dim)`, and their positions
+        `(rows, keys)`."""
         rows, kv_heads, _, head_dim = key.shape
-        keys, values = self.pool.keys[self.layer], self.pool.values[self.layer]
-        keys.index_copy_(0, self.plan.write, key.transpose(1, 2).reshape(-1, kv_heads, head_dim).to(keys.dtype))
-        values.index_copy_(0, self.plan.write, value.transpose(1, 2).reshape(-1, kv_heads, head_dim).to(values.dtype))
-        slots = self.plan.key_positions.shape[1]
-        # (rows * slots, kv_heads, head_dim) → (rows, kv_heads, slots, head_dim)
-        gathered_keys = keys.index_select(0, self.plan.read).view(rows, slots, kv_heads, head_dim).transpose(1, 2)
-        gathered_values = values.index_select(0, self.plan.read).view(rows, slots, kv_heads, head_dim).transpose(1, 2)
-        return gathered_keys.contiguous(), gathered_values.contiguous(), self.plan.key_positions
+        plan = self.batch.plan(self.group)
+        pool = self.batch.pool
+        keys, values = pool.keys[self.layer], pool.values[self.layer]
+        keys.index_copy_(0, plan.write, key.transpose(1, 2).reshape(-1, kv_heads, head_dim).to(keys.dtype))
+        values.index_copy_(0, plan.write, value.transpose(1, 2).reshape(-1, kv_heads, head_dim).to(values.dtype))
+        count = plan.key_positions.shape[1]
+        # (rows * keys, kv_heads, head_dim) → (rows, kv_heads, keys, head_dim)
+        gathered_keys = keys.index_select(0, plan.read).view(rows, count, kv_heads, head_dim).transpose(1, 2)
+        gathered_values = values.index_select(0, plan.read).view(rows, count, kv_heads, head_dim).transpose(1, 2)
+        return gathered_keys.contiguous(), gathered_values.contiguous(), plan.key_positions
 
 
 class BatchCache:
     """The cache a decoder's forward sees for one batch of sequences: `cache[layer]` serves that
-    layer from the pool. The sequences' blocks must already cover `positions (rows, new)`."""
+    layer from the pool (gathering the keys each row reads), and `block_tables` lets a step read the
+    blocks in place instead (`lamina.cache.BlockTables`, lamina's native step). The sequences'
+    blocks must already cover `positions (rows, new)`."""
 
     def __init__(self, pool: BlockPool, rows: list[SequenceBlocks], positions: torch.Tensor) -> None:
-        plans = {group: _GroupPlan(pool, group, rows, positions) for group in pool.groups}
-        self.layers = [_LayerView(pool, index, plans[window]) for index, window in enumerate(pool.layer_windows)]
+        self.pool = pool
+        self.positions = positions
+        self._tables = {group: _group_tables(pool, group, rows) for group in pool.groups}
+        self._plans: dict[int | None, _GroupPlan] = {}
+        windows = pool.layer_windows
+        self.block_tables = BlockTables(pool.block_size, pool.keys, pool.values,
+                                        [self._tables[window][0] for window in windows],
+                                        [self._tables[window][1] for window in windows])
+        self.layers = [_LayerView(self, index, window) for index, window in enumerate(windows)]
+
+    def plan(self, group: int | None) -> _GroupPlan:
+        """The group's plan, made when a layer first asks (a step that reads `block_tables` needs none)."""
+        if group not in self._plans:
+            self._plans[group] = _GroupPlan(self.pool, group, *self._tables[group], self.positions)
+        return self._plans[group]
 
     def __len__(self) -> int:
         return len(self.layers)
