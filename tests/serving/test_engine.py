@@ -10,6 +10,7 @@ import queue
 import pytest
 import torch
 
+from lamina.generation.step import decode_steps
 from lamina.serving.engine import Engine, Finished, QueueFull, SamplingParams
 from lamina.serving.kv import BatchCache, BlockPool, SequenceBlocks
 from tests.serving.servers import EOS, FAMILIES, VOCAB, tiny_model
@@ -65,6 +66,64 @@ def test_greedy_tokens_equal_generate_alone(model):
         assert reason == ("stop" if tokens[-1] == EOS else "length")
     assert engine.pool.used_blocks() == 0
     assert engine.preemptions > 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "eager"])
+def test_a_mixed_batch_decodes_on_generates_step_with_generates_tokens(model, native):
+    """8 prompts of 1-40 tokens, whose rows decode together at different positions (GQA; Ministral's
+    window-7 layers round their ring): the batched step is the one `generate` runs (the native step
+    for Mistral and Ministral unless turned off; Mixtral's experts fall back to the eager step), every
+    one-token step runs on it, and each request's greedy tokens are `generate`'s on its prompt alone
+    with that step."""
+    model.native_decode = native
+    eager_calls = []
+    eager = model.decode_step
+    model.decode_step = lambda ids, *args: eager_calls.append(ids.shape[1]) or eager(ids, *args)
+    try:
+        expected_kind = "native" if native and not model.decoder.decoder_spec.num_experts else "eager"
+        engine = Engine(model, num_blocks=200, block_size=4, prefill_chunk=16)
+        assert engine.step_kind == expected_kind
+        engine.start()
+        try:
+            prompts = _prompts(8, 40, seed=11)
+            results = _run(engine, prompts, SamplingParams(max_tokens=12, temperature=0, stop_token_ids=(EOS,)))
+        finally:
+            engine.stop()
+        one_token_calls = eager_calls.count(1)
+        for prompt, (tokens, _) in zip(prompts, results):
+            assert tokens == _alone(model, prompt, 12)
+            assert decode_steps(model).last_kind == expected_kind
+    finally:
+        del model.native_decode, model.decode_step
+    assert (one_token_calls == 0) == (expected_kind == "native")
+    assert engine.pool.used_blocks() == 0
+
+
+def test_the_native_step_reads_the_pool_as_the_eager_step(model):
+    """Over the same blocks, rows at positions 3, 17 and 40 (past Ministral's window), the native
+    step's logits are the eager step's, bit for bit, and it writes the same keys and values."""
+    steps = decode_steps(model)
+    native, kind = steps.batch_step()
+    if kind != "native":
+        pytest.skip("the native step does not serve this model")
+    spec = model.decoder.decoder_spec
+    pools = [BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, 4, 64, torch.float32) for _ in range(2)]
+    prompts = [p * n for p, n in zip(_prompts(3, 2, seed=5), (4, 18, 41))]
+    logits = []
+    with torch.no_grad():
+        for pool, step in zip(pools, (model.decode_step, native)):
+            rows = [SequenceBlocks() for _ in prompts]
+            for blocks, prompt in zip(rows, prompts):
+                assert pool.extend(blocks, 0, len(prompt))
+                positions = torch.arange(len(prompt) - 1)[None]
+                model.decode_step(torch.tensor([prompt[:-1]]), positions, positions, None,
+                                  BatchCache(pool, [blocks], positions))
+            positions = torch.tensor([[len(p) - 1] for p in prompts])
+            logits.append(step(torch.tensor([[p[-1]] for p in prompts]), positions, positions, None,
+                               BatchCache(pool, rows, positions)))
+    assert torch.equal(logits[0], logits[1])
+    for eager_buffer, native_buffer in zip(pools[0].keys + pools[0].values, pools[1].keys + pools[1].values):
+        assert torch.equal(eager_buffer, native_buffer)
 
 
 def test_rows_at_different_positions_equal_each_row_alone(model):
