@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from ..generation.processors import TemperatureLogitsWarper, TopPLogitsWarper
+from ..generation.processors import FILTERED
 from ..generation.step import decode_steps
 from .kv import BatchCache, BlockPool, SequenceBlocks
 from .metrics import Metrics
@@ -43,6 +43,26 @@ DEFAULT_KV_CACHE_BYTES = 512 << 20
 
 class QueueFull(Exception):
     """More requests are waiting than the engine accepts (`max_waiting`)."""
+
+
+def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`TopPLogitsWarper` with a `top_p (rows, 1)` of each row's own: `scores (rows, vocab)` with
+    the tokens outside each row's nucleus filtered."""
+    ascending, order = torch.sort(scores, descending=False)
+    mass_below = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = mass_below <= 1 - top_p
+    drop_sorted[:, -1] = False
+    return scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), FILTERED)
+
+
+def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
+    """One token a row of `probs (rows, vocab)`, row i from `generators[i]` (None: the global one):
+    the draw `torch.multinomial(probs[i:i+1], 1, generator=generators[i])` makes, the largest
+    probability over exponential noise, so a seeded request draws what it would alone; only the
+    noise is made a row at a time."""
+    vocab = probs.shape[1]
+    noise = torch.stack([torch.empty(vocab, dtype=probs.dtype).exponential_(1, generator=g) for g in generators])
+    return (probs / noise).argmax(dim=-1).tolist()
 
 
 @dataclass
@@ -227,13 +247,17 @@ class Engine:
     def _admit(self) -> None:
         """Move waiting sequences to running while the pool holds all their pending tokens with a
         block per running sequence to spare (a preempted sequence let in sooner would only push out
-        another one)."""
+        another one). A sequence starts with the blocks of its prompt's prefix that other sequences
+        offer (`BlockPool.share_prefix`) and prefills from there."""
         while self.waiting and len(self.running) < self.max_running:
             sequence = self.waiting[0]
-            needed = self.pool.blocks_needed(sequence.blocks, 0, len(sequence.tokens))
+            shared = self.pool.share_prefix(sequence.blocks, sequence.tokens)
+            needed = self.pool.blocks_needed(sequence.blocks, shared, len(sequence.tokens))
             spare = {group: count + len(self.running) for group, count in needed.items()}
             if not self.pool.can_allocate(spare) and self.running:
+                self.pool.release(sequence.blocks)
                 return
+            sequence.cached = shared
             self.running.append(self.waiting.popleft())
 
     def _make_room(self, decoding: list[Sequence]) -> list[Sequence]:
@@ -270,6 +294,7 @@ class Engine:
         positions = torch.arange(start, end)[None]
         logits = self._run_batch([sequence], tokens, positions)
         sequence.cached = end
+        self.pool.offer(sequence.blocks, sequence.tokens[:end])
         if sequence.pending == 0:  # the whole prompt is in: its last logits give the first token
             self._take([sequence], logits)
 
@@ -312,18 +337,23 @@ class Engine:
 
     @staticmethod
     def _sample(rows: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """Greedy rows take the highest logit (the first of ties, as `generate`); the others sample
-        with their temperature, top-p and generator, as `generate`'s processors do."""
+        """Greedy rows take the highest logit (the first of ties, as `generate`); the others are drawn
+        together from `logits (rows, vocab)` with each one's temperature and top-p, as `generate`'s
+        processors do, and each one's generator (`_draw`)."""
         chosen = logits.max(dim=-1).indices.tolist()
-        for index, sequence in enumerate(rows):
-            params = sequence.params
-            if params.temperature == 0:
-                continue
-            scores = TemperatureLogitsWarper(params.temperature)(None, logits[index : index + 1])
-            if params.top_p < 1:
-                scores = TopPLogitsWarper(params.top_p)(None, scores)
-            probs = torch.softmax(scores, dim=-1)
-            chosen[index] = int(torch.multinomial(probs, 1, generator=sequence.generator))
+        sampled = [index for index, sequence in enumerate(rows) if sequence.params.temperature != 0]
+        if not sampled:
+            return chosen
+        params = [rows[index].params for index in sampled]
+        temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype)[:, None]
+        scores = logits[sampled] / temperatures  # (sampled, vocab)
+        narrowed = [index for index, p in enumerate(params) if p.top_p < 1]
+        if narrowed:
+            top_p = torch.tensor([params[index].top_p for index in narrowed], dtype=logits.dtype)[:, None]
+            scores[narrowed] = _nucleus(scores[narrowed], top_p)
+        drawn = _draw(torch.softmax(scores, dim=-1), [rows[index].generator for index in sampled])
+        for index, token in zip(sampled, drawn):
+            chosen[index] = token
         return chosen
 
     def _finish(self, sequence: Sequence, event: Finished) -> None:

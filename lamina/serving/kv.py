@@ -7,17 +7,29 @@ per group, the list of its blocks in order (its table) and the logical index of 
 full-attention group keeps every block from position 0; a sliding group gives back a block once
 every position in it has left the window of the next query. Nothing is reallocated per request.
 
+Prefix sharing: a block's keys and values depend only on the tokens up to its last position, so a
+full block is named by a hash chain over the tokens (each block's digest covers the previous one's
+and its own tokens). Once a sequence has written the full blocks of its prompt, they are offered
+under their digests; a sequence admitted later whose tokens start the same way takes those blocks
+into its table instead of computing them (each group the blocks its first query can see) and
+starts its prefill after them. Only whole blocks are shared, never the block holding a sequence's
+last prompt token, so nobody writes a shared block. A block counts its holders and goes back to
+the free list (and out of the offered digests) when the last one releases it: finished,
+cancelled, preempted or past a sliding window.
+
 One forward call over a batch of sequences (each row at its own positions) goes through a
-`BatchCache`: it plans, once per group, where each new token is written (a flat slot) and which
-slots each row reads, with the absolute position of each slot (-1 for padding), then serves the
-model's layers through the layer-cache protocol of `lamina.cache` (`update(key, value,
-cache_position)` → keys, values and key positions, here per row). Worked example, block size 4,
-window 6: a row at position 9 holds logical blocks 1 (positions 4..7) and 2 (8..11); block 0 went
-back to the pool once the query at position 8 no longer saw position 3.
+`BatchCache`: its `block_tables` let a step read the blocks in place (lamina's native step); for
+the model's own layers it plans, once per group, where each new token is written (a flat slot) and
+which slots each row reads, with the absolute position of each slot (-1 for none), and serves them
+through the layer-cache protocol of `lamina.cache` (`update(key, value, cache_position)` → keys,
+values and key positions, here per row). Worked example, block size 4, window 6: a row at position
+9 holds logical blocks 1 (positions 4..7) and 2 (8..11); block 0 went back to the pool once the
+query at position 8 no longer saw position 3.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -28,14 +40,17 @@ from ..errors import InputError
 
 @dataclass
 class SequenceBlocks:
-    """One sequence's tables: per group, its blocks in order and the logical index of the first."""
+    """One sequence's tables: per group, its blocks in order and the logical index of the first;
+    and the digests of its first full blocks (`digests[k]` names logical block k's tokens and all
+    before them)."""
 
     tables: dict[int | None, list[int]] = field(default_factory=dict)
     first: dict[int | None, int] = field(default_factory=dict)
+    digests: list[bytes] = field(default_factory=list)
 
 
 class BlockPool:
-    """Key/value blocks for every layer of a decoder (module docstring)."""
+    """Key/value blocks for every layer of a decoder, shared where prompts agree (module docstring)."""
 
     def __init__(self, layer_windows: list[int | None], kv_heads: int, head_dim: int, block_size: int,
                  num_blocks: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
@@ -50,12 +65,15 @@ class BlockPool:
         self.keys = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in layer_windows]
         self.values = [torch.zeros(slots, kv_heads, head_dim, dtype=dtype, device=device) for _ in layer_windows]
         self.free: dict[int | None, list[int]] = {group: list(range(num_blocks - 1, -1, -1)) for group in self.groups}
+        self.holders = {group: [0] * num_blocks for group in self.groups}  # sequences holding each block
+        self.offered: dict[int | None, dict[bytes, int]] = {group: {} for group in self.groups}  # digest → block
+        self._digest_of: dict[int | None, dict[int, bytes]] = {group: {} for group in self.groups}
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def used_blocks(self) -> int:
-        """Blocks held by sequences, over all groups."""
+        """Blocks held by sequences, over all groups (a shared block once)."""
         return sum(self.num_blocks - len(free) for free in self.free.values())
 
     def capacity(self) -> int:
@@ -88,7 +106,9 @@ class BlockPool:
         for group, count in needed.items():
             table = blocks.tables.setdefault(group, [])
             blocks.first.setdefault(group, self._kept_from(group, first_position))
-            table.extend(self.free[group].pop() for _ in range(count))
+            for _ in range(count):
+                table.append(self.free[group].pop())
+                self.holders[group][table[-1]] = 1
         return True
 
     def release_outside_window(self, blocks: SequenceBlocks, next_position: int) -> None:
@@ -97,7 +117,8 @@ class BlockPool:
             kept = self._kept_from(group, next_position)
             drop = min(len(table), kept - blocks.first[group])
             if drop > 0:
-                self.free[group].extend(reversed(table[:drop]))
+                for block in table[:drop]:
+                    self._drop(group, block)
                 del table[:drop]
                 blocks.first[group] += drop
             if not table:  # nothing held: the next block written is the first one a query still sees
@@ -106,9 +127,59 @@ class BlockPool:
     def release(self, blocks: SequenceBlocks) -> None:
         """Give back every block of a finished, cancelled or preempted sequence."""
         for group, table in blocks.tables.items():
-            self.free[group].extend(reversed(table))
+            for block in reversed(table):
+                self._drop(group, block)
         blocks.tables.clear()
         blocks.first.clear()
+        blocks.digests.clear()
+
+    def _drop(self, group: int | None, block: int) -> None:
+        """One holder fewer; the last one's release frees the block and withdraws its offer."""
+        self.holders[group][block] -= 1
+        if self.holders[group][block] == 0:
+            digest = self._digest_of[group].pop(block, None)
+            if digest is not None:
+                del self.offered[group][digest]
+            self.free[group].append(block)
+
+    def _digests(self, blocks: SequenceBlocks, tokens: list[int], count: int) -> list[bytes]:
+        """The digests of the first `count` full blocks of `tokens`, extending those already known."""
+        size = self.block_size
+        while len(blocks.digests) < count:
+            k = len(blocks.digests)
+            previous = blocks.digests[-1] if blocks.digests else b""
+            chunk = repr(tokens[k * size:(k + 1) * size]).encode()
+            blocks.digests.append(hashlib.blake2b(previous + chunk, digest_size=16).digest())
+        return blocks.digests[:count]
+
+    def share_prefix(self, blocks: SequenceBlocks, tokens: list[int]) -> int:
+        """Take into a sequence's empty tables the offered blocks of the longest run of whole blocks
+        its `tokens` start with (at most up to the block before the one holding the last token), as
+        far as every group offers the blocks a query there sees; returns how many tokens they hold
+        (the sequence's prefill starts there)."""
+        digests = self._digests(blocks, tokens, (len(tokens) - 1) // self.block_size)
+        for count in range(len(digests), 0, -1):
+            spans = {group: range(self._kept_from(group, count * self.block_size), count) for group in self.groups}
+            if all(digests[k] in self.offered[group] for group, span in spans.items() for k in span):
+                for group, span in spans.items():
+                    blocks.first[group] = span.start
+                    blocks.tables[group] = [self.offered[group][digests[k]] for k in span]
+                    for block in blocks.tables[group]:
+                        self.holders[group][block] += 1
+                return count * self.block_size
+        return 0
+
+    def offer(self, blocks: SequenceBlocks, tokens: list[int]) -> None:
+        """Offer a sequence's full blocks of `tokens` (written, its first tokens) for sharing, each
+        group the ones it still holds; a digest already offered keeps its first block."""
+        digests = self._digests(blocks, tokens, len(tokens) // self.block_size)
+        for group, table in blocks.tables.items():
+            first = blocks.first[group]
+            for k in range(max(first, 0), min(len(digests), first + len(table))):
+                block = table[k - first]
+                if digests[k] not in self.offered[group] and block not in self._digest_of[group]:
+                    self.offered[group][digests[k]] = block
+                    self._digest_of[group][block] = digests[k]
 
 
 def _group_tables(pool: BlockPool, group: int | None, rows: list[SequenceBlocks]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lamina.generation.step import decode_steps
-from lamina.serving.engine import Engine, Finished, QueueFull, SamplingParams
+from lamina.generation.processors import TemperatureLogitsWarper, TopPLogitsWarper
+from lamina.serving.engine import Engine, Finished, QueueFull, SamplingParams, Sequence
 from lamina.serving.kv import BatchCache, BlockPool, SequenceBlocks
 from tests.serving.servers import EOS, FAMILIES, VOCAB, tiny_model
 
@@ -52,12 +53,15 @@ def _run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> li
 
 
 def test_greedy_tokens_equal_generate_alone(model):
-    """16 prompts of 1-70 tokens at once, prefilled in chunks of at most 24, over a pool too small to
-    hold them all (preemption): each one's tokens are `generate`'s on it alone."""
+    """16 prompts of 1-70 tokens at once, and 4 more that start as the longest one does (sharing its
+    blocks where they are admitted after it is prefilled), prefilled in chunks of at most 24, over a
+    pool too small to hold them all (preemption): each one's tokens are `generate`'s on it alone."""
     engine = Engine(model, num_blocks=100, block_size=4, prefill_chunk=24)
     engine.start()
     try:
         prompts = _prompts(16, 70)
+        longest = max(prompts, key=len)
+        prompts += [longest[:cut] + tail for cut, tail in ((len(longest), [7]), (40, [8, 9]), (13, []), (25, [3]))]
         results = _run(engine, prompts, SamplingParams(max_tokens=20, temperature=0, stop_token_ids=(EOS,)))
     finally:
         engine.stop()
@@ -147,6 +151,52 @@ def test_rows_at_different_positions_equal_each_row_alone(model):
     torch.testing.assert_close(batched, torch.stack(alone), rtol=1e-5, atol=1e-5)
 
 
+def _step_until(engine: Engine, done) -> None:
+    for _ in range(500):
+        if done():
+            return
+        engine.step()
+    raise AssertionError("the engine did not get there in 500 steps")
+
+
+def test_a_common_prompt_prefix_is_shared_block_for_block(model):
+    """B's prompt starts with the 3 blocks (12 tokens) of A's: once A has written them, B takes
+    them (each group the ones its first query sees: Ministral's window-7 layers blocks 1-2) and
+    prefills only its own tail; the two hold fewer blocks than apart, and a shared block survives A's
+    cancellation. Both give `generate`'s tokens alone; every block comes back, every offer is
+    withdrawn."""
+    engine = Engine(model, num_blocks=64, block_size=4)
+    common = _prompts(1, 2, seed=7)[0] * 12
+    prompts = [common + [5, 6, 7], common + [9, 10]]
+    inboxes = [queue.Queue(), queue.Queue()]
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+    first = engine.submit(prompts[0], greedy, inboxes[0].put)
+    _step_until(engine, lambda: first.generated >= 1)
+    offered = {group: (first.blocks.first[group], list(table)) for group, table in first.blocks.tables.items()}
+    second = engine.submit(prompts[1], greedy, inboxes[1].put)
+    run_batch, prefilled = engine._run_batch, []
+    engine._run_batch = lambda rows, tokens, positions: (
+        prefilled.append(positions[0].tolist()) if tokens.shape[1] > 1 else None) or run_batch(rows, tokens, positions)
+    engine.step()
+    assert prefilled == [[12, 13]] and second.generated == 1
+    for group, (start, table) in offered.items():
+        shared = range(second.blocks.first[group], 3)
+        blocks = second.blocks.tables[group][: len(shared)]
+        assert len(shared) > 0 and blocks == table[shared.start - start: 3 - start]
+        # A gives back the sliding blocks its next query no longer sees; B keeps them
+        assert [engine.pool.holders[group][b] for b in blocks] == [1 + (b in first.blocks.tables[group]) for b in blocks]
+    _step_until(engine, lambda: second.generated >= 1)
+    apart = sum(len(table) for s in (first, second) for table in s.blocks.tables.values())
+    assert engine.pool.used_blocks() < apart
+    first_tokens = [inboxes[0].get().token for _ in range(first.generated)]
+    engine.cancel(first)
+    _step_until(engine, lambda: second.done)
+    assert _collect(inboxes[1])[0] == _alone(model, prompts[1], 10)
+    assert first_tokens == _alone(model, prompts[0], 10)[: len(first_tokens)]
+    assert engine.pool.used_blocks() == 0
+    assert all(not offered for offered in engine.pool.offered.values())
+
+
 def test_sliding_layers_keep_only_their_windows_blocks():
     pool = BlockPool([None, 6], kv_heads=1, head_dim=2, block_size=4, num_blocks=8, dtype=torch.float32)
     blocks = SequenceBlocks()
@@ -186,6 +236,30 @@ def test_seeded_sampling_repeats_and_top_p_one_token_is_greedy(model):
         engine.stop()
     assert first == again
     assert narrow[0] == _alone(model, prompt[0], 12)[: len(narrow[0])]
+
+
+def test_sampled_rows_are_drawn_together_as_each_would_be_alone():
+    """One batch of greedy rows and rows with their own temperature, top-p and seed, over 20 steps:
+    each row draws the token `generate`'s processors and `torch.multinomial` with its generator give
+    it alone (what a seeded request returned when rows were drawn one by one)."""
+    settings = [(0.0, 1.0, None), (1.5, 1.0, 7), (0.7, 0.9, 8), (1.0, 0.5, 9), (0.0, 0.3, 10), (2.0, 0.95, 11)]
+    rows = [Sequence([], SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p, seed=seed), print,
+                     generator=torch.Generator().manual_seed(seed) if seed is not None else None)
+            for temperature, top_p, seed in settings]
+    alone = [torch.Generator().manual_seed(seed) if seed is not None else None for *_, seed in settings]
+    logits_generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(len(rows), VOCAB, generator=logits_generator) * 4
+        expected = []
+        for row, (temperature, top_p, _), generator in zip(logits, settings, alone):
+            if temperature == 0:
+                expected.append(int(row.argmax()))
+                continue
+            scores = TemperatureLogitsWarper(temperature)(None, row[None])
+            if top_p < 1:
+                scores = TopPLogitsWarper(top_p)(None, scores)
+            expected.append(int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)))
+        assert Engine._sample(rows, logits) == expected
 
 
 def test_a_request_that_cannot_fit_is_refused_with_its_lengths(model):
