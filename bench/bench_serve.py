@@ -106,8 +106,9 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def generate_tokens_per_s(max_tokens: int) -> float:
-    """lamina's `generate` alone on the first question (the default model as `lamina generate` loads it)."""
+def generate_tokens_per_s(max_tokens: int, rounds: int = 3) -> float:
+    """lamina's `generate` alone on the first question (the one a 1-stream run asks; the default model
+    as `lamina generate` loads it), the median of `rounds` runs of `max_tokens` tokens."""
     import torch
 
     source = cli.default_model()
@@ -115,9 +116,12 @@ def generate_tokens_per_s(max_tokens: int) -> float:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
                                            return_tensors="pt")["input_ids"]
     model.generate(prompt, max_new_tokens=4, do_sample=False)
-    start = time.perf_counter()
-    out = model.generate(prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
-    return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start)
+    speeds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = model.generate(prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+        speeds.append((out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start))
+    return sorted(speeds)[len(speeds) // 2]
 
 
 def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
@@ -143,7 +147,9 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
     rows = []
+    loads: list[float] = []  # the host's 1-minute load average, before each server and at the end
     for name, command, model in servers(args):
+        loads.append(os.getloadavg()[0])
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         try:
@@ -163,16 +169,19 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=120)
     generate = generate_tokens_per_s(args.max_tokens)
-    _write(args, rows, generate)
+    loads.append(os.getloadavg()[0])
+    _write(args, rows, generate, loads)
 
 
-def _write(args: argparse.Namespace, rows: list[str], generate: float) -> None:
+def _write(args: argparse.Namespace, rows: list[str], generate: float, loads: list[float]) -> None:
     header = ("| server | streams | output tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
               "inter-token p99 ms |\n|---|---|---|---|---|---|---|")
     section = (f"## Serving (bench/bench_serve.py, {time.strftime('%Y-%m-%d')})\n\n"
                f"SmolLM2-135M-Instruct Q4_1 GGUF (int4 in lamina), greedy chat completions of {args.max_tokens} "
                f"tokens at most over {len(QUESTIONS)} questions, streamed; one run.\n\n{header}\n"
-               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model: {generate:.1f} tok/s.\n")
+               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model and first question: {generate:.1f} tok/s "
+               f"(median of 3). Host load average (1 min) over the run: "
+               f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} CPUs.\n")
     path = Path(args.output)
     text = path.read_text() if path.exists() else ""
     marker = "## Serving (bench/bench_serve.py"

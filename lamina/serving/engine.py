@@ -8,6 +8,11 @@ Each step:
                                      so running streams never wait for a whole long prompt)
     finished / cancelled         ──► blocks back to the pool at once
 
+The decode step is `generate`'s (`DecodeSteps.batch_step`: lamina's native step on the CPU where it
+serves the model, reading the pool's blocks in place, else the model's eager `decode_step`), so a
+greedy request's tokens are those of `generate` on its prompt alone. A new sequence first takes the
+blocks of its prompt's prefix that running sequences have written (`BlockPool.share_prefix`).
+
 A sequence's blocks grow one at a time as it decodes; when the pool runs dry the youngest running
 sequence is preempted: its blocks go back and it waits again, to be prefilled anew from its prompt
 and the tokens it has already produced (which its client has already received).

@@ -175,14 +175,14 @@ class BlockPool:
         digests = self._digests(blocks, tokens, len(tokens) // self.block_size)
         for group, table in blocks.tables.items():
             first = blocks.first[group]
-            for k in range(max(first, 0), min(len(digests), first + len(table))):
+            for k in range(first, min(len(digests), first + len(table))):
                 block = table[k - first]
                 if digests[k] not in self.offered[group] and block not in self._digest_of[group]:
                     self.offered[group][digests[k]] = block
                     self._digest_of[group][block] = digests[k]
 
 
-def _group_tables(pool: BlockPool, group: int | None, rows: list[SequenceBlocks]) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_tables(group: int | None, rows: list[SequenceBlocks]) -> tuple[torch.Tensor, torch.Tensor]:
     """One group's block tables `(rows, width)` (-1 past a row's own blocks) and first logical
     blocks `(rows,)`, on the CPU."""
     tables = [blocks.tables[group] for blocks in rows]
@@ -195,9 +195,13 @@ class _GroupPlan:
     """Where one group's layers write and read for one batch: `write (rows * new,)` flat slots,
     `read (rows * keys,)` flat slots and `key_positions (rows, keys)` (-1: nothing there).
 
-    The keys are listed in the order `generate`'s cache holds them, so that the eager step sums them
-    in the same order: by position, except for a one-token step of a sliding group, whose ring of
-    the window's slots holds position p in slot p % window."""
+    The keys are listed as `generate`'s cache holds them, so that the eager step sums them in the
+    same order and in the same lanes: by position, except for a one-token step of a sliding group,
+    whose ring of the window's slots holds position p in slot p % window. A full-attention group
+    lists its held blocks whole, as a static cache holds slots past the last token (a prompt's
+    attention sums its keys in vector lanes, and a key count cut short at the last token would move
+    the last few keys from the lanes to the tail's separate sum); a sliding group's prompt chunk
+    lists exactly its keys, as `generate`'s ring attends over a prompt's own keys."""
 
     def __init__(self, pool: BlockPool, group: int | None, table: torch.Tensor, first: torch.Tensor,
                  positions: torch.Tensor) -> None:
@@ -206,8 +210,11 @@ class _GroupPlan:
         if group is not None and positions.shape[1] == 1:
             ring = torch.arange(min(group, int(last.max()) + 1))
             key_positions = last - (last - ring) % group  # (rows, keys): the position in each ring slot
+        elif group is None:
+            held_end = int((first + (table >= 0).sum(dim=1)).max()) * size
+            key_positions = torch.arange(held_end).expand(len(positions), -1)
         else:
-            lowest = 0 if group is None else max(0, int(positions[:, 0].min()) - group + 1)
+            lowest = max(0, int(positions[:, 0].min()) - group + 1)
             key_positions = torch.arange(lowest, int(last.max()) + 1).expand(len(positions), -1)
         held = (key_positions >= first[:, None] * size) & (key_positions <= last)
         device = pool.keys[0].device
@@ -255,7 +262,7 @@ class BatchCache:
     def __init__(self, pool: BlockPool, rows: list[SequenceBlocks], positions: torch.Tensor) -> None:
         self.pool = pool
         self.positions = positions
-        self._tables = {group: _group_tables(pool, group, rows) for group in pool.groups}
+        self._tables = {group: _group_tables(group, rows) for group in pool.groups}
         self._plans: dict[int | None, _GroupPlan] = {}
         windows = pool.layer_windows
         self.block_tables = BlockTables(pool.block_size, pool.keys, pool.values,

@@ -188,6 +188,7 @@ def test_a_common_prompt_prefix_is_shared_block_for_block(model):
     _step_until(engine, lambda: second.generated >= 1)
     apart = sum(len(table) for s in (first, second) for table in s.blocks.tables.values())
     assert engine.pool.used_blocks() < apart
+    assert f"lamina_kv_blocks_used {engine.pool.used_blocks()}\n" in engine.metrics.render()
     first_tokens = [inboxes[0].get().token for _ in range(first.generated)]
     engine.cancel(first)
     _step_until(engine, lambda: second.done)
