@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from ..generation.processors import FILTERED
+from ..generation.processors import TemperatureLogitsWarper, TopPLogitsWarper
 from ..generation.step import decode_steps
 from .kv import BatchCache, BlockPool, SequenceBlocks
 from .metrics import Metrics
@@ -48,16 +48,6 @@ DEFAULT_KV_CACHE_BYTES = 512 << 20
 
 class QueueFull(Exception):
     """More requests are waiting than the engine accepts (`max_waiting`)."""
-
-
-def _nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """`TopPLogitsWarper` with a `top_p (rows, 1)` of each row's own: `scores (rows, vocab)` with
-    the tokens outside each row's nucleus filtered."""
-    ascending, order = torch.sort(scores, descending=False)
-    mass_below = ascending.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = mass_below <= 1 - top_p
-    drop_sorted[:, -1] = False
-    return scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), FILTERED)
 
 
 def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
@@ -350,12 +340,13 @@ class Engine:
         if not sampled:
             return chosen
         params = [rows[index].params for index in sampled]
+        # the warpers broadcast a column of per-row settings as they do one number
         temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype)[:, None]
-        scores = logits[sampled] / temperatures  # (sampled, vocab)
+        scores = TemperatureLogitsWarper(temperatures)(None, logits[sampled])  # (sampled, vocab)
         narrowed = [index for index, p in enumerate(params) if p.top_p < 1]
         if narrowed:
             top_p = torch.tensor([params[index].top_p for index in narrowed], dtype=logits.dtype)[:, None]
-            scores[narrowed] = _nucleus(scores[narrowed], top_p)
+            scores[narrowed] = TopPLogitsWarper(top_p)(None, scores[narrowed])
         drawn = _draw(torch.softmax(scores, dim=-1), [rows[index].generator for index in sampled])
         for index, token in zip(sampled, drawn):
             chosen[index] = token
