@@ -1,8 +1,8 @@
 """Serving benchmark: aggregate output tokens/s and p50/p99 time to first token and inter-token
 latency at 1, 4, 16 and 64 concurrent streams, greedy, a fixed mix of prompts and one output length,
 against `lamina serve`, llama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python's
-`server` extra) and `transformers serve`, each where it runs; and lamina's own `generate` on one
-prompt for the 1-stream comparison. Results go into bench/RESULTS.md's "Serving" section.
+`server` extra) and `transformers serve`, each where it runs; and, for the 1-stream comparison,
+lamina's own `generate` on one prompt in rounds back to back with 1-stream requests to lamina serve. Results go into bench/RESULTS.md's "Serving" section.
 
     python bench/bench_serve.py                           # lamina on the default model
     python bench/bench_serve.py --llama-cpp-python /work/venv-bench/bin/python --transformers-model DIR
@@ -106,22 +106,28 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def generate_tokens_per_s(max_tokens: int, rounds: int = 3) -> float:
-    """lamina's `generate` alone on the first question (the one a 1-stream run asks; the default model
-    as `lamina generate` loads it), the median of `rounds` runs of `max_tokens` tokens."""
-    import torch
+class Generate:
+    """lamina's `generate` alone in this process, on the first question (the one a 1-stream run asks),
+    with the default model as `lamina generate` loads it."""
 
-    source = cli.default_model()
-    model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
-                                           return_tensors="pt")["input_ids"]
-    model.generate(prompt, max_new_tokens=4, do_sample=False)
-    speeds = []
-    for _ in range(rounds):
+    def __init__(self) -> None:
+        source = cli.default_model()
+        self.model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
+        self.prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}],
+                                                    add_generation_prompt=True, return_tensors="pt")["input_ids"]
+        self.model.generate(self.prompt, max_new_tokens=4, do_sample=False)
+
+    def tokens_per_s(self, max_tokens: int) -> float:
         start = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
-        speeds.append((out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start))
-    return sorted(speeds)[len(speeds) // 2]
+        out = self.model.generate(self.prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+        return (out.shape[1] - self.prompt.shape[1]) / (time.perf_counter() - start)
+
+
+def paired_one_stream(url: str, model: str, generate: Generate, max_tokens: int, rounds: int) -> list[tuple[float, float]]:
+    """`rounds` pairs of (1-stream tok/s of the server, `generate`'s tok/s), each pair run back to back
+    so that both meet the same host load."""
+    return [(measure(url, model, 1, max_tokens)["tokens_per_s"], generate.tokens_per_s(max_tokens))
+            for _ in range(rounds)]
 
 
 def servers(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
@@ -142,12 +148,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="paired 1-stream rounds of lamina serve and generate")
     parser.add_argument("--llama-cpp-python", default=None, help="a python with llama-cpp-python[server]")
     parser.add_argument("--transformers-model", default=None, help="an HF directory for `transformers serve`")
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
     rows = []
     loads: list[float] = []  # the host's 1-minute load average, before each server and at the end
+    generate, pairs = Generate(), []
     for name, command, model in servers(args):
         loads.append(os.getloadavg()[0])
         port = _free_port()
@@ -165,23 +173,30 @@ def main() -> None:
                             f"{result['ttft_p99'] * 1e3:.0f} | {result['itl_p50'] * 1e3:.1f} | "
                             f"{result['itl_p99'] * 1e3:.1f} |")
                 print(rows[-1], flush=True)
+            if name == "lamina serve":
+                pairs = paired_one_stream(url, model, generate, args.max_tokens, args.rounds)
         finally:
             process.terminate()
             process.wait(timeout=120)
-    generate = generate_tokens_per_s(args.max_tokens)
     loads.append(os.getloadavg()[0])
-    _write(args, rows, generate, loads)
+    _write(args, rows, pairs, loads)
 
 
-def _write(args: argparse.Namespace, rows: list[str], generate: float, loads: list[float]) -> None:
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
+def _write(args: argparse.Namespace, rows: list[str], pairs: list[tuple[float, float]], loads: list[float]) -> None:
     header = ("| server | streams | output tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
               "inter-token p99 ms |\n|---|---|---|---|---|---|---|")
     section = (f"## Serving (bench/bench_serve.py, {time.strftime('%Y-%m-%d')})\n\n"
                f"SmolLM2-135M-Instruct Q4_1 GGUF (int4 in lamina), greedy chat completions of {args.max_tokens} "
                f"tokens at most over {len(QUESTIONS)} questions, streamed; one run.\n\n{header}\n"
-               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model and first question: {generate:.1f} tok/s "
-               f"(median of 3). Host load average (1 min) over the run: "
-               f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} CPUs.\n")
+               + "\n".join(rows) + f"\n\nlamina serve at 1 stream against lamina `generate` alone on the same (first) "
+               f"question, {len(pairs)} rounds of the two back to back: medians {_median([p[0] for p in pairs]):.1f} "
+               f"and {_median([p[1] for p in pairs]):.1f} tok/s, serve / generate "
+               f"{_median([p[0] / p[1] for p in pairs]):.2f} (median of the rounds' ratios). Host load average "
+               f"(1 min) over the run: {', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} CPUs.\n")
     path = Path(args.output)
     text = path.read_text() if path.exists() else ""
     marker = "## Serving (bench/bench_serve.py"

@@ -300,7 +300,7 @@ class Engine:
         the native step reads the blocks in place; it hands a prompt's chunk of several tokens to
         the model's eager `decode_step`, as `generate` runs a prompt eagerly)."""
         cache = BatchCache(self.pool, [s.blocks for s in rows], positions)
-        device = self.model.device
+        device = self.pool.keys[0].device  # the model's (asking the model walks its parameters)
         with torch.no_grad():
             logits = self.decode(tokens.to(device), positions.to(device), positions.to(device), None, cache)
         return logits.float()

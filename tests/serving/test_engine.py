@@ -130,6 +130,21 @@ def test_the_native_step_reads_the_pool_as_the_eager_step(model):
         assert torch.equal(eager_buffer, native_buffer)
 
 
+def test_the_native_step_refuses_a_table_without_the_blocks_it_reads(model):
+    native, kind = decode_steps(model).batch_step()
+    if kind != "native":
+        pytest.skip("the native step does not serve this model")
+    spec = model.decoder.decoder_spec
+    pool = BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, 4, 8, torch.float32)
+    blocks = SequenceBlocks()
+    assert pool.extend(blocks, 0, 10)
+    positions = torch.tensor([[9]])
+    cache = BatchCache(pool, [blocks], positions)
+    cache.block_tables.tables = [table[:, :2] for table in cache.block_tables.tables]  # position 9 is in block 2
+    with pytest.raises(RuntimeError, match=r"row 0 at position 9 needs layer 0's blocks .*\.\.2; its table holds 0\.\.1"):
+        native(torch.tensor([[5]]), positions, positions, None, cache)
+
+
 def test_rows_at_different_positions_equal_each_row_alone(model):
     """One decode call over rows at positions 3, 17 and 40 gives each row's logits alone (1e-5)."""
     spec = model.decoder.decoder_spec
