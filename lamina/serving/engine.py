@@ -10,8 +10,9 @@ Each step:
 
 The decode step is `generate`'s (`DecodeSteps.batch_step`: lamina's native step on the CPU where it
 serves the model, reading the pool's blocks in place, else the model's eager `decode_step`), so a
-greedy request's tokens are those of `generate` on its prompt alone. A new sequence first takes the
-blocks of its prompt's prefix that running sequences have written (`BlockPool.share_prefix`).
+greedy request's tokens are those of `generate` on its prompt alone. With `prefix_sharing`, a new
+sequence first takes the blocks of its prompt's prefix that running sequences have written
+(`BlockPool.share_prefix`).
 
 A sequence's blocks grow one at a time as it decodes; when the pool runs dry the youngest running
 sequence is preempted: its blocks go back and it waits again, to be prefilled anew from its prompt
@@ -117,12 +118,15 @@ class Engine:
 
     `num_blocks` blocks of `block_size` slots per layer group (None: as many as `kv_cache_bytes`
     holds); at most `max_running` sequences in a step and `max_waiting` queued; prompts prefilled
-    `prefill_chunk` tokens at a time.
+    `prefill_chunk` tokens at a time. `prefix_sharing`: sequences share the blocks of their prompts'
+    common prefixes. Off by default: a sequence that shares prefills only its prompt's tail, a product
+    over fewer rows, which lamina's quantized prompt kernels compute by another path than the whole
+    prompt's, so its greedy reply can part from `generate`'s at a near-tie.
     """
 
     def __init__(self, model: Any, num_blocks: int | None = None, block_size: int = 16, max_running: int = 64,
                  max_waiting: int = 256, prefill_chunk: int = 256, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, prefix_sharing: bool = False) -> None:
         decoder = getattr(model, "decoder", None)
         if not hasattr(model, "decode_step") or decoder is None:
             raise InputError(f"serve: expected a decoder causal LM (Mistral, Llama, GPT-2, …), found "
@@ -141,6 +145,7 @@ class Engine:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.prefill_chunk = prefill_chunk
+        self.prefix_sharing = prefix_sharing
         self.metrics = metrics or Metrics()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -246,7 +251,7 @@ class Engine:
         offer (`BlockPool.share_prefix`) and prefills from there."""
         while self.waiting and len(self.running) < self.max_running:
             sequence = self.waiting[0]
-            shared = self.pool.share_prefix(sequence.blocks, sequence.tokens)
+            shared = self.pool.share_prefix(sequence.blocks, sequence.tokens) if self.prefix_sharing else 0
             needed = self.pool.blocks_needed(sequence.blocks, shared, len(sequence.tokens))
             spare = {group: count + len(self.running) for group, count in needed.items()}
             if not self.pool.can_allocate(spare) and self.running:
@@ -289,7 +294,8 @@ class Engine:
         positions = torch.arange(start, end)[None]
         logits = self._run_batch([sequence], tokens, positions)
         sequence.cached = end
-        self.pool.offer(sequence.blocks, sequence.tokens[:end])
+        if self.prefix_sharing:
+            self.pool.offer(sequence.blocks, sequence.tokens[:end])
         if sequence.pending == 0:  # the whole prompt is in: its last logits give the first token
             self._take([sequence], logits)
 

@@ -56,7 +56,7 @@ def test_greedy_tokens_equal_generate_alone(model):
     """16 prompts of 1-70 tokens at once, and 4 more that start as the longest one does (sharing its
     blocks where they are admitted after it is prefilled), prefilled in chunks of at most 24, over a
     pool too small to hold them all (preemption): each one's tokens are `generate`'s on it alone."""
-    engine = Engine(model, num_blocks=100, block_size=4, prefill_chunk=24)
+    engine = Engine(model, num_blocks=100, block_size=4, prefill_chunk=24, prefix_sharing=True)
     engine.start()
     try:
         prompts = _prompts(16, 70)
@@ -180,7 +180,7 @@ def test_a_common_prompt_prefix_is_shared_block_for_block(model):
     prefills only its own tail; the two hold fewer blocks than apart, and a shared block survives A's
     cancellation. Both give `generate`'s tokens alone; every block comes back, every offer is
     withdrawn."""
-    engine = Engine(model, num_blocks=64, block_size=4)
+    engine = Engine(model, num_blocks=64, block_size=4, prefix_sharing=True)
     common = _prompts(1, 2, seed=7)[0] * 12
     prompts = [common + [5, 6, 7], common + [9, 10]]
     inboxes = [queue.Queue(), queue.Queue()]
