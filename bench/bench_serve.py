@@ -3,7 +3,8 @@ latency at 1, 4, 16 and 64 concurrent streams, greedy, a fixed mix of prompts an
 against `lamina serve`, llama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python's
 `server` extra) and `transformers serve --continuous-batching`, each where it runs, all on the
 default model's GGUF (transformers on lamina's conversion of it to an HF directory); lamina's own
-`generate` on one prompt for the 1-stream comparison; and the per-token cost of `response_format`
+`generate` on one prompt, in rounds back to back with 1-stream requests to lamina serve, for the
+1-stream comparison; and the per-token cost of `response_format`
 JSON's automaton. Results go into bench/RESULTS.md's "Serving" section.
 
     python bench/bench_serve.py                           # lamina on the default model
@@ -128,19 +129,31 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def generate_tokens_per_s(max_tokens: int, threads: int) -> float:
-    """lamina's `generate` alone on the first question (the default model as `lamina generate` loads it)."""
-    import torch
+class Generate:
+    """lamina's `generate` alone in this process, on the first question (the one a 1-stream run asks),
+    with the default model as `lamina generate` loads it."""
 
-    torch.set_num_threads(threads)
-    source = cli.default_model()
-    model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
-                                           return_tensors="pt")["input_ids"]
-    model.generate(prompt, max_new_tokens=4, do_sample=False)
-    start = time.perf_counter()
-    out = model.generate(prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
-    return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start)
+    def __init__(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        source = cli.default_model()
+        self.model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
+        self.prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}],
+                                                    add_generation_prompt=True, return_tensors="pt")["input_ids"]
+        self.model.generate(self.prompt, max_new_tokens=4, do_sample=False)
+
+    def tokens_per_s(self, max_tokens: int) -> float:
+        start = time.perf_counter()
+        out = self.model.generate(self.prompt, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+        return (out.shape[1] - self.prompt.shape[1]) / (time.perf_counter() - start)
+
+
+def paired_one_stream(url: str, model: str, generate: Generate, max_tokens: int, rounds: int) -> list[tuple[float, float]]:
+    """`rounds` pairs of (1-stream tok/s of the server, `generate`'s tok/s), each pair run back to back
+    so that both meet the same host load."""
+    return [(measure(url, model, 1, max_tokens)["tokens_per_s"], generate.tokens_per_s(max_tokens))
+            for _ in range(rounds)]
 
 
 def json_overhead_ms() -> dict[str, float]:
@@ -204,6 +217,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every engine (default: 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="paired 1-stream rounds of lamina serve and generate")
     parser.add_argument("--llama-cpp-python", default=None, help="a python with llama-cpp-python[server]")
     parser.add_argument("--transformers-model", default=None,
                         help="an HF directory for `transformers serve` (written from the GGUF if it has no config)")
@@ -211,6 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     rows: dict[str, list[str]] = {}
     running = []
+    pairs: list[tuple[float, float]] = []
     try:
         for name, command, model in servers(args):
             port = _free_port()
@@ -228,26 +243,36 @@ def main() -> None:
                     f"| {name} | {streams} | {result['tokens_per_s']:.1f} | {result['ttft_p50'] * 1e3:.0f} | "
                     f"{result['ttft_p99'] * 1e3:.0f} | {result['itl_p50'] * 1e3:.1f} | {result['itl_p99'] * 1e3:.1f} |")
                 print(rows[name][-1], _load(), flush=True)
+        lamina = [(url, model) for name, _, url, model in running if name == "lamina serve"]
+        if lamina:
+            pairs = paired_one_stream(*lamina[0], Generate(args.threads), args.max_tokens, args.rounds)
     finally:
         for _, process, _, _ in running:
             process.terminate()
             process.wait(timeout=120)
-    generate = generate_tokens_per_s(args.max_tokens, args.threads)
-    _write(args, [row for name in rows for row in rows[name]], generate, json_overhead_ms())
+    _write(args, [row for name in rows for row in rows[name]], pairs, json_overhead_ms())
 
 
 def _load() -> str:
     return "load average " + " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def _write(args: argparse.Namespace, rows: list[str], generate: float, json_ms: dict[str, float]) -> None:
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
+def _write(args: argparse.Namespace, rows: list[str], pairs: list[tuple[float, float]],
+           json_ms: dict[str, float]) -> None:
     header = ("| server | streams | output tok/s | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | "
               "inter-token p99 ms |\n|---|---|---|---|---|---|---|")
     section = (f"## Serving (bench/bench_serve.py, {time.strftime('%Y-%m-%d')})\n\n"
                f"SmolLM2-135M-Instruct Q4_1 GGUF (int4 in lamina), greedy chat completions of {args.max_tokens} "
                f"tokens at most over {len(QUESTIONS)} questions, streamed; {args.threads} thread(s) per engine; "
                f"one run; {_load()} at the end.\n\n{header}\n"
-               + "\n".join(rows) + f"\n\nlamina `generate` alone, same model: {generate:.1f} tok/s.\n"
+               + "\n".join(rows) + f"\n\nlamina serve at 1 stream against lamina `generate` alone on the same (first) "
+               f"question, {len(pairs)} rounds of the two back to back: medians {_median([p[0] for p in pairs]):.1f} "
+               f"and {_median([p[1] for p in pairs]):.1f} tok/s, serve / generate "
+               f"{_median([p[0] / p[1] for p in pairs]):.2f} (median of the rounds' ratios).\n"
                f"`response_format` JSON's automaton: {json_ms['greedy']:.2f} ms per token for a greedy row, "
                f"{json_ms['sampled']:.2f} ms for a sampled one.\n")
     path = Path(args.output)

@@ -16,6 +16,8 @@ Masks are built from those positions, so a ring buffer needs no `roll` and no ho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -181,6 +183,25 @@ def _fixed_address(*buffers: torch.Tensor) -> None:
     if buffers[0].device.type == "cuda" and not torch.compiler.is_compiling():
         for buffer in buffers:
             torch._dynamo.mark_static_address(buffer)
+
+
+@dataclass
+class BlockTables:
+    """A batch's view of a pool of fixed-size key/value blocks (the server's paged cache,
+    `lamina.serving.kv`), for a step that reads the blocks in place.
+
+    Per layer: `keys[l]`, `values[l] (blocks * block_size, kv_heads, head_dim)`, the pool shared by
+    every row; `tables[l] (rows, width)` the block ids each row holds, in order (-1 past its own),
+    and `firsts[l] (rows,)` the logical index of its first one: a row's keys of position p are in
+    slot `tables[l][row, p // block_size - firsts[l][row]] * block_size + p % block_size`. Layers of
+    one attention kind share their tables.
+    """
+
+    block_size: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    tables: list[torch.Tensor]
+    firsts: list[torch.Tensor]
 
 
 class Cache:

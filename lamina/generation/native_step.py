@@ -11,7 +11,9 @@ maths the decoder's spec says it needs (`DecoderSpec.step_maths`): any switch or
 declare, a new one included, leaves the model to its own step. Beyond the spec it needs a float32
 model on the CPU in eval mode, without hooks, whose norms are `RMSNorm`s and whose projections and
 head are float32 `Linear`s or int8 / int4 layers on lamina's kernels, and generate's cache (static
-for full-attention layers, a ring of the window's slots for sliding ones). `LAMINA_NATIVE_STEP=0` in
+for full-attention layers, a ring of the window's slots for sliding ones) or the server's block pool
+(`lamina.cache.BlockTables`: each row at its own position, its keys read in the blocks, summed in
+the order generate's cache would hold them). `LAMINA_NATIVE_STEP=0` in
 the environment, or `model.native_decode = False`, turns it off.
 
 Numerics are the layers': the same row kernels (activations rounded to int8 per block of 32 in the
@@ -27,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .. import kernels
-from ..cache import RollingLayerCache, StaticLayerCache
+from ..cache import BlockTables, RollingLayerCache, StaticLayerCache
 from ..errors import UnsupportedError
 from ..layers.linear import Linear
 from ..layers.norms import RMSNorm
@@ -80,7 +82,8 @@ def native_step(model: Any) -> Callable[..., torch.Tensor] | None:
 
 class _Step:
     """`decode_step(input_ids, position_ids, cache_position, attention_mask, cache)` through the
-    native step; a cache other than `generate`'s (see `_buffers`) goes to the model's own step."""
+    native step, over `generate`'s cache (see `_buffers`) or a block pool (`block_tables`, the
+    server's); any other cache, or more than one token a row, goes to the model's own step."""
 
     def __init__(self, model: Any, plan: Any) -> None:
         self.model = model
@@ -93,6 +96,10 @@ class _Step:
         """The `step.Step` contract; `trace (layers + 1, batch, hidden)`, where given, receives the
         hidden state entering each layer and the last layer's output, to compare with the eager
         step's (`hidden_states` of a forward over the same cache)."""
+        tables = getattr(cache, "block_tables", None)
+        if tables is not None and input_ids.shape[1] == 1 and trace is None \
+                and all(keys.dtype == torch.float32 for keys in tables.keys):
+            return self._paged(input_ids, position_ids, tables)
         buffers = self._buffers(cache)
         if buffers is None or input_ids.shape[1] != 1:
             if trace is not None:
@@ -107,6 +114,16 @@ class _Step:
         for index in self._cache[2]:
             cache.layers[index].record_positions(cache_position)
         return logits
+
+    def _paged(self, input_ids: torch.Tensor, position_ids: torch.Tensor, tables: BlockTables) -> torch.Tensor:
+        """The step over a block pool read in place: each row's token at its own position
+        `position_ids (batch, 1)`, which is also its cache position."""
+        batch = input_ids.shape[0]
+        cos, sin = self.model.decoder.rotary_emb(position_ids, torch.float32)
+        caches = [buffer for pair in zip(tables.keys, tables.values) for buffer in pair]
+        return self.plan.step_paged(input_ids.reshape(batch).contiguous(), cos.reshape(batch, -1).contiguous(),
+                                    sin.reshape(batch, -1).contiguous(), position_ids.reshape(batch).contiguous(),
+                                    tables.tables, tables.firsts, tables.block_size, caches)
 
     def _buffers(self, cache: Any) -> list[torch.Tensor] | None:
         """The cache's key and value buffers, layer by layer, where each full-attention layer's cache

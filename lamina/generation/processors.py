@@ -184,7 +184,9 @@ def _sequence_biases(sequence_bias: Any, name: str) -> dict[tuple[int, ...], flo
 
 
 class TemperatureLogitsWarper(LogitsProcessor):
-    def __init__(self, temperature: float) -> None:
+    """Divides the scores by `temperature`: one number, or a column `(batch, 1)` of each row's own."""
+
+    def __init__(self, temperature: float | torch.Tensor) -> None:
         self.temperature = temperature
 
     def __call__(self, input_ids, scores):
@@ -206,9 +208,9 @@ class TopKLogitsWarper(LogitsProcessor):
 class TopPLogitsWarper(LogitsProcessor):
     """Nucleus filtering: keeps the smallest set of most likely tokens whose probability reaches
     `top_p`. Computed from the least likely end: a token goes when the mass at or below it is at
-    most 1 - top_p."""
+    most 1 - top_p. `top_p` is one number, or a column `(batch, 1)` of each row's own."""
 
-    def __init__(self, top_p: float, min_tokens_to_keep: int = 1) -> None:
+    def __init__(self, top_p: float | torch.Tensor, min_tokens_to_keep: int = 1) -> None:
         self.top_p = top_p
         self.min_tokens_to_keep = min_tokens_to_keep
 

@@ -52,6 +52,10 @@ class Step(Protocol):
       layers rings when the step should be the compiled or the native one (any other cache runs
       the model's eager step). The step writes the new keys and values in place; the caller
       advances the cache's token count (`cache.advance(1)`).
+    Over a block pool (a cache with `block_tables`, `lamina.cache.BlockTables`: the server's
+    continuous batch) every row has its own cache position: `cache_position (batch, 1)` is each
+    row's position, the same as `position_ids`, `attention_mask` is None, and the rows' blocks
+    already hold their new token's slot (`DecodeSteps.batch_step`).
     The returned logits are float32 or the model's dtype; a compiled step may hand back the same
     buffer every call (copy what you keep).
     """
@@ -133,20 +137,17 @@ class DecodeSteps:
         model, else the model's `decode_step` (compiled when `compiled`), else None ("forward")."""
         model = self.model
         eager = getattr(model, "decode_step", None)
-        on_cpu = model.device.type == "cpu"
         if eager is None:
             return None, "forward"
         if torch.is_autocast_enabled(model.device.type):
             # the native and compiled steps run in the weights' dtypes, not the autocast's
             return eager, "eager"
-        if not (compiled or on_cpu):
+        if not (compiled or model.device.type == "cpu"):
             return eager, "eager"
         state = module_state(model)  # what both steps below are kept against
-        if on_cpu:
-            if self._native is None or self._native[0] != state:
-                self._native = (state, native_step(model))
-            if self._native[1] is not None:
-                return self._native[1], "native"
+        native = self._native_step(state)
+        if native is not None:
+            return native, "native"
         if not compiled:
             return eager, "eager"
         settings = _compile_arguments(config.compile_settings(), model.device, uses_lamina_kernels(model),
@@ -155,6 +156,23 @@ class DecodeSteps:
         if key not in self._compiled or self._compiled[key][0] != state:
             self._compiled[key] = (state, self._with_eager_fallback(torch.compile(_own_code(eager), **settings), eager))
         return self._compiled[key][1], "compiled"
+
+    def batch_step(self) -> tuple[Step, str]:
+        """The step of a continuous batch over a block pool (`Step`'s last paragraph) and its kind:
+        the native step where it serves the model, as in `generate`, else the model's eager
+        `decode_step`. Not a compiled step: its graph is for `generate`'s fixed shapes, and a
+        continuous batch changes its rows and their lengths every step."""
+        native = self._native_step(module_state(self.model))
+        return (native, "native") if native is not None else (self.model.decode_step, "eager")
+
+    def _native_step(self, state: tuple[Any, ...]) -> Step | None:
+        """The native step for the model in `state` (kept while the model stays so), or None where
+        it does not serve the model or the model is not on the CPU."""
+        if self.model.device.type != "cpu":
+            return None
+        if self._native is None or self._native[0] != state:
+            self._native = (state, native_step(self.model))
+        return self._native[1]
 
     def _with_eager_fallback(self, compiled: Step, eager: Step) -> Step:
         """The compiled step, falling back to `eager` for good (with a warning) if compiling fails.

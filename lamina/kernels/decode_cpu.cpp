@@ -31,6 +31,14 @@
 //   kernels are those of the layers' own path (rows.h, attention.h). `trace`, where given, receives
 //   the hidden state entering each layer and the last layer's output (before the final norm): the
 //   per-layer comparison with the eager step (`native_step.hidden_states`).
+//
+// .step_paged(input_ids (B,), cos, sin, positions (B,) int64, tables [per layer (B, blocks) int64],
+//             firsts [per layer (B,) int64], block_size, caches [keys 0, values 0, ...]) -> logits (B, vocab)
+//   The same step over the server's block pool: each layer's cache is (blocks * block_size,
+//   kv_heads, D), shared by the rows; row b is at positions[b] and its layer-l keys of position p
+//   are in block tables[l][b][p / block_size - firsts[l][b]] (`PagedCaches`). The token's keys and
+//   values are written in its block, and the query reads the blocks in place: every position up to
+//   its own, or those of the layer's window. Every block a row reads must be in its table.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Dict.h>
@@ -219,6 +227,79 @@ void silu_times(const float* gate, const float* up, int64_t count, float* out) {
   for (; i < count; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
 }
 
+// Where each layer's keys and values are for one step of `DecodeStep::run`, with the same three
+// questions answered for each kind of cache: `head_stride(l)`, the floats between two key heads of
+// one token; `own_offset(l, window, b)`, where row b's new token goes (head 0); and
+// `visit(l, window, b, f)`, which calls f with the offset (head 0) of every key row b's query
+// attends, in the order the sums run, and -1 for the new token itself.
+
+// generate's caches: a static (B, kv_heads, S, D) buffer per full-attention layer, written at
+// `slot`, and a ring of a sliding layer's window's W slots, written at slot % W; keys are summed in
+// slot order (ring order for a ring), as the layers' own step sums them.
+struct DenseCaches {
+  int64_t slot;
+  const int64_t* mask;  // (B, mask_width), 0: a padding slot; or null
+  int64_t mask_width, kv_heads, dim;
+  std::vector<std::pair<float*, float*>> buffers;  // per layer: keys, values
+  std::vector<int64_t> slots;                      // per layer: S
+
+  int64_t head_stride(int64_t l) const { return slots[l] * dim; }
+  int64_t own_slot(int64_t l, int64_t window) const { return window > 0 ? slot % slots[l] : slot; }
+  int64_t own_offset(int64_t l, int64_t window, int64_t b) const {
+    return (b * kv_heads * slots[l] + own_slot(l, window)) * dim;
+  }
+  template <typename Visit>
+  void visit(int64_t l, int64_t window, int64_t b, const Visit& visit) const {
+    const int64_t count = slots[l], own = own_slot(l, window);
+    for (int64_t i = 0; i < (window > 0 ? count : slot + 1); ++i) {
+      if (i == own) {
+        visit(-1);
+        continue;
+      }
+      // the position in slot i: i itself, or in a ring the last position before `slot` landing on i
+      const int64_t position = window > 0 ? slot - (own - i + count) % count : i;
+      if (position < 0 || (mask != nullptr && mask[b * mask_width + position] == 0)) continue;
+      visit((b * kv_heads * count + i) * dim);
+    }
+  }
+};
+
+// The server's block pool (lamina/serving/kv.py): per layer one (blocks * block_size, kv_heads, D)
+// buffer of fixed-size blocks; row b at its own position, whose layer-l keys for position p are in
+// slot table[b][p / block_size - first[b]] * block_size + p % block_size. The keys are read there in
+// place and summed in the order generate's cache holds them: positions in order for a
+// full-attention layer, ring order for a sliding layer (position p where a ring of the window's W
+// slots puts it, p % W), so a row's logits are the bits of generate's on its sequence alone.
+struct PagedCaches {
+  const int64_t* positions;  // (B,)
+  int64_t block_size, kv_heads, dim;
+  std::vector<std::pair<float*, float*>> buffers;  // per layer: keys, values
+  std::vector<const int64_t*> tables;              // per layer: (B, widths[l]) block ids
+  std::vector<int64_t> widths;
+  std::vector<const int64_t*> firsts;  // per layer: (B,) the logical index of each row's first block
+
+  int64_t head_stride(int64_t) const { return dim; }
+  int64_t offset(int64_t l, int64_t b, int64_t position) const {
+    const int64_t block = tables[l][b * widths[l] + position / block_size - firsts[l][b]];
+    return (block * block_size + position % block_size) * kv_heads * dim;
+  }
+  int64_t own_offset(int64_t l, int64_t, int64_t b) const { return offset(l, b, positions[b]); }
+  template <typename Visit>
+  void visit(int64_t l, int64_t window, int64_t b, const Visit& visit) const {
+    const int64_t position = positions[b];
+    if (window == 0) {
+      for (int64_t p = 0; p < position; ++p) visit(offset(l, b, p));
+      visit(-1);
+      return;
+    }
+    for (int64_t i = 0; i < std::min(window, position + 1); ++i) {
+      // the position ring slot i holds: the last one up to `position` with p % window == i
+      const int64_t p = position - ((position - i) % window + window) % window;
+      visit(p == position ? -1 : offset(l, b, p));
+    }
+  }
+};
+
 class DecodeStep : public torch::CustomClassHolder {
  public:
   DecodeStep(std::vector<at::Tensor> tensors, std::vector<int64_t> kinds, std::vector<int64_t> sizes,
@@ -340,26 +421,17 @@ class DecodeStep : public torch::CustomClassHolder {
   at::Tensor step(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin, int64_t slot,
                   const std::optional<at::Tensor>& padding, const std::vector<at::Tensor>& caches,
                   const std::optional<at::Tensor>& trace) {
-    TORCH_CHECK(input_ids.dim() == 1 && input_ids.scalar_type() == at::kLong && input_ids.is_contiguous() &&
-                    input_ids.device().is_cpu(),
-                "DecodeStep.step: input_ids must be a contiguous int64 CPU vector, got ", input_ids.sizes());
-    const int64_t batch = input_ids.size(0), dim = head_dim_;
-    for (const at::Tensor* t : {&cos, &sin}) {
-      TORCH_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == dim && t->scalar_type() == at::kFloat &&
-                      t->is_contiguous() && t->device().is_cpu(),
-                  "DecodeStep.step: cos and sin must be contiguous float32 (", batch, ", ", dim, ") CPU tensors, got ",
-                  t->sizes(), " ", c10::toString(t->scalar_type()));
-    }
-    TORCH_CHECK(static_cast<int64_t>(caches.size()) == 2 * layers_, "DecodeStep.step: expected ", 2 * layers_,
-                " cache tensors (keys and values a layer), got ", caches.size());
+    const int64_t batch = check_inputs(input_ids, cos, sin);
+    check_cache_count(caches, "DecodeStep.step");
     TORCH_CHECK(slot >= 0, "DecodeStep.step: slot ", slot, " is negative");
+    DenseCaches view{slot, nullptr, 0, kv_heads_, head_dim_, {}, {}};
     for (int64_t l = 0; l < layers_; ++l) {
       const int64_t window = layer_[l].window;
       for (const at::Tensor& c : {caches[2 * l], caches[2 * l + 1]}) {
-        TORCH_CHECK(c.dim() == 4 && c.size(0) == batch && c.size(1) == kv_heads_ && c.size(3) == dim &&
+        TORCH_CHECK(c.dim() == 4 && c.size(0) == batch && c.size(1) == kv_heads_ && c.size(3) == head_dim_ &&
                         c.scalar_type() == at::kFloat && c.is_contiguous() && c.device().is_cpu(),
                     "DecodeStep.step: layer ", l, "'s cache must be a contiguous float32 (", batch, ", ", kv_heads_,
-                    ", slots, ", dim, ") CPU tensor, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
+                    ", slots, ", head_dim_, ") CPU tensor, got ", c.sizes(), " ", c10::toString(c.scalar_type()));
         if (window > 0) {
           // a ring shorter than the window holds a whole run that never wraps (RollingLayerCache)
           TORCH_CHECK(c.size(2) == window || (c.size(2) < window && c.size(2) > slot), "DecodeStep.step: layer ", l,
@@ -370,33 +442,123 @@ class DecodeStep : public torch::CustomClassHolder {
                       c.size(2), " slots");
         }
       }
+      view.buffers.push_back({caches[2 * l].data_ptr<float>(), caches[2 * l + 1].data_ptr<float>()});
+      view.slots.push_back(caches[2 * l].size(2));
     }
-    float* hidden_states = nullptr;
-    if (trace.has_value()) {
-      const at::Tensor& h = *trace;
-      TORCH_CHECK(h.dim() == 3 && h.size(0) == layers_ + 1 && h.size(1) == batch && h.size(2) == hidden_ &&
-                      h.scalar_type() == at::kFloat && h.is_contiguous() && h.device().is_cpu(),
-                  "DecodeStep.step: trace must be a contiguous float32 (", layers_ + 1, ", ", batch, ", ", hidden_,
-                  ") CPU tensor, got ", h.sizes(), " ", c10::toString(h.scalar_type()));
-      hidden_states = h.data_ptr<float>();
-    }
-    const int64_t* mask = nullptr;
-    int64_t mask_width = 0;
     if (padding.has_value()) {
       const at::Tensor& p = *padding;
       TORCH_CHECK(p.dim() == 2 && p.size(0) == batch && p.size(1) > slot && p.scalar_type() == at::kLong &&
                       p.is_contiguous() && p.device().is_cpu(),
                   "DecodeStep.step: padding must be a contiguous int64 (", batch, ", > ", slot, ") CPU tensor, got ",
                   p.sizes(), " ", c10::toString(p.scalar_type()));
-      mask = p.data_ptr<int64_t>();
-      mask_width = p.size(1);
+      view.mask = p.data_ptr<int64_t>();
+      view.mask_width = p.size(1);
+    }
+    return run(view, input_ids, cos, sin, checked_trace(trace, batch));
+  }
+
+  at::Tensor step_paged(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& positions, const std::vector<at::Tensor>& tables,
+                        const std::vector<at::Tensor>& firsts, int64_t block_size,
+                        const std::vector<at::Tensor>& caches) {
+    const int64_t batch = check_inputs(input_ids, cos, sin);
+    check_cache_count(caches, "DecodeStep.step_paged");
+    TORCH_CHECK(block_size > 0, "DecodeStep.step_paged: block_size ", block_size, " is not positive");
+    TORCH_CHECK(positions.dim() == 1 && positions.size(0) == batch && positions.scalar_type() == at::kLong &&
+                    positions.is_contiguous() && positions.device().is_cpu(),
+                "DecodeStep.step_paged: positions must be a contiguous int64 (", batch, ",) CPU tensor, got ",
+                positions.sizes());
+    TORCH_CHECK(static_cast<int64_t>(tables.size()) == layers_ && static_cast<int64_t>(firsts.size()) == layers_,
+                "DecodeStep.step_paged: expected a block table and a first-block vector for each of the ", layers_,
+                " layers, got ", tables.size(), " and ", firsts.size());
+    const int64_t* at_position = positions.data_ptr<int64_t>();
+    PagedCaches view{at_position, block_size, kv_heads_, head_dim_, {}, {}, {}, {}};
+    for (int64_t l = 0; l < layers_; ++l) {
+      const at::Tensor& keys = caches[2 * l];
+      for (const at::Tensor& c : {keys, caches[2 * l + 1]}) {
+        TORCH_CHECK(c.dim() == 3 && c.size(0) % block_size == 0 && c.size(1) == kv_heads_ && c.size(2) == head_dim_ &&
+                        c.sizes() == keys.sizes() && c.scalar_type() == at::kFloat && c.is_contiguous() &&
+                        c.device().is_cpu(),
+                    "DecodeStep.step_paged: layer ", l, "'s pool must be a contiguous float32 (blocks * ", block_size,
+                    ", ", kv_heads_, ", ", head_dim_, ") CPU tensor, got ", c.sizes(), " ",
+                    c10::toString(c.scalar_type()));
+      }
+      const at::Tensor& table = tables[l];
+      const at::Tensor& first = firsts[l];
+      TORCH_CHECK(table.dim() == 2 && table.size(0) == batch && table.scalar_type() == at::kLong &&
+                      table.is_contiguous() && table.device().is_cpu() && first.dim() == 1 && first.size(0) == batch &&
+                      first.scalar_type() == at::kLong && first.is_contiguous() && first.device().is_cpu(),
+                  "DecodeStep.step_paged: layer ", l, "'s block table must be a contiguous int64 (", batch,
+                  ", blocks) CPU tensor and its first blocks (", batch, ",), got ", table.sizes(), " and ",
+                  first.sizes());
+      const int64_t* rows = table.data_ptr<int64_t>();
+      const int64_t* first_block = first.data_ptr<int64_t>();
+      const int64_t width = table.size(1), blocks = keys.size(0) / block_size, window = layer_[l].window;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t position = at_position[b];
+        const int64_t lowest = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
+        TORCH_CHECK(position >= 0 && lowest / block_size >= first_block[b] &&
+                        position / block_size - first_block[b] < width,
+                    "DecodeStep.step_paged: row ", b, " at position ", position, " needs layer ", l, "'s blocks ",
+                    lowest / block_size, "..", position / block_size, "; its table holds ", first_block[b], "..",
+                    first_block[b] + width - 1);
+        for (int64_t k = lowest / block_size; k <= position / block_size; ++k) {
+          const int64_t block = rows[b * width + k - first_block[b]];
+          TORCH_CHECK(block >= 0 && block < blocks, "DecodeStep.step_paged: row ", b, "'s logical block ", k,
+                      " of layer ", l, " is block ", block, ", outside the pool's ", blocks);
+        }
+      }
+      view.buffers.push_back({keys.data_ptr<float>(), caches[2 * l + 1].data_ptr<float>()});
+      view.tables.push_back(rows);
+      view.widths.push_back(width);
+      view.firsts.push_back(first_block);
+    }
+    return run(view, input_ids, cos, sin, nullptr);
+  }
+
+ private:
+  // The batch size of a step's input_ids, cos and sin, checked.
+  int64_t check_inputs(const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin) const {
+    TORCH_CHECK(input_ids.dim() == 1 && input_ids.scalar_type() == at::kLong && input_ids.is_contiguous() &&
+                    input_ids.device().is_cpu(),
+                "DecodeStep: input_ids must be a contiguous int64 CPU vector, got ", input_ids.sizes());
+    const int64_t batch = input_ids.size(0);
+    for (const at::Tensor* t : {&cos, &sin}) {
+      TORCH_CHECK(t->dim() == 2 && t->size(0) == batch && t->size(1) == head_dim_ && t->scalar_type() == at::kFloat &&
+                      t->is_contiguous() && t->device().is_cpu(),
+                  "DecodeStep: cos and sin must be contiguous float32 (", batch, ", ", head_dim_, ") CPU tensors, got ",
+                  t->sizes(), " ", c10::toString(t->scalar_type()));
     }
     const int64_t* ids = input_ids.data_ptr<int64_t>();
     for (int64_t b = 0; b < batch; ++b) {
-      TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab_, "DecodeStep.step: token ", ids[b], " is outside the vocabulary of ",
+      TORCH_CHECK(ids[b] >= 0 && ids[b] < vocab_, "DecodeStep: token ", ids[b], " is outside the vocabulary of ",
                   vocab_);
     }
+    return batch;
+  }
 
+  void check_cache_count(const std::vector<at::Tensor>& caches, const char* where) const {
+    TORCH_CHECK(static_cast<int64_t>(caches.size()) == 2 * layers_, where, ": expected ", 2 * layers_,
+                " cache tensors (keys and values a layer), got ", caches.size());
+  }
+
+  float* checked_trace(const std::optional<at::Tensor>& trace, int64_t batch) const {
+    if (!trace.has_value()) return nullptr;
+    const at::Tensor& h = *trace;
+    TORCH_CHECK(h.dim() == 3 && h.size(0) == layers_ + 1 && h.size(1) == batch && h.size(2) == hidden_ &&
+                    h.scalar_type() == at::kFloat && h.is_contiguous() && h.device().is_cpu(),
+                "DecodeStep.step: trace must be a contiguous float32 (", layers_ + 1, ", ", batch, ", ", hidden_,
+                ") CPU tensor, got ", h.sizes(), " ", c10::toString(h.scalar_type()));
+    return h.data_ptr<float>();
+  }
+
+  // The step over checked operands; `Caches` says where each layer's keys and values are
+  // (`DenseCaches`, `PagedCaches`).
+  template <typename Caches>
+  at::Tensor run(const Caches& caches, const at::Tensor& input_ids, const at::Tensor& cos, const at::Tensor& sin,
+                 float* hidden_states) {
+    const int64_t batch = input_ids.size(0), dim = head_dim_;
+    const int64_t* ids = input_ids.data_ptr<int64_t>();
     const int64_t hidden = hidden_, groups = heads_ / kv_heads_, qkv_width = (heads_ + 2 * kv_heads_) * dim;
     const int64_t attention_width = heads_ * dim, intermediate = intermediate_;
     std::vector<float> x(batch * hidden), qkv(batch * qkv_width), attention(batch * attention_width),
@@ -420,23 +582,22 @@ class DecodeStep : public torch::CustomClassHolder {
         const Layer& layer = layer_[l];
         // every thread only reads x until the barrier after the qkv product
         if (hidden_states != nullptr && t == 0) std::memcpy(hidden_states + l * batch * hidden, x.data(), x.size() * 4);
-        float* keys = caches[2 * l].data_ptr<float>();
-        float* values = caches[2 * l + 1].data_ptr<float>();
-        // the cache's slots, and the token's: `slot` in a static cache, slot % slots in a ring
-        const int64_t slots = caches[2 * l].size(2), own = layer.window > 0 ? slot % slots : slot;
+        const auto [keys, values] = caches.buffers[l];
+        const int64_t head_stride = caches.head_stride(l);
         for (int64_t b = 0; b < batch; ++b) rms_norm(&x[b * hidden], layer.input_norm, hidden, eps_, &s.normed[b * hidden]);
         product_share(layer.qkv, s.normed.data(), batch, s, t, threads, into(qkv.data(), qkv_width));
 #pragma omp barrier
         // the token's keys, rotated, by every thread (it reads them from here, not from the cache,
         // which thread 0 writes meanwhile)
         for (int64_t b = 0; b < batch; ++b) {
+          const int64_t own = t == 0 ? caches.own_offset(l, layer.window, b) : 0;
           for (int64_t h = 0; h < kv_heads_; ++h) {
             float* key = &s.keys[(b * kv_heads_ + h) * dim];
             rotate(&qkv[b * qkv_width + (heads_ + h) * dim], cos_rows + b * dim, sin_rows + b * dim, dim, key);
             if (t == 0) {
-              const int64_t at = ((b * kv_heads_ + h) * slots + own) * dim;
-              std::memcpy(keys + at, key, dim * sizeof(float));
-              std::memcpy(values + at, &qkv[b * qkv_width + (heads_ + kv_heads_ + h) * dim], dim * sizeof(float));
+              std::memcpy(keys + own + h * head_stride, key, dim * sizeof(float));
+              std::memcpy(values + own + h * head_stride, &qkv[b * qkv_width + (heads_ + kv_heads_ + h) * dim],
+                          dim * sizeof(float));
             }
           }
         }
@@ -444,23 +605,15 @@ class DecodeStep : public torch::CustomClassHolder {
         for (int64_t task = first_task; task < last_task; ++task) {
           const int64_t b = task / heads_, h = task % heads_, kv = h / groups;
           rotate(&qkv[b * qkv_width + h * dim], cos_rows + b * dim, sin_rows + b * dim, dim, s.query.data());
+          const float* own_key = &s.keys[(b * kv_heads_ + kv) * dim];
           const float* own_value = &qkv[b * qkv_width + (heads_ + kv_heads_ + kv) * dim];
-          const int64_t base = (b * kv_heads_ + kv) * slots * dim;
           s.key_rows.clear();
           s.value_rows.clear();
-          // in slot order, as the layers' own step sums them
-          for (int64_t i = 0; i < (layer.window > 0 ? slots : slot + 1); ++i) {
-            if (i == own) {
-              s.key_rows.push_back(&s.keys[(b * kv_heads_ + kv) * dim]);
-              s.value_rows.push_back(own_value);
-              continue;
-            }
-            // the position in slot i: i itself, or in a ring the last position before `slot` landing on i
-            const int64_t position = layer.window > 0 ? slot - (own - i + slots) % slots : i;
-            if (position < 0 || (mask != nullptr && mask[b * mask_width + position] == 0)) continue;
-            s.key_rows.push_back(keys + base + i * dim);
-            s.value_rows.push_back(values + base + i * dim);
-          }
+          caches.visit(l, layer.window, b, [&](int64_t offset) {
+            const bool own = offset < 0;
+            s.key_rows.push_back(own ? own_key : keys + offset + kv * head_stride);
+            s.value_rows.push_back(own ? own_value : values + offset + kv * head_stride);
+          });
           const int64_t count = static_cast<int64_t>(s.key_rows.size());
           s.probs.resize(count);
           for (int64_t i = 0; i < count; ++i) s.probs[i] = dot(s.query.data(), s.key_rows[i], dim) * scales_[l];
@@ -489,7 +642,6 @@ class DecodeStep : public torch::CustomClassHolder {
     return logits;
   }
 
- private:
   struct Layer {
     int64_t window;  // 0: full attention over a static cache
     const float* input_norm;
@@ -516,5 +668,8 @@ TORCH_LIBRARY_FRAGMENT(lamina, m) {
       .def_static("layout", &DecodeStep::layout)
       .def("step", &DecodeStep::step, "",
            {torch::arg("input_ids"), torch::arg("cos"), torch::arg("sin"), torch::arg("slot"), torch::arg("padding"),
-            torch::arg("caches"), torch::arg("trace") = c10::IValue()});
+            torch::arg("caches"), torch::arg("trace") = c10::IValue()})
+      .def("step_paged", &DecodeStep::step_paged, "",
+           {torch::arg("input_ids"), torch::arg("cos"), torch::arg("sin"), torch::arg("positions"),
+            torch::arg("tables"), torch::arg("firsts"), torch::arg("block_size"), torch::arg("caches")});
 }

@@ -34,6 +34,9 @@ def serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
     parser.add_argument("--prefill-chunk", type=int, default=256,
                         help="prompt tokens prefilled per engine step at most (default: 256)")
+    parser.add_argument("--prefix-sharing", action="store_true",
+                        help="share the KV blocks of prompts' common prefixes (a reply may then part from "
+                             "`generate`'s at a near-tie: a prompt's tail runs as a product over fewer rows)")
     parser.add_argument("--max-body-kb", type=int, default=1024, help="largest request body in KiB (default: 1024)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds SIGTERM waits for running requests (default: 30)")
@@ -58,7 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
     source = Path(args.model) if args.model else default_model()
     name = args.served_model_name or (source.stem if source.is_file() else source.name)
     options = dict(block_size=args.block_size, max_running=args.max_running, max_waiting=args.max_waiting,
-                   prefill_chunk=args.prefill_chunk, kv_cache_bytes=args.kv_cache_mb << 20)
+                   prefill_chunk=args.prefill_chunk, kv_cache_bytes=args.kv_cache_mb << 20,
+                   prefix_sharing=args.prefix_sharing)
     engine_class = Engine
     if args.tp is not None:  # launched: rank 0 serves, the others follow its engine's steps
         if _model_type(source) in EMBEDDING_MODEL_TYPES:

@@ -8,6 +8,12 @@ Each step:
                                      so running streams never wait for a whole long prompt)
     finished / cancelled         ──► blocks back to the pool at once
 
+The decode step is `generate`'s (`DecodeSteps.batch_step`: lamina's native step on the CPU where it
+serves the model, reading the pool's blocks in place, else the model's eager `decode_step`), so a
+greedy request's tokens are those of `generate` on its prompt alone. With `prefix_sharing`, a new
+sequence first takes the blocks of its prompt's prefix that running sequences have written
+(`BlockPool.share_prefix`).
+
 A sequence's blocks grow one at a time as it decodes; when the pool runs dry the youngest running
 sequence is preempted: its blocks go back and it waits again, to be prefilled anew from its prompt
 and the tokens it has already produced (which its client has already received).
@@ -30,6 +36,7 @@ import torch
 
 from ..errors import InputError
 from ..generation.processors import TemperatureLogitsWarper, TopPLogitsWarper
+from ..generation.step import decode_steps
 from .kv import BatchCache, BlockPool, SequenceBlocks
 from .metrics import Metrics
 
@@ -42,6 +49,16 @@ DEFAULT_KV_CACHE_BYTES = 512 << 20
 
 class QueueFull(Exception):
     """More requests are waiting than the engine accepts (`max_waiting`)."""
+
+
+def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
+    """One token a row of `probs (rows, vocab)`, row i from `generators[i]` (None: the global one):
+    the draw `torch.multinomial(probs[i:i+1], 1, generator=generators[i])` makes, the largest
+    probability over exponential noise, so a seeded request draws what it would alone; only the
+    noise is made a row at a time."""
+    vocab = probs.shape[1]
+    noise = torch.stack([torch.empty(vocab, dtype=probs.dtype).exponential_(1, generator=g) for g in generators])
+    return (probs / noise).argmax(dim=-1).tolist()
 
 
 @dataclass
@@ -103,12 +120,15 @@ class Engine:
 
     `num_blocks` blocks of `block_size` slots per layer group (None: as many as `kv_cache_bytes`
     holds); at most `max_running` sequences in a step and `max_waiting` queued; prompts prefilled
-    `prefill_chunk` tokens at a time.
+    `prefill_chunk` tokens at a time. `prefix_sharing`: sequences share the blocks of their prompts'
+    common prefixes. Off by default: a sequence that shares prefills only its prompt's tail, a product
+    over fewer rows, which lamina's quantized prompt kernels compute by another path than the whole
+    prompt's, so its greedy reply can part from `generate`'s at a near-tie.
     """
 
     def __init__(self, model: Any, num_blocks: int | None = None, block_size: int = 16, max_running: int = 64,
                  max_waiting: int = 256, prefill_chunk: int = 256, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, prefix_sharing: bool = False) -> None:
         decoder = getattr(model, "decoder", None)
         if not hasattr(model, "decode_step") or decoder is None:
             raise InputError(f"serve: expected a decoder causal LM (Mistral, Llama, GPT-2, …), found "
@@ -122,9 +142,12 @@ class Engine:
             num_blocks = max(1, kv_cache_bytes // per_block)
         self.pool = BlockPool(spec.layer_windows, spec.num_kv_heads, spec.head_dim, block_size, num_blocks,
                               dtype, model.device)
+        # the batched decode step, chosen once: the server's model does not change under it
+        self.decode, self.step_kind = decode_steps(model).batch_step()
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.prefill_chunk = prefill_chunk
+        self.prefix_sharing = prefix_sharing
         self.metrics = metrics or Metrics()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -226,13 +249,17 @@ class Engine:
     def _admit(self) -> None:
         """Move waiting sequences to running while the pool holds all their pending tokens with a
         block per running sequence to spare (a preempted sequence let in sooner would only push out
-        another one)."""
+        another one). A sequence starts with the blocks of its prompt's prefix that other sequences
+        offer (`BlockPool.share_prefix`) and prefills from there."""
         while self.waiting and len(self.running) < self.max_running:
             sequence = self.waiting[0]
-            needed = self.pool.blocks_needed(sequence.blocks, 0, len(sequence.tokens))
+            shared = self.pool.share_prefix(sequence.blocks, sequence.tokens) if self.prefix_sharing else 0
+            needed = self.pool.blocks_needed(sequence.blocks, shared, len(sequence.tokens))
             spare = {group: count + len(self.running) for group, count in needed.items()}
             if not self.pool.can_allocate(spare) and self.running:
+                self.pool.release(sequence.blocks)
                 return
+            sequence.cached = shared
             self.running.append(self.waiting.popleft())
 
     def _make_room(self, decoding: list[Sequence]) -> list[Sequence]:
@@ -269,18 +296,21 @@ class Engine:
         positions = torch.arange(start, end)[None]
         logits = self._run_batch([sequence], tokens, positions)
         sequence.cached = end
+        if self.prefix_sharing:
+            self.pool.offer(sequence.blocks, sequence.tokens[:end])
         if sequence.pending == 0:  # the whole prompt is in: its last logits give the first token
             self._take([sequence], logits)
 
     def _run_batch(self, rows: list[Sequence], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The one call into the model: `tokens (rows, new)` at `positions (rows, new)` over the
         rows' blocks (already allocated) → the logits after each row's last token `(rows, vocab)`,
-        float32. The batch's rows sit at different positions; the model's eager `decode_step` takes
-        them as they are."""
+        float32. The batch's rows sit at different positions. The step is `generate`'s (`step_kind`:
+        the native step reads the blocks in place; it hands a prompt's chunk of several tokens to
+        the model's eager `decode_step`, as `generate` runs a prompt eagerly)."""
         cache = BatchCache(self.pool, [s.blocks for s in rows], positions)
-        device = self.model.device
+        device = self.pool.keys[0].device  # the model's (asking the model walks its parameters)
         with torch.no_grad():
-            logits = self.model.decode_step(tokens.to(device), positions.to(device), positions.to(device), None, cache)
+            logits = self.decode(tokens.to(device), positions.to(device), positions.to(device), None, cache)
         return logits.float()
 
     def _take(self, rows: list[Sequence], logits: torch.Tensor) -> None:
@@ -312,24 +342,34 @@ class Engine:
 
     @staticmethod
     def _sample(rows: list[Sequence], logits: torch.Tensor) -> list[int]:
-        """Greedy rows take the highest logit (the first of ties, as `generate`); the others sample
-        with their temperature, top-p and generator, as `generate`'s processors do. A row's
-        constraint masks its logits first."""
+        """Greedy rows take the highest logit (the first of ties, as `generate`); the others are drawn
+        together from `logits (rows, vocab)` with each one's temperature and top-p, as `generate`'s
+        processors do, and each one's generator (`_draw`). A row's constraint (JSON output) picks its
+        greedy token or masks its logits first."""
         chosen = logits.max(dim=-1).indices.tolist()
-        for index, sequence in enumerate(rows):
-            params = sequence.params
-            row = logits[index : index + 1]
-            if params.constraint is not None and params.temperature == 0:
-                chosen[index] = params.constraint.greedy(logits[index])
-            elif params.constraint is not None:
-                row = params.constraint.mask(logits[index])[None]
+        constrained = [index for index, sequence in enumerate(rows) if sequence.params.constraint is not None]
+        if constrained:
+            logits = logits.clone()
+        for index in constrained:
+            params = rows[index].params
             if params.temperature == 0:
-                continue
-            scores = TemperatureLogitsWarper(params.temperature)(None, row)
-            if params.top_p < 1:
-                scores = TopPLogitsWarper(params.top_p)(None, scores)
-            probs = torch.softmax(scores, dim=-1)
-            chosen[index] = int(torch.multinomial(probs, 1, generator=sequence.generator))
+                chosen[index] = params.constraint.greedy(logits[index])
+            else:
+                logits[index] = params.constraint.mask(logits[index])
+        sampled = [index for index, sequence in enumerate(rows) if sequence.params.temperature != 0]
+        if not sampled:
+            return chosen
+        params = [rows[index].params for index in sampled]
+        # the warpers broadcast a column of per-row settings as they do one number
+        temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype)[:, None]
+        scores = TemperatureLogitsWarper(temperatures)(None, logits[sampled])  # (sampled, vocab)
+        narrowed = [index for index, p in enumerate(params) if p.top_p < 1]
+        if narrowed:
+            top_p = torch.tensor([params[index].top_p for index in narrowed], dtype=logits.dtype)[:, None]
+            scores[narrowed] = TopPLogitsWarper(top_p)(None, scores[narrowed])
+        drawn = _draw(torch.softmax(scores, dim=-1), [rows[index].generator for index in sampled])
+        for index, token in zip(sampled, drawn):
+            chosen[index] = token
         return chosen
 
     def _finish(self, sequence: Sequence, event: Finished) -> None:

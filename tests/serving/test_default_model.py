@@ -1,11 +1,6 @@
 """The real default model (SmolLM2-135M-Instruct, the Q4_1 GGUF loaded as int4, as `lamina generate`
-loads it) served to concurrent openai clients: each chat's greedy reply is `generate`'s on its
-prompt alone with the eager decode step.
-
-Against `generate`'s default on the CPU, lamina's native step, replies can part after a few tokens:
-the native step follows the eager step only to float32 summation order (tests/decoding.py), and the
-engine's batched call runs the eager step until the step object that takes rows at different
-positions serves both."""
+loads it) served to concurrent openai clients: the engine's batched step is lamina's native step, as
+`generate`'s is, and each chat's greedy reply is `generate`'s on its prompt alone."""
 
 from __future__ import annotations
 
@@ -16,6 +11,7 @@ import pytest
 import torch
 
 from lamina import cli, console
+from lamina.generation.step import decode_steps
 from tests.serving.servers import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(console.importlib.util.find_spec(console.DEFAULT_MODEL_PACKAGE) is None,
@@ -28,6 +24,7 @@ def test_concurrent_chats_equal_generate_alone():
     source = cli.default_model()
     model, tokenizer = cli.load_model(source, quantize="auto"), cli.load_tokenizer(source)
     with Server("smollm2", model, tokenizer, num_blocks=256) as server:
+        assert server.host.engine.step_kind == "native"
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
         def ask(question: str) -> str:
@@ -42,9 +39,9 @@ def test_concurrent_chats_equal_generate_alone():
             stream=True))
     assert streamed == replies[0]
     assert "Paris" in replies[0] or "L'" in replies[0]
-    model.native_decode = False
     for question, reply in zip(QUESTIONS, replies):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
                                                add_generation_prompt=True)["input_ids"]
         tokens = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):]
+        assert decode_steps(model).last_kind == "native"
         assert reply == tokenizer.decode(tokens, skip_special_tokens=True), question
