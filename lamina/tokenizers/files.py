@@ -112,9 +112,6 @@ def load_tokenizer(
 def _resolve(name_or_path: str | os.PathLike, gguf_file: str | None, hub: dict[str, Any]) -> Path:
     """The tokenizer's file or directory, local or fetched with the Hub arguments `hub` (a revision,
     a token: never stored on the tokenizer)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists() and "subfolder" not in hub:
-        return path
     try:
         return resolve_model_dir(name_or_path, allow_file=True, weights_file=gguf_file, weights=False, **hub)
     except CheckpointError as err:
